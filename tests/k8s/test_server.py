@@ -1,0 +1,75 @@
+"""The tier itself: the server answers, RBAC restricts like Juju, strict validation, accounting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from kube_server import KubeServer, count_requests, count_writes
+from lightkube import ApiError, Client
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.core_v1 import ConfigMap, Namespace
+
+
+def test_crds_are_served(admin: Client):
+    names = {crd.metadata.name for crd in admin.list(CustomResourceDefinition) if crd.metadata}
+    assert "authorizationpolicies.security.istio.io" in names
+    assert "gateways.gateway.networking.k8s.io" in names
+
+
+def test_untrusted_app_manages_its_own_namespace(
+    namespace: str, untrusted: Callable[[str, str], Client]
+):
+    app = untrusted(namespace, "receiver")
+    app.apply(ConfigMap(metadata=ObjectMeta(name="mine"), data={"a": "b"}))
+    assert app.get(ConfigMap, "mine").data == {"a": "b"}
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        pytest.param(lambda c, other: c.get(Namespace, other), id="get-namespace"),
+        pytest.param(lambda c, other: c.list(CustomResourceDefinition).__next__(), id="list-crds"),
+        pytest.param(
+            lambda c, other: c.list(ConfigMap, namespace=other).__next__(), id="other-ns"
+        ),
+        pytest.param(
+            lambda c, other: c.patch(Namespace, other, {"metadata": {"labels": {"x": "y"}}}),
+            id="label-namespace",
+        ),
+    ],
+)
+def test_untrusted_app_is_refused_outside_its_namespace(
+    admin: Client, namespace: str, untrusted: Callable[[str, str], Client], action
+):
+    other = f"{namespace}-other"
+    admin.create(Namespace(metadata=ObjectMeta(name=other)))
+    app = untrusted(namespace, "receiver")
+    with pytest.raises(ApiError) as raised:
+        action(app, other)
+    assert raised.value.status.code == 403
+
+
+def test_strict_validation_rejects_unknown_fields(kube: KubeServer, namespace: str):
+    policy = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "p", "namespace": namespace},
+        "spec": {"rules": [{"to": [{"operation": {"ports": ["8080"]}}]}]},
+    }
+    status, body = kube.strict_create(policy)
+    assert status == 201, body
+    policy["spec"]["rules"][0]["to"][0]["operation"]["port"] = "8080"  # typo: "port"
+    status, body = kube.strict_create(policy)
+    assert status in (400, 422), body
+    assert "unknown field" in body["message"], body
+
+
+def test_request_counts_see_writes_and_reads(kube: KubeServer, admin: Client, namespace: str):
+    before = kube.request_counts()
+    admin.create(ConfigMap(metadata=ObjectMeta(name="counted", namespace=namespace)))
+    admin.get(ConfigMap, "counted", namespace=namespace)
+    after = kube.request_counts()
+    assert count_writes(before, after, resource="configmaps") == 1
+    assert count_requests(before, after, verbs=["GET"], resource="configmaps") == 1

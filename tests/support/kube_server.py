@@ -1,0 +1,700 @@
+"""A real Kubernetes API server (etcd + kube-apiserver) on loopback, for tests.
+
+The binaries and CRDs come from ``tools/kube-tier/build.sh`` (see ``docs/kube-tier.md``); no
+kubelet, scheduler or controller-manager runs, so nothing is scheduled, namespaces never finish
+terminating and nothing is garbage-collected. What you get is the API itself: schemas (including
+CRD schemas with strict field validation), server-side apply, resourceVersions, RBAC and its 403s.
+
+Typical use::
+
+    server = KubeServer.start(ensure_built())
+    try:
+        server.install_crds()
+        client = server.admin_client(field_manager="my-charm")
+        untrusted = server.namespaced_client("my-model", "my-app", field_manager="my-app")
+        before = server.request_counts()
+        ...
+        writes = count_writes(before, server.request_counts(), resource="authorizationpolicies")
+    finally:
+        server.stop()
+
+Everything listens on 127.0.0.1 on free ports; every file lives in one temporary folder that
+``stop()`` removes. Set ``KUBE_TIER_KEEP=1`` to keep that folder (logs, certificates, a kubeconfig)
+for debugging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlencode
+
+import yaml
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.models.authentication_v1 import TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.models.rbac_v1 import PolicyRule, RoleRef, Subject
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.core_v1 import Namespace, ServiceAccount
+from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "tools" / "kube-tier" / "build.sh"
+
+#: Verbs of ``apiserver_request_total`` that change stored state.
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
+
+_LOOPBACK = "127.0.0.1"
+_TOKEN_SECONDS = 3600
+
+
+class KubeServerError(RuntimeError):
+    """The tier could not be built, started or used; the message says what to do."""
+
+
+def ensure_built(timeout: float = 90 * 60) -> Path:
+    """Return the build folder (``bin/etcd``, ``bin/kube-apiserver``, ``crds/``); build it first.
+
+    Runs ``tools/kube-tier/build.sh``, which returns at once when the folder for the pinned
+    versions already exists (``KUBE_TIER_CACHE`` chooses where; see the script). The build's
+    progress goes to this process's stderr.
+
+    Raises:
+        KubeServerError: Go is missing, or the build failed; the message includes the reason.
+    """
+    try:
+        result = subprocess.run(
+            ["bash", str(BUILD_SCRIPT)],
+            stdout=subprocess.PIPE,
+            stderr=None,  # inherit: a cold build takes minutes and shows its progress
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise KubeServerError(f"{BUILD_SCRIPT} took longer than {timeout:.0f}s") from e
+    if result.returncode != 0:
+        raise KubeServerError(
+            f"{BUILD_SCRIPT} failed (exit {result.returncode}); its message is above. "
+            "The kube tier needs Go and a Go module proxy for its first build (docs/kube-tier.md)."
+        )
+    folder = Path(result.stdout.strip().splitlines()[-1])
+    for needed in ("bin/etcd", "bin/kube-apiserver", "crds"):
+        if not (folder / needed).exists():
+            raise KubeServerError(f"{BUILD_SCRIPT} printed {folder}, which has no {needed}")
+    return folder
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """One series of the apiserver's ``apiserver_request_total`` counter (summed over codes)."""
+
+    verb: str
+    """Upper-case verb as the apiserver counts it: GET, LIST, WATCH, POST, PATCH, APPLY, ..."""
+    group: str
+    """API group; ``""`` for the core group."""
+    resource: str
+    """Plural resource name, e.g. ``authorizationpolicies``."""
+    subresource: str = ""
+    """Subresource, e.g. ``status``; ``""`` for the object itself."""
+
+
+def count_requests(
+    before: Mapping[RequestKey, int],
+    after: Mapping[RequestKey, int],
+    *,
+    verbs: Iterable[str] | None = None,
+    group: str | None = None,
+    resource: str | None = None,
+) -> int:
+    """Count the requests between two ``request_counts()`` snapshots that match the filters.
+
+    Args:
+        before: The earlier snapshot.
+        after: The later snapshot.
+        verbs: Only these verbs (default: all).
+        group: Only this API group (default: any).
+        resource: Only this plural resource (default: any).
+    """
+    wanted = None if verbs is None else {v.upper() for v in verbs}
+    total = 0
+    for key, value in after.items():
+        if wanted is not None and key.verb not in wanted:
+            continue
+        if group is not None and key.group != group:
+            continue
+        if resource is not None and key.resource != resource:
+            continue
+        total += value - before.get(key, 0)
+    return total
+
+
+def count_writes(
+    before: Mapping[RequestKey, int],
+    after: Mapping[RequestKey, int],
+    *,
+    group: str | None = None,
+    resource: str | None = None,
+) -> int:
+    """Count the writes (any of `WRITE_VERBS`) between two ``request_counts()`` snapshots."""
+    return count_requests(before, after, verbs=WRITE_VERBS, group=group, resource=resource)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((_LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    result = subprocess.run(
+        ["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise KubeServerError(f"openssl {' '.join(args)} failed:\n{result.stderr}")
+
+
+def _make_pki(pki: Path) -> None:
+    """Create a CA, a serving cert for 127.0.0.1, an admin client cert and an SA key pair."""
+    if shutil.which("openssl") is None:
+        raise KubeServerError("the kube tier needs the openssl command (Debian/Ubuntu: openssl)")
+    pki.mkdir(parents=True)
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=pki)
+    _openssl(
+        "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=kube-tier-ca",
+        "-days", "2", "-out", "ca.crt", cwd=pki,
+    )  # fmt: skip
+    leaves = {
+        "apiserver": ("/CN=kube-apiserver", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        "admin": ("/O=system:masters/CN=kube-tier-admin", "extendedKeyUsage=clientAuth"),
+    }
+    for name, (subject, extension) in leaves.items():
+        _openssl(
+            "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=pki
+        )
+        _openssl(
+            "req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki
+        )
+        (pki / f"{name}.ext").write_text(extension + "\n")
+        _openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt",
+            cwd=pki,
+        )  # fmt: skip
+    _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+class KubeServer:
+    """A running etcd + kube-apiserver pair; create it with `KubeServer.start`.
+
+    Attributes:
+        url: ``https://127.0.0.1:<port>`` of the apiserver.
+        workdir: The temporary folder holding data, certificates, logs and ``admin.kubeconfig``.
+        cache_dir: The build folder the binaries and CRDs came from.
+    """
+
+    def __init__(self, cache_dir: Path, workdir: Path, keep: bool) -> None:
+        self.cache_dir = cache_dir
+        self.workdir = workdir
+        self.url = ""
+        self._keep = keep
+        self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._logs: list[IO[bytes]] = []
+        self._clients: list[Client] = []
+        self._ssl: ssl.SSLContext | None = None
+        self._port = 0
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def start(
+        cls,
+        cache_dir: Path | None = None,
+        *,
+        timeout: float = 180.0,
+        extra_apiserver_args: Iterable[str] = (),
+    ) -> KubeServer:
+        """Start etcd and kube-apiserver and wait until ``/readyz`` says ok.
+
+        Args:
+            cache_dir: Folder made by the build script; default: `ensure_built()`.
+            timeout: Seconds to wait for readiness (a first start on 2 cores takes ~10-20 s).
+            extra_apiserver_args: More ``kube-apiserver`` flags, e.g. feature gates.
+
+        Raises:
+            KubeServerError: A process exited or did not become ready in time. The message
+                includes the tail of its log. Nothing is left running.
+        """
+        cache_dir = cache_dir or ensure_built()
+        keep = os.environ.get("KUBE_TIER_KEEP", "") not in ("", "0")
+        server = cls(cache_dir, Path(tempfile.mkdtemp(prefix="kube-tier-")), keep)
+        try:
+            server._launch(timeout, list(extra_apiserver_args))
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def stop(self) -> None:
+        """Close the clients made here, stop both processes and remove the temporary folder.
+
+        Safe to call more than once, and on a server that failed to start.
+        """
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                client.close()
+        self._clients.clear()
+        # apiserver first, then etcd
+        for _name, proc in reversed(self._processes):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=15)
+        self._processes.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        if not self._keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> KubeServer:
+        """Use the server as a context manager that stops it on exit."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop the server."""
+        self.stop()
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        self._logs.append(log)
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
+        self._processes.append((name, proc))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        """Return the last lines of ``etcd`` or ``kube-apiserver``'s log."""
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _check_alive(self) -> None:
+        for name, proc in self._processes:
+            if proc.poll() is not None:
+                raise KubeServerError(
+                    f"{name} exited with {proc.returncode} during start-up; "
+                    f"last lines of its log:\n{self.log_tail(name)}"
+                )
+
+    def _launch(self, timeout: float, extra: list[str]) -> None:
+        deadline = time.monotonic() + timeout
+        bin_dir = self.cache_dir / "bin"
+        pki = self.workdir / "pki"
+        _make_pki(pki)
+
+        etcd_client, etcd_peer = _free_port(), _free_port()
+        client_url, peer_url = (
+            f"http://{_LOOPBACK}:{etcd_client}",
+            f"http://{_LOOPBACK}:{etcd_peer}",
+        )
+        self._spawn(
+            "etcd",
+            [
+                str(bin_dir / "etcd"),
+                "--name=kube-tier",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=kube-tier={peer_url}",
+                "--unsafe-no-fsync",  # throwaway data: durability costs time on a shared disk
+                "--log-level=warn",
+            ],
+        )
+        self._wait_for("etcd", deadline, lambda: self._etcd_healthy(etcd_client))
+
+        self._port = _free_port()
+        self.url = f"https://{_LOOPBACK}:{self._port}"
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(bin_dir / "kube-apiserver"),
+                f"--etcd-servers={client_url}",
+                f"--bind-address={_LOOPBACK}",
+                f"--advertise-address={_LOOPBACK}",
+                f"--secure-port={self._port}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--authorization-mode=RBAC",
+                "--anonymous-auth=false",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                # No node runs here: the "kubernetes" Service must not point at 127.0.0.1.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                *extra,
+            ],
+        )
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        self._ssl = ctx
+        self._wait_for("kube-apiserver", deadline, self._apiserver_ready)
+        self._write_kubeconfig()
+
+    def _wait_for(self, name: str, deadline: float, ready: Any) -> None:
+        while True:
+            self._check_alive()
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise KubeServerError(
+                    f"{name} was not ready in time; last lines of its log:\n{self.log_tail(name)}"
+                )
+            time.sleep(0.2)
+
+    @staticmethod
+    def _etcd_healthy(port: int) -> bool:
+        conn = http.client.HTTPConnection(_LOOPBACK, port, timeout=2)
+        try:
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            return response.status == 200 and b"true" in response.read()
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def _apiserver_ready(self) -> bool:
+        try:
+            status, _ = self.raw_request("GET", "/readyz", timeout=2)
+        except OSError:
+            return False
+        return status == 200
+
+    def _write_kubeconfig(self) -> None:
+        pki = self.workdir / "pki"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "kube-tier",
+                    "cluster": {"server": self.url, "certificate-authority": str(pki / "ca.crt")},
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate": str(pki / "admin.crt"),
+                        "client-key": str(pki / "admin.key"),
+                    },
+                }
+            ],
+            "contexts": [{"name": "admin", "context": {"cluster": "kube-tier", "user": "admin"}}],
+            "current-context": "admin",
+        }
+        (self.workdir / "admin.kubeconfig").write_text(yaml.safe_dump(config))
+
+    # ------------------------------------------------------------------------------------ clients
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        """Kubeconfig file of the admin user (``kubectl --kubeconfig`` works with it)."""
+        return self.workdir / "admin.kubeconfig"
+
+    def admin_client(
+        self, field_manager: str | None = None, namespace: str | None = None
+    ) -> Client:
+        """Return a lightkube client authenticated as a cluster admin (``system:masters``).
+
+        `stop()` closes it; closing it earlier is fine too.
+        """
+        config = KubeConfig.from_file(self.kubeconfig_path)
+        return self._track(Client(config, namespace=namespace, field_manager=field_manager))
+
+    def _track(self, client: Client) -> Client:
+        self._clients.append(client)
+        return client
+
+    def namespaced_client(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        field_manager: str | None = None,
+    ) -> Client:
+        """Return a client restricted the way Juju restricts an application deployed without trust.
+
+        Creates (as admin, idempotently) the namespace, the ServiceAccount, a Role allowing every
+        verb on every resource of every API group in that namespace, and its RoleBinding. Then
+        authenticates as that ServiceAccount with a bound token. The client can manage namespaced
+        objects of its own namespace, and gets a real 403 for cluster-scoped objects (Namespaces,
+        CRDs, ClusterRoles, ...) and for anything in another namespace.
+
+        Args:
+            namespace: The model's namespace.
+            service_account: The application name (Juju names the ServiceAccount after the app).
+            field_manager: Default field manager of the returned client.
+        """
+        admin = self.admin_client()
+        ensure_namespace(admin, namespace)
+        meta = ObjectMeta(name=service_account, namespace=namespace)
+        admin.apply(ServiceAccount(metadata=meta), field_manager="kube-tier", force=True)
+        admin.apply(
+            Role(
+                metadata=ObjectMeta(name=f"{service_account}-untrusted", namespace=namespace),
+                rules=[PolicyRule(apiGroups=["*"], resources=["*"], verbs=["*"])],
+            ),
+            field_manager="kube-tier",
+            force=True,
+        )
+        admin.apply(
+            RoleBinding(
+                metadata=ObjectMeta(name=f"{service_account}-untrusted", namespace=namespace),
+                roleRef=RoleRef(
+                    apiGroup="rbac.authorization.k8s.io",
+                    kind="Role",
+                    name=f"{service_account}-untrusted",
+                ),
+                subjects=[
+                    Subject(kind="ServiceAccount", name=service_account, namespace=namespace)
+                ],
+            ),
+            field_manager="kube-tier",
+            force=True,
+        )
+        token = admin.create(
+            ServiceAccount.Token(
+                spec=TokenRequestSpec(audiences=[], expirationSeconds=_TOKEN_SECONDS)
+            ),
+            name=service_account,
+            namespace=namespace,
+        )
+        assert token.status is not None
+        config = KubeConfig.from_dict(
+            {
+                "clusters": [
+                    {
+                        "name": "kube-tier",
+                        "cluster": {
+                            "server": self.url,
+                            "certificate-authority": str(self.workdir / "pki" / "ca.crt"),
+                        },
+                    }
+                ],
+                "users": [{"name": service_account, "user": {"token": token.status.token}}],
+                "contexts": [
+                    {
+                        "name": "app",
+                        "context": {
+                            "cluster": "kube-tier",
+                            "user": service_account,
+                            "namespace": namespace,
+                        },
+                    }
+                ],
+                "current-context": "app",
+            }
+        )
+        return self._track(Client(config, namespace=namespace, field_manager=field_manager))
+
+    # ---------------------------------------------------------------------------------------- CRDs
+
+    def crd_documents(self, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Return the CRDs in the build folder as dicts, optionally only those of the given kinds.
+
+        Raises:
+            KubeServerError: A requested kind is not among the CRDs.
+        """
+        documents: list[dict[str, Any]] = []
+        for path in sorted((self.cache_dir / "crds").glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                    documents.append(doc)
+        if kinds is None:
+            return documents
+        wanted = set(kinds)
+        chosen = [d for d in documents if d["spec"]["names"]["kind"] in wanted]
+        missing = wanted - {d["spec"]["names"]["kind"] for d in chosen}
+        if missing:
+            raise KubeServerError(f"no CRD for {sorted(missing)} in {self.cache_dir / 'crds'}")
+        return chosen
+
+    def install_crds(self, kinds: Iterable[str] | None = None, timeout: float = 60.0) -> list[str]:
+        """Install CRDs (all by default, else those of the listed kinds); wait until established.
+
+        Returns:
+            The names of the installed CRDs, e.g. ``authorizationpolicies.security.istio.io``.
+        """
+        client = self.admin_client(field_manager="kube-tier")
+        names: list[str] = []
+        for doc in self.crd_documents(kinds):
+            crd = CustomResourceDefinition.from_dict(doc)
+            client.apply(crd, force=True)
+            names.append(doc["metadata"]["name"])
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while not _established(client.get(CustomResourceDefinition, name)):
+                if time.monotonic() > deadline:
+                    raise KubeServerError(f"CRD {name} not established within {timeout}s")
+                time.sleep(0.1)
+        return names
+
+    # ----------------------------------------------------------------------------- raw HTTP access
+
+    def raw_request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> tuple[int, Any]:
+        """Send one request as admin and return ``(status, decoded JSON body or text)``.
+
+        For what lightkube does not expose, e.g. ``fieldValidation=Strict`` or ``/metrics``.
+        """
+        if self._ssl is None:
+            raise KubeServerError("the server is not started")
+        conn = http.client.HTTPSConnection(
+            _LOOPBACK, self._port, context=self._ssl, timeout=timeout
+        )
+        try:
+            query = f"?{urlencode(params)}" if params else ""
+            payload = None if body is None else json.dumps(body).encode()
+            headers = {"Accept": "application/json"}
+            if payload is not None:
+                headers["Content-Type"] = content_type
+            conn.request(method, path + query, body=payload, headers=headers)
+            response = conn.getresponse()
+            data = response.read().decode(errors="replace")
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(data)
+        except json.JSONDecodeError:
+            return response.status, data
+
+    def resource_path(self, api_version: str, kind: str, namespace: str | None) -> str:
+        """Return the collection URL path for ``kind`` in ``api_version``, found by discovery."""
+        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        status, listing = self.raw_request("GET", base)
+        if status != 200:
+            raise KubeServerError(f"{api_version} is not served (HTTP {status}): {listing}")
+        for res in listing["resources"]:
+            if res["kind"] == kind and "/" not in res["name"]:
+                if res["namespaced"]:
+                    if namespace is None:
+                        raise KubeServerError(f"{kind} is namespaced: give a namespace")
+                    return f"{base}/namespaces/{namespace}/{res['name']}"
+                return f"{base}/{res['name']}"
+        raise KubeServerError(f"{api_version} serves no kind {kind}")
+
+    def strict_create(
+        self, obj: Mapping[str, Any], *, dry_run: bool = True, namespace: str | None = None
+    ) -> tuple[int, Any]:
+        """POST ``obj`` with ``fieldValidation=Strict`` (server-side dry run by default).
+
+        Unknown or duplicate fields make the API answer 400/422 instead of silently dropping them,
+        so a 201 proves the whole object matches the schema.
+
+        Returns:
+            ``(status, body)``: 201 and the object as stored, or the error ``Status``.
+        """
+        metadata = obj.get("metadata") or {}
+        ns = namespace or metadata.get("namespace")
+        path = self.resource_path(obj["apiVersion"], obj["kind"], ns)
+        params = {"fieldValidation": "Strict"}
+        if dry_run:
+            params["dryRun"] = "All"
+        return self.raw_request("POST", path, obj, params=params)
+
+    def request_counts(self) -> dict[RequestKey, int]:
+        """Snapshot ``apiserver_request_total`` from ``/metrics``, summed over codes and versions.
+
+        Diff two snapshots with `count_requests` / `count_writes`. The counters are the apiserver's
+        own accounting, so a request that a client library sent but did not report still shows.
+        """
+        status, text = self.raw_request("GET", "/metrics")
+        if status != 200 or not isinstance(text, str):
+            raise KubeServerError(f"GET /metrics answered {status}")
+        counts: Counter[RequestKey] = Counter()
+        for labels, value in _metric_samples(text, "apiserver_request_total"):
+            key = RequestKey(
+                verb=labels.get("verb", ""),
+                group=labels.get("group", ""),
+                resource=labels.get("resource", ""),
+                subresource=labels.get("subresource", ""),
+            )
+            counts[key] += int(float(value))
+        return dict(counts)
+
+
+def _established(crd: CustomResourceDefinition) -> bool:
+    conditions = (crd.status.conditions if crd.status else None) or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+
+def _metric_samples(text: str, name: str) -> Iterator[tuple[dict[str, str], str]]:
+    """Yield (labels, value) of each sample of metric ``name`` in Prometheus text format."""
+    prefix = name + "{"
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        label_text, _, value = line[len(prefix) :].rpartition("} ")
+        labels: dict[str, str] = {}
+        for part in _split_labels(label_text):
+            key, _, raw = part.partition("=")
+            labels[key] = raw.strip('"')
+        yield labels, value.strip()
+
+
+def _split_labels(text: str) -> Iterator[str]:
+    # Label values of this metric hold no commas or quotes, but be exact anyway.
+    current, quoted = [], False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            yield "".join(current)
+            current = []
+        else:
+            current.append(ch)
+    if current:
+        yield "".join(current)
+
+
+def ensure_namespace(client: Client, name: str) -> None:
+    """Create namespace ``name`` unless it exists (needs a client allowed to create namespaces)."""
+    try:
+        client.create(Namespace(metadata=ObjectMeta(name=name)))
+    except ApiError as e:
+        if e.status.code != 409:
+            raise
