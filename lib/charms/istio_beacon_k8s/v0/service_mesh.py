@@ -1,0 +1,1531 @@
+"""Join a Kubernetes charm to the Istio ambient mesh and say, per relation, who may reach it.
+
+This library implements both sides of the ``service_mesh`` interface and the ``cross_model_mesh``
+interface, wire-compatible with the charms already deployed in the Juju ecosystem.
+
+Consumer: join the mesh and declare who may reach you
+====================================================
+
+Declare the relations in ``charmcraft.yaml``::
+
+    requires:
+      service-mesh:
+        interface: service_mesh
+        limit: 1
+      require-cmr-mesh:
+        interface: cross_model_mesh
+    provides:
+      provide-cmr-mesh:
+        interface: cross_model_mesh
+
+Then, in the charm's ``__init__``::
+
+    from charms.istio_beacon_k8s.v0.service_mesh import (
+        AppPolicy, Endpoint, Method, ServiceMeshConsumer, UnitPolicy,
+    )
+
+    self._mesh = ServiceMeshConsumer(
+        self,
+        policies=[
+            # Apps related over "data" may GET /data on port 8080 through this app's Service.
+            # Enforced at L7 by the waypoint: methods, paths and hosts are checked.
+            AppPolicy(
+                relation="data",
+                endpoints=[Endpoint(ports=[8080], methods=[Method.get], paths=["/data"])],
+            ),
+            # Apps related over "metrics" may open connections to this app's pods on 9090.
+            # Enforced at L4 by ztunnel: only ports can be restricted.
+            UnitPolicy(relation="metrics", ports=[9090]),
+        ],
+    )
+
+The consumer publishes one request per declared policy and per related application, and keeps it
+up to date as relations come and go. With ``auto_join=True`` (the default) the leader also puts the
+mesh labels the provider publishes on the charm's StatefulSet pod template and Service, which needs
+the charm to be trusted (``juju trust <app> --scope=cluster``); when that fails, the consumer adds
+a Blocked app status through collect-status that says so.
+
+Across models, the application that *receives* traffic provides ``cross_model_mesh`` and the one
+that *sends* requires it: the sender announces its real app and model names, and the receiver uses
+them as the source of its policies.
+
+Provider: publish the mesh and read the requests
+=================================================
+
+::
+
+    self._mesh = ServiceMeshProvider(self, labels={"istio.io/dataplane-mode": "ambient"})
+    for request in self._mesh.relation_requests():
+        if request.error:
+            ...  # report it; every other relation is still served
+        for policy in request.policies:
+            ...
+
+Charms that manage policies themselves turn :class:`MeshPolicy` objects into Istio
+AuthorizationPolicies with the pure :func:`build_authorization_policy`, or hand them to a
+:class:`PolicyResourceManager` that owns its objects by label and converges them.
+
+Cost: importing this module imports neither lightkube nor pydantic; lightkube is imported on first
+use of Kubernetes.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import json
+import logging
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import ops
+
+if TYPE_CHECKING:
+    from lightkube import Client
+    from lightkube.generic_resource import GenericNamespacedResource
+
+# The unique Charmhub library identifier, never change it
+LIBID = "644d8fe2859948bb9e8a1a4b4acefba9"
+
+# Increment this major API version when introducing breaking changes
+LIBAPI = 0
+
+# Increment this PATCH version before using `charmcraft publish-lib` or reset
+# to 0 if you are raising the major API version
+LIBPATCH = 1
+
+PYDEPS = ["lightkube>=0.15"]
+
+logger = logging.getLogger(__name__)
+
+# Relation data keys (wire format).
+_POLICIES_KEY = "policies"
+_LABELS_KEY = "labels"
+_MESH_TYPE_KEY = "mesh_type"
+_CMR_DATA_KEY = "cmr_data"
+
+_AUTHZ_GROUP = "security.istio.io"
+_AUTHZ_VERSION = "v1"
+_AUTHZ_KIND = "AuthorizationPolicy"
+_AUTHZ_PLURAL = "authorizationpolicies"
+_TRUST_DOMAIN = "cluster.local"
+_MAX_NAME_LENGTH = 253
+_MAX_LABEL_VALUE_LENGTH = 63
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+class MeshDataError(ValueError):
+    """Relation data or a declaration that does not follow the service_mesh data model."""
+
+
+class UnitPolicyError(MeshDataError):
+    """A unit policy asked for something ztunnel cannot enforce (methods, paths or hosts)."""
+
+
+class MissingCRDError(Exception):
+    """A custom resource definition that the mesh needs is not installed in the cluster.
+
+    Attributes:
+        resource: the missing resource, as ``<plural>.<group>``.
+    """
+
+    def __init__(self, resource: str, hint: str):
+        super().__init__(f"the {resource} custom resource definition is not installed: {hint}")
+        self.resource = resource
+
+
+# ---------------------------------------------------------------------------------------------
+# Enumerations
+# ---------------------------------------------------------------------------------------------
+
+
+class MeshType(str, enum.Enum):
+    """Supported mesh types."""
+
+    istio = "istio"
+
+
+class Method(str, enum.Enum):
+    """HTTP methods that an :class:`Endpoint` can allow."""
+
+    connect = "CONNECT"
+    delete = "DELETE"
+    get = "GET"
+    head = "HEAD"
+    options = "OPTIONS"
+    patch = "PATCH"
+    post = "POST"
+    put = "PUT"
+    trace = "TRACE"
+
+
+class PolicyTargetType(str, enum.Enum):
+    """What a policy targets: the app's Service (``app``, L7) or its pods (``unit``, L4)."""
+
+    app = "app"
+    unit = "unit"
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers (plain Python: no schema library is loaded on import)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fail(where: str, message: str) -> MeshDataError:
+    return MeshDataError(f"{where}: {message}")
+
+
+def _describe(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else None
+    return f"{type(value).__name__} {text}" if text is not None else type(value).__name__
+
+
+def _str(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(where, f"expected a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _opt_str(value: object, where: str) -> str | None:
+    return None if value is None else _str(value, where)
+
+
+def _str_list(value: object, where: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise _fail(where, f"expected a list of strings, got {_describe(value)}")
+    items = cast("Sequence[object]", value)
+    return [_str(item, f"{where}[{i}]") for i, item in enumerate(items)]
+
+
+def _port_list(value: object, where: str) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise _fail(where, f"expected a list of port numbers, got {_describe(value)}")
+    ports: list[int] = []
+    for i, item in enumerate(cast("Sequence[object]", value)):
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= 65535:
+            raise _fail(f"{where}[{i}]", f"expected a port number 1-65535, got {_describe(item)}")
+        ports.append(item)
+    return ports
+
+
+def _method_list(value: object, where: str) -> list[Method] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise _fail(where, f"expected a list of HTTP methods, got {_describe(value)}")
+    methods: list[Method] = []
+    for i, item in enumerate(cast("Sequence[object]", value)):
+        try:
+            methods.append(Method(item))
+        except ValueError:
+            allowed = " ".join(m.value for m in Method)
+            raise _fail(
+                f"{where}[{i}]", f"expected one of {allowed}, got {_describe(item)}"
+            ) from None
+    return methods
+
+
+def _labels(value: object, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected an object of string labels, got {_describe(value)}")
+    result: dict[str, str] = {}
+    for key, item in cast("dict[object, object]", value).items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise _fail(where, f"labels must map strings to strings, got {key!r}: {item!r}")
+        result[key] = item
+    return result
+
+
+def _mapping(value: object, where: str) -> Mapping[str, object]:
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected an object, got {_describe(value)}")
+    return cast("Mapping[str, object]", value)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a charm declares
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, init=False)
+class Endpoint:
+    """What a source may reach: any combination of hosts, ports, HTTP methods and paths.
+
+    Unset (``None``) or empty fields do not restrict anything.
+
+    Attributes:
+        hosts: ``Host`` header values, e.g. ``["myapp.example.com"]``.
+        ports: destination ports.
+        methods: HTTP methods; :class:`Method` members or their upper-case names.
+        paths: URL paths; Istio accepts a ``*`` prefix or suffix wildcard, e.g. ``"/api/*"``.
+    """
+
+    hosts: list[str] | None
+    ports: list[int] | None
+    methods: list[Method] | None
+    paths: list[str] | None
+
+    def __init__(
+        self,
+        hosts: Sequence[str] | None = None,
+        ports: Sequence[int] | None = None,
+        methods: Sequence[Method | str] | None = None,
+        paths: Sequence[str] | None = None,
+    ):
+        object.__setattr__(self, "hosts", _str_list(hosts, "Endpoint.hosts"))
+        object.__setattr__(self, "ports", _port_list(ports, "Endpoint.ports"))
+        object.__setattr__(self, "methods", _method_list(methods, "Endpoint.methods"))
+        object.__setattr__(self, "paths", _str_list(paths, "Endpoint.paths"))
+
+    @property
+    def restricts_beyond_ports(self) -> bool:
+        """Whether this endpoint restricts hosts, methods or paths (which need L7 enforcement)."""
+        return bool(self.hosts or self.methods or self.paths)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: all four keys, ``null`` where unset."""
+        return {
+            "hosts": None if self.hosts is None else list(self.hosts),
+            "ports": None if self.ports is None else list(self.ports),
+            "methods": None if self.methods is None else [m.value for m in self.methods],
+            "paths": None if self.paths is None else list(self.paths),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "endpoint") -> Endpoint:
+        """Validate the wire form of an endpoint.
+
+        Raises:
+            MeshDataError: naming the offending field.
+        """
+        body = _mapping(data, where)
+        return cls(
+            hosts=_str_list(body.get("hosts"), f"{where}.hosts"),
+            ports=_port_list(body.get("ports"), f"{where}.ports"),
+            methods=_method_list(body.get("methods"), f"{where}.methods"),
+            paths=_str_list(body.get("paths"), f"{where}.paths"),
+        )
+
+
+def _check_relation_name(relation: object, kind: str) -> str:
+    if not isinstance(relation, str) or not relation:
+        raise MeshDataError(f"{kind}.relation: expected a relation name, got {relation!r}")
+    return relation
+
+
+@dataclass(frozen=True, init=False)
+class AppPolicy:
+    """Allow apps related over ``relation`` to reach this app through its Kubernetes Service.
+
+    Enforced at L7 by the waypoint, so hosts, methods and paths can be restricted as well as
+    ports. The traffic must go to the app's Service address (``http://<app>:<port>``).
+
+    Attributes:
+        relation: the relation endpoint name (from charmcraft.yaml); a peer relation is allowed.
+        endpoints: what the related apps may reach; an empty list allows everything.
+        service: the Kubernetes Service that receives the traffic, when it is not the one Juju
+            creates for the app (named after the app).
+    """
+
+    relation: str
+    endpoints: list[Endpoint]
+    service: str | None
+
+    def __init__(
+        self,
+        relation: str,
+        endpoints: Sequence[Endpoint] = (),
+        service: str | None = None,
+    ):
+        kind = type(self).__name__
+        object.__setattr__(self, "relation", _check_relation_name(relation, kind))
+        checked: list[Endpoint] = []
+        for i, endpoint in enumerate(endpoints):
+            if not isinstance(endpoint, Endpoint):  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise MeshDataError(
+                    f"{kind}.endpoints[{i}]: expected an Endpoint, got {endpoint!r}"
+                )
+            checked.append(endpoint)
+        object.__setattr__(self, "endpoints", checked)
+        object.__setattr__(self, "service", _opt_str(service, f"{kind}.service"))
+
+
+class Policy(AppPolicy):
+    """Deprecated: use :class:`AppPolicy`, which this behaves exactly like."""
+
+    def __init__(
+        self,
+        relation: str,
+        endpoints: Sequence[Endpoint] = (),
+        service: str | None = None,
+    ):
+        warnings.warn(
+            "Policy is deprecated: use AppPolicy (same arguments) for traffic through the "
+            "app's Service, or UnitPolicy for traffic straight to its pods",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(relation=relation, endpoints=endpoints, service=service)
+
+
+@dataclass(frozen=True, init=False)
+class UnitPolicy:
+    """Allow apps related over ``relation`` to open connections straight to this app's pods.
+
+    Enforced at L4 by ztunnel, which sees connections, not requests: only ports can be
+    restricted. Use :class:`AppPolicy` to restrict methods, paths or hosts.
+
+    Attributes:
+        relation: the relation endpoint name (from charmcraft.yaml); a peer relation is allowed.
+        ports: the pod ports that may be reached; ``None`` or empty allows every port.
+    """
+
+    relation: str
+    ports: list[int] | None
+
+    def __init__(
+        self,
+        relation: str,
+        ports: Sequence[int] | None = None,
+        **unsupported: object,
+    ):
+        if unsupported:
+            names = ", ".join(sorted(unsupported))
+            raise UnitPolicyError(
+                f"UnitPolicy(relation={relation!r}) got {names}: a unit policy is enforced at L4 "
+                "by ztunnel, which can only restrict ports; use AppPolicy with Endpoint(...) to "
+                "restrict methods, paths or hosts, and send the traffic through the app's Service"
+            )
+        object.__setattr__(self, "relation", _check_relation_name(relation, "UnitPolicy"))
+        object.__setattr__(self, "ports", _port_list(ports, "UnitPolicy.ports"))
+
+
+# ---------------------------------------------------------------------------------------------
+# What travels over the relations
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeshPolicy:
+    """One access rule in mesh-agnostic form: this source may reach this target there.
+
+    It is what consumers publish and what providers (and :class:`PolicyResourceManager`) turn
+    into mesh resources. Construction validates it.
+
+    Attributes:
+        source_namespace: namespace (Juju model name) of the app allowed to send traffic.
+        source_app_name: Juju app name of the sender (also its ServiceAccount name).
+        target_namespace: namespace of the target.
+        target_app_name: the target app.
+        target_selector_labels: pod labels selecting the target (unit policies only).
+        target_service: Service receiving the traffic (app policies only); defaults to the
+            target app's Service.
+        target_type: ``app`` (through the Service, L7) or ``unit`` (to the pods, L4).
+        endpoints: what the source may reach.
+    """
+
+    source_namespace: str
+    source_app_name: str
+    target_namespace: str
+    target_app_name: str | None = None
+    target_selector_labels: dict[str, str] | None = None
+    target_service: str | None = None
+    target_type: PolicyTargetType = PolicyTargetType.app
+    endpoints: list[Endpoint] = field(default_factory=list[Endpoint])
+
+    def __post_init__(self) -> None:
+        where = "MeshPolicy"
+        _str(self.source_namespace, f"{where}.source_namespace")
+        _str(self.source_app_name, f"{where}.source_app_name")
+        _str(self.target_namespace, f"{where}.target_namespace")
+        _opt_str(self.target_app_name, f"{where}.target_app_name")
+        _opt_str(self.target_service, f"{where}.target_service")
+        object.__setattr__(
+            self,
+            "target_selector_labels",
+            _labels(self.target_selector_labels, f"{where}.target_selector_labels"),
+        )
+        try:
+            object.__setattr__(self, "target_type", PolicyTargetType(self.target_type))
+        except ValueError:
+            raise _fail(
+                f"{where}.target_type", f'expected "app" or "unit", got {self.target_type!r}'
+            ) from None
+        endpoints = list(self.endpoints)
+        for i, endpoint in enumerate(endpoints):
+            if not isinstance(endpoint, Endpoint):  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise _fail(f"{where}.endpoints[{i}]", f"expected an Endpoint, got {endpoint!r}")
+        object.__setattr__(self, "endpoints", endpoints)
+        self._check_target()
+
+    def _check_target(self) -> None:
+        who = f"policy from {self.source_namespace}/{self.source_app_name}"
+        if self.target_type is PolicyTargetType.app:
+            if not (self.target_app_name or self.target_service):
+                raise MeshDataError(
+                    f"{who}: an app policy needs target_app_name or target_service"
+                )
+            if self.target_selector_labels is not None:
+                raise MeshDataError(
+                    f"{who}: an app policy targets a Service and cannot have "
+                    "target_selector_labels; use a unit policy to select pods"
+                )
+            return
+        if self.target_service is not None:
+            raise MeshDataError(
+                f"{who}: a unit policy targets pods and cannot have target_service; "
+                "use an app policy for traffic through a Service"
+            )
+        if self.target_app_name is not None and self.target_selector_labels is not None:
+            raise MeshDataError(
+                f"{who}: a unit policy takes target_app_name or target_selector_labels, not both"
+            )
+        for i, endpoint in enumerate(self.endpoints):
+            if endpoint.restricts_beyond_ports:
+                raise UnitPolicyError(
+                    f"{who}, endpoints[{i}]: a unit policy is enforced at L4 by ztunnel and can "
+                    "only restrict ports, not methods, paths or hosts (Istio would drop such a "
+                    "rule and deny everything); use an app policy for L7 restrictions"
+                )
+
+    @property
+    def source_principal(self) -> str:
+        """The mesh identity (SPIFFE principal) of the source app."""
+        return f"{_TRUST_DOMAIN}/ns/{self.source_namespace}/sa/{self.source_app_name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: all eight keys, ``null`` where unset."""
+        return {
+            "source_namespace": self.source_namespace,
+            "source_app_name": self.source_app_name,
+            "target_namespace": self.target_namespace,
+            "target_app_name": self.target_app_name,
+            "target_selector_labels": (
+                None if self.target_selector_labels is None else dict(self.target_selector_labels)
+            ),
+            "target_service": self.target_service,
+            "target_type": self.target_type.value,
+            "endpoints": [endpoint.to_dict() for endpoint in self.endpoints],
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "policy") -> MeshPolicy:
+        """Validate the wire form of a policy; keys this version does not know are ignored.
+
+        Raises:
+            MeshDataError: naming the offending field.
+        """
+        body = _mapping(data, where)
+        raw_endpoints = body.get("endpoints")
+        if raw_endpoints is None:
+            raw_endpoints = []
+        if not isinstance(raw_endpoints, list):
+            raise _fail(f"{where}.endpoints", f"expected a list, got {_describe(raw_endpoints)}")
+        endpoints = [
+            Endpoint.from_dict(item, f"{where}.endpoints[{i}]")
+            for i, item in enumerate(cast("list[object]", raw_endpoints))
+        ]
+        target_type = body.get("target_type")
+        if target_type not in ("app", "unit"):
+            raise _fail(f"{where}.target_type", f'expected "app" or "unit", got {target_type!r}')
+        try:
+            return cls(
+                source_namespace=_str(body.get("source_namespace"), f"{where}.source_namespace"),
+                source_app_name=_str(body.get("source_app_name"), f"{where}.source_app_name"),
+                target_namespace=_str(body.get("target_namespace"), f"{where}.target_namespace"),
+                target_app_name=_opt_str(body.get("target_app_name"), f"{where}.target_app_name"),
+                target_selector_labels=_labels(
+                    body.get("target_selector_labels"), f"{where}.target_selector_labels"
+                ),
+                target_service=_opt_str(body.get("target_service"), f"{where}.target_service"),
+                target_type=PolicyTargetType(target_type),
+                endpoints=endpoints,
+            )
+        except MeshDataError as error:
+            raise MeshDataError(f"{where}: {error}") from None
+
+    # Names kept for charms written against the pydantic-based releases of this library.
+    def model_dump(self, **_: object) -> dict[str, Any]:
+        """Same as :meth:`to_dict` (compatibility with pydantic-style callers)."""
+        return self.to_dict()
+
+    def model_dump_json(self, **_: object) -> str:
+        """The wire form as compact JSON text."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def model_validate(cls, data: object) -> MeshPolicy:
+        """Same as :meth:`from_dict` (compatibility with pydantic-style callers)."""
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class CMRData:
+    """What a sender announces across models: its real app name and model name."""
+
+    app_name: str
+    juju_model_name: str
+
+    def __post_init__(self) -> None:
+        _str(self.app_name, "cmr_data.app_name")
+        _str(self.juju_model_name, "cmr_data.juju_model_name")
+
+    def to_dict(self) -> dict[str, str]:
+        """The wire form."""
+        return {"app_name": self.app_name, "juju_model_name": self.juju_model_name}
+
+    @classmethod
+    def from_dict(cls, data: object) -> CMRData:
+        """Validate the wire form.
+
+        Raises:
+            MeshDataError: naming the offending field.
+        """
+        body = _mapping(data, "cmr_data")
+        return cls(
+            app_name=_str(body.get("app_name"), "cmr_data.app_name"),
+            juju_model_name=_str(body.get("juju_model_name"), "cmr_data.juju_model_name"),
+        )
+
+    def model_dump(self, **_: object) -> dict[str, str]:
+        """Same as :meth:`to_dict` (compatibility with pydantic-style callers)."""
+        return self.to_dict()
+
+
+@dataclass(frozen=True)
+class ServiceMeshProviderAppData:
+    """What the provider publishes: the labels that join the mesh, and the mesh type."""
+
+    labels: dict[str, str]
+    mesh_type: MeshType
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _labels(self.labels, "labels") or {})
+        try:
+            object.__setattr__(self, "mesh_type", MeshType(self.mesh_type))
+        except ValueError:
+            known = ", ".join(m.value for m in MeshType)
+            raise _fail("mesh_type", f"expected one of {known}, got {self.mesh_type!r}") from None
+
+    def dump(self) -> dict[str, str]:
+        """The databag content: every value as JSON text."""
+        return {
+            _LABELS_KEY: json.dumps(self.labels),
+            _MESH_TYPE_KEY: json.dumps(self.mesh_type.value),
+        }
+
+    @classmethod
+    def load(cls, databag: Mapping[str, str]) -> ServiceMeshProviderAppData:
+        """Parse a provider databag (values are JSON text).
+
+        Raises:
+            MeshDataError: when a value is not JSON or not of the expected type.
+        """
+        return cls(
+            labels=cast("dict[str, str]", _json_value(databag, _LABELS_KEY)),
+            mesh_type=cast("MeshType", _json_value(databag, _MESH_TYPE_KEY)),
+        )
+
+
+def _json_value(databag: Mapping[str, str], key: str) -> object:
+    raw = databag.get(key)
+    if raw is None:
+        raise MeshDataError(f"{key}: missing")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise MeshDataError(
+            f"{key}: not valid JSON ({error.msg} at character {error.pos})"
+        ) from None
+
+
+def _dump_policies(policies: Iterable[MeshPolicy]) -> str:
+    return json.dumps([policy.to_dict() for policy in policies], separators=(",", ":"))
+
+
+def parse_policies(raw: str) -> list[MeshPolicy]:
+    """Parse the ``policies`` value of a consumer's databag.
+
+    Raises:
+        MeshDataError: naming what is wrong, e.g. ``policies[1].endpoints[0].ports[0]: ...``.
+    """
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise MeshDataError(
+            f"policies: not valid JSON ({error.msg} at character {error.pos})"
+        ) from None
+    if not isinstance(data, list):
+        raise _fail("policies", f"expected a list of policies, got {_describe(data)}")
+    return [
+        MeshPolicy.from_dict(item, f"policies[{i}]")
+        for i, item in enumerate(cast("list[object]", data))
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# From declarations to MeshPolicies
+# ---------------------------------------------------------------------------------------------
+
+
+def build_mesh_policies(
+    relation_mapping: Mapping[str, Sequence[ops.Relation]],
+    target_app_name: str,
+    target_namespace: str,
+    policies: Sequence[AppPolicy | UnitPolicy],
+    cmr_application_data: Mapping[str, CMRData] | None = None,
+) -> list[MeshPolicy]:
+    """Generate the MeshPolicies that implement ``policies`` for the currently related apps.
+
+    One MeshPolicy per declared policy and per relation of the relation it names.
+
+    Args:
+        relation_mapping: the charm's relations, for example ``self.model.relations``.
+        target_app_name: the app that receives the traffic, for example ``self.app.name``.
+        target_namespace: its namespace, for example ``self.model.name``.
+        policies: the declared AppPolicy and UnitPolicy objects.
+        cmr_application_data: for cross-model apps, their local alias mapped to the app and
+            model names they announced over ``cross_model_mesh``.
+
+    Raises:
+        MeshDataError: when a policy names a relation the charm does not declare.
+    """
+    cmr = cmr_application_data or {}
+    result: list[MeshPolicy] = []
+    for policy in policies:
+        try:
+            relations = relation_mapping[policy.relation]
+        except KeyError:
+            raise MeshDataError(
+                f"{type(policy).__name__} names relation {policy.relation!r}, which this charm "
+                "does not declare in charmcraft.yaml"
+            ) from None
+        for relation in relations:
+            if relation.app is None:  # pyright: ignore[reportUnnecessaryComparison]
+                continue
+            source = cmr.get(relation.app.name)
+            source_app, source_namespace = (
+                (source.app_name, source.juju_model_name)
+                if source
+                else (relation.app.name, target_namespace)
+            )
+            result.append(
+                _mesh_policy_for(
+                    policy, source_app, source_namespace, target_app_name, target_namespace
+                )
+            )
+    return result
+
+
+def _mesh_policy_for(
+    policy: AppPolicy | UnitPolicy,
+    source_app: str,
+    source_namespace: str,
+    target_app: str,
+    target_namespace: str,
+) -> MeshPolicy:
+    if isinstance(policy, UnitPolicy):
+        return MeshPolicy(
+            source_namespace=source_namespace,
+            source_app_name=source_app,
+            target_namespace=target_namespace,
+            target_app_name=target_app,
+            target_type=PolicyTargetType.unit,
+            endpoints=[Endpoint(ports=policy.ports)] if policy.ports else [],
+        )
+    return MeshPolicy(
+        source_namespace=source_namespace,
+        source_app_name=source_app,
+        target_namespace=target_namespace,
+        target_app_name=target_app,
+        target_service=policy.service,
+        target_type=PolicyTargetType.app,
+        endpoints=list(policy.endpoints),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Consumer
+# ---------------------------------------------------------------------------------------------
+
+
+def label_configmap_name(app_name: str) -> str:
+    """The ConfigMap in which the consumer remembers the labels it put on its objects."""
+    return f"juju-service-mesh-{app_name}-labels"
+
+
+class ServiceMeshConsumer(ops.Object):
+    """Join a service mesh and request access rules for the apps related to this one.
+
+    Args:
+        charm: the charm instantiating this object.
+        mesh_relation_name: the ``service_mesh`` relation (requires, limit 1).
+        cross_model_mesh_requires_name: the ``cross_model_mesh`` relation this app requires
+            (it sends traffic to apps in other models).
+        cross_model_mesh_provides_name: the ``cross_model_mesh`` relation this app provides
+            (it receives traffic from apps in other models).
+        policies: who may reach this app, one entry per relation that should grant access.
+        auto_join: put the mesh labels on the app's StatefulSet pod template and Service
+            (needs ``juju trust``). Turning it off later removes the labels it had put.
+
+    Raises:
+        MeshDataError: when a policy names a relation that the charm does not declare.
+    """
+
+    _stored = ops.StoredState()
+
+    def __init__(
+        self,
+        charm: ops.CharmBase,
+        mesh_relation_name: str = "service-mesh",
+        cross_model_mesh_requires_name: str = "require-cmr-mesh",
+        cross_model_mesh_provides_name: str = "provide-cmr-mesh",
+        policies: Sequence[AppPolicy | UnitPolicy] | None = None,
+        auto_join: bool = True,
+    ):
+        super().__init__(charm, mesh_relation_name)
+        self._charm = charm
+        self._mesh_relation_name = mesh_relation_name
+        self._cmr_requires_name = cross_model_mesh_requires_name
+        self._cmr_provides_name = cross_model_mesh_provides_name
+        self._auto_join = auto_join
+        self.policies: list[AppPolicy | UnitPolicy] = list(policies or [])
+        self._lightkube_client: Client | None = None
+        self._stored.set_default(labels_applied=False, label_error="")
+
+        declared = charm.meta.relations
+        for policy in self.policies:
+            if policy.relation not in declared:
+                raise MeshDataError(
+                    f"{type(policy).__name__} names relation {policy.relation!r}, which "
+                    f"charmcraft.yaml does not declare (declared: {', '.join(sorted(declared))})"
+                )
+
+        on = charm.on
+        update = self._on_update
+        for event in (on.leader_elected, on.upgrade_charm):
+            self.framework.observe(event, update)
+        mesh = on[mesh_relation_name]
+        for event in (mesh.relation_created, mesh.relation_changed, mesh.relation_broken):
+            self.framework.observe(event, update)
+        for name in sorted({policy.relation for policy in self.policies}):
+            self.framework.observe(on[name].relation_created, update)
+            self.framework.observe(on[name].relation_broken, update)
+        if cross_model_mesh_provides_name in declared:
+            cmr = on[cross_model_mesh_provides_name]
+            for event in (cmr.relation_created, cmr.relation_changed, cmr.relation_broken):
+                self.framework.observe(event, update)
+        if cross_model_mesh_requires_name in declared:
+            self.framework.observe(on[cross_model_mesh_requires_name].relation_created, update)
+        self.framework.observe(on.update_status, self._on_update_status)
+        self.framework.observe(on.collect_app_status, self._on_collect_app_status)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a mesh is related and has published what joining it takes."""
+        return self._provider_data() is not None
+
+    def labels(self) -> dict[str, str]:
+        """The labels a pod (and Service) needs to join the mesh; empty when there is none.
+
+        Charms that create their own workloads (podspec, custom resources) apply these.
+        """
+        data = self._provider_data()
+        return dict(data.labels) if data else {}
+
+    def mesh_type(self) -> MeshType | None:
+        """The type of the related mesh, or ``None`` when there is none."""
+        data = self._provider_data()
+        return data.mesh_type if data else None
+
+    def lightkube_client(self) -> Client:
+        """The Kubernetes client this object uses (created on first use).
+
+        Assign ``_lightkube_client`` before use to inject another one.
+        """
+        if self._lightkube_client is None:
+            from lightkube import Client
+
+            app, model = self._charm.app.name, self._charm.model.name
+            self._lightkube_client = Client(namespace=model, field_manager=f"{app}-{model}")
+        return self._lightkube_client
+
+    def update_service_mesh(self) -> None:
+        """Publish this app's requests and, with ``auto_join``, converge its mesh labels.
+
+        Call it after changing :attr:`policies`. Only the leader acts.
+        """
+        if not self._charm.unit.is_leader():
+            return
+        self._publish_cmr_data()
+        relation = self._charm.model.get_relation(self._mesh_relation_name)
+        if relation is not None:
+            policies = build_mesh_policies(
+                self._charm.model.relations,
+                self._charm.app.name,
+                self._charm.model.name,
+                self.policies,
+                self._cmr_application_data(),
+            )
+            _write_if_changed(
+                relation.data[self._charm.app], {_POLICIES_KEY: _dump_policies(policies)}
+            )
+        self._reconcile_labels()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _on_update(self, _: ops.EventBase) -> None:
+        self.update_service_mesh()
+
+    def _on_update_status(self, _: ops.EventBase) -> None:
+        # Retry only what failed before: a healthy consumer makes no API call on update-status.
+        if self._stored.label_error and self._charm.unit.is_leader():
+            self._reconcile_labels()
+
+    def _on_collect_app_status(self, event: ops.CollectStatusEvent) -> None:
+        if self._stored.label_error:
+            event.add_status(ops.BlockedStatus(str(self._stored.label_error)))
+
+    def _provider_data(self) -> ServiceMeshProviderAppData | None:
+        relation = self._charm.model.get_relation(self._mesh_relation_name)
+        if relation is None or relation.app is None:  # pyright: ignore[reportUnnecessaryComparison]
+            return None
+        databag = relation.data[relation.app]
+        if not databag:
+            return None
+        try:
+            return ServiceMeshProviderAppData.load(databag)
+        except MeshDataError as error:
+            logger.warning("ignoring invalid data from %s: %s", relation.app.name, error)
+            return None
+
+    def _cmr_application_data(self) -> dict[str, CMRData]:
+        result: dict[str, CMRData] = {}
+        for relation in self._charm.model.relations.get(self._cmr_provides_name, []):
+            if relation.app is None:  # pyright: ignore[reportUnnecessaryComparison]
+                continue
+            databag = relation.data[relation.app]
+            if _CMR_DATA_KEY not in databag:
+                continue
+            try:
+                result[relation.app.name] = CMRData.from_dict(_json_value(databag, _CMR_DATA_KEY))
+            except MeshDataError as error:
+                logger.warning("ignoring cmr_data from %s: %s", relation.app.name, error)
+        return result
+
+    def _publish_cmr_data(self) -> None:
+        relations = self._charm.model.relations.get(self._cmr_requires_name, [])
+        if not relations:
+            return
+        own = CMRData(app_name=self._charm.app.name, juju_model_name=self._charm.model.name)
+        for relation in relations:
+            _write_if_changed(
+                relation.data[self._charm.app], {_CMR_DATA_KEY: json.dumps(own.to_dict())}
+            )
+
+    def _reconcile_labels(self) -> None:
+        if not self._auto_join and not self._stored.labels_applied:
+            return
+        labels = self.labels() if self._auto_join else {}
+        app = self._charm.app.name
+        try:
+            from lightkube import ApiError, ConfigError
+        except ImportError:  # pragma: no cover - lightkube is in PYDEPS
+            self._stored.label_error = "service-mesh: the lightkube package is not installed"
+            return
+        try:
+            reconcile_charm_labels(
+                self.lightkube_client(),
+                app,
+                self._charm.model.name,
+                label_configmap_name(app),
+                labels,
+            )
+        except ApiError as error:
+            code = error.status.code
+            if code == 403:
+                hint = f"run `juju trust {app} --scope=cluster`"
+            else:
+                hint = f"Kubernetes said {code}: {error.status.message}"
+            self._stored.label_error = f"cannot put the mesh labels on {app}: {hint}"
+            logger.error("service mesh labels: %s", error.status.message)
+            return
+        except ConfigError as error:
+            self._stored.label_error = f"cannot reach Kubernetes to label {app}: {error}"
+            logger.error("service mesh labels: %s", error)
+            return
+        self._stored.labels_applied = bool(labels)
+        self._stored.label_error = ""
+
+
+def _write_if_changed(databag: ops.RelationDataContent, values: Mapping[str, str]) -> None:
+    for key, value in values.items():
+        if databag.get(key) != value:
+            databag[key] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# Provider
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelationRequest:
+    """What one related app asked for over the mesh relation.
+
+    Attributes:
+        relation_id: the Juju relation id.
+        app_name: the related app (its name in this model).
+        policies: the requested policies; empty when ``error`` is set.
+        error: why the app's data was refused, or ``None``.
+    """
+
+    relation_id: int
+    app_name: str | None
+    policies: list[MeshPolicy]
+    error: str | None = None
+
+
+class ServiceMeshProvider(ops.Object):
+    """Provide a service mesh: publish what joining takes and read what related apps request.
+
+    Args:
+        charm: the charm instantiating this object.
+        labels: the labels a pod (and Service) needs to join the mesh, e.g.
+            ``{"istio.io/dataplane-mode": "ambient"}``. ``{}`` when the whole model is on the
+            mesh (consumers then remove the labels they had put).
+        mesh_type: the type of this mesh.
+        mesh_relation_name: the ``service_mesh`` relation (provides).
+    """
+
+    _stored = ops.StoredState()
+
+    def __init__(
+        self,
+        charm: ops.CharmBase,
+        labels: Mapping[str, str],
+        mesh_type: MeshType = MeshType.istio,
+        mesh_relation_name: str = "service-mesh",
+    ):
+        super().__init__(charm, mesh_relation_name)
+        self._charm = charm
+        self._relation_name = mesh_relation_name
+        self._app_data = ServiceMeshProviderAppData(labels=dict(labels), mesh_type=mesh_type)
+        self._stored.set_default(published={})
+        self.framework.observe(charm.on[mesh_relation_name].relation_created, self._on_update)
+        self.framework.observe(charm.on.leader_elected, self._on_update)
+
+    def _on_update(self, _: ops.EventBase) -> None:
+        self.update_relations()
+
+    def update_relations(self) -> None:
+        """Publish the labels and mesh type to every related app (leader only).
+
+        What was published is remembered per relation, so a call that would change nothing
+        writes nothing.
+        """
+        if not self._charm.unit.is_leader():
+            return
+        content = self._app_data.dump()
+        fingerprint = json.dumps(content, sort_keys=True)
+        published = cast("dict[str, str]", self._stored.published)
+        current: dict[str, str] = {}
+        for relation in self._charm.model.relations.get(self._relation_name, []):
+            key = str(relation.id)
+            if published.get(key) != fingerprint:
+                relation.data[self._charm.app].update(content)
+            current[key] = fingerprint
+        if current != published:
+            self._stored.published = current
+
+    def relation_requests(self) -> list[RelationRequest]:
+        """What each related app requests; a relation whose data is invalid carries the reason."""
+        requests: list[RelationRequest] = []
+        for relation in self._charm.model.relations.get(self._relation_name, []):
+            app = relation.app
+            if app is None:  # pyright: ignore[reportUnnecessaryComparison]
+                continue
+            raw = relation.data[app].get(_POLICIES_KEY)
+            if raw is None:
+                requests.append(RelationRequest(relation.id, app.name, []))
+                continue
+            try:
+                policies = parse_policies(raw)
+            except MeshDataError as error:
+                requests.append(RelationRequest(relation.id, app.name, [], str(error)))
+                continue
+            requests.append(RelationRequest(relation.id, app.name, policies))
+        return requests
+
+    def rejected_relations(self) -> list[RelationRequest]:
+        """The relations whose data could not be used, with the reason."""
+        return [request for request in self.relation_requests() if request.error]
+
+    def mesh_info(self) -> list[MeshPolicy]:
+        """Every valid policy requested by the related apps (invalid relations are skipped)."""
+        return [policy for request in self.relation_requests() for policy in request.policies]
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes: the consumer's own labels
+# ---------------------------------------------------------------------------------------------
+
+
+def reconcile_charm_labels(
+    client: Client,
+    app_name: str,
+    namespace: str,
+    label_configmap_name: str,
+    labels: Mapping[str, str],
+) -> None:
+    """Converge the labels this function manages on a charm's pod template and Service.
+
+    The labels last set are remembered in a ConfigMap (data key ``labels``, a JSON object), so
+    that a later call removes exactly those it no longer wants. A label whose value someone else
+    changed since is left alone, and labels never set here are never touched. Objects are only
+    written when something differs.
+
+    Args:
+        client: the Kubernetes client.
+        app_name: the app; its StatefulSet and Service carry its name.
+        namespace: the app's namespace (Juju model name).
+        label_configmap_name: the ConfigMap that remembers the managed labels.
+        labels: the labels wanted now; ``{}`` removes every label managed here.
+
+    Raises:
+        lightkube.ApiError: when Kubernetes refuses (e.g. 403 without ``juju trust``).
+    """
+    from lightkube import ApiError
+    from lightkube.models.meta_v1 import ObjectMeta
+    from lightkube.resources.apps_v1 import StatefulSet
+    from lightkube.resources.core_v1 import ConfigMap, Service
+    from lightkube.types import PatchType
+
+    api: Any = client  # lightkube's patch overloads are only partly typed
+    wanted = dict(labels)
+    try:
+        configmap = api.get(ConfigMap, label_configmap_name, namespace=namespace)
+    except ApiError as error:
+        if error.status.code != 404:
+            raise
+        configmap = None
+    previous: dict[str, str] = {}
+    if configmap is not None and configmap.data and _LABELS_KEY in configmap.data:
+        try:
+            previous = _labels(json.loads(configmap.data[_LABELS_KEY]), "labels") or {}
+        except (json.JSONDecodeError, MeshDataError):
+            logger.warning(
+                "ConfigMap %s holds invalid labels; starting over", label_configmap_name
+            )
+
+    statefulset = api.get(StatefulSet, app_name, namespace=namespace)
+    template = statefulset.spec.template if statefulset.spec else None
+    pod_labels: dict[str, str] = (
+        template.metadata.labels if template and template.metadata else None
+    ) or {}
+    patch = _label_patch(pod_labels, previous, wanted)
+    if patch:
+        api.patch(
+            StatefulSet,
+            app_name,
+            {"spec": {"template": {"metadata": {"labels": patch}}}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+    service = api.get(Service, app_name, namespace=namespace)
+    service_labels: dict[str, str] = (service.metadata.labels if service.metadata else None) or {}
+    patch = _label_patch(service_labels, previous, wanted)
+    if patch:
+        api.patch(
+            Service,
+            app_name,
+            {"metadata": {"labels": patch}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+
+    if previous == wanted and configmap is not None:
+        return
+    body = {_LABELS_KEY: json.dumps(wanted, sort_keys=True)}
+    if configmap is None:
+        api.create(
+            ConfigMap(
+                metadata=ObjectMeta(name=label_configmap_name, namespace=namespace), data=body
+            ),
+            namespace=namespace,
+        )
+    else:
+        api.patch(
+            ConfigMap,
+            label_configmap_name,
+            {"data": body},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+
+
+def _label_patch(
+    current: Mapping[str, str], previous: Mapping[str, str], wanted: Mapping[str, str]
+) -> dict[str, str | None]:
+    """A merge patch of labels: set what is wanted, remove what was set before and is not."""
+    patch: dict[str, str | None] = {
+        key: value for key, value in wanted.items() if current.get(key) != value
+    }
+    for key, value in previous.items():
+        # Remove only labels still carrying the value we set: a changed value is someone else's.
+        if key not in wanted and current.get(key) == value:
+            patch[key] = None
+    return patch
+
+
+# ---------------------------------------------------------------------------------------------
+# Istio AuthorizationPolicies: pure builders
+# ---------------------------------------------------------------------------------------------
+
+
+def _dns_name(text: str) -> str:
+    name = re.sub(r"[^a-z0-9.-]+", "-", text.lower())
+    name = re.sub(r"-{2,}", "-", name)
+    return name.strip("-.")
+
+
+def authorization_policy_name(policy: MeshPolicy) -> str:
+    """A stable, valid name for the AuthorizationPolicy of ``policy``.
+
+    Readable (target, type, source), and unique per source, target and rules thanks to a digest
+    of the whole policy, so the same request has the same name on every reconcile.
+    """
+    digest = hashlib.sha256(
+        json.dumps(policy.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()[:10]
+    target = policy.target_service or policy.target_app_name or "all"
+    readable = _dns_name(
+        f"{target}-{policy.target_type.value}-from-{policy.source_app_name}-{policy.source_namespace}"
+    )
+    return f"{readable[: _MAX_NAME_LENGTH - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
+def _operation(endpoint: Endpoint, unit: bool) -> dict[str, list[str]]:
+    operation: dict[str, list[str]] = {}
+    if endpoint.ports:
+        operation["ports"] = [str(port) for port in endpoint.ports]
+    if unit:
+        return operation
+    if endpoint.hosts:
+        operation["hosts"] = list(endpoint.hosts)
+    if endpoint.methods:
+        operation["methods"] = [method.value for method in endpoint.methods]
+    if endpoint.paths:
+        operation["paths"] = list(endpoint.paths)
+    return operation
+
+
+def build_authorization_policy(
+    policy: MeshPolicy,
+    *,
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Istio AuthorizationPolicy (ALLOW) manifest that implements ``policy``.
+
+    App policies target the Service (``targetRefs``) and are enforced by its waypoint; unit
+    policies select the pods and are enforced by ztunnel, ports only.
+
+    Args:
+        policy: the policy to implement.
+        labels: labels for the object's metadata (ownership).
+        annotations: annotations for the object's metadata (e.g. who asked for it).
+
+    Raises:
+        UnitPolicyError: a unit policy restricting methods, paths or hosts (MeshPolicy
+            validation refuses it; this guards policies built around that check).
+    """
+    unit = policy.target_type is PolicyTargetType.unit
+    if unit and any(endpoint.restricts_beyond_ports for endpoint in policy.endpoints):
+        raise UnitPolicyError(
+            f"unit policy from {policy.source_app_name}: ztunnel can only restrict ports"
+        )
+    operations = [_operation(endpoint, unit) for endpoint in policy.endpoints]
+    rule: dict[str, Any] = {"from": [{"source": {"principals": [policy.source_principal]}}]}
+    # An endpoint that restricts nothing allows everything: the rule then needs no "to".
+    if operations and all(operations):
+        rule["to"] = [{"operation": operation} for operation in operations]
+    spec: dict[str, Any] = {}
+    if not unit:
+        service = policy.target_service or policy.target_app_name
+        spec["targetRefs"] = [{"group": "", "kind": "Service", "name": service}]
+    elif policy.target_app_name:
+        spec["selector"] = {"matchLabels": {"app.kubernetes.io/name": policy.target_app_name}}
+    elif policy.target_selector_labels:
+        spec["selector"] = {"matchLabels": dict(policy.target_selector_labels)}
+    spec["rules"] = [rule]
+    metadata: dict[str, Any] = {
+        "name": authorization_policy_name(policy),
+        "namespace": policy.target_namespace,
+    }
+    if labels:
+        metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return {
+        "apiVersion": f"{_AUTHZ_GROUP}/{_AUTHZ_VERSION}",
+        "kind": _AUTHZ_KIND,
+        "metadata": metadata,
+        "spec": spec,
+    }
+
+
+def build_authorization_policies(
+    policies: Iterable[MeshPolicy],
+    *,
+    labels: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`build_authorization_policy` for each policy, without duplicates."""
+    manifests: dict[tuple[str, str], dict[str, Any]] = {}
+    for policy in policies:
+        manifest = build_authorization_policy(policy, labels=labels)
+        manifests[_manifest_key(manifest)] = manifest
+    return list(manifests.values())
+
+
+def _manifest_key(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = cast("Mapping[str, Any]", manifest.get("metadata") or {})
+    return str(metadata.get("namespace", "")), str(metadata.get("name", ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes: owning a set of AuthorizationPolicies
+# ---------------------------------------------------------------------------------------------
+
+
+def _label_value(text: str) -> str:
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    if len(value) <= _MAX_LABEL_VALUE_LENGTH:
+        return value
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{value[: _MAX_LABEL_VALUE_LENGTH - 9].rstrip('-._')}-{digest}"
+
+
+def get_default_labels(
+    app_name: str, model_name: str, scope: str = "service-mesh"
+) -> dict[str, str]:
+    """Ownership labels for a :class:`PolicyResourceManager` of an app in a model."""
+    return {
+        "app.kubernetes.io/name": _label_value(f"{app_name}-{model_name}"),
+        "kubernetes-resource-handler-scope": _label_value(scope),
+    }
+
+
+@functools.cache
+def _authorization_policy_resource() -> type[GenericNamespacedResource]:
+    import lightkube.generic_resource
+
+    generic: Any = lightkube.generic_resource  # its ``verbs`` parameter is untyped
+    return generic.create_namespaced_resource(
+        _AUTHZ_GROUP, _AUTHZ_VERSION, _AUTHZ_KIND, _AUTHZ_PLURAL
+    )
+
+
+@dataclass(frozen=True)
+class ReconcileSummary:
+    """What a reconcile changed, as ``namespace/name`` lists, and how many were already right."""
+
+    created: list[str]
+    updated: list[str]
+    deleted: list[str]
+    unchanged: int
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was written."""
+        return bool(self.created or self.updated or self.deleted)
+
+
+class PolicyResourceManager:
+    """Own a set of mesh policy resources by label and converge it to the wanted set.
+
+    Useful to charms that manage their own policies (outside a beacon-managed model, custom
+    rules, apps not related to the beacon).
+
+    Args:
+        charm: the charm instantiating this object.
+        lightkube_client: the Kubernetes client. It must have a ``field_manager``: objects are
+            written with server-side apply.
+        labels: the labels that mark the objects this manager owns; they are put on every object
+            it writes and select the objects it lists. Defaults to :func:`get_default_labels`.
+        logger: where to log; defaults to this module's logger.
+    """
+
+    def __init__(
+        self,
+        charm: ops.CharmBase,
+        lightkube_client: Client,
+        labels: Mapping[str, str] | None = None,
+        logger: logging.Logger | None = None,
+    ):
+        self._charm = charm
+        self._client = lightkube_client
+        self.labels: dict[str, str] = (
+            dict(labels) if labels else get_default_labels(charm.app.name, charm.model.name)
+        )
+        self.log = logger or logging.getLogger(__name__)
+
+    def reconcile(
+        self,
+        policies: Sequence[MeshPolicy],
+        mesh_type: MeshType,
+        raw_policies: Sequence[Mapping[str, Any]] | None = None,
+        force: bool = True,
+        ignore_missing: bool = True,
+    ) -> ReconcileSummary:
+        """Create what is missing, update what differs, delete what is no longer wanted.
+
+        Nothing is written when everything is already as wanted.
+
+        Args:
+            policies: the wanted policies.
+            mesh_type: the mesh to build resources for (from ``ServiceMeshConsumer.mesh_type``).
+            raw_policies: more AuthorizationPolicy manifests to own, e.g. built with
+                :func:`build_authorization_policy` and annotations, or written by hand.
+            force: take over fields managed by another field manager.
+            ignore_missing: do not fail when an object to delete is already gone.
+
+        Raises:
+            MissingCRDError: the AuthorizationPolicy CRD is not installed (Istio is missing).
+            ValueError: an unsupported mesh type, or a raw manifest without a name.
+            lightkube.ApiError: anything else Kubernetes refused (403: the charm is not trusted).
+        """
+        if MeshType(mesh_type) is not MeshType.istio:  # pragma: no cover - one mesh type today
+            raise ValueError(f"unsupported mesh type {mesh_type!r}")
+        wanted = {
+            _manifest_key(manifest): manifest
+            for manifest in self._wanted(policies, raw_policies or [])
+        }
+        existing = self._existing(namespaces={namespace for namespace, _ in wanted})
+        resource: Any = _authorization_policy_resource()
+        client: Any = self._client
+        created: list[str] = []
+        updated: list[str] = []
+        unchanged = 0
+        for key, manifest in wanted.items():
+            current = existing.get(key)
+            if current is not None and _is_applied(manifest, current):
+                unchanged += 1
+                continue
+            client.apply(resource.from_dict(manifest), force=force)
+            (updated if current is not None else created).append("/".join(key))
+        deleted = [key for key in existing if key not in wanted]
+        for namespace, name in deleted:
+            self._delete(name, namespace, ignore_missing)
+        summary = ReconcileSummary(created, updated, ["/".join(key) for key in deleted], unchanged)
+        if summary.changed:
+            self.log.info(
+                "policies: %d created, %d updated, %d deleted, %d unchanged",
+                len(created),
+                len(updated),
+                len(deleted),
+                unchanged,
+            )
+        return summary
+
+    def delete(self, ignore_missing: bool = True) -> None:
+        """Delete every policy resource this manager owns.
+
+        Raises:
+            MissingCRDError: the AuthorizationPolicy CRD is not installed.
+        """
+        for namespace, name in self._existing(namespaces=set()):
+            self._delete(name, namespace, ignore_missing)
+
+    def get_deployed_resources(self) -> list[dict[str, Any]]:
+        """The policy resources this manager owns, as they are in the cluster."""
+        return list(self._existing(namespaces=set()).values())
+
+    def _wanted(
+        self, policies: Sequence[MeshPolicy], raw_policies: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        manifests = build_authorization_policies(policies, labels=self.labels)
+        for raw in raw_policies:
+            manifest = json.loads(json.dumps(dict(raw)))  # a deep, plain copy
+            metadata = manifest.setdefault("metadata", {})
+            if not metadata.get("name"):
+                raise ValueError(f"raw policy without metadata.name: {raw!r}")
+            metadata.setdefault("namespace", self._charm.model.name)
+            metadata["labels"] = {**(metadata.get("labels") or {}), **self.labels}
+            manifest.setdefault("apiVersion", f"{_AUTHZ_GROUP}/{_AUTHZ_VERSION}")
+            manifest.setdefault("kind", _AUTHZ_KIND)
+            manifests.append(manifest)
+        return manifests
+
+    def _existing(self, namespaces: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
+        from lightkube import ALL_NS, ApiError
+
+        resource = _authorization_policy_resource()
+        client: Any = self._client  # lightkube's overloads are only partly typed
+        selector: dict[str, Any] = dict(self.labels)
+        try:
+            items: list[Any] = list(client.list(resource, namespace=ALL_NS, labels=selector))
+        except ApiError as error:
+            self._raise_if_missing_crd(error)
+            if error.status.code != 403:
+                raise
+            # Without cluster-wide list rights, look where this manager can write.
+            items = []
+            for namespace in sorted(namespaces | {self._charm.model.name}):
+                try:
+                    items.extend(client.list(resource, namespace=namespace, labels=selector))
+                except ApiError as inner:
+                    self._raise_if_missing_crd(inner)
+                    raise
+        result: dict[tuple[str, str], dict[str, Any]] = {}
+        for item in items:
+            manifest = cast("dict[str, Any]", item.to_dict())
+            result[_manifest_key(manifest)] = manifest
+        return result
+
+    def _delete(self, name: str, namespace: str, ignore_missing: bool) -> None:
+        from lightkube import ApiError
+
+        client: Any = self._client
+        try:
+            client.delete(_authorization_policy_resource(), name, namespace=namespace)
+        except ApiError as error:
+            if not (ignore_missing and error.status.code == 404):
+                raise
+
+    @staticmethod
+    def _raise_if_missing_crd(error: Any) -> None:
+        if error.status.code == 404:
+            raise MissingCRDError(
+                f"{_AUTHZ_PLURAL}.{_AUTHZ_GROUP}", "deploy Istio (the istio-k8s charm)"
+            ) from error
+
+
+def _is_applied(wanted: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """Whether ``current`` already is what ``wanted`` asks for (extra labels are fine)."""
+    if wanted.get("spec") != current.get("spec"):
+        return False
+    want_meta = cast("Mapping[str, Any]", wanted.get("metadata") or {})
+    have_meta = cast("Mapping[str, Any]", current.get("metadata") or {})
+    for key in ("labels", "annotations"):
+        want = cast("Mapping[str, str]", want_meta.get(key) or {})
+        have = cast("Mapping[str, str]", have_meta.get(key) or {})
+        if any(have.get(name) != value for name, value in want.items()):
+            return False
+    return True
