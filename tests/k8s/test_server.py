@@ -30,10 +30,8 @@ def test_untrusted_app_manages_its_own_namespace(
     "action",
     [
         pytest.param(lambda c, other: c.get(Namespace, other), id="get-namespace"),
-        pytest.param(lambda c, other: c.list(CustomResourceDefinition).__next__(), id="list-crds"),
-        pytest.param(
-            lambda c, other: c.list(ConfigMap, namespace=other).__next__(), id="other-ns"
-        ),
+        pytest.param(lambda c, other: list(c.list(CustomResourceDefinition)), id="list-crds"),
+        pytest.param(lambda c, other: list(c.list(ConfigMap, namespace=other)), id="other-ns"),
         pytest.param(
             lambda c, other: c.patch(Namespace, other, {"metadata": {"labels": {"x": "y"}}}),
             id="label-namespace",

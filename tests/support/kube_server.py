@@ -37,7 +37,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -57,6 +57,9 @@ BUILD_SCRIPT = REPO_ROOT / "tools" / "kube-tier" / "build.sh"
 
 #: Verbs of ``apiserver_request_total`` that change stored state.
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
+
+#: What an app deployed without ``juju trust`` may do: anything, but only in its own namespace.
+UNTRUSTED_APP_RULES = (PolicyRule(apiGroups=["*"], resources=["*"], verbs=["*"]),)
 
 _LOOPBACK = "127.0.0.1"
 _TOKEN_SECONDS = 3600
@@ -447,11 +450,13 @@ class KubeServer:
         service_account: str,
         *,
         field_manager: str | None = None,
+        rules: Sequence[PolicyRule] | None = None,
     ) -> Client:
         """Return a client restricted the way Juju restricts an application deployed without trust.
 
-        Creates (as admin, idempotently) the namespace, the ServiceAccount, a Role allowing every
-        verb on every resource of every API group in that namespace, and its RoleBinding. Then
+        Creates (as admin, idempotently) the namespace, the ServiceAccount, a Role (by default
+        allowing every verb on every resource of every API group in that namespace; see
+        `UNTRUSTED_APP_RULES`) and its RoleBinding. Then
         authenticates as that ServiceAccount with a bound token. The client can manage namespaced
         objects of its own namespace, and gets a real 403 for cluster-scoped objects (Namespaces,
         CRDs, ClusterRoles, ...) and for anything in another namespace.
@@ -460,6 +465,7 @@ class KubeServer:
             namespace: The model's namespace.
             service_account: The application name (Juju names the ServiceAccount after the app).
             field_manager: Default field manager of the returned client.
+            rules: The Role's rules instead of `UNTRUSTED_APP_RULES`.
         """
         admin = self.admin_client()
         ensure_namespace(admin, namespace)
@@ -468,7 +474,7 @@ class KubeServer:
         admin.apply(
             Role(
                 metadata=ObjectMeta(name=f"{service_account}-untrusted", namespace=namespace),
-                rules=[PolicyRule(apiGroups=["*"], resources=["*"], verbs=["*"])],
+                rules=list(UNTRUSTED_APP_RULES if rules is None else rules),
             ),
             field_manager="kube-tier",
             force=True,
@@ -490,7 +496,8 @@ class KubeServer:
         )
         token = admin.create(
             ServiceAccount.Token(
-                spec=TokenRequestSpec(audiences=[], expirationSeconds=_TOKEN_SECONDS)
+                metadata=ObjectMeta(name=service_account, namespace=namespace),
+                spec=TokenRequestSpec(audiences=[], expirationSeconds=_TOKEN_SECONDS),
             ),
             name=service_account,
             namespace=namespace,
