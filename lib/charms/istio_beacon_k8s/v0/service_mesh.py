@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 1
+LIBPATCH = 2
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -1030,9 +1030,14 @@ class ServiceMeshProvider(ops.Object):
         self._stored.set_default(published={})
         self.framework.observe(charm.on[mesh_relation_name].relation_created, self._on_update)
         self.framework.observe(charm.on.leader_elected, self._on_update)
+        self.framework.observe(charm.on.update_status, self._on_update_status)
 
     def _on_update(self, _: ops.EventBase) -> None:
         self.update_relations()
+
+    def _on_update_status(self, _: ops.EventBase) -> None:
+        if self._stored.published and not self._charm.unit.is_leader():
+            self._stored.published = {}
 
     def update_relations(self) -> None:
         """Publish the labels and mesh type to every related app (leader only).
@@ -1041,6 +1046,10 @@ class ServiceMeshProvider(ops.Object):
         writes nothing.
         """
         if not self._charm.unit.is_leader():
+            # Forget what was published (also on update-status): when this unit leads again,
+            # another leader may have written since, so it must publish everything once.
+            if self._stored.published:
+                self._stored.published = {}
             return
         content = self._app_data.dump()
         fingerprint = json.dumps(content, sort_keys=True)
