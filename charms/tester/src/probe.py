@@ -97,11 +97,11 @@ def _parse_requests(raw: Any, default_method: str, default_timeout: float) -> li
     if not isinstance(items, list) or not items:
         raise ProbeParamsError("'requests' must be a non-empty JSON list of objects")
     requests: list[ProbeRequest] = []
-    for index, item in enumerate(items):  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+    for index, item in enumerate(items):
         where = f"requests[{index}]"
         if not isinstance(item, dict):
             raise ProbeParamsError(f"{where} must be an object with 'url', 'method', 'timeout'")
-        entry: dict[str, Any] = item  # pyright: ignore[reportUnknownVariableType]
+        entry: dict[str, Any] = item
         unknown = sorted(set(entry) - _REQUEST_KEYS)
         if unknown:
             raise ProbeParamsError(f"{where} has unknown keys {unknown}")

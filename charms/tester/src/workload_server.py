@@ -45,7 +45,7 @@ class AnswerEverythingHandler(BaseHTTPRequestHandler):
             {
                 "app": self.app_name,
                 "unit": self.unit_name,
-                "port": self.server.server_address[1],
+                "port": self.connection.getsockname()[1],
                 "method": self.command,
                 "path": self.path,
             }
