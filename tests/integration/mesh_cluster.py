@@ -1,0 +1,236 @@
+"""Read-only views of the Kubernetes cluster behind the Juju controller, through lightkube.
+
+The integration tests look at what the charms did to the cluster (labels, waypoint, policies) with
+the same client library the charms use. The client is configured from, in order: the file named by
+`KUBECONFIG`, `~/.kube/config`, or the output of `microk8s config` (also tried through
+`sudo -n`, for a user whose microk8s group membership is not active in this shell yet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightkube
+from lightkube.core.exceptions import ApiError
+from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment, StatefulSet
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Service
+
+AuthorizationPolicy = create_namespaced_resource(
+    "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
+)
+Gateway = create_namespaced_resource("gateway.networking.k8s.io", "v1", "Gateway", "gateways")
+
+DATAPLANE_MODE = "istio.io/dataplane-mode"
+USE_WAYPOINT = "istio.io/use-waypoint"
+USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
+NAMESPACE_OWNER = "charms.canonical.com/istio.io.waypoint.managed-by"
+MESH_LABEL_KEYS = (DATAPLANE_MODE, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE)
+MODEL_OPERATOR_SELECTOR = {"juju-modeloperator": "modeloperator"}
+
+
+class KubeconfigNotFoundError(RuntimeError):
+    """No kubeconfig for the cluster could be found."""
+
+
+def kubeconfig_path(scratch_dir: Path) -> Path:
+    """Return a kubeconfig file for the cluster, writing one into `scratch_dir` if needed.
+
+    Raises:
+        KubeconfigNotFoundError: when neither a kubeconfig file nor `microk8s config` is available.
+    """
+    if env := os.environ.get("KUBECONFIG"):
+        return Path(env)
+    default = Path.home() / ".kube" / "config"
+    if default.is_file():
+        return default
+    tried = [f"KUBECONFIG (unset), {default} (missing)"]
+    if shutil.which("microk8s"):
+        for command in (["microk8s", "config"], ["sudo", "-n", "microk8s", "config"]):
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode == 0 and done.stdout.strip():
+                path = scratch_dir / "kubeconfig"
+                path.write_text(done.stdout)
+                return path
+            tried.append(f"`{' '.join(command)}` (exit {done.returncode}: {done.stderr.strip()})")
+    else:
+        tried.append("microk8s (not on PATH)")
+    raise KubeconfigNotFoundError(
+        "no kubeconfig for the cluster; tried " + "; ".join(tried) + ". "
+        "Write one with `mkdir -p ~/.kube && sudo microk8s config > ~/.kube/config` "
+        "or set KUBECONFIG."
+    )
+
+
+def make_client(scratch_dir: Path | None = None) -> lightkube.Client:
+    """A lightkube client for the cluster (see `kubeconfig_path`)."""
+    scratch = scratch_dir or Path(tempfile.mkdtemp(prefix="mesh-it-kube-"))
+    config = lightkube.KubeConfig.from_file(kubeconfig_path(scratch))
+    return lightkube.Client(config=config, field_manager="mesh-integration-tests")
+
+
+def waypoint_name(model: str, beacon_app: str) -> str:
+    """Name of the waypoint Gateway a beacon creates (the test names keep it under 63 chars)."""
+    name = f"{model}-{beacon_app}-waypoint"
+    assert len(name) <= 63, f"test model/app names too long for an unhashed waypoint name: {name}"
+    return name
+
+
+def expected_consumer_labels(model: str, beacon_app: str) -> dict[str, str]:
+    """The labels a beacon publishes to its consumers when the model is not on the mesh."""
+    return {
+        DATAPLANE_MODE: "ambient",
+        USE_WAYPOINT: waypoint_name(model, beacon_app),
+        USE_WAYPOINT_NAMESPACE: model,
+    }
+
+
+def expected_namespace_labels(model: str, beacon_app: str) -> dict[str, str]:
+    """The labels a beacon puts on its namespace when the whole model is on the mesh."""
+    return {
+        DATAPLANE_MODE: "ambient",
+        USE_WAYPOINT: waypoint_name(model, beacon_app),
+        NAMESPACE_OWNER: f"{model}.{beacon_app}",
+    }
+
+
+def _labels(metadata: object) -> dict[str, str]:
+    labels = getattr(metadata, "labels", None)
+    return dict(labels or {})
+
+
+def pod_template_labels(client: lightkube.Client, app: str, namespace: str) -> dict[str, str]:
+    """Labels of the pod template of a Juju app's StatefulSet."""
+    sts = client.get(StatefulSet, app, namespace=namespace)
+    assert sts.spec is not None
+    return _labels(sts.spec.template.metadata)
+
+
+def service_labels(client: lightkube.Client, app: str, namespace: str) -> dict[str, str]:
+    """Labels of a Juju app's Service (named after the app)."""
+    return _labels(client.get(Service, app, namespace=namespace).metadata)
+
+
+def namespace_labels(client: lightkube.Client, namespace: str) -> dict[str, str]:
+    """Labels of a namespace."""
+    return _labels(client.get(Namespace, namespace).metadata)
+
+
+def mesh_labels_of(labels: Mapping[str, str]) -> dict[str, str]:
+    """The subset of `labels` that puts a pod, Service or namespace on the mesh."""
+    return {
+        key: value for key, value in labels.items() if key in (*MESH_LABEL_KEYS, NAMESPACE_OWNER)
+    }
+
+
+def get_or_none(
+    client: lightkube.Client, resource: type[GenericNamespacedResource], name: str, namespace: str
+) -> GenericNamespacedResource | None:
+    """A namespaced custom resource, or None when it does not exist."""
+    try:
+        return client.get(resource, name, namespace=namespace)
+    except ApiError as error:
+        if error.status.code == 404:
+            return None
+        raise
+
+
+def hpa_or_none(
+    client: lightkube.Client, name: str, namespace: str
+) -> HorizontalPodAutoscaler | None:
+    """A HorizontalPodAutoscaler, or None when it does not exist."""
+    try:
+        return client.get(HorizontalPodAutoscaler, name, namespace=namespace)
+    except ApiError as error:
+        if error.status.code == 404:
+            return None
+        raise
+
+
+def deployment_ready_replicas(client: lightkube.Client, name: str, namespace: str) -> int:
+    """Ready replicas of a Deployment (0 when it does not exist)."""
+    try:
+        deployment = client.get(Deployment, name, namespace=namespace)
+    except ApiError as error:
+        if error.status.code == 404:
+            return 0
+        raise
+    return (deployment.status.readyReplicas or 0) if deployment.status else 0
+
+
+def authorization_policies(
+    client: lightkube.Client, namespace: str
+) -> list[GenericNamespacedResource]:
+    """Every AuthorizationPolicy in a namespace."""
+    return list(client.list(AuthorizationPolicy, namespace=namespace))
+
+
+def policy_summary(policy: GenericNamespacedResource) -> str:
+    """One line naming a policy and its labels, for assertion messages."""
+    metadata = policy.metadata
+    name = metadata.name if metadata else "?"
+    return f"{name} {_labels(metadata)}"
+
+
+def model_operator_policies(
+    client: lightkube.Client, namespace: str
+) -> list[GenericNamespacedResource]:
+    """AuthorizationPolicies that select Juju's model operator pod."""
+    found: list[GenericNamespacedResource] = []
+    for policy in authorization_policies(client, namespace):
+        selector = (policy.get("spec") or {}).get("selector") or {}
+        if selector.get("matchLabels") == MODEL_OPERATOR_SELECTOR:
+            found.append(policy)
+    return found
+
+
+def labels_configmap(client: lightkube.Client, app: str, namespace: str) -> dict[str, str] | None:
+    """The labels a consumer recorded as applied (`juju-service-mesh-<app>-labels`), if any."""
+    try:
+        configmap = client.get(ConfigMap, f"juju-service-mesh-{app}-labels", namespace=namespace)
+    except ApiError as error:
+        if error.status.code == 404:
+            return None
+        raise
+    raw = (configmap.data or {}).get("labels", "{}")
+    loaded = json.loads(raw)
+    return {str(key): str(value) for key, value in (loaded or {}).items()}
+
+
+def policy_targets(policy: GenericNamespacedResource) -> set[str]:
+    """The app names a policy applies to: its targetRefs Service names, or its selected app."""
+    spec = policy.get("spec") or {}
+    targets = {str(ref.get("name")) for ref in spec.get("targetRefs") or []}
+    match_labels = (spec.get("selector") or {}).get("matchLabels") or {}
+    if "app.kubernetes.io/name" in match_labels:
+        targets.add(str(match_labels["app.kubernetes.io/name"]))
+    return targets
+
+
+def policy_principals(policy: GenericNamespacedResource) -> set[str]:
+    """Every source principal a policy allows."""
+    spec = policy.get("spec") or {}
+    principals: set[str] = set()
+    for rule in spec.get("rules") or []:
+        for source in rule.get("from") or []:
+            principals.update(str(p) for p in (source.get("source") or {}).get("principals") or [])
+    return principals
+
+
+def policies_for(
+    client: lightkube.Client, namespace: str, app: str
+) -> list[GenericNamespacedResource]:
+    """The AuthorizationPolicies in a namespace that apply to `app`."""
+    return [p for p in authorization_policies(client, namespace) if app in policy_targets(p)]
+
+
+def principal(namespace: str, app: str) -> str:
+    """The mesh identity of a Juju app's pods."""
+    return f"cluster.local/ns/{namespace}/sa/{app}"

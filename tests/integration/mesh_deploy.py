@@ -1,0 +1,258 @@
+"""How the integration tests get charms and deploy them: packed charms, Istio, beacon, testers.
+
+Packed charms come from `BEACON_CHARM_PATH` / `TESTER_CHARM_PATH` (absolute paths to .charm
+files) or, when unset, from `scripts/pack.sh`, which copies the shared library into each charm and
+runs `charmcraft pack`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import jubilant
+import yaml
+from mesh_probe import ALLOWED, FORBIDDEN, REFUSED, Case, case
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOG_DIR = REPO_ROOT / "build" / "integration-logs"
+"""Where the debug logs of the models of a failed module are written (CI uploads them)."""
+PACK_SCRIPT = REPO_ROOT / "scripts" / "pack.sh"
+
+BEACON = "beacon"
+"""Application name the tests give the beacon."""
+ISTIO_APP = "istio-k8s"
+ISTIO_CHANNEL = os.environ.get("ISTIO_K8S_CHANNEL", "2/edge")
+
+DEPLOY_TIMEOUT = 15 * 60.0
+"""Seconds for freshly deployed apps to settle (images are pulled on first use)."""
+SETTLE_TIMEOUT = 10 * 60.0
+"""Seconds for apps to settle after a config or relation change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Charms:
+    """Packed charms under test, and the OCI images the tester's resources point at."""
+
+    beacon: Path
+    tester: Path
+    tester_resources: dict[str, str]
+
+
+def _packed_by_script(name: str) -> Path:
+    """Pack one charm with scripts/pack.sh and return the path it reports."""
+    done = subprocess.run(
+        ["bash", str(PACK_SCRIPT), name], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"scripts/pack.sh {name} failed (exit {done.returncode}); set "
+            f"{name.upper()}_CHARM_PATH to a packed charm to skip packing.\n"
+            f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        )
+    # pack.sh prints `<name>=<absolute path>` for each charm it packed, on stdout.
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key == name and value:
+            return Path(value)
+    raise RuntimeError(f"scripts/pack.sh {name} did not report a charm path:\n{done.stdout}")
+
+
+def charm_path(name: str) -> Path:
+    """The packed charm `name` (beacon or tester): from `<NAME>_CHARM_PATH`, else packed now."""
+    variable = f"{name.upper()}_CHARM_PATH"
+    if given := os.environ.get(variable):
+        path = Path(given)
+        if not path.is_absolute() or not path.is_file():
+            raise RuntimeError(f"{variable}={given!r} is not an absolute path to a .charm file")
+        return path
+    return _packed_by_script(name)
+
+
+def charm_resources(charm_dir: Path) -> dict[str, str]:
+    """Map each OCI image resource of a charm to its `upstream-source`."""
+    meta = yaml.safe_load((charm_dir / "charmcraft.yaml").read_text())
+    resources: dict[str, dict[str, str]] = meta.get("resources") or {}
+    return {
+        name: spec["upstream-source"]
+        for name, spec in resources.items()
+        if spec.get("type") == "oci-image"
+    }
+
+
+def load_charms() -> Charms:
+    """Both charms under test (packing whichever has no path in the environment)."""
+    return Charms(
+        beacon=charm_path("beacon"),
+        tester=charm_path("tester"),
+        tester_resources=charm_resources(REPO_ROOT / "charms" / "tester"),
+    )
+
+
+def deploy_istio(juju: jubilant.Juju) -> None:
+    """Deploy istio-k8s (ambient, its defaults) into `juju`'s model unless it is there already."""
+    if ISTIO_APP not in juju.status().apps:
+        juju.deploy(ISTIO_APP, ISTIO_APP, channel=ISTIO_CHANNEL, trust=True)
+    juju.wait(
+        lambda status: jubilant.all_active(status, ISTIO_APP),
+        error=lambda status: jubilant.any_error(status, ISTIO_APP),
+        timeout=DEPLOY_TIMEOUT,
+        delay=5.0,
+    )
+
+
+def deploy_beacon(
+    juju: jubilant.Juju,
+    charms: Charms,
+    app: str = BEACON,
+    *,
+    config: dict[str, jubilant.ConfigValue] | None = None,
+    num_units: int = 1,
+) -> None:
+    """Deploy the beacon charm, trusted (it manages cluster resources)."""
+    juju.deploy(charms.beacon, app, config=config, num_units=num_units, trust=True)
+
+
+def deploy_tester(
+    juju: jubilant.Juju,
+    charms: Charms,
+    app: str,
+    *,
+    config: dict[str, jubilant.ConfigValue] | None = None,
+    num_units: int = 1,
+) -> None:
+    """Deploy the tester charm, trusted (it patches its own StatefulSet and Service labels)."""
+    juju.deploy(
+        charms.tester,
+        app,
+        config=config,
+        num_units=num_units,
+        resources=charms.tester_resources,
+        trust=True,
+    )
+
+
+def join_mesh(juju: jubilant.Juju, *apps: str, beacon: str = BEACON) -> None:
+    """Relate each app's `service-mesh` endpoint to the beacon."""
+    for app in apps:
+        juju.integrate(f"{beacon}:service-mesh", f"{app}:service-mesh")
+
+
+def wait_active(juju: jubilant.Juju, *apps: str, timeout: float = SETTLE_TIMEOUT) -> None:
+    """Wait until the apps and their units are active and idle; fail early on an error status."""
+    juju.wait(
+        lambda status: (
+            jubilant.all_active(status, *apps) and jubilant.all_agents_idle(status, *apps)
+        ),
+        error=lambda status: jubilant.any_error(status, *apps),
+        timeout=timeout,
+        delay=3.0,
+    )
+
+
+def set_config(
+    juju: jubilant.Juju, app: str, values: dict[str, jubilant.ConfigValue], *apps_to_settle: str
+) -> None:
+    """Change an app's config and wait for `app` and `apps_to_settle` to be active and idle."""
+    juju.config(app, values)
+    wait_active(juju, app, *apps_to_settle)
+
+
+def model_name(juju: jubilant.Juju) -> str:
+    """The bare name of the model a Juju instance is bound to (= its Kubernetes namespace)."""
+    assert juju.model is not None, "the tests always bind a Juju instance to a model"
+    return juju.model.rpartition(":")[2].rpartition("/")[2]
+
+
+class Models:
+    """Creates uniquely named Juju models and destroys them when the owner is done."""
+
+    def __init__(self, *, keep: bool) -> None:
+        self.keep = keep
+        self.created: list[jubilant.Juju] = []
+
+    def new(self, prefix: str) -> jubilant.Juju:
+        """Add a model named `<prefix>-<6 hex digits>` and return a Juju bound to it."""
+        juju = jubilant.Juju(wait_timeout=SETTLE_TIMEOUT)
+        juju.add_model(f"{prefix}-{secrets.token_hex(3)}")
+        self.created.append(juju)
+        return juju
+
+    def save_logs(self, folder: Path) -> None:
+        """Write the tail of each model's debug log and status to `folder` (after a failure)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for juju in self.created:
+            if juju.model is None:
+                continue
+            path = folder / f"{model_name(juju)}.log"
+            try:
+                text = juju.cli("status", "--relations") + "\n" + juju.debug_log(limit=2000)
+            except jubilant.CLIError as error:
+                text = f"(status/debug-log unavailable: {error.stderr.strip()})\n"
+            path.write_text(text)
+            logger.warning("debug log of model %s saved to %s", juju.model, path)
+
+    def destroy_all(self) -> None:
+        """Destroy every model created here, unless asked to keep them."""
+        for juju in reversed(self.created):
+            model = juju.model
+            if model is None:
+                continue
+            if self.keep:
+                logger.info("keeping model %s", model)
+                continue
+            try:
+                juju.destroy_model(model, destroy_storage=True, force=True, timeout=10 * 60)
+            except jubilant.CLIError as error:
+                logger.error("could not destroy model %s: %s", model, error.stderr)
+
+
+# The reference scenario of istio-ambient.md ("What real traffic looks like").
+RECEIVER = "receiver1"
+SENDER_APP = "sender1"
+SENDER_UNIT = "sender2"
+STRANGER = "sender3"
+REFERENCE_APPS = (RECEIVER, SENDER_APP, SENDER_UNIT, STRANGER)
+
+
+def deploy_reference_scenario(juju: jubilant.Juju, charms: Charms, *, model_on_mesh: bool) -> None:
+    """Beacon plus receiver1, sender1 (-> inbound), sender2 (-> inbound-unit), sender3 (alone)."""
+    deploy_beacon(juju, charms, config={"model-on-mesh": model_on_mesh})
+    for app in REFERENCE_APPS:
+        deploy_tester(juju, charms, app)
+    join_mesh(juju, *REFERENCE_APPS)
+    juju.integrate(f"{SENDER_APP}:outbound", f"{RECEIVER}:inbound")
+    juju.integrate(f"{SENDER_UNIT}:outbound", f"{RECEIVER}:inbound-unit")
+    wait_active(juju, BEACON, *REFERENCE_APPS, timeout=DEPLOY_TIMEOUT)
+
+
+def pod_host(app: str, model: str, unit: int = 0) -> str:
+    """DNS name of one unit's pod (through the app's headless `-endpoints` Service)."""
+    return f"{app}-{unit}.{app}-endpoints.{model}.svc.cluster.local"
+
+
+def reference_matrix(model: str, *, model_on_mesh: bool) -> list[Case]:
+    """The expected traffic of the reference scenario, row by row as istio-ambient.md states it."""
+    service = f"http://{RECEIVER}"
+    pod = f"http://{pod_host(RECEIVER, model)}"
+    sender1, sender2, sender3 = (f"{app}/0" for app in (SENDER_APP, SENDER_UNIT, STRANGER))
+    return [
+        case(sender1, f"{service}:8080/foo", ALLOWED),
+        case(sender1, f"{service}:8081/foo", ALLOWED),
+        case(sender1, f"{service}:8080/bar/", ALLOWED),
+        case(sender1, f"{service}:8080/foo", ALLOWED, method="POST"),
+        case(sender1, f"{service}:8080/foo", FORBIDDEN, method="DELETE"),
+        case(sender1, f"{pod}:8080/foo", REFUSED),
+        case(sender2, f"{service}:8080/foo", FORBIDDEN),
+        case(sender2, f"{pod}:8080/foo", ALLOWED),
+        case(sender2, f"{pod}:8080/foo", ALLOWED, method="DELETE"),
+        case(sender2, f"{pod}:8083/foo", REFUSED),
+        case(sender3, f"{service}:8080/foo", FORBIDDEN if model_on_mesh else REFUSED),
+        case(sender3, f"{pod}:8080/foo", REFUSED),
+    ]

@@ -1,0 +1,73 @@
+"""The beacon deploys trusted, becomes active, puts itself on the mesh and creates its waypoint."""
+
+from __future__ import annotations
+
+import jubilant
+import lightkube
+import mesh_cluster
+import pytest
+from mesh_deploy import BEACON, Charms, Models, deploy_beacon, model_name, wait_active
+from mesh_probe import eventually
+
+
+@pytest.fixture(scope="module")
+def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
+    del istio  # deployed first: the beacon needs Istio's CRDs and gateway class
+    juju = models.new("beacon")
+    deploy_beacon(juju, charms)
+    return juju
+
+
+def test_beacon_becomes_active(juju: jubilant.Juju) -> None:
+    wait_active(juju, BEACON)
+    status = juju.status()
+    assert status.apps[BEACON].charm_name == "istio-beacon-k8s"
+
+
+def test_beacon_is_itself_on_the_mesh(juju: jubilant.Juju, kube: lightkube.Client) -> None:
+    model = model_name(juju)
+
+    def on_mesh() -> None:
+        labels = mesh_cluster.pod_template_labels(kube, BEACON, model)
+        assert labels.get(mesh_cluster.DATAPLANE_MODE) == "ambient", labels
+
+    eventually(on_mesh, timeout=120, what="beacon pod template labelled for ambient")
+
+
+def test_waypoint_gateway(juju: jubilant.Juju, kube: lightkube.Client) -> None:
+    model = model_name(juju)
+    name = mesh_cluster.waypoint_name(model, BEACON)
+    gateway = mesh_cluster.get_or_none(kube, mesh_cluster.Gateway, name, model)
+    assert gateway is not None, f"no Gateway {name} in {model}"
+    assert gateway.metadata is not None
+    assert (gateway.metadata.labels or {}).get("istio.io/waypoint-for") == "service"
+    spec = gateway["spec"]
+    assert spec["gatewayClassName"] == "istio-waypoint"
+    listeners = spec["listeners"]
+    assert len(listeners) == 1
+    listener = listeners[0]
+    assert (listener["name"], listener["port"], listener["protocol"]) == ("mesh", 15008, "HBONE")
+    assert listener["allowedRoutes"]["namespaces"]["from"] == "All"
+
+
+def test_waypoint_runs_with_one_replica_per_beacon_unit(
+    juju: jubilant.Juju, kube: lightkube.Client
+) -> None:
+    model = model_name(juju)
+    name = mesh_cluster.waypoint_name(model, BEACON)
+    hpa = mesh_cluster.hpa_or_none(kube, name, model)
+    assert hpa is not None, f"no HorizontalPodAutoscaler {name}"
+    assert hpa.spec is not None
+    assert (hpa.spec.minReplicas, hpa.spec.maxReplicas) == (1, 1)
+    target = hpa.spec.scaleTargetRef
+    assert (target.apiVersion, target.kind, target.name) == ("apps/v1", "Deployment", name)
+
+    eventually(
+        lambda: _assert_equal(mesh_cluster.deployment_ready_replicas(kube, name, model), 1),
+        timeout=300,
+        what="waypoint Deployment ready",
+    )
+
+
+def _assert_equal(actual: object, expected: object) -> None:
+    assert actual == expected, f"{actual!r} != {expected!r}"

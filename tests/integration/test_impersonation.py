@@ -1,0 +1,109 @@
+"""A consumer that lies about its target does not get its request applied.
+
+`liar` is a tester with `debug-impersonate-app=receiver1`: it publishes its policies with receiver1
+as the target, which would let sender3 (related to liar's `inbound`) reach receiver1. The beacon
+must refuse liar's request, name liar in its status, and keep applying everyone else's.
+"""
+
+from __future__ import annotations
+
+import jubilant
+import lightkube
+import mesh_cluster
+import pytest
+from mesh_deploy import (
+    BEACON,
+    RECEIVER,
+    SENDER_APP,
+    STRANGER,
+    Charms,
+    Models,
+    deploy_beacon,
+    deploy_tester,
+    join_mesh,
+    model_name,
+    set_config,
+    wait_active,
+)
+from mesh_probe import ALLOWED, DENIED, FORBIDDEN, assert_traffic, case, eventually
+
+LIAR = "liar"
+APPS = (RECEIVER, SENDER_APP, STRANGER, LIAR)
+STATUS_TIMEOUT = 300.0
+
+
+@pytest.fixture(scope="module")
+def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
+    del istio
+    juju = models.new("liar")
+    deploy_beacon(juju, charms)
+    for app in (RECEIVER, SENDER_APP, STRANGER):
+        deploy_tester(juju, charms, app)
+    deploy_tester(juju, charms, LIAR, config={"debug-impersonate-app": RECEIVER})
+    join_mesh(juju, *APPS)
+    juju.integrate(f"{SENDER_APP}:outbound", f"{RECEIVER}:inbound")
+    juju.integrate(f"{STRANGER}:outbound", f"{LIAR}:inbound")
+    wait_active(juju, *APPS)
+    return juju
+
+
+def _beacon_message(status: jubilant.Status) -> str:
+    app = status.apps[BEACON]
+    unit_messages = [unit.workload_status.message for unit in app.units.values()]
+    return " ".join([app.app_status.message, *unit_messages])
+
+
+def test_beacon_status_names_the_liar(juju: jubilant.Juju) -> None:
+    status = juju.wait(
+        lambda status: BEACON in status.apps and LIAR in _beacon_message(status),
+        timeout=STATUS_TIMEOUT,
+    )
+    assert LIAR in _beacon_message(status)
+
+
+def test_lie_not_applied(juju: jubilant.Juju, kube: lightkube.Client) -> None:
+    model = model_name(juju)
+    stranger = mesh_cluster.principal(model, STRANGER)
+
+    def receiver_policies_exclude_the_stranger() -> None:
+        policies = mesh_cluster.policies_for(kube, model, RECEIVER)
+        principals = set().union(*(mesh_cluster.policy_principals(p) for p in policies))
+        assert mesh_cluster.principal(model, SENDER_APP) in principals, principals
+        assert stranger not in principals, [mesh_cluster.policy_summary(p) for p in policies]
+
+    eventually(receiver_policies_exclude_the_stranger, timeout=180, what="receiver policies")
+    every_policy = mesh_cluster.authorization_policies(kube, model)
+    leaked = [p for p in every_policy if stranger in mesh_cluster.policy_principals(p)]
+    assert leaked == [], [mesh_cluster.policy_summary(p) for p in leaked]
+
+
+def test_everyone_else_unaffected(juju: jubilant.Juju) -> None:
+    model = model_name(juju)
+    service = f"http://{RECEIVER}"
+    pod = f"http://{RECEIVER}-0.{RECEIVER}-endpoints.{model}.svc.cluster.local"
+    assert_traffic(
+        juju,
+        [
+            case(f"{SENDER_APP}/0", f"{service}:8080/foo", ALLOWED),
+            case(f"{SENDER_APP}/0", f"{service}:8080/foo", FORBIDDEN, method="DELETE"),
+            case(f"{STRANGER}/0", f"{service}:8080/foo", DENIED),
+            case(f"{STRANGER}/0", f"{pod}:8080/foo", DENIED),
+        ],
+        what="traffic with a lying consumer around",
+    )
+
+
+def test_honest_again_is_applied(juju: jubilant.Juju) -> None:
+    set_config(juju, LIAR, {"debug-impersonate-app": ""}, BEACON)
+    juju.wait(lambda status: LIAR not in _beacon_message(status), timeout=STATUS_TIMEOUT)
+    wait_active(juju, BEACON)
+    # liar's own request now applies: sender3 may reach liar, sender1 may not.
+    assert_traffic(
+        juju,
+        [
+            case(f"{STRANGER}/0", f"http://{LIAR}:8080/foo", ALLOWED),
+            case(f"{SENDER_APP}/0", f"http://{LIAR}:8080/foo", DENIED),
+            case(f"{STRANGER}/0", f"http://{RECEIVER}:8080/foo", DENIED),
+        ],
+        what="liar's honest request applied",
+    )
