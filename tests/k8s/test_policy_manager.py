@@ -1,0 +1,273 @@
+"""`PolicyResourceManager` against real AuthorizationPolicy objects (Istio's CRD installed)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ops
+import pytest
+from charms.istio_beacon_k8s.v0.service_mesh import (
+    Endpoint,
+    MeshPolicy,
+    MeshType,
+    MissingCRDError,
+    PolicyResourceManager,
+    PolicyTargetType,
+    build_authorization_policy,
+    get_default_labels,
+)
+from kube_server import KubeServer, count_writes, ensure_namespace
+from lightkube import ApiError, Client
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import PatchType
+from ops import testing
+
+AuthorizationPolicy = create_namespaced_resource(
+    "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
+)
+APP = "receiver"
+GROUP, RESOURCE = "security.istio.io", "authorizationpolicies"
+
+
+class ThrowawayCharm(ops.CharmBase):
+    """Only gives the manager a charm: its app and model names."""
+
+
+@contextlib.contextmanager
+def charm_in(namespace: str, app: str = APP) -> Iterator[ops.CharmBase]:
+    """A live charm instance of ``app`` in model ``namespace`` (for the manager's defaults)."""
+    ctx = testing.Context(ThrowawayCharm, meta={"name": app})
+    state = testing.State(leader=True, model=testing.Model(name=namespace))
+    with ctx(ctx.on.update_status(), state) as manager:
+        yield manager.charm
+
+
+def app_policy(namespace: str, source: str = "sender1", **overrides: Any) -> MeshPolicy:
+    values: dict[str, Any] = {
+        "source_namespace": namespace,
+        "source_app_name": source,
+        "target_namespace": namespace,
+        "target_app_name": APP,
+        "endpoints": [Endpoint(ports=[8080, 8081], methods=["GET", "POST"], paths=["/foo"])],
+    }
+    return MeshPolicy(**{**values, **overrides})
+
+
+def unit_policy(namespace: str, source: str = "sender2") -> MeshPolicy:
+    return MeshPolicy(
+        source_namespace=namespace,
+        source_app_name=source,
+        target_namespace=namespace,
+        target_app_name=APP,
+        target_type=PolicyTargetType.unit,
+        endpoints=[Endpoint(ports=[8080, 8081])],
+    )
+
+
+def deployed(client: Client, namespace: str) -> dict[str, dict[str, Any]]:
+    """Every AuthorizationPolicy in the namespace, by name, as stored."""
+    return {
+        obj.metadata.name: obj.to_dict()  # type: ignore[union-attr]
+        for obj in client.list(AuthorizationPolicy, namespace=namespace)
+    }
+
+
+def versions(client: Client, namespace: str) -> dict[str, str]:
+    return {
+        name: obj["metadata"]["resourceVersion"]
+        for name, obj in deployed(client, namespace).items()
+    }
+
+
+@pytest.fixture
+def app_client(namespace: str, untrusted: Callable[[str, str], Client]) -> Client:
+    """The receiver's own client, as an untrusted Juju app has it."""
+    return untrusted(namespace, APP)
+
+
+def test_create_update_delete_reconcile_to_empty(
+    namespace: str, admin: Client, app_client: Client
+):
+    wanted = [app_policy(namespace), unit_policy(namespace)]
+    with charm_in(namespace) as charm:
+        manager = PolicyResourceManager(charm, app_client)
+        owner = get_default_labels(APP, namespace)
+        assert manager.labels == owner
+
+        summary = manager.reconcile(wanted, MeshType.istio)
+        assert len(summary.created) == 2
+        assert not summary.updated
+        assert not summary.deleted
+        stored = deployed(admin, namespace)
+        expected = {m["metadata"]["name"]: m for m in map(build_authorization_policy, wanted)}
+        assert set(stored) == set(expected)
+        for name, manifest in expected.items():
+            assert stored[name]["spec"] == manifest["spec"]
+            assert owner.items() <= stored[name]["metadata"]["labels"].items()
+        assert {p["metadata"]["name"] for p in manager.get_deployed_resources()} == set(expected)
+
+        # Someone edits an owned object: the next reconcile puts it back (an update).
+        drifted = next(iter(expected))
+        admin.patch(
+            AuthorizationPolicy,
+            drifted,
+            {"spec": {"rules": [{}]}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+        summary = manager.reconcile(wanted, MeshType.istio)
+        assert summary.updated == [f"{namespace}/{drifted}"]
+        assert deployed(admin, namespace)[drifted]["spec"] == expected[drifted]["spec"]
+
+        # A different request replaces the old object (names are per request).
+        changed = [app_policy(namespace, endpoints=[Endpoint(ports=[9090])]), wanted[1]]
+        summary = manager.reconcile(changed, MeshType.istio)
+        assert len(summary.created) == 1
+        assert len(summary.deleted) == 1
+        assert len(deployed(admin, namespace)) == 2
+
+        summary = manager.reconcile([], MeshType.istio)
+        assert len(summary.deleted) == 2
+        assert deployed(admin, namespace) == {}
+
+
+def test_raw_policy_updated_in_place(namespace: str, admin: Client, app_client: Client):
+    raw = {
+        "metadata": {"name": "modeloperator-allow-all"},
+        "spec": {"selector": {"matchLabels": {"juju-modeloperator": "modeloperator"}}},
+    }
+    with charm_in(namespace) as charm:
+        manager = PolicyResourceManager(charm, app_client)
+        manager.reconcile([], MeshType.istio, raw_policies=[{**raw, "spec": {**raw["spec"]}}])
+        first = deployed(admin, namespace)["modeloperator-allow-all"]
+        assert "rules" not in first["spec"]
+
+        with_rules = {**raw, "spec": {**raw["spec"], "rules": [{}]}}
+        summary = manager.reconcile([], MeshType.istio, raw_policies=[with_rules])
+        assert summary.updated == [f"{namespace}/modeloperator-allow-all"]
+        second = deployed(admin, namespace)["modeloperator-allow-all"]
+        assert second["spec"]["rules"] == [{}]
+        assert second["metadata"]["uid"] == first["metadata"]["uid"]
+
+
+def test_no_write_when_nothing_changed(
+    kube: KubeServer, namespace: str, admin: Client, app_client: Client
+):
+    wanted = [app_policy(namespace), unit_policy(namespace), app_policy(namespace, "sender3")]
+    with charm_in(namespace) as charm:
+        manager = PolicyResourceManager(charm, app_client)
+        manager.reconcile(wanted, MeshType.istio)
+        rv = versions(admin, namespace)
+
+        before = kube.request_counts()
+        summary = manager.reconcile(wanted, MeshType.istio)
+        after = kube.request_counts()
+
+    assert not summary.changed
+    assert summary.unchanged == 3
+    assert count_writes(before, after, group=GROUP, resource=RESOURCE) == 0
+    assert versions(admin, namespace) == rv
+
+
+def test_objects_of_another_owner_untouched(
+    kube: KubeServer, namespace: str, admin: Client, app_client: Client
+):
+    theirs = [
+        build_authorization_policy(
+            app_policy(namespace, "other-sender"), labels=get_default_labels("other", namespace)
+        ),
+        build_authorization_policy(unit_policy(namespace, "unlabelled")),
+    ]
+    for manifest in theirs:
+        admin.create(AuthorizationPolicy.from_dict(manifest))
+    theirs_rv = versions(admin, namespace)
+
+    with charm_in(namespace) as charm:
+        manager = PolicyResourceManager(charm, app_client)
+        manager.reconcile([app_policy(namespace)], MeshType.istio)
+        assert len(deployed(admin, namespace)) == 3
+        manager.reconcile([], MeshType.istio)
+        before = kube.request_counts()
+        manager.delete()
+        after = kube.request_counts()
+
+    assert count_writes(before, after, group=GROUP, resource=RESOURCE) == 0
+    assert versions(admin, namespace) == theirs_rv
+
+
+def test_delete_removes_only_owned(namespace: str, admin: Client, app_client: Client):
+    with charm_in(namespace) as charm:
+        mine = PolicyResourceManager(charm, app_client)
+        other = PolicyResourceManager(
+            charm, app_client, labels=get_default_labels(APP, namespace, scope="custom")
+        )
+        mine.reconcile([app_policy(namespace)], MeshType.istio)
+        other.reconcile([unit_policy(namespace)], MeshType.istio)
+        mine.delete()
+        assert [p["metadata"]["name"] for p in other.get_deployed_resources()] == list(
+            deployed(admin, namespace)
+        )
+        other.delete()
+    assert deployed(admin, namespace) == {}
+
+
+def test_untrusted_app_cannot_write_into_another_namespace(
+    namespace: str, admin: Client, app_client: Client
+):
+    elsewhere = f"{namespace}-b"
+    admin.create(
+        AuthorizationPolicy.from_dict({"metadata": {"name": "x", "namespace": namespace}})
+    )
+    from kube_server import ensure_namespace
+
+    ensure_namespace(admin, elsewhere)
+    policy = app_policy(namespace, target_namespace=elsewhere)
+    with charm_in(namespace) as charm, pytest.raises(ApiError) as raised:
+        PolicyResourceManager(charm, app_client).reconcile([policy], MeshType.istio)
+    assert raised.value.status.code == 403
+    assert deployed(admin, elsewhere) == {}
+
+
+def test_trusted_app_lists_cluster_wide(namespace: str, kube: KubeServer, admin: Client):
+    client = kube.admin_client(field_manager=APP)
+    with charm_in(namespace) as charm:
+        manager = PolicyResourceManager(charm, client)
+        manager.reconcile([app_policy(namespace)], MeshType.istio)
+        assert len(manager.get_deployed_resources()) == 1
+        manager.reconcile([], MeshType.istio)
+    assert deployed(admin, namespace) == {}
+
+
+# --- without Istio -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bare_kube() -> Iterator[KubeServer]:
+    """A second API server on which no CRD is installed: a cluster without Istio."""
+    server = KubeServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
+def test_missing_crd_reported_as_such(bare_kube: KubeServer, trusted: bool):
+    # A real apiserver answers a request for an unserved resource with a text/plain 404
+    # ("404 page not found"), not a JSON Status: lightkube then raises its transport's
+    # HTTPStatusError rather than ApiError. Only a real server shows this.
+    namespace = "no-istio"
+    if trusted:
+        client = bare_kube.admin_client(field_manager=APP)
+        ensure_namespace(client, namespace)
+    else:
+        client = bare_kube.namespaced_client(namespace, APP, field_manager=APP)
+    with charm_in(namespace) as charm:
+        manager = PolicyResourceManager(charm, client)
+        with pytest.raises(MissingCRDError) as raised:
+            manager.reconcile([app_policy(namespace)], MeshType.istio)
+        assert raised.value.resource == "authorizationpolicies.security.istio.io"
+        with pytest.raises(MissingCRDError):
+            manager.delete()
