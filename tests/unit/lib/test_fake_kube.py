@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 from fake_kube import AUTHORIZATION_POLICY_CRD, GATEWAY_CRD, FakeKubeServer
 from lightkube import ApiError, Client, operators
+from lightkube.core.client import LabelSelector as Selector
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 from lightkube.models.apps_v1 import DeploymentSpec
 from lightkube.models.core_v1 import PodTemplateSpec
@@ -185,11 +186,9 @@ def test_label_selectors(client: Client):
     client.create(config_map("b", {"app": "b", "tier": "web"}))
     client.create(config_map("c", {"tier": "db"}))
 
-    def names(labels: dict[str, object]) -> list[str]:
+    def names(labels: Selector) -> list[str]:
         return [
-            cm.metadata.name or ""
-            for cm in client.list(ConfigMap, labels=labels)  # type: ignore[arg-type]
-            if cm.metadata
+            cm.metadata.name or "" for cm in client.list(ConfigMap, labels=labels) if cm.metadata
         ]
 
     assert names({"app": "a"}) == ["a"]
