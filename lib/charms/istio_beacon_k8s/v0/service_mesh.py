@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 2
+LIBPATCH = 3
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -805,7 +805,7 @@ class ServiceMeshConsumer(ops.Object):
         self._auto_join = auto_join
         self.policies: list[AppPolicy | UnitPolicy] = list(policies or [])
         self._lightkube_client: Client | None = None
-        self._stored.set_default(labels_applied=False, label_error="")
+        self._stored.set_default(labels_reconciled="", label_error="")
 
         declared = charm.meta.relations
         for policy in self.policies:
@@ -940,38 +940,48 @@ class ServiceMeshConsumer(ops.Object):
             )
 
     def _reconcile_labels(self) -> None:
-        if not self._auto_join and not self._stored.labels_applied:
-            return
-        labels = self.labels() if self._auto_join else {}
+        # With auto_join off, the wanted labels are none: labels put earlier (found through the
+        # ConfigMap, not through this unit's memory, which a pod restart wipes) are removed.
+        wanted = self.labels() if self._auto_join else {}
+        fingerprint = json.dumps(wanted, sort_keys=True)
+        if fingerprint == self._stored.labels_reconciled and not self._stored.label_error:
+            return  # converged already in an earlier hook: no API call
         app = self._charm.app.name
-        try:
-            from lightkube import ApiError, ConfigError
-        except ImportError:  # pragma: no cover - lightkube is in PYDEPS
-            self._stored.label_error = "service-mesh: the lightkube package is not installed"
-            return
+        from lightkube import ApiError
+
         try:
             reconcile_charm_labels(
                 self.lightkube_client(),
                 app,
                 self._charm.model.name,
                 label_configmap_name(app),
-                labels,
+                wanted,
             )
         except ApiError as error:
             code = error.status.code
-            if code == 403:
-                hint = f"run `juju trust {app} --scope=cluster`"
+            if code == 403 and not wanted:
+                # Not trusted, and nothing to put: it can have put nothing either.
+                logger.debug("service mesh labels: not trusted, and none wanted")
             else:
-                hint = f"Kubernetes said {code}: {error.status.message}"
-            self._stored.label_error = f"cannot put the mesh labels on {app}: {hint}"
-            logger.error("service mesh labels: %s", error.status.message)
+                if code == 403:
+                    hint = f"run `juju trust {app} --scope=cluster`"
+                else:
+                    hint = f"Kubernetes said {code}: {error.status.message}"
+                self._label_failed(f"cannot put the mesh labels on {app}: {hint}")
+                return
+        except Exception as error:
+            # Connection or configuration problems: report them and retry on update-status
+            # rather than failing the charm's hook.
+            logger.exception("service mesh labels")
+            self._label_failed(f"cannot reach Kubernetes to label {app}: {error}")
             return
-        except ConfigError as error:
-            self._stored.label_error = f"cannot reach Kubernetes to label {app}: {error}"
-            logger.error("service mesh labels: %s", error)
-            return
-        self._stored.labels_applied = bool(labels)
+        self._stored.labels_reconciled = fingerprint
         self._stored.label_error = ""
+
+    def _label_failed(self, message: str) -> None:
+        logger.error("service mesh labels: %s", message)
+        self._stored.label_error = message
+        self._stored.labels_reconciled = ""
 
 
 def _write_if_changed(databag: ops.RelationDataContent, values: Mapping[str, str]) -> None:
@@ -1142,6 +1152,9 @@ def reconcile_charm_labels(
             logger.warning(
                 "ConfigMap %s holds invalid labels; starting over", label_configmap_name
             )
+
+    if not wanted and not previous:
+        return  # nothing was put, nothing is wanted
 
     statefulset = api.get(StatefulSet, app_name, namespace=namespace)
     template = statefulset.spec.template if statefulset.spec else None
