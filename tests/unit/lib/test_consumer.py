@@ -29,6 +29,9 @@ from mesh_charms import (
 )
 from ops import testing
 
+# Consumers look for labels they may have put earlier: give them a (fake) cluster to ask.
+pytestmark = pytest.mark.usefixtures("kube")
+
 HTTP = Endpoint(ports=[8080], methods=[Method.get], paths=["/data"])
 
 
@@ -203,8 +206,7 @@ class ReassigningCharm(ops.CharmBase):
         self.mesh.update_service_mesh()
 
 
-def test_charm_can_reassign_policies_and_republish(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+def test_charm_can_reassign_policies_and_republish():
     ctx = testing.Context(
         ReassigningCharm,
         meta=CONSUMER_META,

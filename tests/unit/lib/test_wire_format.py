@@ -19,6 +19,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     ServiceMeshProvider,
     UnitPolicy,
 )
+from fake_kube import FakeKubeServer
 from mesh_charms import (
     MESH_LABELS,
     MODEL,
@@ -28,6 +29,9 @@ from mesh_charms import (
     state,
 )
 from ops import testing
+
+# Consumers look for labels they may have put earlier: give them a (fake) cluster to ask.
+pytestmark = pytest.mark.usefixtures("kube")
 
 APP_POLICY_EXAMPLE = (
     '[{"source_namespace":"my_model","source_app_name":"remote_a","target_namespace":"my_model",'
@@ -142,7 +146,9 @@ def test_consumer_reads_a_deployed_provider_databag():
         {"labels": json.dumps(MESH_LABELS), "mesh_type": '"linkerd"'},
     ],
 )
-def test_consumer_facing_no_usable_provider_data_has_no_mesh(databag: dict[str, str]):
+def test_consumer_facing_no_usable_provider_data_has_no_mesh(
+    databag: dict[str, str], kube: FakeKubeServer
+):
     ctx = consumer_context()
     mesh = mesh_relation(remote_app_data=databag)
     with ctx(ctx.on.relation_changed(mesh), state(mesh)) as manager:
@@ -152,6 +158,7 @@ def test_consumer_facing_no_usable_provider_data_has_no_mesh(databag: dict[str, 
         assert not consumer.enabled
         out = manager.run()
     assert out.app_status == testing.UnknownStatus()
+    assert kube.write_count() == 0
 
 
 def test_provider_reads_policies_written_by_the_deployed_library():
