@@ -9,7 +9,7 @@ import ops
 import probe
 import workload
 from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshConsumer
-from mesh import declared_policies, publish_impersonated_policies, remove_mesh_labels
+from mesh import declared_policies, publish_impersonated_policies
 from tester_config import TesterConfig
 
 logger = logging.getLogger(__name__)
@@ -18,13 +18,8 @@ logger = logging.getLogger(__name__)
 class ServiceMeshTesterCharm(ops.CharmBase):
     """Serve HTTP on two ports, join the mesh with the declared policies, probe on demand."""
 
-    # The last label removal problem, kept so that hooks that do not reconcile (actions) still
-    # report it.
-    _stored = ops.StoredState()
-
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
-        self._stored.set_default(label_error="")
         self._config, self._config_error = self._load_config()
         # Constructed before our own observers so that, on events both handle, the library
         # publishes first and the reconcile below has the last word (the debug option needs that).
@@ -77,21 +72,15 @@ class ServiceMeshTesterCharm(ops.CharmBase):
                 workload.ensure_running(self._container, self.app.name, self.unit.name)
             except ops.pebble.ConnectionError as e:
                 logger.info("Pebble went away while configuring the workload: %s", e)
+        # The library converges the published policies and, with auto-join-mesh off, removes
+        # the mesh labels it had put.
         self._mesh.update_service_mesh()
-        if not self._config.auto_join_mesh:
-            self._stored.label_error = remove_mesh_labels(self, self._mesh.lightkube_client) or ""
-        elif self._stored.label_error:
-            self._stored.label_error = ""
         if self._config.debug_impersonate_app and self._config_error is None:
-            publish_impersonated_policies(
-                self, self._mesh.policies, self._config.debug_impersonate_app
-            )
+            publish_impersonated_policies(self._mesh, self._config.debug_impersonate_app)
 
     def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
         if self._config_error is not None:
             event.add_status(ops.BlockedStatus(f"invalid config: {self._config_error}"))
-        if self._stored.label_error:
-            event.add_status(ops.BlockedStatus(str(self._stored.label_error)))
         if not self._container.can_connect():
             event.add_status(ops.WaitingStatus("waiting for Pebble in the workload container"))
         else:

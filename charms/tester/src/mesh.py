@@ -1,29 +1,23 @@
-"""What the tester asks of the mesh: its policies, the debug lie, and leaving the mesh."""
+"""What the tester asks of the mesh: its policies, and the debug lie."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from collections.abc import Callable
 
-import ops
 from charms.istio_beacon_k8s.v0.service_mesh import (
     AppPolicy,
-    CMRData,
     Endpoint,
     Method,
+    ServiceMeshConsumer,
     UnitPolicy,
-    build_mesh_policies,
-    label_configmap_name,
-    reconcile_charm_labels,
 )
-from lightkube import ApiError, Client, ConfigError
 from workload import SERVER_PORTS
 
 logger = logging.getLogger(__name__)
 
 MESH_RELATION = "service-mesh"
-PROVIDE_CMR_RELATION = "provide-cmr-mesh"
 INBOUND_RELATION = "inbound"
 INBOUND_UNIT_RELATION = "inbound-unit"
 PEER_RELATION = "peers"
@@ -57,9 +51,7 @@ def declared_policies(peer_communication: bool) -> list[AppPolicy | UnitPolicy]:
     return policies
 
 
-def publish_impersonated_policies(
-    charm: ops.CharmBase, policies: list[AppPolicy | UnitPolicy], impersonated_app: str
-) -> bool:
+def publish_impersonated_policies(consumer: ServiceMeshConsumer, impersonated_app: str) -> bool:
     """Overwrite the published policies with ones that name ``impersonated_app`` as the target.
 
     This is the ``debug-impersonate-app`` option: the tester asks the mesh for access to another
@@ -69,67 +61,21 @@ def publish_impersonated_policies(
     Returns:
         Whether the lie was published.
     """
-    relation = charm.model.get_relation(MESH_RELATION)
-    if relation is None or not charm.unit.is_leader():
+    charm = consumer.model.unit
+    relation = consumer.model.get_relation(MESH_RELATION)
+    if relation is None or not charm.is_leader():
         return False
-    mesh_policies = build_mesh_policies(
-        charm.model.relations,
-        impersonated_app,
-        charm.model.name,
-        policies,
-        _cmr_application_data(charm),
-    )
-    relation.data[charm.app]["policies"] = json.dumps(
-        [p.to_dict() for p in mesh_policies], separators=(",", ":")
+    lies = [
+        dataclasses.replace(policy, target_app_name=impersonated_app)
+        for policy in consumer.mesh_policies()
+    ]
+    relation.data[consumer.model.app]["policies"] = json.dumps(
+        [policy.to_dict() for policy in lies], separators=(",", ":")
     )
     logger.warning(
         "debug-impersonate-app: published %d policies targeting %r instead of %r",
-        len(mesh_policies),
+        len(lies),
         impersonated_app,
-        charm.app.name,
+        consumer.model.app.name,
     )
     return True
-
-
-def _cmr_application_data(charm: ops.CharmBase) -> dict[str, CMRData]:
-    """The real names announced by cross-model senders, keyed by their local alias."""
-    announced: dict[str, CMRData] = {}
-    for relation in charm.model.relations[PROVIDE_CMR_RELATION]:
-        if relation.app is None or "cmr_data" not in relation.data[relation.app]:
-            continue
-        try:
-            announced[relation.app.name] = CMRData.from_dict(
-                json.loads(relation.data[relation.app]["cmr_data"])
-            )
-        except ValueError as e:
-            logger.warning("ignoring invalid cmr_data from %s: %s", relation.app.name, e)
-    return announced
-
-
-def remove_mesh_labels(charm: ops.CharmBase, client_factory: Callable[[], Client]) -> str | None:
-    """Remove the mesh labels this app's StatefulSet and Service carry (``auto-join-mesh`` off).
-
-    The library removes them itself only when its stored state remembers applying them, and that
-    state lives in the charm container, which the label change itself restarts. The labels it
-    applied are also remembered in a ConfigMap, so converging to ``{}`` from here is exact and
-    touches nothing else. Only the leader acts.
-
-    Returns:
-        ``None`` when done (or not the leader), else a message that says what to fix.
-    """
-    if not charm.unit.is_leader():
-        return None
-    app = charm.app.name
-    try:
-        reconcile_charm_labels(
-            client_factory(), app, charm.model.name, label_configmap_name(app), {}
-        )
-    except ApiError as e:
-        if e.status.code == 403:
-            return f"cannot remove the mesh labels: run `juju trust {app} --scope=cluster`"
-        return (
-            f"cannot remove the mesh labels: Kubernetes said {e.status.code}: {e.status.message}"
-        )
-    except ConfigError as e:
-        return f"cannot remove the mesh labels: cannot reach Kubernetes: {e}"
-    return None

@@ -322,21 +322,37 @@ def test_switching_auto_join_off_removes_the_labels_applied_before(
     assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081")
 
 
-def test_without_trust_removing_the_labels_blocks_with_the_fix(
+def test_without_trust_and_without_auto_join_nothing_is_blocked(
     ctx: testing.Context[ServiceMeshTesterCharm], kube: FakeKubeServer
 ):
+    # An untrusted app that does not join the mesh cannot have put labels: not a problem.
     kube.forbid()
     mesh = mesh_relation(AMBIENT)
 
     state_out = ctx.run(ctx.on.config_changed(), state(mesh, config={"auto-join-mesh": False}))
 
-    assert state_out.unit_status == testing.BlockedStatus(
-        f"cannot remove the mesh labels: run `juju trust {APP} --scope=cluster`"
-    )
+    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081")
+    assert state_out.app_status == testing.UnknownStatus()
+    assert kube.write_count() == 0
     # The policies are still published: they do not need Kubernetes.
     assert published(state_out, mesh) == []
 
-    # Once trusted, the next event clears the status.
+
+def test_without_trust_joining_blocks_with_the_fix_until_trusted(
+    ctx: testing.Context[ServiceMeshTesterCharm], kube: FakeKubeServer
+):
+    kube.forbid()
+    mesh = mesh_relation(AMBIENT)
+
+    state_out = ctx.run(ctx.on.relation_changed(mesh), state(mesh))
+
+    assert state_out.app_status == testing.BlockedStatus(
+        f"cannot put the mesh labels on {APP}: run `juju trust {APP} --scope=cluster`"
+    )
+    assert AMBIENT.items() - pod_labels(kube).items()
+
+    # Once trusted, update-status retries and clears the status.
     kube.allow_all()
     state_out = ctx.run(ctx.on.update_status(), state_out)
-    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081")
+    assert state_out.app_status == testing.ActiveStatus()
+    assert AMBIENT.items() <= pod_labels(kube).items()

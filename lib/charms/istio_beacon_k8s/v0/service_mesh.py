@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 3
+LIBPATCH = 4
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -805,7 +805,7 @@ class ServiceMeshConsumer(ops.Object):
         self._auto_join = auto_join
         self.policies: list[AppPolicy | UnitPolicy] = list(policies or [])
         self._lightkube_client: Client | None = None
-        self._stored.set_default(labels_reconciled="", label_error="")
+        self._stored.set_default(labels_reconciled="", label_error="", label_status_shown=False)
 
         declared = charm.meta.relations
         for policy in self.policies:
@@ -876,17 +876,21 @@ class ServiceMeshConsumer(ops.Object):
         self._publish_cmr_data()
         relation = self._charm.model.get_relation(self._mesh_relation_name)
         if relation is not None:
-            policies = build_mesh_policies(
-                self._charm.model.relations,
-                self._charm.app.name,
-                self._charm.model.name,
-                self.policies,
-                self._cmr_application_data(),
-            )
             _write_if_changed(
-                relation.data[self._charm.app], {_POLICIES_KEY: _dump_policies(policies)}
+                relation.data[self._charm.app],
+                {_POLICIES_KEY: _dump_policies(self.mesh_policies())},
             )
         self._reconcile_labels()
+
+    def mesh_policies(self) -> list[MeshPolicy]:
+        """The requests this app publishes: :attr:`policies` applied to its current relations."""
+        return build_mesh_policies(
+            self._charm.model.relations,
+            self._charm.app.name,
+            self._charm.model.name,
+            self.policies,
+            self._cmr_application_data(),
+        )
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -901,6 +905,12 @@ class ServiceMeshConsumer(ops.Object):
     def _on_collect_app_status(self, event: ops.CollectStatusEvent) -> None:
         if self._stored.label_error:
             event.add_status(ops.BlockedStatus(str(self._stored.label_error)))
+            self._stored.label_status_shown = True
+        elif self._stored.label_status_shown:
+            # Juju keeps the last app status: replace the problem once it is solved, and
+            # otherwise leave the app status to the charm.
+            event.add_status(ops.ActiveStatus())
+            self._stored.label_status_shown = False
 
     def _provider_data(self) -> ServiceMeshProviderAppData | None:
         relation = self._charm.model.get_relation(self._mesh_relation_name)
