@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightkube
+from lightkube.core.client import LabelSelector
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
@@ -32,6 +33,10 @@ DATAPLANE_MODE = "istio.io/dataplane-mode"
 USE_WAYPOINT = "istio.io/use-waypoint"
 USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
 NAMESPACE_OWNER = "charms.canonical.com/istio.io.waypoint.managed-by"
+MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
+"""Ownership label on the beacon's Gateway, HPA and AuthorizationPolicies: `<model>.<app>`."""
+REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
+"""Label on an AuthorizationPolicy naming the app whose request it implements."""
 MESH_LABEL_KEYS = (DATAPLANE_MODE, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE)
 MODEL_OPERATOR_SELECTOR = {"juju-modeloperator": "modeloperator"}
 
@@ -97,7 +102,7 @@ def expected_namespace_labels(model: str, beacon_app: str) -> dict[str, str]:
     return {
         DATAPLANE_MODE: "ambient",
         USE_WAYPOINT: waypoint_name(model, beacon_app),
-        NAMESPACE_OWNER: f"{model}.{beacon_app}",
+        NAMESPACE_OWNER: owner(model, beacon_app),
     }
 
 
@@ -170,6 +175,24 @@ def authorization_policies(
 ) -> list[GenericNamespacedResource]:
     """Every AuthorizationPolicy in a namespace."""
     return list(client.list(AuthorizationPolicy, namespace=namespace))
+
+
+def owner(model: str, beacon_app: str) -> str:
+    """The value of the beacon's ownership labels (`<model>.<app>`; test names stay short)."""
+    return f"{model}.{beacon_app}"
+
+
+def owned_policies(
+    client: lightkube.Client, namespace: str, beacon_app: str
+) -> list[GenericNamespacedResource]:
+    """The AuthorizationPolicies in a namespace that carry a beacon's ownership label."""
+    selector: LabelSelector = {MANAGED_BY: owner(namespace, beacon_app)}
+    return list(client.list(AuthorizationPolicy, namespace=namespace, labels=selector))
+
+
+def labels_of(resource: object) -> dict[str, str]:
+    """The labels of any Kubernetes object read with lightkube."""
+    return _labels(getattr(resource, "metadata", None))
 
 
 def policy_summary(policy: GenericNamespacedResource) -> str:

@@ -79,8 +79,15 @@ def _assert_receiver_policies(kube: lightkube.Client, model: str, *, present: bo
         allowed = set().union(*(mesh_cluster.policy_principals(p) for p in policies))
         assert mesh_cluster.principal(model, SENDER_APP) in allowed, summary
         assert mesh_cluster.principal(model, STRANGER) not in allowed, summary
+        owner = mesh_cluster.owner(model, BEACON)
+        for policy in policies:
+            labels = mesh_cluster.labels_of(policy)
+            assert labels.get(mesh_cluster.MANAGED_BY) == owner, summary
+            assert labels.get(mesh_cluster.REQUESTED_BY) == RECEIVER, summary
     else:
         assert policies == [], f"policies for {RECEIVER} remain: {summary}"
+        owned = mesh_cluster.owned_policies(kube, model, BEACON)
+        assert owned == [], [mesh_cluster.policy_summary(p) for p in owned]
 
 
 def test_policies_enforced_by_default(juju: jubilant.Juju, kube: lightkube.Client) -> None:

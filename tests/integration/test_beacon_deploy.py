@@ -27,11 +27,15 @@ def test_beacon_becomes_active(juju: jubilant.Juju) -> None:
 def test_beacon_is_itself_on_the_mesh(juju: jubilant.Juju, kube: lightkube.Client) -> None:
     model = model_name(juju)
 
-    def on_mesh() -> None:
-        labels = mesh_cluster.pod_template_labels(kube, BEACON, model)
-        assert labels.get(mesh_cluster.DATAPLANE_MODE) == "ambient", labels
+    expected = mesh_cluster.expected_consumer_labels(model, BEACON)
 
-    eventually(on_mesh, timeout=120, what="beacon pod template labelled for ambient")
+    def on_mesh() -> None:
+        template = mesh_cluster.pod_template_labels(kube, BEACON, model)
+        service = mesh_cluster.service_labels(kube, BEACON, model)
+        assert mesh_cluster.mesh_labels_of(template) == expected, f"pod template: {template}"
+        assert mesh_cluster.mesh_labels_of(service) == expected, f"Service: {service}"
+
+    eventually(on_mesh, timeout=180, what="beacon's own pods and Service on the mesh")
 
 
 def test_waypoint_gateway(juju: jubilant.Juju, kube: lightkube.Client) -> None:
@@ -39,8 +43,9 @@ def test_waypoint_gateway(juju: jubilant.Juju, kube: lightkube.Client) -> None:
     name = mesh_cluster.waypoint_name(model, BEACON)
     gateway = mesh_cluster.get_or_none(kube, mesh_cluster.Gateway, name, model)
     assert gateway is not None, f"no Gateway {name} in {model}"
-    assert gateway.metadata is not None
-    assert (gateway.metadata.labels or {}).get("istio.io/waypoint-for") == "service"
+    labels = mesh_cluster.labels_of(gateway)
+    assert labels.get("istio.io/waypoint-for") == "service", labels
+    assert labels.get(mesh_cluster.MANAGED_BY) == mesh_cluster.owner(model, BEACON), labels
     spec = gateway["spec"]
     assert spec["gatewayClassName"] == "istio-waypoint"
     listeners = spec["listeners"]
@@ -58,6 +63,8 @@ def test_waypoint_runs_with_one_replica_per_beacon_unit(
     hpa = mesh_cluster.hpa_or_none(kube, name, model)
     assert hpa is not None, f"no HorizontalPodAutoscaler {name}"
     assert hpa.spec is not None
+    owner = mesh_cluster.labels_of(hpa).get(mesh_cluster.MANAGED_BY)
+    assert owner == mesh_cluster.owner(model, BEACON)
     assert (hpa.spec.minReplicas, hpa.spec.maxReplicas) == (1, 1)
     target = hpa.spec.scaleTargetRef
     assert (target.apiVersion, target.kind, target.name) == ("apps/v1", "Deployment", name)

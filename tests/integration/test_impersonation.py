@@ -73,7 +73,12 @@ def test_lie_not_applied(juju: jubilant.Juju, kube: lightkube.Client) -> None:
 
     eventually(receiver_policies_exclude_the_stranger, timeout=180, what="receiver policies")
     every_policy = mesh_cluster.authorization_policies(kube, model)
-    leaked = [p for p in every_policy if stranger in mesh_cluster.policy_principals(p)]
+    leaked = [
+        p
+        for p in every_policy
+        if stranger in mesh_cluster.policy_principals(p)
+        or mesh_cluster.labels_of(p).get(mesh_cluster.REQUESTED_BY) == LIAR
+    ]
     assert leaked == [], [mesh_cluster.policy_summary(p) for p in leaked]
 
 
@@ -93,10 +98,18 @@ def test_everyone_else_unaffected(juju: jubilant.Juju) -> None:
     )
 
 
-def test_honest_again_is_applied(juju: jubilant.Juju) -> None:
+def test_honest_again_is_applied(juju: jubilant.Juju, kube: lightkube.Client) -> None:
+    model = model_name(juju)
     set_config(juju, LIAR, {"debug-impersonate-app": ""}, BEACON)
     juju.wait(lambda status: LIAR not in _beacon_message(status), timeout=STATUS_TIMEOUT)
     wait_active(juju, BEACON)
+
+    def liar_policies_applied() -> None:
+        policies = mesh_cluster.policies_for(kube, model, LIAR)
+        principals = set().union(*(mesh_cluster.policy_principals(p) for p in policies))
+        assert mesh_cluster.principal(model, STRANGER) in principals, principals
+
+    eventually(liar_policies_applied, timeout=180, what="liar's honest policies")
     # liar's own request now applies: sender3 may reach liar, sender1 may not.
     assert_traffic(
         juju,
