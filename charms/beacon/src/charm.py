@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""The Istio beacon charm: event wiring and status only.
+
+Kubernetes logic lives in ``reconciler`` (the one reconcile path) and the modules it uses:
+``waypoint``, ``namespace_labels`` and ``policies``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ops
+from beacon_config import BeaconConfig
+from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider
+from policies import refusal_message
+from reconciler import BeaconReconciler, Findings
+from waypoint import consumer_labels, waypoint_name
+
+logger = logging.getLogger(__name__)
+
+MESH_RELATION = "service-mesh"
+PEER_RELATION = "peers"
+
+
+class IstioBeaconCharm(ops.CharmBase):
+    """Run a waypoint for the model, publish the mesh labels, enforce what related apps request."""
+
+    def __init__(self, framework: ops.Framework):
+        super().__init__(framework)
+        self._config, self._config_error = self._load_config()
+        # What this hook's reconcile found, for collect-status (None: no reconcile ran).
+        self._findings: Findings | None = None
+        self._torn_down = False
+        self._mesh: ServiceMeshProvider | None = None
+        if self._config is not None:
+            # Without a valid config the beacon cannot know what to publish: it publishes nothing.
+            self._mesh = ServiceMeshProvider(
+                self,
+                labels=consumer_labels(
+                    waypoint_name(self.model.name, self.app.name),
+                    self.model.name,
+                    self._config.model_on_mesh,
+                ),
+                mesh_relation_name=MESH_RELATION,
+            )
+
+        for event in (
+            self.on.start,
+            self.on.config_changed,
+            self.on.upgrade_charm,
+            self.on.leader_elected,
+            self.on.update_status,
+        ):
+            framework.observe(event, self._reconcile)
+        mesh = self.on[MESH_RELATION]
+        for event in (
+            mesh.relation_created,
+            mesh.relation_joined,
+            mesh.relation_changed,
+            mesh.relation_departed,
+            mesh.relation_broken,
+        ):
+            framework.observe(event, self._reconcile)
+        # The waypoint scales with the units: follow them as they come and go.
+        peers = self.on[PEER_RELATION]
+        for event in (peers.relation_joined, peers.relation_departed):
+            framework.observe(event, self._reconcile)
+        framework.observe(self.on.remove, self._on_remove)
+        framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
+
+    def _load_config(self) -> tuple[BeaconConfig | None, str | None]:
+        try:
+            return self.load_config(BeaconConfig), None
+        except ValueError as error:
+            return None, str(error)
+
+    def _reconcile(self, _: ops.EventBase) -> None:
+        if self._config is None or self._mesh is None or not self.unit.is_leader():
+            return
+        reconciler = BeaconReconciler(self)
+        self._findings = reconciler.reconcile(self._config, self._mesh, self.app.planned_units())
+
+    def _on_remove(self, event: ops.RemoveEvent) -> None:
+        if self.app.planned_units() > 0:
+            self._reconcile(event)  # a scale-down: the waypoint follows
+            return
+        # The application is going away. Leadership is not reliable this late, so whichever unit
+        # gets here cleans up; every deletion tolerates the object being gone already.
+        self._findings = BeaconReconciler(self).teardown()
+        self._torn_down = True
+
+    def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
+        if self._config_error is not None:
+            event.add_status(ops.BlockedStatus(f"invalid config: {self._config_error}"))
+        findings = self._findings
+        if findings is not None:
+            for status in self._statuses(findings):
+                event.add_status(status)
+        if self._torn_down:
+            event.add_status(ops.MaintenanceStatus("removed the mesh resources"))
+        elif not self.unit.is_leader():
+            event.add_status(ops.ActiveStatus("standby"))
+        elif self._config is not None and not self._config.manage_authorization_policies:
+            event.add_status(ops.ActiveStatus("not managing authorization policies"))
+        event.add_status(ops.ActiveStatus())
+
+    def _statuses(self, findings: Findings) -> list[ops.StatusBase]:
+        """The statuses for what a reconcile found, most urgent first."""
+        statuses: list[ops.StatusBase] = []
+        if findings.missing_crds:
+            statuses.append(
+                ops.BlockedStatus(
+                    f"deploy istio-k8s: Istio is missing ({', '.join(findings.missing_crds)} "
+                    "not installed)"
+                )
+            )
+        if findings.forbidden:
+            statuses.append(
+                ops.BlockedStatus(
+                    f"run `juju trust {self.app.name} --scope=cluster`: Kubernetes refused to "
+                    f"{findings.forbidden[0]}"
+                )
+            )
+        if findings.namespace_conflict:
+            statuses.append(
+                ops.BlockedStatus(
+                    f"model-on-mesh: {findings.namespace_conflict}; leaving its labels alone"
+                )
+            )
+        if findings.refusals:
+            statuses.append(ops.BlockedStatus(refusal_message(findings.refusals)))
+        statuses.extend(ops.BlockedStatus(error) for error in findings.api_errors[:1])
+        if findings.waypoint is not None and not findings.waypoint.ready:
+            statuses.append(
+                ops.WaitingStatus(f"waiting for the waypoint: {findings.waypoint.detail}")
+            )
+        return statuses
+
+
+if __name__ == "__main__":  # pragma: nocover
+    ops.main(IstioBeaconCharm)

@@ -1,0 +1,214 @@
+"""One reconcile path: converge everything the beacon manages, from scratch, and note problems.
+
+Nothing here sets a status: problems are recorded in :class:`Findings`, which the charm turns into
+statuses in its collect-status handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import ops
+from beacon_config import BeaconConfig
+from charms.istio_beacon_k8s.v0.service_mesh import (
+    MeshType,
+    MissingCRDError,
+    PolicyResourceManager,
+    ServiceMeshProvider,
+    label_configmap_name,
+    reconcile_charm_labels,
+)
+from kubernetes_client import make_client, status_code
+from lightkube import ApiError, Client
+from lightkube.resources.core_v1 import ConfigMap, Service
+from namespace_labels import owner_value, reconcile_namespace_labels
+from policies import (
+    Refusal,
+    build_policy_manifests,
+    check_requests,
+    model_operator_policy,
+    needs_services,
+)
+from waypoint import (
+    WaypointReadiness,
+    consumer_labels,
+    delete_waypoint,
+    reconcile_waypoint,
+    waypoint_name,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Marks every Gateway, autoscaler and AuthorizationPolicy the beacon owns: ``<model>.<app>``.
+MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
+
+_T = TypeVar("_T")
+
+
+def ownership_labels(model_name: str, app_name: str) -> dict[str, str]:
+    """The labels that mark the objects a beacon owns (and select them when it lists)."""
+    return {MANAGED_BY: owner_value(model_name, app_name)}
+
+
+@dataclass
+class Findings:
+    """What a reconcile found wrong; empty lists and ``None`` mean all is well.
+
+    Attributes:
+        missing_crds: custom resources that are not installed (Istio is missing).
+        forbidden: what Kubernetes refused with 403 (the charm is not trusted).
+        api_errors: other failures, with Kubernetes' message.
+        namespace_conflict: why the namespace was left alone although wanted on the mesh.
+        refusals: requests that were not applied, with the reason.
+        waypoint: the waypoint's readiness, when it could be checked.
+    """
+
+    missing_crds: list[str] = field(default_factory=list[str])
+    forbidden: list[str] = field(default_factory=list[str])
+    api_errors: list[str] = field(default_factory=list[str])
+    namespace_conflict: str | None = None
+    refusals: list[Refusal] = field(default_factory=list[Refusal])
+    waypoint: WaypointReadiness | None = None
+
+
+class BeaconReconciler:
+    """Converge the waypoint, the labels and the policies of one beacon, or remove them all.
+
+    Args:
+        charm: the beacon charm (its app, model and, for the policy manager, itself).
+        client: the Kubernetes client; by default one made by :func:`make_client`.
+    """
+
+    def __init__(self, charm: ops.CharmBase, client: Client | None = None):
+        self._charm = charm
+        self._app = charm.app.name
+        self._namespace = charm.model.name
+        self._client = client or make_client(self._app, self._namespace)
+        self._labels = ownership_labels(self._namespace, self._app)
+        self.waypoint = waypoint_name(self._namespace, self._app)
+        self.findings = Findings()
+
+    def reconcile(
+        self, config: BeaconConfig, provider: ServiceMeshProvider, planned_units: int
+    ) -> Findings:
+        """Converge everything to the config, the relations and the planned unit count.
+
+        With 0 planned units the app is going away: everything is removed instead.
+
+        Args:
+            config: the validated config.
+            provider: the ``service-mesh`` provider, to publish the labels and read requests.
+            planned_units: how many units the beacon will have (the waypoint's replicas).
+        """
+        if planned_units == 0:
+            return self.teardown()
+        labels = consumer_labels(self.waypoint, self._namespace, config.model_on_mesh)
+        provider.update_relations()
+        self._attempt(
+            "label the beacon's pods and Service",
+            lambda: reconcile_charm_labels(
+                self._client, self._app, self._namespace, label_configmap_name(self._app), labels
+            ),
+        )
+        self.findings.waypoint = self._attempt(
+            "run the waypoint",
+            lambda: reconcile_waypoint(self._client, self.waypoint, planned_units, self._labels),
+        )
+        self.findings.namespace_conflict = self._attempt(
+            "label the namespace",
+            lambda: reconcile_namespace_labels(
+                self._client,
+                self._namespace,
+                on_mesh=config.model_on_mesh,
+                waypoint=self.waypoint,
+                owner=owner_value(self._namespace, self._app),
+            ),
+        )
+        self._attempt(
+            "apply the AuthorizationPolicies", lambda: self._reconcile_policies(config, provider)
+        )
+        return self.findings
+
+    def teardown(self) -> Findings:
+        """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap."""
+        self._attempt("remove the waypoint", lambda: delete_waypoint(self._client, self._labels))
+        self._attempt("remove the AuthorizationPolicies", self._delete_policies)
+        self._attempt(
+            "remove the namespace labels",
+            lambda: reconcile_namespace_labels(
+                self._client,
+                self._namespace,
+                on_mesh=False,
+                waypoint=self.waypoint,
+                owner=owner_value(self._namespace, self._app),
+            ),
+        )
+        self._attempt("remove the labels ConfigMap", self._delete_label_configmap)
+        return self.findings
+
+    def _policy_manager(self) -> PolicyResourceManager:
+        return PolicyResourceManager(self._charm, self._client, labels=self._labels, logger=logger)
+
+    def _reconcile_policies(self, config: BeaconConfig, provider: ServiceMeshProvider) -> None:
+        manager = self._policy_manager()
+        if not config.manage_authorization_policies:
+            manager.delete()
+            return
+        requests = provider.relation_requests()
+        services = self._services() if needs_services(requests) else {}
+        accepted, refused = check_requests(requests, self._namespace, services)
+        manifests, unbuildable = build_policy_manifests(accepted)
+        if config.model_on_mesh:
+            manifests.append(model_operator_policy(self._namespace))
+        self.findings.refusals = refused + unbuildable
+        for refusal in self.findings.refusals:
+            logger.warning(
+                "refused a policy requested by %s (relation %d): %s",
+                refusal.app_name,
+                refusal.relation_id,
+                refusal.reason,
+            )
+        manager.reconcile([], MeshType.istio, raw_policies=manifests)
+
+    def _delete_policies(self) -> None:
+        try:
+            self._policy_manager().delete()
+        except MissingCRDError:
+            logger.info("no AuthorizationPolicy CRD: no policy to delete")
+
+    def _services(self) -> dict[str, dict[str, str]]:
+        api: Any = self._client  # lightkube's list overloads are only partly typed
+        services: dict[str, dict[str, str]] = {}
+        for service in api.list(Service, namespace=self._namespace):
+            metadata = service.metadata
+            services[metadata.name] = dict(metadata.labels or {})
+        return services
+
+    def _delete_label_configmap(self) -> None:
+        try:
+            self._client.delete(
+                ConfigMap, label_configmap_name(self._app), namespace=self._namespace
+            )
+        except ApiError as error:
+            if status_code(error) != 404:
+                raise
+
+    def _attempt(self, what: str, action: Callable[[], _T]) -> _T | None:
+        """Run one step; a Kubernetes failure is recorded and the other steps still run."""
+        try:
+            return action()
+        except MissingCRDError as error:
+            logger.error("cannot %s: %s", what, error)
+            if error.resource not in self.findings.missing_crds:
+                self.findings.missing_crds.append(error.resource)
+        except ApiError as error:
+            code = status_code(error)
+            logger.error("cannot %s: Kubernetes said %d: %s", what, code, error.status.message)
+            if code == 403:
+                self.findings.forbidden.append(what)
+            else:
+                self.findings.api_errors.append(f"cannot {what}: {code} {error.status.message}")
+        return None
