@@ -36,8 +36,13 @@ HTTP = Endpoint(ports=[8080], methods=[Method.get], paths=["/data"])
 
 
 def sources(policies: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(source namespace, source app, target type) of each published policy."""
-    return [(p["source_namespace"], p["source_app_name"], p["target_type"]) for p in policies]
+    """(source namespace, source app, target type) of each published policy, sorted.
+
+    Relations come in no particular order in ops.testing, so neither do the policies.
+    """
+    return sorted(
+        (p["source_namespace"], p["source_app_name"], p["target_type"]) for p in policies
+    )
 
 
 def test_one_policy_per_declared_policy_and_relation():
@@ -56,7 +61,8 @@ def test_one_policy_per_declared_policy_and_relation():
         (MODEL, "a2", "app"),
         (MODEL, "b", "unit"),
     ]
-    app_policy, _, unit_policy = policies
+    by_source = {p["source_app_name"]: p for p in policies}
+    app_policy, unit_policy = by_source["a1"], by_source["b"]
     assert app_policy["target_app_name"] == CONSUMER
     assert app_policy["target_namespace"] == MODEL
     assert app_policy["endpoints"] == [
@@ -120,8 +126,8 @@ def test_cross_model_sources_use_the_announced_names():
     )
     assert sources(published_policies(out, mesh)) == [
         ("model-a", "sender", "app"),
-        (MODEL, "quiet", "app"),
         (MODEL, "broken", "app"),
+        (MODEL, "quiet", "app"),
     ]
     # The receiving side writes nothing on cross_model_mesh.
     assert out.get_relation(cmr.id).local_app_data == {}
