@@ -257,3 +257,20 @@ def policies_for(
 def principal(namespace: str, app: str) -> str:
     """The mesh identity of a Juju app's pods."""
     return f"cluster.local/ns/{namespace}/sa/{app}"
+
+
+def model_operator_endpoint(client: lightkube.Client, namespace: str) -> tuple[str, int]:
+    """Name and first port of the Service in front of Juju's model operator pod.
+
+    Found by its selector (the pod label `juju-modeloperator: modeloperator`) rather than by a
+    name, so the test does not depend on how Juju names it.
+    """
+    for service in client.list(Service, namespace=namespace):
+        spec = service.spec
+        if spec is None or spec.selector is None or service.metadata is None:
+            continue
+        if all(spec.selector.get(key) == value for key, value in MODEL_OPERATOR_SELECTOR.items()):
+            ports = spec.ports or []
+            assert ports, f"the model operator Service {service.metadata.name} has no port"
+            return str(service.metadata.name), int(ports[0].port)
+    raise AssertionError(f"no Service selects the model operator pod in {namespace}")

@@ -31,7 +31,6 @@ from mesh_probe import ALLOWED, FORBIDDEN, REACHABLE, Case, assert_traffic, case
 
 APPS = (RECEIVER, SENDER_APP, STRANGER)
 OUTSIDER = "outsider"
-MODEL_OPERATOR_PORT = 17071
 POLICY_TIMEOUT = 180.0
 
 
@@ -135,7 +134,8 @@ def test_model_operator_reachable_from_another_model(
     )
     # The model operator serves TLS: a plain HTTP request gets an HTTP error back, which is
     # enough to show that the connection is let through.
-    url = f"http://modeloperator.{model}.svc.cluster.local:{MODEL_OPERATOR_PORT}/"
+    name, port = mesh_cluster.model_operator_endpoint(kube, model)
+    url = f"http://{name}.{model}.svc.cluster.local:{port}/"
     assert_traffic(
         outsider, [case(f"{OUTSIDER}/0", url, REACHABLE)], what="model operator reachable"
     )
