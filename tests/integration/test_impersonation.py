@@ -22,6 +22,7 @@ from mesh_deploy import (
     deploy_tester,
     join_mesh,
     model_name,
+    pod_host,
     set_config,
     wait_active,
 )
@@ -85,7 +86,7 @@ def test_lie_not_applied(juju: jubilant.Juju, kube: lightkube.Client) -> None:
 def test_everyone_else_unaffected(juju: jubilant.Juju) -> None:
     model = model_name(juju)
     service = f"http://{RECEIVER}"
-    pod = f"http://{RECEIVER}-0.{RECEIVER}-endpoints.{model}.svc.cluster.local"
+    pod = f"http://{pod_host(RECEIVER, model)}"
     assert_traffic(
         juju,
         [
