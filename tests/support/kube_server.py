@@ -26,6 +26,7 @@ for debugging.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import json
 import os
@@ -62,6 +63,7 @@ WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLE
 UNTRUSTED_APP_RULES = (PolicyRule(apiGroups=["*"], resources=["*"], verbs=["*"]),)
 
 _LOOPBACK = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
 _TOKEN_SECONDS = 3600
 
 
@@ -290,7 +292,12 @@ class KubeServer:
         log = (self.workdir / f"{name}.log").open("wb")
         self._logs.append(log)
         proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run while we start these
         )
         self._processes.append((name, proc))
         return proc
@@ -553,24 +560,36 @@ class KubeServer:
         return chosen
 
     def install_crds(self, kinds: Iterable[str] | None = None, timeout: float = 60.0) -> list[str]:
-        """Install CRDs (all by default, else those of the listed kinds); wait until established.
+        """Install CRDs (all by default, else those of the listed kinds); wait until usable.
+
+        Usable means established *and* listable for every served version: right after a CRD is
+        established the apiserver may still answer 429 "storage is (re)initializing" while its
+        watch cache fills.
 
         Returns:
             The names of the installed CRDs, e.g. ``authorizationpolicies.security.istio.io``.
         """
         client = self.admin_client(field_manager="kube-tier")
-        names: list[str] = []
-        for doc in self.crd_documents(kinds):
-            crd = CustomResourceDefinition.from_dict(doc)
-            client.apply(crd, force=True)
-            names.append(doc["metadata"]["name"])
+        docs = self.crd_documents(kinds)
+        for doc in docs:
+            client.apply(CustomResourceDefinition.from_dict(doc), force=True)
         deadline = time.monotonic() + timeout
-        for name in names:
+        for doc in docs:
+            name = doc["metadata"]["name"]
             while not _established(client.get(CustomResourceDefinition, name)):
                 if time.monotonic() > deadline:
                     raise KubeServerError(f"CRD {name} not established within {timeout}s")
                 time.sleep(0.1)
-        return names
+            group, plural = doc["spec"]["group"], doc["spec"]["names"]["plural"]
+            for version in doc["spec"]["versions"]:
+                if not version.get("served", False):
+                    continue
+                path = f"/apis/{group}/{version['name']}/{plural}"
+                while (answer := self.raw_request("GET", path, params={"limit": "1"}))[0] != 200:
+                    if time.monotonic() > deadline:
+                        raise KubeServerError(f"cannot list {path} within {timeout}s: {answer}")
+                    time.sleep(0.1)
+        return [doc["metadata"]["name"] for doc in docs]
 
     # ----------------------------------------------------------------------------- raw HTTP access
 
@@ -662,6 +681,13 @@ class KubeServer:
             )
             counts[key] += int(float(value))
         return dict(counts)
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed when the test process dies, even by SIGKILL (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _established(crd: CustomResourceDefinition) -> bool:
