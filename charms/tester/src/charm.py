@@ -66,7 +66,7 @@ class ServiceMeshTesterCharm(ops.CharmBase):
             return fallback, str(e)
 
     def _reconcile(self, _: ops.EventBase) -> None:
-        self.unit.set_ports(*workload.SERVER_PORTS)
+        self.unit.set_ports(*workload.POLICY_PORTS)
         if self._container.can_connect():
             try:
                 workload.ensure_running(self._container, self.app.name, self.unit.name)

@@ -13,7 +13,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     ServiceMeshConsumer,
     UnitPolicy,
 )
-from workload import SERVER_PORTS
+from workload import POLICY_PORTS
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +38,16 @@ def declared_policies(peer_communication: bool) -> list[AppPolicy | UnitPolicy]:
             relation=INBOUND_RELATION,
             endpoints=[
                 Endpoint(
-                    ports=list(SERVER_PORTS),
+                    ports=list(POLICY_PORTS),
                     methods=list(INBOUND_METHODS),
                     paths=list(INBOUND_PATHS),
                 )
             ],
         ),
-        UnitPolicy(relation=INBOUND_UNIT_RELATION, ports=list(SERVER_PORTS)),
+        UnitPolicy(relation=INBOUND_UNIT_RELATION, ports=list(POLICY_PORTS)),
     ]
     if peer_communication:
-        policies.append(UnitPolicy(relation=PEER_RELATION, ports=list(SERVER_PORTS)))
+        policies.append(UnitPolicy(relation=PEER_RELATION, ports=list(POLICY_PORTS)))
     return policies
 
 

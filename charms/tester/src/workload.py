@@ -8,7 +8,12 @@ from pathlib import Path
 import ops
 
 CONTAINER_NAME = "workload"
-SERVER_PORTS = (8080, 8081)
+# The ports the tester's policies open, and the Service exposes.
+POLICY_PORTS = (8080, 8081)
+# Served too, but named by no policy: a request that reaches it through the mesh proves that the
+# mesh enforces nothing (with no server there, "refused" would prove nothing).
+UNLISTED_PORT = 8083
+SERVER_PORTS = (*POLICY_PORTS, UNLISTED_PORT)
 
 # The chiselled Python rock has no shell and no PATH lookup to rely on: run python3 directly.
 PYTHON = "/usr/bin/python3"

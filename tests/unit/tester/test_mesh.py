@@ -144,7 +144,7 @@ def test_the_declared_policies_are_published_for_each_related_app(
         '"endpoints":[{"hosts":null,"ports":[8080,8081],"methods":["GET","POST"],'
         '"paths":["/foo","/bar/"]}]}'
     )
-    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081")
+    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081, 8083")
 
 
 @pytest.mark.usefixtures("kube")
@@ -319,7 +319,7 @@ def test_switching_auto_join_off_removes_the_labels_applied_before(
 
     assert pod_labels(kube) == {"app.kubernetes.io/name": APP}
     assert service_labels(kube) == {"app": APP}
-    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081")
+    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081, 8083")
 
 
 def test_without_trust_and_without_auto_join_nothing_is_blocked(
@@ -331,7 +331,7 @@ def test_without_trust_and_without_auto_join_nothing_is_blocked(
 
     state_out = ctx.run(ctx.on.config_changed(), state(mesh, config={"auto-join-mesh": False}))
 
-    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081")
+    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081, 8083")
     assert state_out.app_status == testing.UnknownStatus()
     assert kube.write_count() == 0
     # The policies are still published: they do not need Kubernetes.

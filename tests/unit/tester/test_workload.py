@@ -29,7 +29,7 @@ def test_pebble_ready_runs_one_server_per_port(ctx: testing.Context[ServiceMeshT
 
     out = state_out.get_container("workload")
     services = out.plan.services
-    assert sorted(services) == ["http-8080", "http-8081"]
+    assert sorted(services) == ["http-8080", "http-8081", "http-8083"]
     for port in (8080, 8081):
         service = services[f"http-{port}"]
         assert service.command == (
@@ -41,11 +41,13 @@ def test_pebble_ready_runs_one_server_per_port(ctx: testing.Context[ServiceMeshT
     assert out.service_statuses == {
         "http-8080": ops.pebble.ServiceStatus.ACTIVE,
         "http-8081": ops.pebble.ServiceStatus.ACTIVE,
+        "http-8083": ops.pebble.ServiceStatus.ACTIVE,
     }
     pushed = out.get_filesystem(ctx) / "srv/service-mesh-tester/workload_server.py"
     assert pushed.read_text() == SERVER_SOURCE
+    # 8083 is served for the pods but named by no policy, and not exposed on the Service.
     assert state_out.opened_ports == {testing.TCPPort(8080), testing.TCPPort(8081)}
-    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081")
+    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081, 8083")
 
 
 def test_a_changed_server_script_changes_the_layer_so_replan_restarts_it():
@@ -62,6 +64,7 @@ def test_without_pebble_the_unit_waits_and_ports_are_still_opened(
         "waiting for Pebble in the workload container"
     )
     assert state_out.get_container("workload").plan.services == {}
+    # 8083 is served for the pods but named by no policy, and not exposed on the Service.
     assert state_out.opened_ports == {testing.TCPPort(8080), testing.TCPPort(8081)}
 
 
@@ -83,10 +86,12 @@ def test_a_stopped_server_is_reported_then_restarted_by_the_next_reconcile(
         ctx.on.action("probe", params={"url": "http://127.0.0.1:1/"}),
         testing.State(containers={stopped}),
     )
-    assert state_out.unit_status == testing.WaitingStatus("waiting for http-8081 to run")
+    assert state_out.unit_status == testing.WaitingStatus(
+        "waiting for http-8081, http-8083 to run"
+    )
 
     state_out = ctx.run(ctx.on.update_status(), testing.State(containers={stopped}))
-    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081")
+    assert state_out.unit_status == testing.ActiveStatus("serving on 8080, 8081, 8083")
 
 
 @pytest.fixture
