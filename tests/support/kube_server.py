@@ -64,6 +64,7 @@ UNTRUSTED_APP_RULES = (PolicyRule(apiGroups=["*"], resources=["*"], verbs=["*"])
 
 _LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
+_START_ATTEMPTS = 3
 _TOKEN_SECONDS = 3600
 
 
@@ -247,13 +248,21 @@ class KubeServer:
         """
         cache_dir = cache_dir or ensure_built()
         keep = os.environ.get("KUBE_TIER_KEEP", "") not in ("", "0")
-        server = cls(cache_dir, Path(tempfile.mkdtemp(prefix="kube-tier-")), keep)
-        try:
-            server._launch(timeout, list(extra_apiserver_args))
-        except BaseException:
-            server.stop()
-            raise
-        return server
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            server = cls(cache_dir, Path(tempfile.mkdtemp(prefix="kube-tier-")), keep)
+            try:
+                server._launch(timeout, list(extra_apiserver_args))
+            except KubeServerError as error:
+                server.stop()
+                # A free port found here can be taken by another process before ours binds it.
+                if "address already in use" not in str(error) or attempt == _START_ATTEMPTS:
+                    raise
+                continue
+            except BaseException:
+                server.stop()
+                raise
+            return server
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """Close the clients made here, stop both processes and remove the temporary folder.
