@@ -87,10 +87,12 @@ def provider_databag(labels: Mapping[str, str] = MESH_LABELS) -> dict[str, str]:
     return {"labels": json.dumps(dict(labels)), "mesh_type": '"istio"'}
 
 
-def state(*relations: testing.RelationBase, leader: bool = True, **kwargs: Any) -> testing.State:
-    """A state in model ``my_model``."""
+def state(
+    *relations: testing.RelationBase, leader: bool = True, model: str = MODEL, **kwargs: Any
+) -> testing.State:
+    """A state in model ``my_model`` unless told otherwise."""
     return testing.State(
-        leader=leader, relations=relations, model=testing.Model(name=MODEL), **kwargs
+        leader=leader, relations=relations, model=testing.Model(name=model), **kwargs
     )
 
 

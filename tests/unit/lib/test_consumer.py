@@ -227,3 +227,17 @@ def test_charm_can_reassign_policies_and_republish():
     out = ctx.run(ctx.on.config_changed(), dataclasses.replace(out, config={"unit-only": True}))
     (policy,) = published_policies(out, mesh)
     assert (policy["target_type"], policy["endpoints"][0]["ports"]) == ("unit", [5000])
+
+
+def test_consumer_without_cross_model_endpoints():
+    meta = {
+        "name": "minimal",
+        "requires": {"service-mesh": {"interface": "service_mesh"}},
+        "provides": {"api": {"interface": "http"}},
+    }
+    ctx = consumer_context([AppPolicy(relation="api")], meta=meta)
+    mesh = mesh_relation()
+    api = testing.Relation("api", remote_app_name="client")
+    out = ctx.run(ctx.on.relation_created(api), state(mesh, api))
+    (policy,) = published_policies(out, mesh)
+    assert (policy["source_app_name"], policy["target_app_name"]) == ("client", "minimal")

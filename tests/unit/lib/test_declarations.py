@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -198,3 +199,11 @@ def test_provider_app_data_validation():
         ServiceMeshProviderAppData(labels={}, mesh_type="linkerd")  # type: ignore[arg-type]
     with pytest.raises(MeshDataError, match="labels: expected an object of string labels"):
         ServiceMeshProviderAppData(labels=["a"], mesh_type=MeshType.istio)  # type: ignore[arg-type]
+
+
+def test_mesh_policy_wire_form_details():
+    wire = _policy(target_app_name="dst").to_dict()
+    assert MeshPolicy.from_dict({**wire, "endpoints": None}).endpoints == []
+    assert _policy(target_app_name="dst").model_dump_json() == json.dumps(
+        wire, separators=(",", ":")
+    )

@@ -296,3 +296,17 @@ def test_namespaced_list_forbidden_too_propagates(
     with pytest.raises(ApiError) as info:
         manager.reconcile([mesh_policy("a")], MeshType.istio)
     assert info.value.status.code == 403
+
+
+def test_metadata_drift_is_repaired(kube: FakeKubeServer, manager: PolicyResourceManager):
+    annotated = build_authorization_policy(mesh_policy("a"), annotations={"requested-by": "x"})
+    manager.reconcile([], MeshType.istio, raw_policies=[annotated])
+    name = annotated["metadata"]["name"]
+    drifted = copy.deepcopy(stored(kube)[(KUBE_MODEL, name)])
+    drifted["metadata"]["annotations"] = {"requested-by": "someone else"}
+    kube.put(drifted)
+
+    summary = manager.reconcile([], MeshType.istio, raw_policies=[annotated])
+
+    assert summary.updated == [f"{KUBE_MODEL}/{name}"]
+    assert stored(kube)[(KUBE_MODEL, name)]["metadata"]["annotations"] == {"requested-by": "x"}

@@ -1,0 +1,174 @@
+"""The consumer puts the mesh labels on its own StatefulSet and Service (auto_join)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_kube import FakeKubeServer
+from juju_objects import KUBE_MODEL, pod_template_labels, seed_app, service_labels
+from mesh_charms import (
+    CONSUMER,
+    MESH_LABELS,
+    consumer_context,
+    mesh_relation,
+    provider_databag,
+    state,
+)
+from ops import testing
+
+JUJU = {"app.kubernetes.io/name": CONSUMER}
+CONFIGMAP = f"juju-service-mesh-{CONSUMER}-labels"
+
+
+@pytest.fixture
+def app(kube: FakeKubeServer) -> FakeKubeServer:
+    """The fake cluster, with the consumer's StatefulSet and Service as Juju made them."""
+    seed_app(kube, CONSUMER, KUBE_MODEL)
+    kube.reset_requests()
+    return kube
+
+
+def joined(labels: dict[str, str] = MESH_LABELS) -> testing.State:
+    return state(mesh_relation(remote_app_data=provider_databag(labels)), model=KUBE_MODEL)
+
+
+def remembered(kube: FakeKubeServer) -> dict[str, str]:
+    configmap = kube.get("configmaps", KUBE_MODEL, CONFIGMAP)
+    assert configmap is not None
+    return json.loads(configmap["data"]["labels"])
+
+
+def test_leader_puts_the_mesh_labels_on_its_pods_and_service(app: FakeKubeServer):
+    ctx = consumer_context(auto_join=True)
+    out = ctx.run(ctx.on.leader_elected(), joined())
+
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
+    assert service_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
+    assert remembered(app) == MESH_LABELS
+    assert out.app_status == testing.UnknownStatus()
+
+
+def test_a_converged_consumer_makes_no_api_call(app: FakeKubeServer):
+    ctx = consumer_context(auto_join=True)
+    out = ctx.run(ctx.on.leader_elected(), joined())
+    app.reset_requests()
+
+    ctx.run(ctx.on.upgrade_charm(), out)
+    ctx.run(ctx.on.update_status(), out)
+
+    assert app.requests == []
+
+
+def test_non_leader_does_nothing(app: FakeKubeServer):
+    ctx = consumer_context(auto_join=True)
+    mesh = mesh_relation(remote_app_data=provider_databag())
+    out = ctx.run(ctx.on.relation_changed(mesh), state(mesh, leader=False, model=KUBE_MODEL))
+    assert app.requests == []
+    assert out.app_status == testing.UnknownStatus()
+
+
+def test_untrusted_app_is_blocked_until_trusted(app: FakeKubeServer):
+    app.forbid()  # an untrusted app may do nothing with the API
+    ctx = consumer_context(auto_join=True)
+    out = ctx.run(ctx.on.leader_elected(), joined())
+    assert isinstance(out.app_status, testing.BlockedStatus)
+    assert f"juju trust {CONSUMER} --scope=cluster" in out.app_status.message
+    assert pod_template_labels(app, CONSUMER) == JUJU
+
+    # Once trusted, update-status retries.
+    app.allow_all()
+    out = ctx.run(ctx.on.update_status(), out)
+    assert not isinstance(out.app_status, testing.BlockedStatus)
+    assert service_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
+
+
+def test_untrusted_app_without_labels_to_put_is_not_blocked(app: FakeKubeServer):
+    app.forbid()
+    ctx = consumer_context(auto_join=True)
+    out = ctx.run(ctx.on.leader_elected(), joined({}))
+    assert out.app_status == testing.UnknownStatus()
+
+
+def test_other_api_errors_are_reported(kube: FakeKubeServer):
+    # No StatefulSet: Kubernetes answers 404.
+    ctx = consumer_context(auto_join=True)
+    out = ctx.run(ctx.on.leader_elected(), joined())
+    assert isinstance(out.app_status, testing.BlockedStatus)
+    assert "Kubernetes said 404" in out.app_status.message
+
+
+def test_unreachable_kubernetes_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    ctx = consumer_context(auto_join=True)
+    out = ctx.run(ctx.on.leader_elected(), joined())
+    assert isinstance(out.app_status, testing.BlockedStatus)
+    assert out.app_status.message.startswith(f"cannot reach Kubernetes to label {CONSUMER}")
+
+
+def test_switching_auto_join_off_removes_the_labels(app: FakeKubeServer):
+    on = consumer_context(auto_join=True)
+    out = on.run(on.on.leader_elected(), joined())
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
+
+    off = consumer_context(auto_join=False)
+    out = off.run(off.on.upgrade_charm(), out)
+
+    assert pod_template_labels(app, CONSUMER) == JUJU
+    assert service_labels(app, CONSUMER) == JUJU
+    assert remembered(app) == {}
+
+
+def test_labels_put_by_an_earlier_unit_are_removed_with_auto_join_off(app: FakeKubeServer):
+    """The ConfigMap, not the unit's memory, says what to remove (a pod restart wipes memory)."""
+    on = consumer_context(auto_join=True)
+    on.run(on.on.leader_elected(), joined())
+
+    off = consumer_context(auto_join=False)
+    off.run(off.on.leader_elected(), joined())
+
+    assert pod_template_labels(app, CONSUMER) == JUJU
+
+
+def test_whole_model_on_the_mesh_removes_the_labels(app: FakeKubeServer):
+    ctx = consumer_context(auto_join=True)
+    out = ctx.run(ctx.on.leader_elected(), joined())
+    mesh = out.get_relations("service-mesh")[0]
+    emptied = dataclasses.replace(mesh, remote_app_data=provider_databag({}))
+
+    ctx.run(ctx.on.relation_changed(emptied), dataclasses.replace(out, relations=[emptied]))
+
+    assert pod_template_labels(app, CONSUMER) == JUJU
+    assert service_labels(app, CONSUMER) == JUJU
+
+
+def test_leaving_the_mesh_removes_the_labels(app: FakeKubeServer):
+    ctx = consumer_context(auto_join=True)
+    out = ctx.run(ctx.on.leader_elected(), joined())
+    mesh = out.get_relations("service-mesh")[0]
+
+    ctx.run(ctx.on.relation_broken(mesh), out)
+
+    assert pod_template_labels(app, CONSUMER) == JUJU
+    assert service_labels(app, CONSUMER) == JUJU
+
+
+def test_importing_the_library_does_not_import_lightkube():
+    root = Path(__file__).resolve().parents[3]
+    code = (
+        "import sys; import charms.istio_beacon_k8s.v0.service_mesh; "
+        "assert 'lightkube' not in sys.modules, 'lightkube imported'; "
+        "assert 'pydantic' not in sys.modules, 'pydantic imported'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONPATH": str(root / "lib")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
