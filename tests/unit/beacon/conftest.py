@@ -1,0 +1,194 @@
+"""Fixtures for the beacon's unit tests: the ops.testing context and a fake Kubernetes API.
+
+The Kubernetes fixtures only need ``KUBECONFIG``: the same tests can run against the real API
+server tier by providing another ``make_kube`` (a server plus the seeding helpers below).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import pytest
+from charm import IstioBeaconCharm
+from fake_kube import ALL_CRDS, FakeKubeServer
+from ops import testing
+
+MODEL = "mesh-model"
+APP = "istio-beacon-k8s"
+WAYPOINT = f"{MODEL}-{APP}-waypoint"
+OWNER = f"{MODEL}.{APP}"
+MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
+REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
+RELATION_ID = "charms.canonical.com/service-mesh.relation-id"
+NAMESPACE_OWNER = "charms.canonical.com/istio.io.waypoint.managed-by"
+MESH_LABELS = {
+    "istio.io/dataplane-mode": "ambient",
+    "istio.io/use-waypoint": WAYPOINT,
+    "istio.io/use-waypoint-namespace": MODEL,
+}
+
+KubeFactory = Callable[..., FakeKubeServer]
+
+
+@pytest.fixture
+def ctx() -> testing.Context[IstioBeaconCharm]:
+    return testing.Context(IstioBeaconCharm, app_name=APP)
+
+
+@pytest.fixture
+def make_kube(monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeFactory]:
+    """Start a fake API server (``crds`` chooses the installed CRDs), seeded with the beacon.
+
+    ``KUBECONFIG`` points at the last one started.
+    """
+    with contextlib.ExitStack() as stack:
+
+        def start(crds: Iterable[str] = ALL_CRDS) -> FakeKubeServer:
+            kube = stack.enter_context(FakeKubeServer(crds=crds))
+            monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig_path))
+            seed_beacon(kube)
+            return kube
+
+        yield start
+
+
+@pytest.fixture
+def kube(make_kube: KubeFactory) -> FakeKubeServer:
+    """A fake API server with Istio's CRDs and the beacon's own StatefulSet and Service."""
+    return make_kube()
+
+
+def seed_beacon(kube: FakeKubeServer) -> None:
+    """What Juju creates for the beacon: its namespace, StatefulSet and Service."""
+    kube.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": MODEL}})
+    kube.put(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": APP, "namespace": MODEL},
+            "spec": {
+                "serviceName": f"{APP}-endpoints",
+                "selector": {"matchLabels": {"app.kubernetes.io/name": APP}},
+                "template": {
+                    "metadata": {"labels": {"app.kubernetes.io/name": APP}},
+                    "spec": {"containers": [{"name": "charm", "image": "charm-base"}]},
+                },
+            },
+        }
+    )
+    seed_service(kube, APP)
+
+
+def seed_service(
+    kube: FakeKubeServer, name: str, labels: dict[str, str] | None = None, namespace: str = MODEL
+) -> None:
+    """A Service; by default labelled as Juju labels an app's Service (named after the app)."""
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/name": name} if labels is None else labels,
+            },
+        }
+    )
+
+
+def seed_waypoint_deployment(kube: FakeKubeServer, replicas: int, ready: int) -> None:
+    """The Deployment Istio makes from the waypoint Gateway, with ``ready`` replicas ready."""
+    kube.put(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": WAYPOINT, "namespace": MODEL},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": WAYPOINT}},
+                "template": {
+                    "metadata": {"labels": {"gateway.networking.k8s.io/gateway-name": WAYPOINT}},
+                    "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2"}]},
+                },
+            },
+            "status": {"replicas": replicas, "readyReplicas": ready},
+        }
+    )
+
+
+def wire_policy(
+    source: str, target: str | None, target_type: str = "app", **fields: Any
+) -> dict[str, Any]:
+    """A MeshPolicy in wire form (all eight keys), from ``source`` to ``target`` in MODEL."""
+    unit = target_type == "unit"
+    policy: dict[str, Any] = {
+        "source_namespace": MODEL,
+        "source_app_name": source,
+        "target_namespace": MODEL,
+        "target_app_name": target,
+        "target_selector_labels": None,
+        "target_service": None,
+        "target_type": target_type,
+        "endpoints": [
+            {"hosts": None, "ports": [8080], "methods": None, "paths": None}
+            if unit
+            else {"hosts": [], "ports": [8080], "methods": ["GET"], "paths": ["/foo"]}
+        ],
+    }
+    policy.update(fields)
+    return policy
+
+
+def mesh_relation(app: str, policies: list[dict[str, Any]] | str | None) -> testing.Relation:
+    """A ``service-mesh`` relation with ``app``, whose databag holds ``policies``.
+
+    A string is written as is (to send malformed data); ``None`` writes no ``policies`` key.
+    """
+    data: dict[str, str] = {}
+    if isinstance(policies, str):
+        data["policies"] = policies
+    elif policies is not None:
+        data["policies"] = json.dumps(policies)
+    return testing.Relation("service-mesh", remote_app_name=app, remote_app_data=data)
+
+
+def beacon_state(
+    *,
+    leader: bool = True,
+    relations: Iterable[testing.RelationBase] = (),
+    config: Mapping[str, str | int | float | bool] | None = None,
+    planned_units: int = 1,
+) -> testing.State:
+    """The beacon's state in MODEL."""
+    return testing.State(
+        leader=leader,
+        model=testing.Model(name=MODEL),
+        relations=list(relations),
+        config=dict(config or {}),
+        planned_units=planned_units,
+    )
+
+
+def policies_in(kube: FakeKubeServer, namespace: str | None = None) -> dict[str, dict[str, Any]]:
+    """The AuthorizationPolicies in the fake, by name."""
+    return {p["metadata"]["name"]: p for p in kube.list("authorizationpolicies", namespace)}
+
+
+def requested_by(kube: FakeKubeServer) -> dict[str, set[str]]:
+    """For each app, the names of the AuthorizationPolicies that say it requested them."""
+    result: dict[str, set[str]] = {}
+    for name, policy in policies_in(kube).items():
+        app = (policy["metadata"].get("labels") or {}).get(REQUESTED_BY)
+        if app is not None:
+            result.setdefault(app, set()).add(name)
+    return result
+
+
+def namespace_labels(kube: FakeKubeServer) -> dict[str, str]:
+    """The labels of the beacon's namespace."""
+    namespace = kube.get("namespaces", None, MODEL)
+    assert namespace is not None
+    return namespace["metadata"].get("labels") or {}

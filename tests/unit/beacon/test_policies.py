@@ -1,0 +1,319 @@
+"""Consumers' requests become AuthorizationPolicies, and an app may only open access to itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from charm import IstioBeaconCharm
+from charms.istio_beacon_k8s.v0.service_mesh import MeshPolicy, PolicyTargetType
+from conftest import (
+    MANAGED_BY,
+    MODEL,
+    OWNER,
+    RELATION_ID,
+    REQUESTED_BY,
+    beacon_state,
+    mesh_relation,
+    policies_in,
+    requested_by,
+    seed_service,
+    seed_waypoint_deployment,
+    wire_policy,
+)
+from fake_kube import FakeKubeServer
+from ops import testing
+from policies import policy_error
+
+HONEST = "receiver1"
+LIAR = "liar"
+SERVICES = {
+    "receiver1": {"app.kubernetes.io/name": "receiver1"},
+    "receiver1-admin": {"app.kubernetes.io/name": "receiver1"},
+    "receiver1-endpoints": {},
+    "victim": {"app.kubernetes.io/name": "victim"},
+    "victim-admin": {"app.kubernetes.io/name": "victim"},
+    "unlabelled": {},
+}
+
+
+def _policy(**fields: Any) -> MeshPolicy:
+    base: dict[str, Any] = {
+        "source_namespace": MODEL,
+        "source_app_name": "sender",
+        "target_namespace": MODEL,
+        "target_app_name": "receiver1",
+    }
+    return MeshPolicy(**{**base, **fields})
+
+
+UNIT = PolicyTargetType.unit
+
+
+@pytest.mark.parametrize(
+    ("policy", "error"),
+    [
+        (_policy(), ""),
+        (_policy(target_app_name=None, target_service="receiver1-admin"), ""),
+        (_policy(target_service="receiver1-admin"), ""),
+        (_policy(target_service="receiver1-endpoints"), ""),
+        (_policy(target_type=UNIT), ""),
+        (
+            _policy(
+                target_type=UNIT,
+                target_app_name=None,
+                target_selector_labels={"app.kubernetes.io/name": "receiver1", "tier": "a"},
+            ),
+            "",
+        ),
+        (_policy(target_app_name="victim"), "targets app victim"),
+        (_policy(target_namespace="elsewhere"), f"targets namespace elsewhere, not {MODEL}"),
+        (
+            _policy(target_app_name=None, target_service="victim-admin"),
+            "Service victim-admin belongs to victim",
+        ),
+        (_policy(target_service="victim"), "Service victim belongs to victim"),
+        (_policy(target_service="nothing"), "Service nothing does not exist"),
+        (
+            _policy(target_service="unlabelled"),
+            "Service unlabelled is not labelled app.kubernetes.io/name=receiver1",
+        ),
+        (
+            _policy(target_type=UNIT, target_app_name=None),
+            "unit policy names no target: it would apply to every pod in the namespace",
+        ),
+        (
+            _policy(
+                target_type=UNIT,
+                target_app_name=None,
+                target_selector_labels={"app.kubernetes.io/name": "victim"},
+            ),
+            "unit policy selects pods without app.kubernetes.io/name=receiver1",
+        ),
+        (
+            _policy(target_type=UNIT, target_app_name=None, target_selector_labels={"tier": "a"}),
+            "unit policy selects pods without app.kubernetes.io/name=receiver1",
+        ),
+    ],
+)
+def test_a_policy_may_only_open_access_to_the_app_that_asks(policy: MeshPolicy, error: str):
+    assert policy_error(policy, "receiver1", MODEL, SERVICES) == error
+
+
+def test_applies_each_request_with_who_asked_for_it(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    relation = mesh_relation(
+        HONEST,
+        [wire_policy("sender1", HONEST), wire_policy("sender2", HONEST, target_type="unit")],
+    )
+
+    out = ctx.run(ctx.on.relation_changed(relation), beacon_state(relations=[relation]))
+
+    policies = policies_in(kube, MODEL)
+    assert len(policies) == 2
+    for policy in policies.values():
+        assert policy["metadata"]["labels"] == {MANAGED_BY: OWNER, REQUESTED_BY: HONEST}
+        assert policy["metadata"]["annotations"] == {
+            REQUESTED_BY: HONEST,
+            RELATION_ID: str(relation.id),
+        }
+    by_kind = {
+        "app" if "targetRefs" in p["spec"] else "unit": p["spec"] for p in policies.values()
+    }
+    assert by_kind["app"] == {
+        "targetRefs": [{"group": "", "kind": "Service", "name": HONEST}],
+        "rules": [
+            {
+                "from": [{"source": {"principals": [f"cluster.local/ns/{MODEL}/sa/sender1"]}}],
+                "to": [{"operation": {"ports": ["8080"], "methods": ["GET"], "paths": ["/foo"]}}],
+            }
+        ],
+    }
+    assert by_kind["unit"] == {
+        "selector": {"matchLabels": {"app.kubernetes.io/name": HONEST}},
+        "rules": [
+            {
+                "from": [{"source": {"principals": [f"cluster.local/ns/{MODEL}/sa/sender2"]}}],
+                "to": [{"operation": {"ports": ["8080"]}}],
+            }
+        ],
+    }
+    assert not isinstance(out.unit_status, testing.BlockedStatus)
+
+
+_MALFORMED_POLICY = wire_policy("sender", LIAR, endpoints=[{"ports": ["eighty"]}])
+
+ADVERSARIAL: list[tuple[str, list[dict[str, Any]] | str, str]] = [
+    ("another app", [wire_policy("sender", HONEST)], "targets app receiver1"),
+    (
+        "another namespace",
+        [wire_policy("sender", LIAR, target_namespace="kube-system")],
+        f"targets namespace kube-system, not {MODEL}",
+    ),
+    (
+        "a Service of another app",
+        [wire_policy("sender", LIAR, target_service=HONEST)],
+        "Service receiver1 belongs to receiver1",
+    ),
+    (
+        "a unit policy with no target",
+        [wire_policy("sender", None, target_type="unit")],
+        "unit policy names no target",
+    ),
+    ("malformed JSON", "[{not json", "invalid data: policies: not valid JSON"),
+    ("wrong types", [_MALFORMED_POLICY], "invalid data: policies[0].endpoints[0].ports[0]"),
+    ("not a list", json.dumps({"policies": []}), "invalid data: policies: expected a list"),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_data", "reason"),
+    [case[1:] for case in ADVERSARIAL],
+    ids=[case[0] for case in ADVERSARIAL],
+)
+def test_refuses_a_request_beyond_the_asking_app_and_still_serves_the_others(
+    ctx: testing.Context[IstioBeaconCharm],
+    kube: FakeKubeServer,
+    request_data: list[dict[str, Any]] | str,
+    reason: str,
+):
+    seed_service(kube, HONEST)
+    seed_service(kube, LIAR)
+    honest = mesh_relation(HONEST, [wire_policy("sender", HONEST)])
+    liar = mesh_relation(LIAR, request_data)
+
+    out = ctx.run(ctx.on.relation_changed(liar), beacon_state(relations=[honest, liar]))
+
+    assert set(requested_by(kube)) == {HONEST}
+    assert len(policies_in(kube)) == 1
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert out.unit_status.message.startswith(f"refused a request from {LIAR}: {reason}")
+
+
+def test_reports_every_refused_app(ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer):
+    one = mesh_relation("liar1", [wire_policy("sender", HONEST)])
+    two = mesh_relation("liar2", "{")
+
+    out = ctx.run(ctx.on.update_status(), beacon_state(relations=[one, two]))
+
+    assert out.unit_status == testing.BlockedStatus(
+        "refused a request from liar1: targets app receiver1"
+        " (and 1 more from liar1, liar2; see juju debug-log)"
+    )
+    assert policies_in(kube) == {}
+
+
+def test_follows_a_changed_request_and_deletes_what_is_no_longer_asked(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    relation = mesh_relation(HONEST, [wire_policy("sender1", HONEST)])
+    out = ctx.run(ctx.on.relation_changed(relation), beacon_state(relations=[relation]))
+    before = set(policies_in(kube))
+
+    changed = dataclasses.replace(
+        relation,
+        remote_app_data={"policies": json.dumps([wire_policy("sender2", HONEST)])},
+    )
+    ctx.run(ctx.on.relation_changed(changed), dataclasses.replace(out, relations=[changed]))
+
+    after = policies_in(kube)
+    assert len(after) == 1
+    assert set(after).isdisjoint(before)
+    (policy,) = after.values()
+    principals = policy["spec"]["rules"][0]["from"][0]["source"]["principals"]
+    assert principals == [f"cluster.local/ns/{MODEL}/sa/sender2"]
+
+
+def test_restores_a_policy_edited_by_hand(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    relation = mesh_relation(HONEST, [wire_policy("sender1", HONEST)])
+    state = beacon_state(relations=[relation])
+    ctx.run(ctx.on.relation_changed(relation), state)
+    (policy,) = policies_in(kube).values()
+    wanted_spec = json.loads(json.dumps(policy["spec"]))
+    policy["spec"]["rules"] = [{}]  # allow everyone
+    kube.put(policy, field_manager="kubectl-edit")
+
+    ctx.run(ctx.on.update_status(), state)
+
+    (restored,) = policies_in(kube).values()
+    assert restored["spec"] == wanted_spec
+
+
+def test_deletes_the_policies_of_a_removed_relation(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    stays = mesh_relation("stays", [wire_policy("sender", "stays")])
+    goes = mesh_relation("goes", [wire_policy("sender", "goes")])
+    out = ctx.run(ctx.on.relation_changed(goes), beacon_state(relations=[stays, goes]))
+    assert set(requested_by(kube)) == {"stays", "goes"}
+
+    ctx.run(ctx.on.relation_broken(out.get_relation(goes.id)), out)
+
+    assert set(requested_by(kube)) == {"stays"}
+
+
+def test_not_managing_policies_deletes_them_all_and_creates_none(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    seed_waypoint_deployment(kube, replicas=1, ready=1)
+    relation = mesh_relation(HONEST, [wire_policy("sender", HONEST)])
+    ctx.run(
+        ctx.on.config_changed(),
+        beacon_state(relations=[relation], config={"model-on-mesh": True}),
+    )
+    assert len(policies_in(kube)) == 2  # the request and the model operator's
+
+    out = ctx.run(
+        ctx.on.config_changed(),
+        beacon_state(
+            relations=[relation],
+            config={"model-on-mesh": True, "manage-authorization-policies": False},
+        ),
+    )
+
+    assert policies_in(kube) == {}
+    assert out.unit_status == testing.ActiveStatus("not managing authorization policies")
+
+
+def test_keeps_the_model_operator_reachable_while_the_model_is_on_the_mesh(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    ctx.run(ctx.on.config_changed(), beacon_state(config={"model-on-mesh": True}))
+
+    policy = kube.get("authorizationpolicies", MODEL, "allow-juju-model-operator")
+    assert policy is not None
+    assert policy["metadata"]["labels"] == {MANAGED_BY: OWNER}
+    assert policy["spec"] == {
+        "selector": {"matchLabels": {"juju-modeloperator": "modeloperator"}},
+        "rules": [{}],
+    }
+
+    ctx.run(ctx.on.config_changed(), beacon_state(config={"model-on-mesh": False}))
+
+    assert policies_in(kube) == {}
+
+
+def test_leaves_policies_it_does_not_own_alone(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    kube.put(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "hand-made", "namespace": MODEL},
+            "spec": {"rules": [{}]},
+        }
+    )
+
+    ctx.run(ctx.on.config_changed(), beacon_state())
+    ctx.run(
+        ctx.on.config_changed(),
+        beacon_state(config={"manage-authorization-policies": False}),
+    )
+
+    assert set(policies_in(kube)) == {"hand-made"}
