@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import urlencode
 
 import yaml
@@ -581,7 +581,10 @@ class KubeServer:
         client = self.admin_client(field_manager="kube-tier")
         docs = self.crd_documents(kinds)
         for doc in docs:
-            client.apply(CustomResourceDefinition.from_dict(doc), force=True)
+            client.apply(
+                cast("CustomResourceDefinition", CustomResourceDefinition.from_dict(doc)),
+                force=True,
+            )
         deadline = time.monotonic() + timeout
         for doc in docs:
             name = doc["metadata"]["name"]
