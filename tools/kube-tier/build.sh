@@ -50,16 +50,18 @@ if [[ -z "$GO" ]]; then
         GO=/usr/local/go/bin/go
     fi
 fi
-if [[ -z "$GO" ]]; then
+if [[ -z "$GO" || ! -x "$GO" ]]; then
     cat >&2 <<EOF
-kube-tier: Go is not installed, and the test tier's binaries are not built yet:
+kube-tier: Go is not installed${GO:+ (GO=$GO is not an executable)}, and the binaries of the
+real-API-server test tier are not built yet:
   $OUT
-Install Go 1.26 or newer (kube-apiserver ${KUBERNETES_VERSION} needs it), for example:
-  - the official tarball unpacked to /usr/local/go, then: export PATH=\$PATH:/usr/local/go/bin
+Install Go 1.26 or newer (kube-apiserver ${KUBERNETES_VERSION} needs 1.26; an older Go >= 1.21
+fetches 1.26 by itself unless GOTOOLCHAIN=local), for example:
+  - the official linux tarball unpacked to /usr/local/go, then: export PATH=\$PATH:/usr/local/go/bin
   - or: sudo snap install go --classic
-The build also needs network access to a Go module proxy (Go's default GOPROXY, or set GOPROXY),
-about 3 GiB of disk for the module and build caches, and roughly 25-35 minutes on 2 cores.
-Then run: tools/kube-tier/build.sh
+The first build also needs: access to a Go module proxy (Go's default GOPROXY, or set GOPROXY),
+about 4 GiB of disk for Go's module and build caches, about 2.5 GiB of memory, and about
+6 minutes on 2 cores. Then run: tools/kube-tier/build.sh
 EOF
     exit 3
 fi
