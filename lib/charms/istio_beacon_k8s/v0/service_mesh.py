@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 4
+LIBPATCH = 5
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -1232,7 +1232,9 @@ def _label_patch(
 
 
 def _dns_name(text: str) -> str:
-    name = re.sub(r"[^a-z0-9.-]+", "-", text.lower())
+    # No dots: relation data may hold any text, and a dot next to a dash or another dot would
+    # make an invalid DNS-1123 name. Juju names never contain dots, so real names are unchanged.
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower())
     name = re.sub(r"-{2,}", "-", name)
     return name.strip("-.")
 
