@@ -220,6 +220,12 @@ def test_different_requests_have_different_names(other: MeshPolicy):
         app_policy(source_namespace="Model_With.Dots_", target_service="svc_"),
         unit_policy(source_app_name="-x-", target_selector_labels={"a": "b"}),
         unit_policy(source_app_name="a" * 250, source_namespace="b_" * 40),
+        # Relation data is written by the remote app: whatever it says, the name stays valid.
+        app_policy(source_app_name="x."),
+        app_policy(source_app_name=".x", source_namespace="a..b"),
+        app_policy(source_app_name="a.-b", target_service="-.svc.-"),
+        app_policy(source_app_name="...", source_namespace="é"),
+        app_policy(source_app_name="a" * 240 + ".b"),
     ],
 )
 def test_names_are_valid_dns_1123_subdomains(policy: MeshPolicy):
