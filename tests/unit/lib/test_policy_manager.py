@@ -105,7 +105,8 @@ def test_creates_what_is_missing_with_ownership_labels(
         assert obj["spec"] == build_authorization_policy(policy)["spec"]
     assert sorted(summary.created) == sorted("/".join(key(p)) for p in wanted)
     assert (summary.updated, summary.deleted, summary.unchanged) == ([], [], 0)
-    assert manager.get_deployed_resources() != []
+    deployed = manager.get_deployed_resources()
+    assert {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in deployed} == set(objects)
     assert {r.verb for r in kube.requests if r.verb not in ("get", "list")} == {"apply"}
 
 
