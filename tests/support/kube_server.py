@@ -222,6 +222,7 @@ class KubeServer:
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._logs: list[IO[bytes]] = []
         self._clients: list[Client] = []
+        self._internal: Client | None = None
         self._ssl: ssl.SSLContext | None = None
         self._port = 0
 
@@ -273,6 +274,7 @@ class KubeServer:
             with contextlib.suppress(Exception):
                 client.close()
         self._clients.clear()
+        self._internal = None
         # apiserver first, then etcd
         for _name, proc in reversed(self._processes):
             if proc.poll() is None:
@@ -456,6 +458,12 @@ class KubeServer:
         config = KubeConfig.from_file(self.kubeconfig_path)
         return self._track(Client(config, namespace=namespace, field_manager=field_manager))
 
+    def _own_client(self) -> Client:
+        """The admin client this harness uses for its own set-up (field manager ``kube-tier``)."""
+        if self._internal is None:
+            self._internal = self.admin_client(field_manager="kube-tier")
+        return self._internal
+
     def _track(self, client: Client) -> Client:
         self._clients.append(client)
         return client
@@ -483,16 +491,15 @@ class KubeServer:
             field_manager: Default field manager of the returned client.
             rules: The Role's rules instead of `UNTRUSTED_APP_RULES`.
         """
-        admin = self.admin_client()
+        admin = self._own_client()
         ensure_namespace(admin, namespace)
         meta = ObjectMeta(name=service_account, namespace=namespace)
-        admin.apply(ServiceAccount(metadata=meta), field_manager="kube-tier", force=True)
+        admin.apply(ServiceAccount(metadata=meta), force=True)
         admin.apply(
             Role(
                 metadata=ObjectMeta(name=f"{service_account}-untrusted", namespace=namespace),
                 rules=list(UNTRUSTED_APP_RULES if rules is None else rules),
             ),
-            field_manager="kube-tier",
             force=True,
         )
         admin.apply(
@@ -507,7 +514,6 @@ class KubeServer:
                     Subject(kind="ServiceAccount", name=service_account, namespace=namespace)
                 ],
             ),
-            field_manager="kube-tier",
             force=True,
         )
         token = admin.create(
@@ -578,7 +584,7 @@ class KubeServer:
         Returns:
             The names of the installed CRDs, e.g. ``authorizationpolicies.security.istio.io``.
         """
-        client = self.admin_client(field_manager="kube-tier")
+        client = self._own_client()
         docs = self.crd_documents(kinds)
         for doc in docs:
             client.apply(
