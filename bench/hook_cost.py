@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime
+import gc
 import io
 import json
 import logging
@@ -59,7 +60,8 @@ from workload import (
 )
 
 RESULTS = REPO_ROOT / "bench" / "results"
-TARGET_APPS, TARGET_POLICIES = 200, 3
+#: The HTTP client's loggers: one INFO line per request, and a dozen DEBUG lines per request.
+HTTP_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
 
 
 # ------------------------------------------------------------------------------------ one run
@@ -91,6 +93,7 @@ def run_hook(
     counter: HookToolCounter,
     state: testing.State,
     context: testing.Context[Any] | None = None,
+    profiler: cProfile.Profile | None = None,
 ) -> tuple[RunFigures, testing.State | None]:
     """Run config-changed once and measure it; the output state is ``None`` if the hook failed."""
     ctx = context or subject.make_context()
@@ -98,15 +101,26 @@ def run_hook(
     before = backend.snapshot() if backend else None
     error: str | None = None
     out: testing.State | None = None
+    # Collect now and keep what exists out of later collections: the harness's own objects
+    # (every State of this process) must not make the charm's garbage collections dearer.
+    gc.collect()
+    gc.freeze()
     wall0, cpu0, thread0 = time.perf_counter(), time.process_time(), time.thread_time()
     try:
-        out = ctx.run(ctx.on.config_changed(), state)
+        if profiler:
+            profiler.enable()
+        try:
+            out = ctx.run(ctx.on.config_changed(), state)
+        finally:
+            if profiler:
+                profiler.disable()
     except Exception as exc:  # the figures of a failed hook are kept and flagged
         cause = exc.__cause__ or exc
         error = f"{type(cause).__name__}: {cause}"
         traceback.print_exception(exc, file=sys.stderr)
     cpu, thread = time.process_time() - cpu0, time.thread_time() - thread0
     wall = time.perf_counter() - wall0
+    gc.unfreeze()
     api = backend.requests_since(before) if backend else Counter[tuple[str, str]]()
     lines = list(ctx.juju_log)
     info = [line for line in lines if line.level.upper() in _INFO_OR_ABOVE]
@@ -379,7 +393,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--apps", type=_ints, default=[1, 10, 50, 100, 200], help="values of N")
     parser.add_argument("--policies", type=_ints, default=[1, 3], help="values of K")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per (N, K); medians")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per (N, K); medians")
     parser.add_argument("--pairs", type=int, default=30, help="pairs of import-cost processes")
     parser.add_argument(
         "--subject",
@@ -389,6 +403,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--fake", action="store_true", help="use the fake API server even if the real tier exists"
+    )
+    parser.add_argument(
+        "--quiet-http-logs",
+        action="store_true",
+        help=f"what-if: set the loggers {', '.join(HTTP_LOGGERS)} to WARNING, as a charm can",
     )
     parser.add_argument(
         "--profile",
@@ -414,11 +433,75 @@ def open_backend(use_fake: bool) -> tuple[KubeBackend, str]:
     return RealBackend(folder), f"binaries from {folder}"
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
+@dataclass
+class Matrix:
+    """Every cell of the benchmark, whether a hook failed, and the optional profile."""
+
+    cells: dict[tuple[int, int, str], Cell] = field(
+        default_factory=dict[tuple[int, int, str], Cell]
+    )
+    failed: bool = False
+    profile: str = ""
+
+    def cell(self, apps: int, per_app: int, phase: str) -> Cell:
+        """The cell of (N, K, phase), created empty."""
+        return self.cells.setdefault((apps, per_app, phase), Cell(apps, per_app, phase))
+
+
+def run_matrix(
+    args: argparse.Namespace, subject: Subject, backend: KubeBackend, started: float
+) -> tuple[dict[tuple[int, int, str], Cell], bool, str]:
+    """Run every (N, K) ``args.repeat`` times: first, then steady, each in a fresh namespace."""
+    matrix = Matrix()
+    with count_hook_tools() as counter:
+        # Warm-up: the first hook in this process imports lightkube and the charm's modules,
+        # which a real hook pays as part of its start-up, not its reconcile.
+        backend.create_namespace("bench-warmup")
+        backend.seed(juju_objects(subject.app_name, "bench-warmup", 1))
+        state = build_state(subject, "bench-warmup", 1, 1)
+        warm, out = run_hook(subject, backend, counter, state)
+        matrix.failed |= warm.error is not None
+        if out is not None:
+            run_hook(subject, backend, counter, out)
+        for per_app in args.policies:
+            for apps in args.apps:
+                first, steady = (
+                    matrix.cell(apps, per_app, "first"),
+                    matrix.cell(apps, per_app, "steady"),
+                )
+                for rep in range(args.repeat):
+                    namespace = f"bench-n{apps}-k{per_app}-r{rep}"
+                    backend.create_namespace(namespace)
+                    backend.seed(juju_objects(subject.app_name, namespace, apps))
+                    out = build_state(subject, namespace, apps, per_app)
+                    for cell in (first, steady):
+                        floor, _ = run_hook(subject, None, counter, out, null_context(subject))
+                        figures, out_next = run_hook(subject, backend, counter, out)
+                        cell.runs.append(figures)
+                        cell.floor_cpu_s.append(floor.cpu_s)
+                        matrix.failed |= figures.error is not None
+                        if out_next is None:
+                            break
+                        out = out_next
+                    else:
+                        if rep == 0 and args.profile == [apps, per_app]:
+                            matrix.profile = _profile(subject, backend, counter, out)
+                print(
+                    f"bench: N={apps:<3} K={per_app}  first {_cpu_ms(first)} ms, "
+                    f"steady {_cpu_ms(steady)} ms  ({time.monotonic() - started:.0f} s)",
+                    file=sys.stderr,
+                )
+    return matrix.cells, matrix.failed, matrix.profile
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 1 if a hook failed, else 0."""
     args = parse_args(argv)
     started = time.monotonic()
     logging.getLogger("ops-scenario").setLevel(logging.ERROR)
+    if args.quiet_http_logs:
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     print(f"bench: import cost, {args.pairs} pairs of fresh processes ...", file=sys.stderr)
     imports = measure_import_cost(REPO_ROOT / "lib", pairs=args.pairs) if args.pairs else None
@@ -433,58 +516,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     print("bench: starting the API server ...", file=sys.stderr)
     backend, backend_note = open_backend(args.fake)
     os.environ["KUBECONFIG"] = str(backend.kubeconfig)
-    cells: dict[tuple[int, int, str], Cell] = {}
-    failed = False
-    profile_text = ""
     try:
-        with count_hook_tools() as counter:
-            # Warm-up: the first hook in this process imports lightkube and the charm's modules,
-            # which a real hook pays as part of its start-up, not its reconcile.
-            warm_ns = "bench-warmup"
-            backend.create_namespace(warm_ns)
-            backend.seed(juju_objects(subject.app_name, warm_ns, 1))
-            warm, out = run_hook(subject, backend, counter, build_state(subject, warm_ns, 1, 1))
-            if out is not None:
-                run_hook(subject, backend, counter, out)
-            if warm.error:
-                failed = True
-            for per_app in args.policies:
-                for apps in args.apps:
-                    first = cells.setdefault(
-                        (apps, per_app, "first"), Cell(apps, per_app, "first")
-                    )
-                    steady = cells.setdefault(
-                        (apps, per_app, "steady"), Cell(apps, per_app, "steady")
-                    )
-                    for rep in range(args.repeat):
-                        namespace = f"bench-n{apps}-k{per_app}-r{rep}"
-                        backend.create_namespace(namespace)
-                        backend.seed(juju_objects(subject.app_name, namespace, apps))
-                        state = build_state(subject, namespace, apps, per_app)
-                        floor, _ = run_hook(subject, None, counter, state, null_context(subject))
-                        figures, out = run_hook(subject, backend, counter, state)
-                        first.runs.append(figures)
-                        first.floor_cpu_s.append(floor.cpu_s)
-                        failed |= figures.error is not None
-                        if out is None:
-                            continue
-                        floor, _ = run_hook(subject, None, counter, out, null_context(subject))
-                        figures, out2 = run_hook(subject, backend, counter, out)
-                        steady.runs.append(figures)
-                        steady.floor_cpu_s.append(floor.cpu_s)
-                        failed |= figures.error is not None
-                        if (
-                            args.profile
-                            and rep == 0
-                            and [apps, per_app] == args.profile
-                            and out2 is not None
-                        ):
-                            profile_text = _profile(subject, backend, counter, out2)
-                    print(
-                        f"bench: N={apps:<3} K={per_app}  first {_cpu_ms(first)} ms, "
-                        f"steady {_cpu_ms(steady)} ms  ({time.monotonic() - started:.0f} s)",
-                        file=sys.stderr,
-                    )
+        cells, failed, profile_text = run_matrix(args, subject, backend, started)
     finally:
         backend.close()
 
@@ -493,7 +526,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - started, 1),
         "machine": machine(),
-        "subject": {"name": subject.name, "description": subject.description},
+        "subject": {
+            "name": subject.name,
+            "description": subject.description,
+            "what_if": ["http loggers at WARNING"] if args.quiet_http_logs else [],
+        },
         "api_server": {"kind": backend.kind, "label": backend.label, "note": backend_note},
         "parameters": {
             "apps": args.apps,
@@ -529,9 +566,7 @@ def _profile(
     subject: Subject, backend: KubeBackend, counter: HookToolCounter, state: testing.State
 ) -> str:
     profiler = cProfile.Profile()
-    profiler.enable()
-    run_hook(subject, backend, counter, state)
-    profiler.disable()
+    run_hook(subject, backend, counter, state, profiler=profiler)
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(45)
@@ -547,7 +582,8 @@ def render(result: dict[str, Any]) -> str:
     """The human-readable report: machine, table, import cost, targets."""
     m = result["machine"]
     lines = [
-        f"What a hook costs: {result['subject']['description']}",
+        f"What a hook costs: {result['subject']['description']}"
+        + "".join(f" [WHAT-IF: {what}]" for what in result["subject"]["what_if"]),
         f"API server: {result['api_server']['label']}",
         f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, Python {m['python']}, ops {m['ops']}",
         "",
