@@ -28,6 +28,7 @@ import argparse
 import cProfile
 import datetime
 import gc
+import importlib.metadata
 import io
 import json
 import logging
@@ -43,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightkube
 import ops
 from hook_tools import HookToolCounter, count_hook_tools
 from import_cost import ImportCost, measure_import_cost
@@ -135,7 +135,11 @@ def run_hook(
         log_bytes=sum(len(line.message.encode()) for line in lines),
         log_lines_info=len(info),
         log_bytes_info=sum(len(line.message.encode()) for line in info),
-        unit_status=f"{status.name}: {status.message}".rstrip(": ") if status else "-",
+        unit_status=(
+            f"{status.name}: {status.message}".rstrip(": ").replace(state.model.name, "<model>")
+            if status
+            else "-"
+        ),
         error=error,
     )
     return figures, out
@@ -376,7 +380,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "ops": ops.__version__,
-        "lightkube": getattr(lightkube, "__version__", "?"),
+        "lightkube": importlib.metadata.version("lightkube"),
         "load_average_at_start": list(os.getloadavg()),
     }
 
