@@ -15,6 +15,9 @@
 # Usage: tools/kube-tier/build.sh [--print-key]
 set -euo pipefail
 
+# Everything runs inside main(), which bash reads whole before running it: editing or updating this
+# file while a build runs cannot change what that build does.
+main() {
 KUBERNETES_VERSION=v1.37.2
 STAGING_VERSION=v0.37.2 # k8s.io/<staging> modules are released as v0.<minor>.<patch>
 ETCD_VERSION=v3.6.16
@@ -174,3 +177,7 @@ rm -rf "$OUT"
 mv "$STAGE" "$OUT"
 log "ready"
 echo "$OUT"
+}
+
+main "$@"
+exit
