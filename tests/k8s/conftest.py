@@ -27,6 +27,19 @@ def kube() -> Iterator[KubeServer]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def bare_kube() -> Iterator[KubeServer]:
+    """A second API server on which no CRD is installed: a cluster without Istio.
+
+    Started only when a test asks for it.
+    """
+    server = KubeServer.start(ensure_built())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def admin(kube: KubeServer) -> Iterator[Client]:
     """A cluster-admin client whose default field manager is ``kube-tier-tests``."""

@@ -243,16 +243,6 @@ def test_trusted_app_lists_cluster_wide(namespace: str, kube: KubeServer, admin:
 # --- without Istio -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def bare_kube() -> Iterator[KubeServer]:
-    """A second API server on which no CRD is installed: a cluster without Istio."""
-    server = KubeServer.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
 def test_missing_crd_reported_as_such(bare_kube: KubeServer, trusted: bool):
     # A real apiserver answers a request for an unserved resource with a text/plain 404
