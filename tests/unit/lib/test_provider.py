@@ -177,3 +177,36 @@ def test_relation_request_fields():
     assert request == RelationRequest(
         relation_id=42, app_name="a", policies=[MeshPolicy.from_dict(policy_dict("x", "a"))]
     )
+
+
+def _requested_targets(ctx: testing.Context[Any], event: Any, state_in: testing.State) -> Any:
+    """Run ``event`` and return (target apps requested, output state)."""
+    with ctx(event, state_in) as manager:
+        provider: ServiceMeshProvider = manager.charm.mesh
+        state_out = manager.run()
+        targets = sorted(p.target_app_name or "" for p in provider.mesh_info())
+    return targets, state_out
+
+
+def test_a_changed_request_is_read_again_and_a_broken_relation_is_forgotten():
+    ctx = provider_context()
+    before = consumer_relation("a", [policy_dict("x", "a")])
+    targets, state_out = _requested_targets(ctx, ctx.on.relation_changed(before), state(before))
+    assert targets == ["a"]
+
+    # Juju runs relation-changed after the remote app rewrote its databag: the new request counts.
+    after = dataclasses.replace(
+        state_out.get_relation(before.id),
+        remote_app_data={"policies": json.dumps([policy_dict("y", "a"), policy_dict("z", "a")])},
+    )
+    changed = dataclasses.replace(state_out, relations={after})
+    targets, state_out = _requested_targets(ctx, ctx.on.relation_changed(after), changed)
+    assert targets == ["a", "a"]
+
+    targets, state_out = _requested_targets(ctx, ctx.on.relation_broken(after), state_out)
+    assert targets == []
+    other = consumer_relation("b", [policy_dict("x", "b")])
+    targets, _ = _requested_targets(
+        ctx, ctx.on.update_status(), dataclasses.replace(state_out, relations={other})
+    )
+    assert targets == ["b"]

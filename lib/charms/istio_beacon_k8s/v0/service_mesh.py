@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 5
+LIBPATCH = 6
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -1032,6 +1032,10 @@ class ServiceMeshProvider(ops.Object):
             mesh (consumers then remove the labels they had put).
         mesh_type: the type of this mesh.
         mesh_relation_name: the ``service_mesh`` relation (provides).
+
+    Construct it in the charm's ``__init__`` before observing the mesh relation's events
+    yourself: its relation-changed handler reads the changed request, and handlers run in the
+    order they were registered.
     """
 
     _stored = ops.StoredState()
@@ -1047,13 +1051,35 @@ class ServiceMeshProvider(ops.Object):
         self._charm = charm
         self._relation_name = mesh_relation_name
         self._app_data = ServiceMeshProviderAppData(labels=dict(labels), mesh_type=mesh_type)
-        self._stored.set_default(published={})
-        self.framework.observe(charm.on[mesh_relation_name].relation_created, self._on_update)
+        # What each relation requested, as last read: Juju runs relation-changed after every
+        # change of a remote databag, so a hook reads only the databags that changed (one
+        # relation-get each) instead of every relation's on every hook.
+        self._stored.set_default(published={}, requests={})
+        mesh = charm.on[mesh_relation_name]
+        self.framework.observe(mesh.relation_changed, self._on_relation_changed)
+        self.framework.observe(mesh.relation_broken, self._on_relation_broken)
+        self.framework.observe(mesh.relation_created, self._on_update)
         self.framework.observe(charm.on.leader_elected, self._on_update)
         self.framework.observe(charm.on.update_status, self._on_update_status)
 
     def _on_update(self, _: ops.EventBase) -> None:
         self.update_relations()
+
+    def _on_relation_changed(self, event: ops.RelationChangedEvent) -> None:
+        self._read_policies(event.relation)
+
+    def _on_relation_broken(self, event: ops.RelationBrokenEvent) -> None:
+        cache = cast("dict[str, str | None]", self._stored.requests)
+        if str(event.relation.id) in cache:
+            self._stored.requests = {k: v for k, v in cache.items() if k != str(event.relation.id)}
+
+    def _read_policies(self, relation: ops.Relation) -> str | None:
+        raw = relation.data[relation.app].get(_POLICIES_KEY)
+        cache = cast("dict[str, str | None]", self._stored.requests)
+        key = str(relation.id)
+        if key not in cache or cache[key] != raw:
+            self._stored.requests = {**cache, key: raw}
+        return raw
 
     def _on_update_status(self, _: ops.EventBase) -> None:
         if self._stored.published and not self._charm.unit.is_leader():
@@ -1090,7 +1116,9 @@ class ServiceMeshProvider(ops.Object):
             app = relation.app
             if app is None:  # pyright: ignore[reportUnnecessaryComparison]
                 continue
-            raw = relation.data[app].get(_POLICIES_KEY)
+            cache = cast("dict[str, str | None]", self._stored.requests)
+            key = str(relation.id)
+            raw = cache[key] if key in cache else self._read_policies(relation)
             if raw is None:
                 requests.append(RelationRequest(relation.id, app.name, []))
                 continue
