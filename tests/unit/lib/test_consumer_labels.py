@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,18 @@ def test_importing_the_library_does_not_import_lightkube():
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_kubernetes_requests_are_not_logged_one_by_one(
+    app: FakeKubeServer, monkeypatch: pytest.MonkeyPatch
+):
+    # Each line a charm logs is a juju-log call: the HTTP client's per-request INFO lines would
+    # cost one per request. The library quiets the loggers that the charm left unconfigured.
+    for name in ("httpx", "httpcore", "httpx2", "httpcore2"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    ctx = consumer_context(auto_join=True)
+    ctx.run(ctx.on.leader_elected(), joined())
+
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
+    requests_logged = [line for line in ctx.juju_log if "HTTP Request" in line.message]
+    assert requests_logged == []

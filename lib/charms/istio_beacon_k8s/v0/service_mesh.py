@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 6
+LIBPATCH = 7
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -862,6 +862,8 @@ class ServiceMeshConsumer(ops.Object):
         if self._lightkube_client is None:
             from lightkube import Client
 
+            _quiet_http_client_logs()
+
             app, model = self._charm.app.name, self._charm.model.name
             self._lightkube_client = Client(namespace=model, field_manager=f"{app}-{model}")
         return self._lightkube_client
@@ -992,6 +994,17 @@ class ServiceMeshConsumer(ops.Object):
         logger.error("service mesh labels: %s", message)
         self._stored.label_error = message
         self._stored.labels_reconciled = ""
+
+
+def _quiet_http_client_logs() -> None:
+    """Keep lightkube's HTTP client from logging every request at INFO (a juju-log call each).
+
+    Only loggers the charm left unconfigured are changed.
+    """
+    for name in ("httpx", "httpcore", "httpx2", "httpcore2"):
+        http_logger = logging.getLogger(name)
+        if http_logger.level == logging.NOTSET:
+            http_logger.setLevel(logging.WARNING)
 
 
 def _write_if_changed(databag: ops.RelationDataContent, values: Mapping[str, str]) -> None:
@@ -1447,6 +1460,7 @@ class PolicyResourceManager:
             dict(labels) if labels else get_default_labels(charm.app.name, charm.model.name)
         )
         self.log = logger or logging.getLogger(__name__)
+        _quiet_http_client_logs()
 
     def reconcile(
         self,
