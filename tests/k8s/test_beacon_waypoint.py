@@ -62,8 +62,8 @@ def test_delete_waypoint(kube: KubeServer, namespace: str):
 
 
 def test_missing_gateway_crd_reported_as_such(bare_kube: KubeServer):
-    # See test_policy_resource_manager.test_missing_crd_reported_as_such: a real apiserver's 404 for an
-    # unserved resource is text/plain, so lightkube does not raise ApiError for it.
+    # As in test_policy_resource_manager: a real apiserver's 404 for an unserved resource is
+    # text/plain, so lightkube does not raise ApiError for it.
     namespace = "no-gateway-api"
     client = beacon_client(bare_kube, namespace)
     ensure_namespace(client, namespace)
