@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 7
+LIBPATCH = 8
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -1550,23 +1550,23 @@ class PolicyResourceManager:
         return manifests
 
     def _existing(self, namespaces: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
-        from lightkube import ALL_NS, ApiError
+        from lightkube import ALL_NS
 
         resource = _authorization_policy_resource()
         client: Any = self._client  # lightkube's overloads are only partly typed
         selector: dict[str, Any] = dict(self.labels)
         try:
             items: list[Any] = list(client.list(resource, namespace=ALL_NS, labels=selector))
-        except ApiError as error:
+        except Exception as error:  # lightkube.ApiError, or an HTTP error: see http_status_code
             self._raise_if_missing_crd(error)
-            if error.status.code != 403:
+            if http_status_code(error) != 403:
                 raise
             # Without cluster-wide list rights, look where this manager can write.
             items = []
             for namespace in sorted(namespaces | {self._charm.model.name}):
                 try:
                     items.extend(client.list(resource, namespace=namespace, labels=selector))
-                except ApiError as inner:
+                except Exception as inner:
                     self._raise_if_missing_crd(inner)
                     raise
         result: dict[tuple[str, str], dict[str, Any]] = {}
@@ -1576,21 +1576,39 @@ class PolicyResourceManager:
         return result
 
     def _delete(self, name: str, namespace: str, ignore_missing: bool) -> None:
-        from lightkube import ApiError
-
         client: Any = self._client
         try:
             client.delete(_authorization_policy_resource(), name, namespace=namespace)
-        except ApiError as error:
-            if not (ignore_missing and error.status.code == 404):
+        except Exception as error:
+            if not (ignore_missing and http_status_code(error) == 404):
                 raise
 
     @staticmethod
-    def _raise_if_missing_crd(error: Any) -> None:
-        if error.status.code == 404:
+    def _raise_if_missing_crd(error: Exception) -> None:
+        if http_status_code(error) == 404:
             raise MissingCRDError(
                 f"{_AUTHZ_PLURAL}.{_AUTHZ_GROUP}", "deploy Istio (the istio-k8s charm)"
             ) from error
+
+
+def http_status_code(error: BaseException) -> int | None:
+    """The HTTP status of a failed Kubernetes request, whatever lightkube raised for it.
+
+    lightkube raises ``lightkube.ApiError`` when the API server answers with a JSON status, but
+    its HTTP library's own error (httpx in lightkube 0.x, httpx2 in 1.x) when the answer is not
+    JSON, as for a resource type the server does not serve at all (a CRD that is not installed:
+    ``404 page not found`` in plain text). This reads both without importing either library.
+
+    Returns:
+        The status code, or ``None`` when ``error`` is not an HTTP error.
+    """
+    status = getattr(error, "status", None)
+    code = getattr(status, "code", None)
+    if isinstance(code, int):
+        return code
+    response = getattr(error, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
 
 
 def _is_applied(wanted: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
