@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+from charms.istio_beacon_k8s.v0.service_mesh import http_status_code
 from lightkube import ApiError, Client
 
 
@@ -17,9 +18,42 @@ def make_client(app_name: str, model_name: str) -> Client:
     return Client(namespace=model_name, field_manager=f"{app_name}-{model_name}")
 
 
-def status_code(error: ApiError) -> int:
-    """The HTTP status code of an API error (0 when the server sent none)."""
-    return int(error.status.code or 0)
+def status_code(error: BaseException) -> int:
+    """The HTTP status of a failed Kubernetes request (0 when ``error`` is not an HTTP error).
+
+    Reads both what lightkube raises: ``lightkube.ApiError`` for a JSON ``Status`` answer, and its
+    HTTP library's error for any other answer (see the library's ``http_status_code``).
+    """
+    return http_status_code(error) or 0
+
+
+def error_message(error: BaseException) -> str:
+    """What Kubernetes said about a failed request, for a status message or a log line."""
+    if isinstance(error, ApiError):
+        return str(error.status.message or "")
+    try:
+        text = getattr(getattr(error, "response", None), "text", None)
+    except Exception:  # a streamed response that was never read: nothing more to say
+        text = None
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    return str(error)
+
+
+def is_unserved_kind(error: BaseException) -> bool:
+    """Whether a failed request says the API server does not serve that resource type at all.
+
+    For a custom resource whose CRD is not installed, a real API server answers a plain-text
+    ``404 page not found``, which lightkube raises as its HTTP library's error, not as
+    ``lightkube.ApiError``. A built-in group or version it does not serve gets a JSON 404 that
+    names no object. A 404 that names an object only says that object does not exist.
+    """
+    if status_code(error) != 404:
+        return False
+    if not isinstance(error, ApiError):
+        return True
+    details = error.status.details
+    return not (details and details.name)
 
 
 def contains(current: object, wanted: object) -> bool:

@@ -21,7 +21,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     label_configmap_name,
     reconcile_charm_labels,
 )
-from kubernetes_client import make_client, status_code
+from kubernetes_client import error_message, make_client, status_code
 from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import ConfigMap, Service
 from namespace_labels import owner_value, reconcile_namespace_labels
@@ -204,11 +204,14 @@ class BeaconReconciler:
             logger.error("cannot %s: %s", what, error)
             if error.resource not in self.findings.missing_crds:
                 self.findings.missing_crds.append(error.resource)
-        except ApiError as error:
+        except Exception as error:  # lightkube.ApiError, or an HTTP error: see status_code
             code = status_code(error)
-            logger.error("cannot %s: Kubernetes said %d: %s", what, code, error.status.message)
+            if not code:
+                raise  # not an answer from Kubernetes (a bug, or no connection): fail the hook
+            message = error_message(error)
+            logger.error("cannot %s: Kubernetes said %d: %s", what, code, message)
             if code == 403:
                 self.findings.forbidden.append(what)
             else:
-                self.findings.api_errors.append(f"cannot {what}: {code} {error.status.message}")
+                self.findings.api_errors.append(f"cannot {what}: {code} {message}")
         return None

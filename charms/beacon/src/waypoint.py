@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from charms.istio_beacon_k8s.v0.service_mesh import MissingCRDError
-from kubernetes_client import is_applied, status_code
+from kubernetes_client import is_applied, is_unserved_kind, status_code
 from lightkube import ApiError, Client
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
@@ -148,7 +148,7 @@ def _delete(client: Client, resource: Any, name: str, namespace: str) -> None:
     api: Any = client
     try:
         api.delete(resource, name, namespace=namespace)
-    except ApiError as error:
+    except Exception as error:  # lightkube.ApiError, or an HTTP error if the kind went away
         if status_code(error) != 404:
             raise
 
@@ -175,8 +175,8 @@ def reconcile_waypoint(
     gateway = build_gateway(name, namespace, labels) if replicas > 0 else None
     try:
         _converge(client, gateway_resource(), gateway, labels)
-    except ApiError as error:
-        if status_code(error) == 404 and not _is_object_error(error):
+    except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
+        if is_unserved_kind(error):
             raise MissingCRDError(GATEWAY_CRD, "deploy istio-k8s") from error
         raise
     autoscaler = build_autoscaler(name, namespace, replicas, labels) if replicas > 0 else None
@@ -184,12 +184,6 @@ def reconcile_waypoint(
     if replicas == 0:
         return WaypointReadiness(ready=True)
     return waypoint_readiness(client, name)
-
-
-def _is_object_error(error: ApiError) -> bool:
-    """Whether a 404 is about one object (it names it), not about the kind being unknown."""
-    details = error.status.details
-    return bool(details and details.name)
 
 
 def waypoint_readiness(client: Client, name: str) -> WaypointReadiness:
@@ -215,7 +209,7 @@ def delete_waypoint(client: Client, labels: Mapping[str, str]) -> None:
     """
     try:
         _converge(client, gateway_resource(), None, labels)
-    except ApiError as error:
-        if status_code(error) != 404 or _is_object_error(error):
+    except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
+        if not is_unserved_kind(error):
             raise
     _converge(client, HorizontalPodAutoscaler, None, labels)
