@@ -20,13 +20,20 @@ Behaviour that follows the real API server:
 - verbs get, list (one namespace or all), create, update (PUT), patch, delete and deletecollection;
   ``labelSelector`` (``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, ``k in (..)``, ``k notin (..)``),
   ``fieldSelector`` on ``metadata.name``/``metadata.namespace``, ``limit``/``continue``;
-- errors are ``Status`` objects with ``Content-Type: application/json`` (what lightkube turns into
-  ``ApiError``): 404 NotFound for a missing object, a missing namespace on create, or a resource
-  whose CRD is not installed ("the server could not find the requested resource"); 409
-  AlreadyExists; 409 Conflict for a stale ``metadata.resourceVersion`` or an apply conflict without
-  ``force``; 422 Invalid for bad names, label keys/values and annotation keys, and for an apply
-  without ``fieldManager``; 415 for a strategic merge patch on a custom resource; 403 Forbidden
-  for requests matched by :meth:`FakeKubeServer.forbid`;
+- a resource the server does not serve outside the built-in groups (a custom resource whose CRD
+  is not installed, any other group) and any path outside ``/api`` and ``/apis`` get what
+  kube-apiserver answers there: 404 with ``Content-Type: text/plain; charset=utf-8`` and the body
+  ``404 page not found`` (and a newline). That is not JSON, so lightkube raises its HTTP library's
+  ``HTTPStatusError`` for it, not ``lightkube.ApiError``. An unknown resource or version in a
+  built-in group (``/api/v1``, ``apps``, ``autoscaling``) gets a JSON 404 NotFound "the server
+  could not find the requested resource" with empty details, as there;
+- other errors are ``Status`` objects with ``Content-Type: application/json`` (what lightkube
+  turns into ``ApiError``): 404 NotFound for a missing object or a missing namespace on create;
+  409 AlreadyExists; 409 Conflict for a stale ``metadata.resourceVersion`` or an apply conflict
+  without ``force``; 422 Invalid for bad names, label keys/values and annotation keys, and for an
+  apply without ``fieldManager``; 415 for a strategic merge patch on a custom resource; 403
+  Forbidden for requests matched by :meth:`FakeKubeServer.forbid` (checked before whether the
+  resource is served, as RBAC is on a real server);
 - every object gets ``metadata.uid``, ``creationTimestamp``, ``resourceVersion`` (one global
   counter, bumped only when a write actually changes the stored object, managed fields included,
   so a repeated apply or a no-op patch leaves it alone) and ``generation`` for kinds that have one
@@ -59,6 +66,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import http.client
 import json
 import re
 import tempfile
@@ -159,6 +167,12 @@ KINDS: dict[str, ResourceKind] = {
     )
 }
 
+BUILTIN_GROUPS = frozenset(kind.group for kind in KINDS.values() if kind.crd is None)
+"""The API groups compiled into the server (``""`` is the core group, ``/api/v1``)."""
+
+PAGE_NOT_FOUND = "404 page not found\n"
+"""The plain-text body of a real API server's 404 for a path that nothing serves."""
+
 
 class KubeRequest(NamedTuple):
     """One request the fake received, as recorded in :attr:`FakeKubeServer.requests`.
@@ -182,18 +196,22 @@ class KubeRequest(NamedTuple):
 class ForbidRule:
     """Requests matching every non-None field are refused with 403 Forbidden.
 
-    ``verb`` ``patch`` also matches server-side apply, as in RBAC.
+    ``verb`` ``patch`` also matches server-side apply, as in RBAC. With ``cluster_wide_only``
+    the rule matches only requests whose path names no namespace (see
+    :meth:`FakeKubeServer.forbid`).
     """
 
     verb: str | None = None
     resource: str | None = None
     namespace: str | None = None
     name: str | None = None
+    cluster_wide_only: bool = False
 
     def matches(self, verb: str, resource: str, namespace: str | None, name: str | None) -> bool:
         """Whether this rule refuses the given request."""
         return (
-            (self.verb is None or self.verb == verb)
+            not (self.cluster_wide_only and namespace is not None)
+            and (self.verb is None or self.verb == verb)
             and (self.resource is None or self.resource == resource)
             and (self.namespace is None or self.namespace == namespace)
             and (self.name is None or self.name == name)
@@ -210,6 +228,10 @@ class _StatusError(Exception):
         self.message = message
         self.details = details
 
+    def body(self) -> JsonDict | str:
+        """The response body: a ``Status`` object (sent as JSON)."""
+        return self.status()
+
     def status(self) -> JsonDict:
         body: JsonDict = {
             "kind": "Status",
@@ -225,8 +247,29 @@ class _StatusError(Exception):
         return body
 
 
+class _PageNotFoundError(_StatusError):
+    """What kube-apiserver answers for a path nothing serves: not a ``Status``, plain text."""
+
+    def __init__(self) -> None:
+        super().__init__(404, "NotFound", "404 page not found")
+
+    def body(self) -> JsonDict | str:
+        """The plain-text body (sent as ``text/plain; charset=utf-8``)."""
+        return PAGE_NOT_FOUND
+
+
 def _resource_not_found() -> _StatusError:
     return _StatusError(404, "NotFound", "the server could not find the requested resource", {})
+
+
+def _not_served(group: str) -> _StatusError:
+    """A 404 for a resource type the server does not serve, as the real server words it.
+
+    The built-in groups answer with a JSON ``Status``; everything else under ``/apis`` (the groups
+    that custom resources add, whether or not some of their CRDs are installed) falls through to
+    the API server's catch-all, which answers in plain text.
+    """
+    return _resource_not_found() if group in BUILTIN_GROUPS else _PageNotFoundError()
 
 
 def _details(kind: ResourceKind, name: str | None) -> JsonDict:
@@ -388,15 +431,23 @@ def _managed_paths(kind: ResourceKind, obj: JsonDict) -> set[FieldPath]:
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: maps merge recursively, null removes, anything else replaces."""
+    """RFC 7386 JSON merge patch: maps merge recursively, null removes, anything else replaces.
+
+    Returns a new object that shares nothing with ``target`` or ``patch``: the caller goes on to
+    change the result (server-owned metadata), which must not reach the stored object.
+    """
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    result: JsonDict = dict(target) if isinstance(target, dict) else {}
+    source = cast("JsonDict", target) if isinstance(target, dict) else {}
+    result: JsonDict = {}
+    for key, value in source.items():
+        if key not in patch:
+            result[key] = copy.deepcopy(value)
+        elif patch[key] is not None:
+            result[key] = _merge_patch(value, patch[key])
     for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge_patch(result.get(key), value)
+        if key not in source and value is not None:
+            result[key] = _merge_patch(None, value)
     return result
 
 
@@ -497,13 +548,19 @@ def _parse_path(path: str) -> _Route:
         group, version, rest = "", "v1", parts[2:]
     elif len(parts) >= 3 and parts[0] == "apis":
         group, version, rest = parts[1], parts[2], parts[3:]
+    elif (
+        parts[:1] == ["api"]
+        or parts == ["apis"]
+        or (parts[:1] == ["apis"] and parts[1] in BUILTIN_GROUPS)
+    ):
+        raise _resource_not_found()  # discovery, which the fake does not serve
     else:
-        raise _resource_not_found()
+        raise _PageNotFoundError()  # a group nothing serves, or a path outside the API
     namespace = None
     if len(rest) >= 3 and rest[0] == "namespaces":
         namespace, rest = rest[1], rest[2:]
     if not rest or len(rest) > 2:
-        raise _resource_not_found()
+        raise _not_served(group)  # discovery or subresources, which the fake does not serve
     return _Route(group, version, rest[0], namespace, rest[1] if len(rest) == 2 else None)
 
 
@@ -640,6 +697,22 @@ class FakeKubeServer:
         self._clients.append(client)
         return client
 
+    def raw_response(self, method: str, path: str) -> tuple[int, str | None, str]:
+        """Send one request without a body, without lightkube: ``(status, Content-Type, text)``.
+
+        The same as ``KubeServer.raw_response`` of the real-server tier, to compare the two.
+        """
+        address = urlsplit(self.url)
+        conn = http.client.HTTPConnection(address.hostname or "", address.port, timeout=10)
+        try:
+            conn.request(method, path, headers={"Accept": "application/json"})
+            response = conn.getresponse()
+            content_type = response.getheader("Content-Type")
+            body = response.read().decode(errors="replace")
+        finally:
+            conn.close()
+        return response.status, content_type, body
+
     # CRDs, authorization, accounting.
     @property
     def crds(self) -> frozenset[str]:
@@ -667,15 +740,27 @@ class FakeKubeServer:
         resource: str | None = None,
         namespace: str | None = None,
         name: str | None = None,
+        *,
+        cluster_wide_only: bool = False,
     ) -> None:
         """Refuse matching requests with 403 Forbidden; None matches anything. Rules add up.
 
         ``verb`` is a Kubernetes RBAC verb (get, list, watch, create, update, patch, delete,
         deletecollection); a server-side apply needs ``patch``, and ``create`` when the object does
         not exist yet. ``resource`` is the plural, e.g. ``authorizationpolicies``.
+
+        ``cluster_wide_only`` refuses only the requests whose path names no namespace: lists
+        (and watches, deletecollections) across all namespaces, and every request for a
+        cluster-scoped kind. That is what RBAC answers an app that may act in its own namespace
+        only (a Role, no ClusterRole), e.g. a Juju app without ``juju trust``.
+
+        Raises:
+            ValueError: ``cluster_wide_only`` together with a ``namespace`` (it could never match).
         """
+        if cluster_wide_only and namespace is not None:
+            raise ValueError("a cluster-wide-only rule cannot name a namespace")
         with self._lock:
-            self._rules.append(ForbidRule(verb, resource, namespace, name))
+            self._rules.append(ForbidRule(verb, resource, namespace, name, cluster_wide_only))
 
     def allow_all(self) -> None:
         """Drop every rule added by :meth:`forbid`."""
@@ -851,8 +936,8 @@ class FakeKubeServer:
 
     def handle(
         self, method: str, raw_path: str, content_type: str, body: bytes, user_agent: str
-    ) -> tuple[int, JsonDict]:
-        """Serve one API request; returns the HTTP status and the JSON body."""
+    ) -> tuple[int, JsonDict | str]:
+        """Serve one API request; returns the HTTP status and the body (JSON, or plain text)."""
         split = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         content_type = content_type.split(";", maxsplit=1)[0].strip()
@@ -860,7 +945,7 @@ class FakeKubeServer:
             route = _parse_path(split.path)
         except _StatusError as failure:
             self._record(KubeRequest(method, split.path, "unknown"))
-            return failure.code, failure.status()
+            return failure.code, failure.body()
         verb = _verb(method, route, query, content_type)
         self._record(
             KubeRequest(
@@ -878,7 +963,7 @@ class FakeKubeServer:
             with self._lock:
                 return self._serve(route, verb, query, content_type, body, user_agent)
         except _StatusError as failure:
-            return failure.code, failure.status()
+            return failure.code, failure.body()
         except Exception as error:  # a bug in the fake: say so rather than drop the connection
             failure = _StatusError(500, "InternalError", f"fake kube-apiserver error: {error!r}")
             return failure.code, failure.status()
@@ -915,8 +1000,10 @@ class FakeKubeServer:
             kind is None
             or (kind.group, kind.version) != (route.group, route.version)
             or (kind.crd is not None and kind.crd not in self._crds)
-            or (not kind.namespaced and route.namespace is not None)
-            or (kind.namespaced and route.namespace is None and route.name is not None)
+        ):
+            raise _not_served(route.group)
+        if (not kind.namespaced and route.namespace is not None) or (
+            kind.namespaced and route.namespace is None and route.name is not None
         ):
             raise _resource_not_found()
         return kind
@@ -1273,9 +1360,12 @@ class _Handler(BaseHTTPRequestHandler):
             body,
             self.headers.get("User-Agent", ""),
         )
-        data = json.dumps(payload).encode()
+        if isinstance(payload, str):
+            data, content_type = payload.encode(), "text/plain; charset=utf-8"
+        else:
+            data, content_type = json.dumps(payload).encode(), "application/json"
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Connection", "close")
         self.end_headers()

@@ -625,6 +625,25 @@ class KubeServer:
 
         For what lightkube does not expose, e.g. ``fieldValidation=Strict`` or ``/metrics``.
         """
+        status, _, data = self.raw_response(
+            method, path, body, params=params, content_type=content_type, timeout=timeout
+        )
+        try:
+            return status, json.loads(data)
+        except json.JSONDecodeError:
+            return status, data
+
+    def raw_response(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> tuple[int, str | None, str]:
+        """Like :meth:`raw_request`, but return ``(status, Content-Type, body text)`` undecoded."""
         if self._ssl is None:
             raise KubeServerError("the server is not started")
         conn = http.client.HTTPSConnection(
@@ -641,10 +660,7 @@ class KubeServer:
             data = response.read().decode(errors="replace")
         finally:
             conn.close()
-        try:
-            return response.status, json.loads(data)
-        except json.JSONDecodeError:
-            return response.status, data
+        return response.status, response.getheader("Content-Type"), data
 
     def resource_path(self, api_version: str, kind: str, namespace: str | None) -> str:
         """Return the collection URL path for ``kind`` in ``api_version``, found by discovery."""

@@ -1,8 +1,11 @@
 """The fake Kubernetes API behaves like the real one, as seen through lightkube."""
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from charms.istio_beacon_k8s.v0.service_mesh import http_status_code
 from fake_kube import AUTHORIZATION_POLICY_CRD, GATEWAY_CRD, FakeKubeServer
 from lightkube import ApiError, Client, operators
 from lightkube.core.client import LabelSelector as Selector
@@ -10,7 +13,7 @@ from lightkube.generic_resource import GenericNamespacedResource, create_namespa
 from lightkube.models.apps_v1 import DeploymentSpec
 from lightkube.models.core_v1 import PodTemplateSpec
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
-from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Service
 from lightkube.types import PatchType
 
@@ -121,22 +124,85 @@ def test_merge_patch_null_removes_a_label(kube: FakeKubeServer, client: Client):
     assert noop.metadata.resourceVersion == before
 
 
-def test_missing_crd_answers_404_like_the_real_server():
+def raw_get(kube: FakeKubeServer, path: str) -> tuple[int, str | None, Any]:
+    """GET ``path`` without lightkube: ``(status, Content-Type, body)``, a JSON body decoded."""
+    status, content_type, body = kube.raw_response("GET", path)
+    return status, content_type, json.loads(body) if content_type == JSON else body
+
+
+PAGE_NOT_FOUND = (404, "text/plain; charset=utf-8", "404 page not found\n")
+JSON = "application/json"
+JSON_NOT_FOUND = (
+    404,
+    JSON,
+    {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "the server could not find the requested resource",
+        "reason": "NotFound",
+        "details": {},
+        "code": 404,
+    },
+)
+
+
+def test_missing_crd_answers_a_plain_text_404_like_the_real_server():
+    # What tests/k8s saw kube-apiserver v1.37 answer: not a JSON Status, so not an ApiError.
     with FakeKubeServer(crds={GATEWAY_CRD}) as kube:
         client = kube.client(field_manager="tester")
-        for call in (
+        calls: list[Callable[[], object]] = [
             lambda: client.get(AuthorizationPolicy, "p"),
             lambda: list(client.list(AuthorizationPolicy, namespace="*")),
+            lambda: list(client.list(AuthorizationPolicy, namespace="default")),
             lambda: client.apply(policy("p")),
-        ):
-            with pytest.raises(ApiError) as raised:
+            lambda: client.delete(AuthorizationPolicy, "p"),
+        ]
+        for call in calls:
+            with pytest.raises(Exception) as raised:  # noqa: PT011 (the HTTP library's error)
                 call()
-            assert raised.value.status.code == 404
-            assert raised.value.status.message == (
-                "the server could not find the requested resource"
-            )
+            assert not isinstance(raised.value, ApiError)
+            assert http_status_code(raised.value) == 404
+        for path in (
+            "/apis/security.istio.io/v1/namespaces/default/authorizationpolicies",
+            "/apis/security.istio.io/v1/authorizationpolicies",
+            "/apis/security.istio.io/v1/namespaces/default/authorizationpolicies/p",
+        ):
+            assert raw_get(kube, path) == PAGE_NOT_FOUND, path
         kube.install_crd(AUTHORIZATION_POLICY_CRD)
         assert list(client.list(AuthorizationPolicy)) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "answer"),
+    [
+        # A group that only CRDs add, though one of its CRDs is installed.
+        ("/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes", PAGE_NOT_FOUND),
+        ("/apis/gateway.networking.k8s.io/v9/namespaces/default/gateways", PAGE_NOT_FOUND),
+        ("/apis/example.com/v1/widgets", PAGE_NOT_FOUND),
+        ("/nothing/here", PAGE_NOT_FOUND),
+        # Built-in groups answer with a JSON Status.
+        ("/api/v1/namespaces/default/widgets", JSON_NOT_FOUND),
+        ("/apis/apps/v1/widgets", JSON_NOT_FOUND),
+        (
+            "/apis/apps/v9/namespaces/default/statefulsets",
+            JSON_NOT_FOUND,
+        ),
+    ],
+)
+def test_paths_nothing_serves_answer_like_the_real_server(
+    kube: FakeKubeServer, path: str, answer: tuple[int, str, Any]
+):
+    assert raw_get(kube, path) == answer
+
+
+def test_a_missing_object_is_a_json_404_naming_it(kube: FakeKubeServer, client: Client):
+    with pytest.raises(ApiError) as raised:
+        client.get(AuthorizationPolicy, "p")
+    assert raised.value.status.code == 404
+    assert raised.value.status.details is not None
+    assert raised.value.status.details.name == "p"
 
 
 def test_custom_resources_round_trip_and_refuse_strategic_merge(
@@ -157,6 +223,30 @@ def test_custom_resources_round_trip_and_refuse_strategic_merge(
     assert listed[0]["spec"]["rules"][0]["to"][0]["operation"]["ports"] == ["80"]
     assert raised.value.status.code == 415
     assert [p["metadata"]["name"] for p in kube.list("authorizationpolicies")] == ["p2"]
+
+
+def test_forbidding_only_cluster_wide_requests(kube: FakeKubeServer, client: Client):
+    kube.forbid(verb="list", resource="configmaps", cluster_wide_only=True)
+    client.create(config_map("cm"))
+
+    in_namespace = [cm.metadata.name for cm in client.list(ConfigMap) if cm.metadata]
+    with pytest.raises(ApiError) as raised:
+        list(client.list(ConfigMap, namespace="*"))
+
+    assert in_namespace == ["cm"]
+    assert raised.value.status.code == 403
+    assert raised.value.status.message is not None
+    assert raised.value.status.message.endswith("at the cluster scope")
+    with pytest.raises(ValueError, match="cannot name a namespace"):
+        kube.forbid(namespace="default", cluster_wide_only=True)
+
+
+def test_forbidden_comes_before_not_served(kube: FakeKubeServer, client: Client):
+    kube.uninstall_crd(AUTHORIZATION_POLICY_CRD)
+    kube.forbid(resource="authorizationpolicies")
+    with pytest.raises(ApiError) as raised:
+        list(client.list(AuthorizationPolicy))
+    assert raised.value.status.code == 403
 
 
 def test_forbidden_requests_get_403_until_allowed(kube: FakeKubeServer, client: Client):
@@ -252,3 +342,48 @@ def test_status_is_seeded_not_written_and_generation_follows_spec(
     assert applied.spec.replicas == 2
     assert applied.metadata
     assert applied.metadata.generation == 2
+
+
+def test_merge_patch_of_a_pod_template_keeps_server_metadata_and_bumps_generation(
+    kube: FakeKubeServer, client: Client
+):
+    def statefulset(replicas: int) -> dict[str, Any]:
+        labels = {"app.kubernetes.io/name": "app"}
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "app", "namespace": "default"},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "serviceName": "app-endpoints",
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "charm", "image": "charm"}]},
+                },
+            },
+        }
+
+    seeded = kube.put(statefulset(1))
+
+    client.patch(
+        StatefulSet,
+        "app",
+        {"spec": {"template": {"metadata": {"labels": {"mesh": "on"}}}}},
+        patch_type=PatchType.MERGE,
+    )
+    patched = client.get(StatefulSet, "app")
+    replaced = kube.put(statefulset(2))  # raised KeyError 'uid' when the patch lost it
+
+    assert patched.metadata is not None
+    assert patched.metadata.uid == seeded["metadata"]["uid"]
+    assert patched.metadata.creationTimestamp is not None
+    assert patched.metadata.generation == 2
+    assert patched.spec is not None
+    assert patched.spec.template.metadata is not None
+    assert patched.spec.template.metadata.labels == {
+        "app.kubernetes.io/name": "app",
+        "mesh": "on",
+    }
+    assert replaced["metadata"]["uid"] == seeded["metadata"]["uid"]
+    assert replaced["metadata"]["creationTimestamp"] == seeded["metadata"]["creationTimestamp"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import ops
@@ -21,7 +20,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     build_authorization_policy,
     get_default_labels,
 )
-from fake_kube import FakeKubeServer, ForbidRule
+from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL
 from lightkube import ApiError
 from ops import testing
@@ -258,22 +257,10 @@ def test_refused_delete_propagates(
     assert set(stored(kube)) == {key(mesh_policy("a"))}
 
 
-@dataclass(frozen=True)
-class _ClusterScopeOnly(ForbidRule):
-    """Refuse only cluster-wide requests, as RBAC does for an app trusted in its namespace only.
-
-    ``FakeKubeServer.forbid(namespace=None)`` matches every namespace, so this rule is added to
-    the fake's rule list directly.
-    """
-
-    def matches(self, verb: str, resource: str, namespace: str | None, name: str | None) -> bool:
-        return namespace is None and super().matches(verb, resource, namespace, name)
-
-
 def test_falls_back_to_namespaced_lists_without_cluster_wide_rights(
     kube: FakeKubeServer, manager: PolicyResourceManager
 ):
-    kube._rules.append(_ClusterScopeOnly("list", PLURAL))
+    kube.forbid(verb="list", resource=PLURAL, cluster_wide_only=True)  # trusted in-namespace only
     kube.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OTHER_NS}})
     local, remote = mesh_policy("a"), mesh_policy("b", target_namespace=OTHER_NS)
     manager.reconcile([local, remote], MeshType.istio)
@@ -292,7 +279,7 @@ def test_falls_back_to_namespaced_lists_without_cluster_wide_rights(
 def test_namespaced_list_forbidden_too_propagates(
     kube: FakeKubeServer, manager: PolicyResourceManager
 ):
-    kube._rules.append(_ClusterScopeOnly("list", PLURAL))
+    kube.forbid(verb="list", resource=PLURAL, cluster_wide_only=True)
     kube.forbid(verb="list", resource=PLURAL, namespace=KUBE_MODEL)
     with pytest.raises(ApiError) as info:
         manager.reconcile([mesh_policy("a")], MeshType.istio)
