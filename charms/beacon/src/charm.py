@@ -7,6 +7,7 @@ Kubernetes logic lives in ``reconciler`` (the one reconcile path) and the module
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import ops
@@ -82,8 +83,10 @@ class IstioBeaconCharm(ops.CharmBase):
     def _reconcile(self, _: ops.EventBase) -> None:
         if self._config is None or self._mesh is None or not self.unit.is_leader():
             return
-        reconciler = BeaconReconciler(self)
-        self._findings = reconciler.reconcile(self._config, self._mesh, self.app.planned_units())
+        with contextlib.closing(BeaconReconciler(self)) as reconciler:
+            self._findings = reconciler.reconcile(
+                self._config, self._mesh, self.app.planned_units()
+            )
 
     def _on_remove(self, event: ops.RemoveEvent) -> None:
         if self.app.planned_units() > 0:
@@ -91,7 +94,8 @@ class IstioBeaconCharm(ops.CharmBase):
             return
         # The application is going away. Leadership is not reliable this late, so whichever unit
         # gets here cleans up; every deletion tolerates the object being gone already.
-        self._findings = BeaconReconciler(self).teardown()
+        with contextlib.closing(BeaconReconciler(self)) as reconciler:
+            self._findings = reconciler.teardown()
         self._torn_down = True
 
     def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:

@@ -86,10 +86,16 @@ class BeaconReconciler:
         self._charm = charm
         self._app = charm.app.name
         self._namespace = charm.model.name
+        self._owns_client = client is None
         self._client = client or make_client(self._app, self._namespace)
         self._labels = ownership_labels(self._namespace, self._app)
         self.waypoint = waypoint_name(self._namespace, self._app)
         self.findings = Findings()
+
+    def close(self) -> None:
+        """Close the client if this reconciler made it: a hook leaves no connection open."""
+        if self._owns_client:
+            self._client.close()
 
     def reconcile(
         self, config: BeaconConfig, provider: ServiceMeshProvider, planned_units: int
