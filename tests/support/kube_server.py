@@ -482,14 +482,33 @@ class KubeServer:
         allowing every verb on every resource of every API group in that namespace; see
         `UNTRUSTED_APP_RULES`) and its RoleBinding. Then
         authenticates as that ServiceAccount with a bound token. The client can manage namespaced
-        objects of its own namespace, and gets a real 403 for cluster-scoped objects (Namespaces,
-        CRDs, ClusterRoles, ...) and for anything in another namespace.
+        objects of its own namespace, and gets a real 403 for cluster-scoped objects (other
+        Namespaces, listing Namespaces, CRDs, ClusterRoles, ...) and for anything in another
+        namespace. Its own Namespace object counts as inside the namespace for RBAC: the default
+        Role may read, label and even delete it. Pass narrower ``rules`` to refuse that.
 
         Args:
             namespace: The model's namespace.
             service_account: The application name (Juju names the ServiceAccount after the app).
             field_manager: Default field manager of the returned client.
             rules: The Role's rules instead of `UNTRUSTED_APP_RULES`.
+        """
+        path = self.namespaced_kubeconfig(namespace, service_account, rules=rules)
+        config = KubeConfig.from_file(path)
+        return self._track(Client(config, namespace=namespace, field_manager=field_manager))
+
+    def namespaced_kubeconfig(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        rules: Sequence[PolicyRule] | None = None,
+    ) -> Path:
+        """Write a kubeconfig for the identity :meth:`namespaced_client` uses, and return its path.
+
+        For code that finds its client through ``KUBECONFIG`` (a charm run by ``ops.testing``):
+        the same set-up (namespace, ServiceAccount, Role, RoleBinding, bound token), the context's
+        namespace set to ``namespace``. The file lives in :attr:`workdir`.
         """
         admin = self._own_client()
         ensure_namespace(admin, namespace)
@@ -525,32 +544,35 @@ class KubeServer:
             namespace=namespace,
         )
         assert token.status is not None
-        config = KubeConfig.from_dict(
-            {
-                "clusters": [
-                    {
-                        "name": "kube-tier",
-                        "cluster": {
-                            "server": self.url,
-                            "certificate-authority": str(self.workdir / "pki" / "ca.crt"),
-                        },
-                    }
-                ],
-                "users": [{"name": service_account, "user": {"token": token.status.token}}],
-                "contexts": [
-                    {
-                        "name": "app",
-                        "context": {
-                            "cluster": "kube-tier",
-                            "user": service_account,
-                            "namespace": namespace,
-                        },
-                    }
-                ],
-                "current-context": "app",
-            }
-        )
-        return self._track(Client(config, namespace=namespace, field_manager=field_manager))
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "kube-tier",
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority": str(self.workdir / "pki" / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [{"name": service_account, "user": {"token": token.status.token}}],
+            "contexts": [
+                {
+                    "name": "app",
+                    "context": {
+                        "cluster": "kube-tier",
+                        "user": service_account,
+                        "namespace": namespace,
+                    },
+                }
+            ],
+            "current-context": "app",
+        }
+        path = self.workdir / f"{namespace}.{service_account}.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
 
     # ---------------------------------------------------------------------------------------- CRDs
 

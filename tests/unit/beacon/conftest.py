@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from fake_kube import ALL_CRDS, FakeKubeServer
@@ -63,40 +64,14 @@ def kube(make_kube: KubeFactory) -> FakeKubeServer:
 
 def seed_beacon(kube: FakeKubeServer) -> None:
     """What Juju creates for the beacon: its namespace, StatefulSet and Service."""
-    kube.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": MODEL}})
-    kube.put(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "metadata": {"name": APP, "namespace": MODEL},
-            "spec": {
-                "serviceName": f"{APP}-endpoints",
-                "selector": {"matchLabels": {"app.kubernetes.io/name": APP}},
-                "template": {
-                    "metadata": {"labels": {"app.kubernetes.io/name": APP}},
-                    "spec": {"containers": [{"name": "charm", "image": "charm-base"}]},
-                },
-            },
-        }
-    )
-    seed_service(kube, APP)
+    juju_seed.seed_app(kube.client(), APP, MODEL)
 
 
 def seed_service(
     kube: FakeKubeServer, name: str, labels: dict[str, str] | None = None, namespace: str = MODEL
 ) -> None:
     """A Service; by default labelled as Juju labels an app's Service (named after the app)."""
-    kube.put(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {"app.kubernetes.io/name": name} if labels is None else labels,
-            },
-        }
-    )
+    juju_seed.seed_service(kube.client(), name, namespace, labels)
 
 
 def seed_waypoint_deployment(kube: FakeKubeServer, replicas: int, ready: int) -> None:

@@ -82,7 +82,7 @@ def test_without_trust_it_says_how_to_trust_it(
     forbidden: dict[str, str],
     refused_step: str,
 ):
-    kube.forbid(**forbidden)
+    kube.forbid(verb=forbidden.get("verb"), resource=forbidden.get("resource"))
     relation = mesh_relation("receiver1", [wire_policy("sender", "receiver1")])
 
     out = ctx.run(
