@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import json
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,54 @@ def test_kubernetes_requests_are_not_logged_one_by_one(
     assert pod_template_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
     requests_logged = [line for line in ctx.juju_log if "HTTP Request" in line.message]
     assert requests_logged == []
+
+
+def test_a_non_json_http_error_is_reported_with_its_status(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    # A proxy or load balancer in front of the API server answers in plain text: lightkube
+    # then raises its HTTP library's error, not ApiError. The status still names the code.
+    class PlainTextBadGateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"bad gateway\n"
+            self.send_response(502)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            del format, args
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PlainTextBadGateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "c",
+                            "cluster": {"server": f"http://127.0.0.1:{server.server_port}"},
+                        }
+                    ],
+                    "users": [{"name": "u", "user": {}}],
+                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "x",
+                }
+            )
+        )
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        ctx = consumer_context(auto_join=True)
+        out = ctx.run(ctx.on.leader_elected(), joined())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert out.app_status == testing.BlockedStatus(
+        f"cannot put the mesh labels on {CONSUMER}: Kubernetes said 502"
+    )

@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 8
+LIBPATCH = 9
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -985,7 +985,11 @@ class ServiceMeshConsumer(ops.Object):
             # Connection or configuration problems: report them and retry on update-status
             # rather than failing the charm's hook.
             logger.exception("service mesh labels")
-            self._label_failed(f"cannot reach Kubernetes to label {app}: {error}")
+            code = http_status_code(error)
+            if code is not None:
+                self._label_failed(f"cannot put the mesh labels on {app}: Kubernetes said {code}")
+            else:
+                self._label_failed(f"cannot reach Kubernetes to label {app}: {error}")
             return
         self._stored.labels_reconciled = fingerprint
         self._stored.label_error = ""
