@@ -1,10 +1,9 @@
-"""The Kubernetes objects Juju makes for an app, seeded into the fake API server."""
+"""The Kubernetes objects Juju makes for an app, seeded straight into the fake API server."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fake_kube import FakeKubeServer
+from juju_seed import JUJU_FIELD_MANAGER, service_manifest, statefulset_manifest
 
 KUBE_MODEL = "mesh-model"
 """A model name that is also a valid namespace name (the fake validates names)."""
@@ -16,33 +15,15 @@ def seed_app(
     namespace: str = KUBE_MODEL,
     extra_labels: dict[str, str] | None = None,
 ) -> None:
-    """Create the StatefulSet and Service that Juju makes for ``app``.
+    """Create the StatefulSet and Service that Juju makes for ``app`` (see ``juju_seed``).
 
     ``extra_labels`` stand for labels someone else put on the pod template and the Service.
     """
-    own = {"app.kubernetes.io/name": app}
-    labels = {**own, **(extra_labels or {})}
-    statefulset: dict[str, Any] = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": app, "namespace": namespace, "labels": own},
-        "spec": {
-            "selector": {"matchLabels": own},
-            "serviceName": f"{app}-endpoints",
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "charm", "image": "charm:latest"}]},
-            },
-        },
-    }
-    service: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": app, "namespace": namespace, "labels": labels},
-        "spec": {"selector": own, "ports": [{"name": "http", "port": 8080}]},
-    }
-    kube.put(statefulset, field_manager="juju")
-    kube.put(service, field_manager="juju")
+    extra = extra_labels or {}
+    service = service_manifest(app, namespace)
+    service["metadata"]["labels"] = {**service["metadata"]["labels"], **extra}
+    kube.put(statefulset_manifest(app, namespace, **extra), field_manager=JUJU_FIELD_MANAGER)
+    kube.put(service, field_manager=JUJU_FIELD_MANAGER)
 
 
 def pod_template_labels(
