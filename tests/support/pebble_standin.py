@@ -2477,6 +2477,8 @@ class PebbleStandin:
     def start(self) -> None:
         """Listen and serve in a background thread."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.api = Pebble(self.state_dir, self.root, self._okay_delay)
         handler = type("BoundHandler", (_Handler,), {"pebble": self.api})
         temporary = self.socket_path.with_name(f".{self.socket_path.name}.{os.getpid()}.tmp")
