@@ -475,6 +475,51 @@ def test_command_that_exits_quickly_fails_the_change(client: pebble.Client):
     assert client.get_services(["svc"])[0].current == pebble.ServiceStatus.INACTIVE
 
 
+def test_missing_executable_fails_the_start(client: pebble.Client):
+    client.add_layer("l", service_layer("svc", "no-such-binary --flag"))
+    with pytest.raises(pebble.ChangeError) as error:
+        client.replan_services()
+    assert error.value.err == (
+        "cannot perform the following tasks:\n"
+        '- Start service "svc" (cannot start service: '
+        'exec: "no-such-binary": executable file not found in $PATH)'
+    )
+    assert client.get_services()[0].current == pebble.ServiceStatus.INACTIVE
+
+
+def test_unknown_user_fails_the_start(client: pebble.Client):
+    client.add_layer("l", service_layer("svc", "sleep 60", user="no-such-user-here"))
+    with pytest.raises(pebble.ChangeError) as error:
+        client.replan_services()
+    assert '- Start service "svc" (cannot start service: ' in error.value.err
+    assert "no-such-user-here" in error.value.err
+
+
+def test_abort_a_start_in_progress(tmp_path: Path):
+    with PebbleStandin(tmp_path / "p.socket", tmp_path / "state", okay_delay=5) as server:
+        client = pebble.Client(socket_path=str(server.socket_path))
+        client.add_layer("l", service_layer("svc", "sleep 60"))
+        change_id = client.replan_services(timeout=0)
+        aborting = client.abort_change(change_id)
+        assert aborting.id == change_id
+        change = client.wait_change(change_id)
+        assert change.status == "Error"
+        assert "start aborted, sent SIGKILL to process" in (change.err or "")
+        assert client.get_services()[0].current == pebble.ServiceStatus.INACTIVE
+
+
+def test_exit_zero_with_on_success_ignore_is_inactive(client: pebble.Client):
+    client.add_layer(
+        "l", service_layer("svc", "sh -c 'sleep 0.6; exit 0'", **{"on-success": "ignore"})
+    )
+    client.replan_services()
+    deadline = time.monotonic() + 10
+    while client.get_services()[0].is_running():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.get_services()[0].current == pebble.ServiceStatus.INACTIVE
+
+
 def test_failing_service_backs_off_and_is_restarted(client: pebble.Client, tmp_path: Path):
     runs = tmp_path / "runs"
     command = f"sh -c 'echo run >> {runs}; sleep 0.5; exit 1'"
@@ -562,6 +607,9 @@ def test_send_signal(client: pebble.Client, tmp_path: Path):
         client.send_signal("SIGHUP", ["ghost"])
     assert error.value.code == 500
     assert error.value.message == 'cannot send signal to "ghost": service is not running'
+    with pytest.raises(pebble.APIError) as error:
+        client.send_signal("SIGNOTHING", ["svc"])
+    assert error.value.message == 'cannot send signal to "svc": invalid signal name "SIGNOTHING"'
 
 
 def test_changes_list_get_wait_and_errors(standin: PebbleStandin, client: pebble.Client):
@@ -701,6 +749,37 @@ def test_pull_errors(client: pebble.Client, root: Path):
         "generic-file-error",
         'can only read a regular file: "/adir"',
     )
+
+
+def test_read_of_several_paths_in_one_request(standin: PebbleStandin, client: pebble.Client):
+    client.push("/a", "A")
+    response = client._request_raw(  # the multipart answer itself, as ops' parser reads it
+        "GET",
+        "/v1/files",
+        {"action": "read", "path": ["/a", "/b"]},
+        {"Accept": "multipart/form-data"},
+    )
+    assert response.headers.get_content_type() == "multipart/form-data"
+    boundary = response.headers.get_param("boundary")
+    body = response.read()
+    parts = body.split(f"--{boundary}".encode())
+    assert parts[0] == b""
+    assert parts[-1] == b"--\r\n"
+    assert b'name="files"; filename="/a"' in parts[1]
+    assert parts[1].endswith(b"\r\n\r\nA\r\n")
+    metadata = json.loads(parts[2].split(b"\r\n\r\n", 1)[1])
+    assert metadata == {
+        "type": "sync",
+        "status-code": 200,
+        "status": "OK",
+        "result": [
+            {"path": "/a"},
+            {
+                "path": "/b",
+                "error": {"message": "stat /b: no such file or directory", "kind": "not-found"},
+            },
+        ],
+    }
 
 
 def test_pull_needs_multipart_accept(standin: PebbleStandin):
@@ -857,6 +936,16 @@ def test_bad_check_is_refused(client: pebble.Client):
 # As its own process, outliving the caller's client.
 
 
+def test_invalid_layers_directory_entry_refuses_to_start(tmp_path: Path):
+    layers = tmp_path / "state" / "layers"
+    layers.mkdir(parents=True)
+    (layers / "base.yaml").write_text("summary: x\n")
+    server = PebbleStandin(tmp_path / "p.socket", tmp_path / "state")
+    with pytest.raises(ValueError, match="invalid layer filename"):
+        server.start()
+    assert not (tmp_path / "p.socket").exists()
+
+
 def test_standalone_process(tmp_path: Path):
     socket_path = tmp_path / "sock" / "pebble.socket"
     socket_path.parent.mkdir()
@@ -869,6 +958,8 @@ def test_standalone_process(tmp_path: Path):
             str(socket_path),
             "--state-dir",
             str(tmp_path / "state"),
+            "--root",
+            str(tmp_path / "root"),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -878,7 +969,13 @@ def test_standalone_process(tmp_path: Path):
         assert process.stdout.readline().strip() == "ready"
         assert socket_path.exists()
         client = pebble.Client(socket_path=str(socket_path))
-        command = f"{sys.executable} -m http.server --bind 127.0.0.1 {port}"
+        # The script lives in the container's root; its path in the command is mapped there.
+        script = (
+            "import http.server, sys\nhttp.server.test(port=int(sys.argv[1]), bind='127.0.0.1')\n"
+        )
+        client.push("/srv/app/serve.py", script, make_dirs=True)
+        assert (tmp_path / "root" / "srv" / "app" / "serve.py").read_text() == script
+        command = f"{sys.executable} /srv/app/serve.py {port}"
         client.add_layer("l", service_layer("web", command))
         client.replan_services()
         wait_until_serving(port)

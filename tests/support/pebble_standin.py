@@ -195,7 +195,7 @@ def _go_quote(text: str) -> str:
 # The plan: layers, their validation and combination.
 
 
-class LayerError(Exception):
+class LayerError(ValueError):
     """A layer or plan that Pebble would refuse (its ``FormatError``)."""
 
 
@@ -1053,9 +1053,10 @@ class ServiceManager:
                     self._do_start(task, name, change)
                 else:
                     self._do_stop(task, name)
-            except _TaskError as e:
+            except Exception as e:
+                message = str(e) if isinstance(e, _TaskError) else f"internal error: {e!r}"
                 with self._lock:
-                    task.add_log("ERROR", str(e))
+                    task.add_log("ERROR", message)
                     task.finish("Error")
                 failed = True
                 continue
@@ -1087,9 +1088,9 @@ class ServiceManager:
             runtime.start_error = ""
             try:
                 self._spawn(runtime)
-            except OSError as e:
+            except (OSError, KeyError, subprocess.SubprocessError) as e:
                 runtime.transition("stopped")
-                raise _TaskError(f"cannot start service: {_os_error_text(e)}") from None
+                raise _TaskError(f"cannot start service: {_spawn_error_text(e)}") from None
             runtime.transition("starting")
         self._watch_okay_delay(runtime)
         deadline = time.monotonic() + self._okay_delay + 5
@@ -1243,7 +1244,7 @@ class ServiceManager:
                     return
                 try:
                     self._spawn(runtime)
-                except OSError:
+                except (OSError, KeyError, subprocess.SubprocessError):
                     runtime.transition("exited")
                     return
                 runtime.transition("running")
@@ -1373,6 +1374,21 @@ def _resolve_user(config: JSON) -> tuple[int | None, int | None]:
     if uid is None and gid is not None:
         raise OSError(errno.EINVAL, "must specify user, not just group")
     return uid, gid
+
+
+def _spawn_error_text(error: Exception) -> str:
+    if isinstance(error, KeyError):
+        # pwd/grp: "getpwnam(): name not found: 'x'"; Go says "user: unknown user x".
+        return f"user or group lookup failed: {error.args[0]}"
+    if isinstance(error, FileNotFoundError) and error.filename and "/" not in str(error.filename):
+        return f"exec: {_go_quote(str(error.filename))}: executable file not found in $PATH"
+    if isinstance(error, OSError):
+        return (
+            _os_error_text(error, "fork/exec", str(error.filename))
+            if error.filename
+            else (_os_error_text(error))
+        )
+    return str(error)
 
 
 def _os_error_text(error: OSError, op: str = "", path: str = "") -> str:
