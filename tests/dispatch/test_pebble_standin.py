@@ -500,7 +500,12 @@ def test_abort_a_start_in_progress(tmp_path: Path):
         client = pebble.Client(socket_path=str(server.socket_path))
         client.add_layer("l", service_layer("svc", "sleep 60"))
         change_id = client.replan_services(timeout=0)
+        deadline = time.monotonic() + 5
+        while client.get_change(change_id).tasks[0].status != "Doing":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         aborting = client.abort_change(change_id)
+        assert aborting.status == "Abort"
         assert aborting.id == change_id
         change = client.wait_change(change_id)
         assert change.status == "Error"
@@ -510,7 +515,7 @@ def test_abort_a_start_in_progress(tmp_path: Path):
 
 def test_exit_zero_with_on_success_ignore_is_inactive(client: pebble.Client):
     client.add_layer(
-        "l", service_layer("svc", "sh -c 'sleep 0.6; exit 0'", **{"on-success": "ignore"})
+        "l", service_layer("svc", "sh -c 'sleep 1; exit 0'", **{"on-success": "ignore"})
     )
     client.replan_services()
     deadline = time.monotonic() + 10
@@ -522,7 +527,7 @@ def test_exit_zero_with_on_success_ignore_is_inactive(client: pebble.Client):
 
 def test_failing_service_backs_off_and_is_restarted(client: pebble.Client, tmp_path: Path):
     runs = tmp_path / "runs"
-    command = f"sh -c 'echo run >> {runs}; sleep 0.5; exit 1'"
+    command = f"sh -c 'echo run >> {runs}; sleep 1; exit 1'"
     client.add_layer("l", service_layer("svc", command, **{"backoff-delay": "100ms"}))
     client.replan_services()  # it lives past the okay delay, so the start succeeds
     deadline = time.monotonic() + 10
