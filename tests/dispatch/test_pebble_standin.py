@@ -908,7 +908,13 @@ def test_checks_are_performed_and_drive_health(standin: PebbleStandin, client: p
         assert time.monotonic() < deadline + 10
         time.sleep(0.05)
     status, _, body = raw(standin, "GET", "/v1/health?level=alive")
-    assert (status, body["status-code"], body["result"]) == (502, 502, {"healthy": False})
+    assert (status, body["type"], body["status-code"], body["status"], body["result"]) == (
+        502,
+        "sync",
+        502,
+        "Bad Gateway",
+        {"healthy": False},
+    )
     down = client.get_checks(names=["port"])[0]
     recover = client.get_change(down.change_id)  # type: ignore[arg-type]
     assert (recover.kind, recover.summary) == ("recover-check", 'Recover TCP check "port"')
