@@ -30,9 +30,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
-Outcome = Literal[
-    "response", "connected", "refused", "reset", "timeout", "unresolved", "error"
-]
+Outcome = Literal["response", "connected", "refused", "reset", "timeout", "unresolved", "error"]
 
 SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 DEFAULT_METHOD = "GET"
@@ -240,37 +238,38 @@ def connect(request: ProbeRequest) -> ProbeResult:
     assert parsed.hostname is not None  # checked by parse_params
     assert parsed.port is not None
     start = time.monotonic()
-
-    def result(outcome: Outcome, error: str | None = None) -> ProbeResult:
-        elapsed = round(time.monotonic() - start, 6)
-        return ProbeResult(request.url, None, outcome, None, error, elapsed)
-
     try:
-        sock = socket.create_connection((parsed.hostname, parsed.port), timeout=request.timeout)
-    except socket.gaierror as e:
-        return result("unresolved", f"cannot resolve {parsed.hostname!r}: {e}")
-    except TimeoutError as e:
-        return result("timeout", f"no connection within {request.timeout:g}s: {e or 'timed out'}")
-    except ConnectionRefusedError as e:
-        return result("refused", str(e))
-    except (ConnectionResetError, ConnectionAbortedError) as e:
-        return result("reset", str(e) or type(e).__name__)
+        with socket.create_connection(
+            (parsed.hostname, parsed.port), timeout=request.timeout
+        ) as sock:
+            outcome, error = _hold(sock, min(TCP_HOLD_SECONDS, request.timeout))
     except OSError as e:
-        return result("error", f"{type(e).__name__}: {e}")
-    hold = min(TCP_HOLD_SECONDS, request.timeout)
-    with sock:
-        sock.settimeout(hold)
-        try:
-            received = sock.recv(1)
-        except TimeoutError:
-            return result("connected")  # still open after the hold time, nothing said
-        except (ConnectionResetError, ConnectionAbortedError) as e:
-            return result("reset", str(e) or type(e).__name__)
-        except OSError as e:
-            return result("error", f"{type(e).__name__}: {e}")
+        outcome, error = _connect_failure(e, parsed.hostname, request.timeout)
+    elapsed = round(time.monotonic() - start, 6)
+    return ProbeResult(request.url, None, outcome, None, error, elapsed)
+
+
+def _hold(sock: socket.socket, hold: float) -> tuple[Outcome, str | None]:
+    sock.settimeout(hold)
+    try:
+        received = sock.recv(1)
+    except TimeoutError:
+        return "connected", None  # still open after the hold time, nothing said
     if received:
-        return result("connected")
-    return result("reset", f"closed by the other end within {hold:g}s of connecting")
+        return "connected", None
+    return "reset", f"closed by the other end within {hold:g}s of connecting"
+
+
+def _connect_failure(error: OSError, host: str, timeout: float) -> tuple[Outcome, str]:
+    if isinstance(error, socket.gaierror):
+        return "unresolved", f"cannot resolve {host!r}: {error}"
+    if isinstance(error, TimeoutError):
+        return "timeout", f"no connection within {timeout:g}s: {error or 'timed out'}"
+    if isinstance(error, ConnectionRefusedError):
+        return "refused", str(error)
+    if isinstance(error, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        return "reset", str(error) or type(error).__name__
+    return "error", f"{type(error).__name__}: {error}"
 
 
 def run(requests: list[ProbeRequest]) -> list[ProbeResult]:
