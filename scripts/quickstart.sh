@@ -181,7 +181,8 @@ fi
 # unit|method|url|expected (HTTP status, or "denied" for a refused or reset connection)
 CASES=(
     "sender/0|GET|$SERVICE:8080/foo|200"
-    "sender/0|GET|$SERVICE:8081/bar/|200"
+    "sender/0|GET|$SERVICE:8081/foo|200"
+    "sender/0|GET|$SERVICE:8080/bar/|200"
     "sender/0|POST|$SERVICE:8080/foo|200"
     "sender/0|DELETE|$SERVICE:8080/foo|403"
     "sender/0|GET|$SERVICE:8080/nonexistent|403"

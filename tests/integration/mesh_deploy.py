@@ -335,6 +335,7 @@ def reference_matrix(model: str, *, model_on_mesh: bool) -> list[Case]:
         case(sender1, f"{service}:8080/bar/", ALLOWED),
         case(sender1, f"{service}:8080/foo", ALLOWED, method="POST"),
         case(sender1, f"{service}:8080/foo", FORBIDDEN, method="DELETE"),
+        case(sender1, f"{service}:8080/nonexistent", FORBIDDEN),
         case(sender1, f"{pod}:8080/foo", REFUSED),
         case(sender2, f"{service}:8080/foo", FORBIDDEN),
         case(sender2, f"{pod}:8080/foo", ALLOWED),
