@@ -111,6 +111,8 @@ class PersistentError:
     own StatefulSet) is retried by Juju and the error clears. So an app or unit in error is
     tolerated until it has been in error, at every status seen since, for `grace` seconds; an
     error that clears resets its clock. The deadline is on the clock, not on a count of polls.
+    A unit that keeps failing but leaves the error status between retries is not caught here; the
+    wait's own timeout fails it (later, with the last status attached).
     """
 
     def __init__(
