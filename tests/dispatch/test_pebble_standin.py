@@ -415,6 +415,11 @@ def test_services_request_errors(standin: PebbleStandin):
         ({"action": "start", "services": []}, "must specify services for start action"),
         ({"action": "replan", "services": ["x"]}, "replan accepts no service names"),
         ({"action": "explode", "services": ["x"]}, 'invalid action "explode"'),
+        (
+            {"action": "start", "services": "svc"},
+            "cannot decode data from request body: json: cannot unmarshal string into Go struct "
+            "field .services of type []string",
+        ),
     ]
     for body, message in cases:
         status, _, answer = raw(standin, "POST", "/v1/services", body)

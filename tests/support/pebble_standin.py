@@ -1785,6 +1785,10 @@ class Pebble:
             return self._route(request)
         except APIError as e:
             return _error_response(e)
+        except Exception as e:
+            return _error_response(
+                APIError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {e!r}")
+            )
 
     def _route(self, request: _Request) -> _Response:
         path = request.path
@@ -1911,7 +1915,7 @@ class Pebble:
         """``POST /v1/services``: autostart, replan, start, stop, restart (async)."""
         payload = request.json()
         action = str(payload.get("action") or "")
-        requested = [str(name) for name in payload.get("services") or []]
+        requested = _string_list(payload, "services", "cannot decode data from request body")
         if action in ("replan", "autostart"):
             if requested:
                 raise _bad_request(f"{action} accepts no service names")
@@ -1999,7 +2003,7 @@ class Pebble:
     def post_signals(self, request: _Request) -> _Response:
         """``POST /v1/signals``."""
         payload = request.json("cannot decode request body")
-        names = [str(name) for name in payload.get("services") or []]
+        names = _string_list(payload, "services", "cannot decode request body")
         if not names:
             raise _bad_request("must specify one or more services")
         self.services.send_signal(names, str(payload.get("signal") or ""))
@@ -2015,7 +2019,7 @@ class Pebble:
         """``POST /v1/checks``: start or stop checks."""
         payload = request.json()
         action = str(payload.get("action") or "")
-        names = [str(name) for name in payload.get("checks") or []]
+        names = _string_list(payload, "checks", "cannot decode data from request body")
         if not names:
             raise _bad_request(f"must specify checks for {action} action")
         if action not in ("start", "stop"):
@@ -2270,6 +2274,26 @@ class Pebble:
         """Stop checks and services."""
         self.checks.shutdown()
         self.services.shutdown()
+
+
+def _json_type(value: Any) -> str:
+    """How Go's JSON decoder names the type of a value it cannot decode."""
+    names = {bool: "bool", str: "string", int: "number", float: "number", dict: "object"}
+    return names.get(type(value), "array")
+
+
+def _string_list(payload: JSON, key: str, wording: str) -> list[str]:
+    """A JSON field that must be a list of strings (or absent), refused as Go's decoder would."""
+    value = payload.get(key)
+    if value is None:
+        return []
+    items = cast("list[Any]", value) if isinstance(value, list) else None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise _bad_request(
+            f"{wording}: json: cannot unmarshal {_json_type(value)} into Go struct field "
+            f".{key} of type []string"
+        )
+    return [str(item) for item in items]
 
 
 def _level(request: _Request) -> str:
