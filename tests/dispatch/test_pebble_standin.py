@@ -530,6 +530,41 @@ def test_exit_zero_with_on_success_ignore_is_inactive(client: pebble.Client):
     assert client.get_services()[0].current == pebble.ServiceStatus.INACTIVE
 
 
+def test_stop_while_backing_off_and_of_a_never_started_service(client: pebble.Client):
+    command = "sh -c 'sleep 0.6; exit 1'"
+    client.add_layer("l", service_layer("svc", command, **{"backoff-delay": "30s"}))
+    client.add_layer("m", service_layer("idle", "sleep 60", startup="disabled"))
+    client.replan_services()
+    deadline = time.monotonic() + 10
+    while client.get_services(["svc"])[0].current != "backoff":
+        assert time.monotonic() < deadline, "a service waiting to restart reports backoff"
+        time.sleep(0.05)
+    stop = client.get_change(client.stop_services(["svc", "idle"]))
+    assert stop.summary == 'Stop service "svc" and 1 more'
+    assert stop.status == "Done"
+    logs = {task.summary: task.log for task in stop.tasks}
+    assert any(
+        'Service "idle" has never been started.' in line for line in logs['Stop service "idle"']
+    )
+    assert client.get_services(["svc"])[0].current == pebble.ServiceStatus.INACTIVE
+
+
+def test_stop_during_the_okay_delay_fails_the_start(tmp_path: Path):
+    with PebbleStandin(tmp_path / "p.socket", tmp_path / "state", okay_delay=5) as server:
+        client = pebble.Client(socket_path=str(server.socket_path))
+        client.add_layer("l", service_layer("svc", "sleep 60"))
+        start_id = client.start_services(["svc"], timeout=0)
+        deadline = time.monotonic() + 5
+        while client.get_change(start_id).tasks[0].status != "Doing":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        client.stop_services(["svc"])
+        start = client.wait_change(start_id)
+        assert start.status == "Error"
+        assert "service start attempt: stopped before the 5s okay delay" in (start.err or "")
+        assert client.get_services()[0].current == pebble.ServiceStatus.INACTIVE
+
+
 def test_failing_service_backs_off_and_is_restarted(client: pebble.Client, tmp_path: Path):
     runs = tmp_path / "runs"
     command = f"sh -c 'echo run >> {runs}; sleep 1; exit 1'"
@@ -737,6 +772,28 @@ def test_push_pull_roundtrip(client: pebble.Client, root: Path):
     client.push("/etc/app/text", "h\u00e9llo")
     with client.pull("/etc/app/text") as f:
         assert f.read() == "h\u00e9llo"
+
+
+def test_push_and_make_dir_with_owner_and_bad_owner_or_permissions(
+    client: pebble.Client, root: Path
+):
+    me = pwd.getpwuid(os.getuid())
+    client.push("/owned", "x", user=me.pw_name, user_id=me.pw_uid)
+    assert (root / "owned").stat().st_uid == me.pw_uid
+    assert (root / "owned").stat().st_gid == me.pw_gid
+    client.make_dir("/owned-dir", user_id=me.pw_uid)
+    assert (root / "owned-dir").stat().st_uid == me.pw_uid
+    info = client.list_files("/owned")[0]
+    assert (info.user_id, info.user, info.group_id) == (me.pw_uid, me.pw_name, me.pw_gid)
+
+    with pytest.raises(pebble.PathError) as error:
+        client.push("/x", "x", user="no-such-user-here")
+    assert error.value.kind == "generic-file-error"
+    assert error.value.message.startswith("cannot look up user and group: ")
+    with pytest.raises(pebble.PathError) as error:
+        client.push("/x", "x", permissions=0o1777)
+    assert error.value.message == 'permissions must be a 3-digit octal string, got "1777"'
+    assert not (root / "x").exists()
 
 
 def test_push_without_make_dirs_into_a_missing_directory(client: pebble.Client):

@@ -2196,8 +2196,8 @@ class Pebble:
         try:
             mode = _permissions(item.get("permissions"), 0o644)
             owner = _owner(item)
-        except (ValueError, KeyError) as e:
-            return {"message": str(e).strip("'\""), "kind": "generic-file-error"}
+        except ValueError as e:
+            return {"message": str(e), "kind": "generic-file-error"}
         host = self.services.map_path(path)
         parent = os.path.dirname(host)
         if item.get("make-dirs"):
@@ -2245,8 +2245,8 @@ class Pebble:
                     os.chown(host, *owner)
         except OSError as e:
             entry["error"] = _file_error(e, "mkdir", path)
-        except (ValueError, KeyError) as e:
-            entry["error"] = {"message": str(e).strip("'\""), "kind": "generic-file-error"}
+        except ValueError as e:
+            entry["error"] = {"message": str(e), "kind": "generic-file-error"}
         return entry
 
     def _remove(self, item: JSON) -> JSON:
