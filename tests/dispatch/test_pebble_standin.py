@@ -998,6 +998,58 @@ def test_checks_are_performed_and_drive_health(standin: PebbleStandin, client: p
     assert error.value.message == "cannot start checks: cannot find checks in plan: ghost"
 
 
+def test_exec_check_refresh_and_plan_changes(standin: PebbleStandin, client: pebble.Client):
+    layer: pebble.LayerDict = {
+        "checks": {
+            "fails": {
+                "override": "replace",
+                "period": "1h",
+                "threshold": 1,
+                "exec": {"command": "false"},
+            },
+            "off": {
+                "override": "replace",
+                "startup": "disabled",
+                "period": "1h",
+                "exec": {"command": "true"},
+            },
+        }
+    }
+    client.add_layer("l", layer)  # a new plan starts its enabled checks, as Pebble's does
+    checks = {c.name: c for c in client.get_checks()}
+    assert checks["fails"].status == pebble.CheckStatus.UP
+    assert checks["off"].status == pebble.CheckStatus.INACTIVE
+    first = checks["fails"].change_id
+    assert first is not None
+
+    status, _, body = raw(standin, "POST", "/v1/checks/refresh", {"name": "fails"})
+    assert status == 200
+    assert body["result"]["error"] == "exit status 1"
+    assert body["result"]["info"]["status"] == "down"
+    assert body["result"]["info"]["failures"] == 1
+    assert raw(standin, "GET", "/v1/health?names=fails")[0] == 502
+    assert raw(standin, "GET", "/v1/health?names=off")[0] == 200
+    status, _, body = raw(standin, "POST", "/v1/checks/refresh", {"name": "ghost"})
+    assert (status, body["result"]["message"]) == (404, 'cannot find check with name "ghost"')
+
+    # A changed check restarts with a new change; its old one is over.
+    client.add_layer(
+        "l",
+        {"checks": {"fails": {"override": "merge", "exec": {"command": "true"}}}},
+        combine=True,
+    )
+    restarted = {c.name: c for c in client.get_checks()}["fails"]
+    assert restarted.change_id not in (None, first)
+    assert restarted.status == pebble.CheckStatus.UP
+    assert client.get_change(first).ready
+    status, _, body = raw(standin, "POST", "/v1/checks/refresh", {"name": "fails"})
+    assert (status, body["result"]["info"]["successes"], "error" in body["result"]) == (
+        200,
+        1,
+        False,
+    )
+
+
 def test_bad_check_is_refused(client: pebble.Client):
     layer = "checks:\n  c:\n    override: replace\n    period: 1s\n"
     with pytest.raises(pebble.APIError) as error:
