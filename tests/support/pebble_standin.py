@@ -1343,6 +1343,9 @@ class ServiceManager:
                     if process is not None:
                         _kill_group(process.pid, signal.SIGKILL)
                     continue
+                if runtime.state == "starting":
+                    runtime.start_error = "stopped before the okay delay: Pebble is shutting down"
+                    runtime.started.set()
                 _kill_group(process.pid, signal.SIGTERM)
                 runtime.transition("terminating")
                 delay = _optional_duration(runtime.config, "kill-delay", KILL_DELAY)
