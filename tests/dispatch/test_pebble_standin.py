@@ -27,6 +27,7 @@ from typing import Any
 
 import ops
 import pytest
+import yaml
 from ops import pebble
 from pebble_standin import PebbleStandin
 
@@ -208,6 +209,33 @@ def test_add_layer_and_combine(client: pebble.Client):
     client.add_layer("top", service_layer("svc", "sleep 61"))
     assert client.get_plan().services["svc"].command == "sleep 61"
     assert client.get_plan().services["svc"].environment == {}
+
+
+def test_log_targets_and_workloads_are_kept_in_the_plan(
+    standin: PebbleStandin, client: pebble.Client
+):
+    layer = (
+        "services:\n  svc:\n    override: replace\n    command: sleep 1\n    workload: w\n"
+        "log-targets:\n  t:\n    override: replace\n    type: loki\n"
+        "    location: http://127.0.0.1:1/\n    services: [svc]\n"
+        "workloads:\n  w:\n    override: replace\n    user-id: 0\n"
+    )
+    client.add_layer("l", layer)
+    plan = client.get_plan()
+    assert plan.log_targets["t"].location == "http://127.0.0.1:1/"
+    assert plan.log_targets["t"].services == ["svc"]
+    plan_yaml = raw(standin, "GET", "/v1/plan?format=yaml")[2]["result"]
+    assert yaml.safe_load(plan_yaml)["workloads"] == {"w": {"override": "replace", "user-id": 0}}
+    with pytest.raises(pebble.APIError) as error:
+        client.add_layer(
+            "m", "log-targets:\n  u:\n    override: replace\n    type: loki\n    services: [x]\n"
+        )
+    assert error.value.message == 'log target "u" specifies unknown service "x"'
+    with pytest.raises(pebble.APIError) as error:
+        client.add_layer("m", "log-targets:\n  u:\n    override: replace\n    location: x\n")
+    assert error.value.message == (
+        'plan must define "type" ("loki", "opentelemetry" or "syslog") for log target "u"'
+    )
 
 
 def test_add_layer_twice_without_combine_is_refused(client: pebble.Client):

@@ -243,7 +243,7 @@ _CHECK_FIELDS = (
     "tcp",
     "exec",
 )
-_SECTIONS = ("summary", "description", "services", "checks", "log-targets")
+_SECTIONS = ("summary", "description", "services", "checks", "log-targets", "workloads")
 _SERVICE_ACTIONS = ("", "restart", "shutdown", "ignore", "success-shutdown", "failure-shutdown")
 
 
@@ -433,6 +433,7 @@ class Layer:
     services: dict[str, JSON] = field(default_factory=lambda: {})
     checks: dict[str, JSON] = field(default_factory=lambda: {})
     log_targets: dict[str, JSON] = field(default_factory=lambda: {})
+    workloads: dict[str, JSON] = field(default_factory=lambda: {})
 
     @classmethod
     def parse(cls, order: int, label: str, text: str) -> Layer:
@@ -475,12 +476,19 @@ class Layer:
                 str(k): _decode_check(self.label, str(k), v) for k, v in entries.items()
             }
         else:
-            for name, target in entries.items():
-                if target is None:
+            what = "log target" if key == "log-targets" else "workload"
+            for name, entry in entries.items():
+                if entry is None:
                     raise LayerError(
-                        f"log target object cannot be null for log target {_go_quote(str(name))}"
+                        f"{what} object cannot be null for {what} {_go_quote(str(name))}"
                     )
-            self.log_targets = {str(k): copy.deepcopy(v) for k, v in entries.items()}
+                if not isinstance(entry, dict):
+                    raise LayerError(
+                        f"cannot parse layer {_go_quote(self.label)} section {_go_quote(key)}: "
+                        f"{what} {_go_quote(str(name))} must be a map"
+                    )
+            decoded = {str(k): copy.deepcopy(cast("JSON", v)) for k, v in entries.items()}
+            setattr(self, key.replace("-", "_"), decoded)
 
     def validate(self) -> None:
         """Pebble's checks on a single layer (before combining)."""
@@ -499,6 +507,7 @@ class Layer:
         self.services = merged.services
         self.checks = merged.checks
         self.log_targets = merged.log_targets
+        self.workloads = merged.workloads
 
 
 _LIST_FIELDS = ("after", "before", "requires")
@@ -540,6 +549,26 @@ def _combine_section(layers: Iterable[Layer], attribute: str, what: str) -> dict
     return combined
 
 
+_LOG_TARGET_TYPES = ("loki", "opentelemetry", "syslog")
+
+
+def _validate_log_target(name: str, target: JSON, services: Mapping[str, JSON]) -> None:
+    """Pebble's checks on a combined log target: a type, known services, a location."""
+    if target.get("type") not in _LOG_TARGET_TYPES:
+        raise LayerError(
+            'plan must define "type" ("loki", "opentelemetry" or "syslog") '
+            f"for log target {_go_quote(name)}"
+        )
+    for service in target.get("services") or []:
+        service_name = str(service).removeprefix("-")
+        if service_name != "all" and service_name not in services:
+            raise LayerError(
+                f"log target {_go_quote(name)} specifies unknown service {_go_quote(service_name)}"
+            )
+    if not target.get("location"):
+        raise LayerError(f'plan must define "location" for log target {_go_quote(name)}')
+
+
 @dataclass
 class Plan:
     """The combined plan: what ``GET /v1/plan`` shows and what services run."""
@@ -547,6 +576,7 @@ class Plan:
     services: dict[str, JSON] = field(default_factory=lambda: {})
     checks: dict[str, JSON] = field(default_factory=lambda: {})
     log_targets: dict[str, JSON] = field(default_factory=lambda: {})
+    workloads: dict[str, JSON] = field(default_factory=lambda: {})
 
     def to_yaml(self) -> str:
         """The plan as Pebble prints it: sections in order, empty ones left out."""
@@ -555,6 +585,7 @@ class Plan:
             ("services", self.services),
             ("checks", self.checks),
             ("log-targets", self.log_targets),
+            ("workloads", self.workloads),
         ):
             if entries:
                 order = {"services": _SERVICE_FIELDS, "checks": _CHECK_FIELDS}.get(key, ())
@@ -580,6 +611,8 @@ class Plan:
                 raise LayerError(
                     f'plan must set "{required}" for {kinds[0]} check {_go_quote(name)}'
                 )
+        for name, target in self.log_targets.items():
+            _validate_log_target(name, target, self.services)
         start_order(self.services, list(self.services))  # raises on before/after loops
 
     def start_order(self, names: list[str]) -> list[list[str]]:
@@ -608,6 +641,7 @@ def combine_layers(layers: list[Layer]) -> Plan:
         services=_combine_section(layers, "services", "service"),
         checks=_combine_section(layers, "checks", "check"),
         log_targets=_combine_section(layers, "log_targets", "log target"),
+        workloads=_combine_section(layers, "workloads", "workload"),
     )
 
 
