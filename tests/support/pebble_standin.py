@@ -2475,8 +2475,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """Decode HTTP/1.1 (including chunked bodies), hand the request to the API, answer."""
 
     protocol_version = "HTTP/1.1"
-    server_version = "pebble-standin"
     pebble: Pebble
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """Status line and Date, without the stdlib's Server header (Go's server sends none)."""
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
 
     def log_message(self, format: str, *args: Any) -> None:
         """Keep the test output quiet; requests are not logged."""
@@ -2558,7 +2563,8 @@ class PebbleStandin:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.api = Pebble(self.state_dir, self.root, self._okay_delay)
         handler = type("BoundHandler", (_Handler,), {"pebble": self.api})
-        temporary = self.socket_path.with_name(f".{self.socket_path.name}.{os.getpid()}.tmp")
+        # Two characters longer than the real name: AF_UNIX paths are limited to 107 bytes.
+        temporary = self.socket_path.with_name(f".{self.socket_path.name}~")
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         self._server = _UnixServer(str(temporary), handler)
