@@ -29,7 +29,9 @@ def packed_charm(name: str) -> Path:
     variable, file_name = PACKED[name]
     path = Path(os.environ.get(variable) or REPO / "build" / "charms" / file_name)
     if not path.is_file():
-        pytest.fail(f"no packed {name} charm at {path}: run `tox -e pack` first (or set {variable})")
+        pytest.fail(
+            f"no packed {name} charm at {path}: run `tox -e pack` first (or set {variable})"
+        )
     return path
 
 

@@ -1,4 +1,4 @@
-"""The emulated hook tools, read by ops' own ``_ModelBackend`` (the code that parses Juju's answers).
+"""The emulated hook tools, read by ops' own ``_ModelBackend`` (which parses Juju's answers).
 
 Each test calls the real ops backend in this process with the tools on ``PATH`` and a hook's
 ``JUJU_*`` environment, so what ops makes of an answer (a value, ``RelationNotFoundError``, a
@@ -60,9 +60,25 @@ def initial_state() -> dict[str, Any]:
                 "members": {"a/0": ["b/0"], "a/1": ["b/0"]},
                 "gone_for": [],
             },
-            "4": {"id": 4, "apps": {"a": "peers"}, "data": {"app:a": {"p": "1"}}, "members": {}, "gone_for": []},
+            "4": {
+                "id": 4,
+                "apps": {"a": "peers"},
+                "data": {"app:a": {"p": "1"}},
+                "members": {},
+                "gone_for": [],
+            },
         },
-        "actions": {"act-1": {"name": "go", "unit": "a/0", "params": {"n": 1, "deep": {"k": "v"}}, "results": {}, "status": "running", "message": "", "log": []}},
+        "actions": {
+            "act-1": {
+                "name": "go",
+                "unit": "a/0",
+                "params": {"n": 1, "deep": {"k": "v"}},
+                "results": {},
+                "status": "running",
+                "message": "",
+                "log": [],
+            }
+        },
         "log": [],
         "calls": [],
     }
@@ -147,7 +163,9 @@ def test_config_leader_status_and_goal_state(model_file: Path):
     assert b.status_get() == {"status": "blocked", "message": "-starts with a dash"}
     b.status_set("active", "", is_app=True)
     assert b.status_get(is_app=True) == {"status": "active", "message": ""}
-    refused = subprocess.run(["status-set", "error", "no"], capture_output=True, text=True, check=False)
+    refused = subprocess.run(
+        ["status-set", "error", "no"], capture_output=True, text=True, check=False
+    )
     assert refused.returncode == 2  # not a status a charm may set
     assert b.planned_units() == 2
     assert saved(model_file)["apps"]["a"]["status"]["status"] == "active"
@@ -181,7 +199,9 @@ def test_action_tools(model_file: Path):
     assert b.action_get() == {"n": 1, "deep": {"k": "v"}}
     b.action_set({"results": "[1]", "nested": {"key": "v"}})
     b.action_log("sending")
-    refused = subprocess.run(["action-set", "Bad_Key=x"], capture_output=True, text=True, check=False)
+    refused = subprocess.run(
+        ["action-set", "Bad_Key=x"], capture_output=True, text=True, check=False
+    )
     assert refused.returncode == 2  # ops refuses such keys before asking; Juju refuses them too
     b.action_fail("went wrong")
     action = saved(model_file)["actions"]["act-1"]
@@ -194,7 +214,12 @@ def test_usage_errors_exit_2_with_juju_wording(model_file: Path):
     run = subprocess.run(["relation-set", "novalue"], capture_output=True, text=True, check=False)
     assert run.returncode == 2
     assert run.stderr.startswith("ERROR ")
-    run = subprocess.run(["relation-get", "-r", "db:99", "-", "b/0"], capture_output=True, text=True, check=False)
-    assert (run.returncode, run.stderr) == (2, 'ERROR invalid value "db:99" for option -r: relation not found\n')
+    run = subprocess.run(
+        ["relation-get", "-r", "db:99", "-", "b/0"], capture_output=True, text=True, check=False
+    )
+    assert (run.returncode, run.stderr) == (
+        2,
+        'ERROR invalid value "db:99" for option -r: relation not found\n',
+    )
     calls = saved(model_file)["calls"]
     assert [c["exit"] for c in calls[-2:]] == [2, 2]

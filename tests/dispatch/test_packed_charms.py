@@ -21,8 +21,8 @@ CHARMS = ("beacon", "tester")
 def pins(path: Path) -> dict[str, str]:
     """``name==version`` lines of a requirements file, by canonical name."""
     result: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
         if "==" in line:
             name, version = line.split("==", 1)
             result[canonicalize_name(name)] = version.strip()
@@ -50,7 +50,9 @@ def test_packed_entry_points_are_executable(charm: str):
         dispatch = archive.read("dispatch").decode()
     for name in ("dispatch", "src/charm.py"):
         assert name in modes, f"{name} is not in the packed {charm} charm"
-        assert modes[name] & stat.S_IXUSR, f"{name} is mode {oct(modes[name])} in the {charm} charm"
+        assert modes[name] & stat.S_IXUSR, (
+            f"{name} is mode {oct(modes[name])} in the {charm} charm"
+        )
     assert "./src/charm.py" in dispatch
 
 
@@ -60,8 +62,12 @@ def test_pins_agree_with_the_constraints(charm: str):
     wanted = pins(REPO / "charms" / charm / "requirements.txt")
     assert wanted, f"charms/{charm}/requirements.txt pins nothing"
     for name, version in wanted.items():
-        assert constraints.get(name) == version, f"{name}: {charm} pins {version}, constraints {constraints.get(name)}"
-    part = yaml.safe_load((REPO / "charms" / charm / "charmcraft.yaml").read_text())["parts"]["charm"]
+        assert constraints.get(name) == version, (
+            f"{name}: {charm} pins {version}, constraints {constraints.get(name)}"
+        )
+    part = yaml.safe_load((REPO / "charms" / charm / "charmcraft.yaml").read_text())["parts"][
+        "charm"
+    ]
     assert part["charm-strict-dependencies"] is True
     binary = {canonicalize_name(name) for name in part["charm-binary-python-packages"]}
     assert binary == set(wanted), "every pinned package, and only those, may come as a wheel"
@@ -71,7 +77,9 @@ def test_pins_agree_with_the_constraints(charm: str):
 def test_packed_venv_is_what_was_pinned_for_python_312(charm: str):
     with zipfile.ZipFile(packed_charm(charm)) as archive:
         names = archive.namelist()
-        libraries = {n: archive.read(n).decode() for n in names if re.fullmatch(r"lib/charms/.+\.py", n)}
+        libraries = {
+            n: archive.read(n).decode() for n in names if re.fullmatch(r"lib/charms/.+\.py", n)
+        }
     installed: dict[str, str] = {}
     for name in names:
         match = re.fullmatch(r"venv/([^/]+)-([^/-]+)\.dist-info/METADATA", name)
@@ -93,4 +101,6 @@ def test_packed_venv_is_what_was_pinned_for_python_312(charm: str):
                     name, spec = re.fullmatch(r"([A-Za-z0-9_.-]+)(.*)", requirement).groups()
                     version = installed.get(canonicalize_name(name))
                     assert version is not None, f"{path} needs {name}, not in the venv"
-                    assert version in SpecifierSet(spec), f"{path} needs {requirement}, venv has {version}"
+                    assert version in SpecifierSet(spec), (
+                        f"{path} needs {requirement}, venv has {version}"
+                    )

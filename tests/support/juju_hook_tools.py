@@ -1,4 +1,4 @@
-"""Juju's hook tools (``relation-get``, ``status-set``, ...) backed by a JSON file, for the dispatch tier.
+"""Juju's hook tools (``relation-get``, ``status-set``, ...) backed by a JSON file.
 
 A unit agent gives a hook its tools on ``PATH``; each one talks to the agent about the hook's
 context (``JUJU_CONTEXT_ID``). Here each tool is a two-line shell script that runs this file as
@@ -81,7 +81,11 @@ class _Parser(argparse.ArgumentParser):
 
 def now() -> str:
     """The time in RFC 3339, as Juju writes ``since``."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return (
+        datetime.datetime.now(datetime.timezone.utc)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+    )
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -151,7 +155,7 @@ class Context:
 # ------------------------------------------------------------------------------------ the tools
 
 
-def _dump(value: Any, fmt: str) -> str:
+def _dump(value: Any, fmt: str) -> str:  # noqa: PLR0911 - one return per kind of value
     if fmt == "json":
         return json.dumps(value)
     # Juju's default ("smart") format: plain text for strings and booleans, YAML-ish otherwise.
@@ -221,7 +225,9 @@ def relation_get(ctx: Context, argv: list[str], _stdin: str) -> str:
         if not member:
             raise HookToolError("no unit or application specified")
         if member not in rel["apps"]:
-            raise HookToolError(f'application "{member}" is not in the relation: permission denied')
+            raise HookToolError(
+                f'application "{member}" is not in the relation: permission denied'
+            )
         peer = len(rel["apps"]) == 1
         if member == ctx.app and not peer and not ctx.is_leader():
             raise HookToolError("permission denied")
@@ -337,7 +343,9 @@ def status_set(ctx: Context, argv: list[str], _stdin: str) -> str:
     args = p.parse_args(argv)
     args.application = _bool_flag(args.application)
     if args.status not in SETTABLE_STATUSES:
-        raise HookToolError(f'invalid status "{args.status}", expected one of {list(SETTABLE_STATUSES)}', 2)
+        raise HookToolError(
+            f'invalid status "{args.status}", expected one of {list(SETTABLE_STATUSES)}', 2
+        )
     record = {"status": args.status, "message": args.message, "since": now()}
     if args.application == "true":
         if not ctx.is_leader():
@@ -626,7 +634,9 @@ HANDLERS: dict[str, Callable[[Context, list[str], str], str]] = {
 assert set(HANDLERS) == set(TOOLS)
 
 
-def run_tool(state_path: Path, tool: str, argv: list[str], env: dict[str, str], stdin: str) -> tuple[int, str, str]:
+def run_tool(
+    state_path: Path, tool: str, argv: list[str], env: dict[str, str], stdin: str
+) -> tuple[int, str, str]:
     """Run one tool against the model file; return ``(exit code, stdout, stderr)``."""
     with locked_state(state_path) as state:
         code, out, err = 0, "", ""
@@ -648,7 +658,7 @@ def write_tools(directory: Path, state_dir: Path, python: str) -> None:
     here = Path(__file__).resolve()
     for tool in TOOLS:
         path = directory / tool
-        path.write_text(f'#!/bin/sh\nexec "{python}" -I "{here}" "{state_dir}" {tool} "$@"\n')
+        path.write_text(f'#!/bin/sh\nexec "{python}" -I -S "{here}" "{state_dir}" {tool} "$@"\n')
         path.chmod(0o755)
 
 

@@ -1,4 +1,4 @@
-"""What Juju's unit agent does for a Kubernetes charm, enough to run packed charms through ``dispatch``.
+"""What Juju's unit agent does for a Kubernetes charm: run a packed charm through ``dispatch``.
 
 `JujuModel` stands in for a Juju model on a real API server (`kube_server.KubeServer`):
 
@@ -135,8 +135,8 @@ class HookRun:
         """A readable account for an assertion message."""
         log = "\n".join(f"  {line['level']}: {line['message']}" for line in self.log[-30:])
         return (
-            f"{self.unit} {self.event}: exit {self.exit_code}\n--- stderr ---\n{self.stderr[-4000:]}"
-            f"\n--- juju-log (last 30) ---\n{log}"
+            f"{self.unit} {self.event}: exit {self.exit_code}\n"
+            f"--- stderr ---\n{self.stderr[-4000:]}\n--- juju-log (last 30) ---\n{log}"
         )
 
 
@@ -155,7 +155,9 @@ class JujuModel:
 
     def __init__(self, kube: KubeServer, name: str, workdir: Path) -> None:
         if os.geteuid() != 0:
-            raise AgentError("the dispatch tier needs root (it runs each hook in a mount namespace)")
+            raise AgentError(
+                "the dispatch tier needs root (it runs each hook in a mount namespace)"
+            )
         if shutil.which("unshare") is None:
             raise AgentError("the dispatch tier needs unshare (Debian/Ubuntu: util-linux)")
         CHARM_ROOT.mkdir(exist_ok=True)  # a mount point; each hook binds its unit's own over it
@@ -188,6 +190,7 @@ class JujuModel:
         self._contexts = itertools.count()
         self._addresses = itertools.count(10)
         self.admin: Client = kube.admin_client(field_manager="juju")
+        self._pebbles: dict[tuple[str, str], subprocess.Popen[str]] = {}
         ensure_namespace(self.admin, name)
         self.history: list[HookRun] = []
 
@@ -445,7 +448,7 @@ class JujuModel:
         """
         extra: dict[str, str] = {"JUJU_HOOK_NAME": hook}
         if relation_id is not None:
-            app = unit.split("/")[0]
+            app = unit.split("/", maxsplit=1)[0]
             extra["JUJU_RELATION"] = self.endpoint(relation_id, app)
             extra["JUJU_RELATION_ID"] = f"{extra['JUJU_RELATION']}:{relation_id}"
             extra["JUJU_REMOTE_APP"] = self.remote_app(relation_id, app)
@@ -458,9 +461,11 @@ class JujuModel:
         extra.update(env or {})
         return self._dispatch(unit, f"hooks/{hook}", hook, extra)
 
-    def run_action(self, unit: str, action: str, params: Mapping[str, Any] | None = None) -> ActionRun:
+    def run_action(
+        self, unit: str, action: str, params: Mapping[str, Any] | None = None
+    ) -> ActionRun:
         """Run an action through ``./dispatch`` (``JUJU_DISPATCH_PATH=actions/<name>``)."""
-        app = unit.split("/")[0]
+        app = unit.split("/", maxsplit=1)[0]
         action_uuid = str(uuid.uuid4())
         spec = self.state()["apps"][app]["actions"].get(action)
         if spec is None:
@@ -512,7 +517,7 @@ class JujuModel:
         extra: Mapping[str, str],
         always_keep: Iterable[str] = (),
     ) -> HookRun:
-        app = unit.split("/")[0]
+        app = unit.split("/", maxsplit=1)[0]
         unit_dir = self.unit_dir(unit)
         charm_dir = unit_dir / "charm"
         sa_dir = Path(self.state()["apps"][app]["dir"]) / "serviceaccount"
@@ -589,9 +594,12 @@ class JujuModel:
     # ------------------------------------------------------------------- what Juju sequences do
 
     def start_units(self, app: str, units: Iterable[str] | None = None) -> list[HookRun]:
-        """Bring up units as Juju does on deploy: install, relation-created (for each relation the
-        app is already in, peers included), leader-elected (the leader) or nothing, config-changed,
-        start, then ``<container>-pebble-ready`` for each container."""
+        """Bring up units as Juju does on deploy, and return the hooks run.
+
+        install, relation-created (for each relation the app is already in, peers included),
+        leader-elected (on the leader), config-changed, start. pebble-ready is the caller's: it
+        comes when the workload container's Pebble is up (see `start_pebble`).
+        """
         state = self.state()
         runs: list[HookRun] = []
         for unit in units or state["apps"][app]["units"]:
@@ -610,7 +618,7 @@ class JujuModel:
 
     def join(self, relation_id: int, unit: str, remote_unit: str) -> list[HookRun]:
         """``unit`` sees ``remote_unit`` arrive: relation-joined then relation-changed."""
-        app = unit.split("/")[0]
+        app = unit.split("/", maxsplit=1)[0]
         endpoint = self.endpoint(relation_id, app)
 
         def add(state: dict[str, Any]) -> None:
@@ -624,16 +632,22 @@ class JujuModel:
         self.edit(add)
         return [
             self.run_hook(
-                unit, f"{endpoint}-relation-joined", relation_id=relation_id, remote_unit=remote_unit
+                unit,
+                f"{endpoint}-relation-joined",
+                relation_id=relation_id,
+                remote_unit=remote_unit,
             ),
             self.run_hook(
-                unit, f"{endpoint}-relation-changed", relation_id=relation_id, remote_unit=remote_unit
+                unit,
+                f"{endpoint}-relation-changed",
+                relation_id=relation_id,
+                remote_unit=remote_unit,
             ),
         ]
 
     def changed(self, relation_id: int, unit: str, remote_unit: str | None = None) -> HookRun:
         """relation-changed on ``unit`` (after the other side wrote its data)."""
-        app = unit.split("/")[0]
+        app = unit.split("/", maxsplit=1)[0]
         return self.run_hook(
             unit,
             f"{self.endpoint(relation_id, app)}-relation-changed",
@@ -649,7 +663,9 @@ class JujuModel:
             state["apps"][app]["config"].update(values)
 
         self.edit(change)
-        return [self.run_hook(unit, "config-changed") for unit in self.state()["apps"][app]["units"]]
+        return [
+            self.run_hook(unit, "config-changed") for unit in self.state()["apps"][app]["units"]
+        ]
 
     def remove_relation(self, relation_id: int) -> list[HookRun]:
         """``juju remove-relation``: departed for every member on each side, then broken."""
@@ -666,7 +682,9 @@ class JujuModel:
             for unit in state["apps"][app]["units"]:
                 for remote in list(rel["members"].get(unit, [])):
 
-                    def drop(state: dict[str, Any], unit: str = unit, remote: str = remote) -> None:
+                    def drop(
+                        state: dict[str, Any], unit: str = unit, remote: str = remote
+                    ) -> None:
                         state["relations"][str(relation_id)]["members"][unit].remove(remote)
 
                     self.edit(drop)
@@ -690,8 +708,11 @@ class JujuModel:
         return runs
 
     def remove_app(self, app: str) -> list[HookRun]:
-        """``juju remove-application``: its relations go (departed, broken on both sides), then
-        each unit gets stop and remove, with a goal state of zero units."""
+        """``juju remove-application``, and return the hooks run.
+
+        Its relations go (departed, broken on both sides), then each unit gets stop and remove,
+        with a goal state of zero units.
+        """
         runs: list[HookRun] = []
         for rid, rel in self.state()["relations"].items():
             if app in rel["apps"] and len(rel["apps"]) > 1 and not rel.get("removing"):
@@ -706,6 +727,59 @@ class JujuModel:
             runs.append(self.run_hook(unit, "remove"))
         return runs
 
+    # ------------------------------------------------------------------------- workload Pebbles
+
+    def start_pebble(self, unit: str, container: str, *, own_network: bool = False) -> Path:
+        """Start the workload container's Pebble; return the container's root folder.
+
+        The Pebble is ``pebble_standin``, as its own process, on the socket where ops looks.
+
+        With ``own_network`` it runs in a new network namespace with only a loopback (as a pod
+        has its own network), so several units' workloads can serve the same ports; without it,
+        its services listen on this host, where other units' hooks (a probe) can reach them.
+        """
+        socket = self.container_socket(unit, container)
+        root = self.unit_dir(unit) / "containers" / container
+        state = self.unit_dir(unit) / "pebble" / container
+        root.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, str(Path(__file__).with_name("pebble_standin.py")),
+            "--socket", str(socket), "--state-dir", str(state), "--root", str(root),
+        ]  # fmt: skip
+        if own_network:
+            command = [
+                "unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "pod-network",
+                *command,
+            ]  # fmt: skip
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=(self.unit_dir(unit) / f"pebble-{container}.log").open("w"),
+            text=True,
+        )
+        self._pebbles[(unit, container)] = proc
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            proc.kill()
+            raise AgentError(f"the Pebble stand-in for {unit}/{container} did not start: {line!r}")
+        return root
+
+    def stop_pebble(self, unit: str, container: str) -> None:
+        """Stop a workload Pebble (its services stop with it), as when the pod goes."""
+        proc = self._pebbles.pop((unit, container), None)
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
     def close(self) -> None:
-        """Close the admin client (the server itself belongs to the caller)."""
+        """Stop every workload Pebble and close the admin client (the server is the caller's)."""
+        for unit, container in list(self._pebbles):
+            self.stop_pebble(unit, container)
         self.admin.close()
