@@ -100,13 +100,12 @@ def istio_runs_the_waypoint(model: JujuModel, ready: int = 1) -> None:
     except ApiError as e:
         if e.status.code != 409:
             raise
+    client.patch(Deployment, name, {"spec": {"replicas": ready}}, namespace=model.name)
     client.patch(
-        Deployment,
+        Deployment.Status,
         name,
         {"status": {"replicas": ready, "readyReplicas": ready, "availableReplicas": ready}},
         namespace=model.name,
-        subresource="status",
-        field_manager="istio",
     )
 
 
