@@ -112,7 +112,9 @@ class Row:
         """A readable test id."""
         who = self.sender.removeprefix("spiffe://cluster.local/ns/")
         host = f" Host:{self.host}" if self.host else ""
-        return f"{who} {self.method} {self.service}:{self.port}{self.path}{host} -> {self.expected}"
+        return (
+            f"{who} {self.method} {self.service}:{self.port}{self.path}{host} -> {self.expected}"
+        )
 
 
 R1, R2, R3, BY = "receiver1", "receiver2", "receiver3-api", "bystander"

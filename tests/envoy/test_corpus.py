@@ -8,6 +8,7 @@ are shown refused by Istio itself and by the library, at the source.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -44,7 +45,14 @@ ACCEPTED_PATHS = [
     "/api/{*}/items/{**}",
     "/%7Euser/a:b@c=d;e,f+g!h$i&j'k(l)m~n.o_p-q",
 ]
-ACCEPTED_HOSTS = ["receiver.example.com", "receiver", "receiver:8080", "*.example.com", "rec*", "*"]
+ACCEPTED_HOSTS = [
+    "receiver.example.com",
+    "receiver",
+    "receiver:8080",
+    "*.example.com",
+    "rec*",
+    "*",
+]
 
 
 def corpus_consumers() -> list[Consumer]:
@@ -88,7 +96,9 @@ def corpus_consumers() -> list[Consumer]:
                         Endpoint(methods=list(Method)),
                         Endpoint(paths=ACCEPTED_PATHS),
                         Endpoint(hosts=ACCEPTED_HOSTS),
-                        Endpoint(hosts=["a.example"], ports=[443, 8443], methods=["PUT"], paths=["/x"]),
+                        Endpoint(
+                            hosts=["a.example"], ports=[443, 8443], methods=["PUT"], paths=["/x"]
+                        ),
                     ],
                 ),
                 AppPolicy(
@@ -103,7 +113,9 @@ def corpus_consumers() -> list[Consumer]:
         Consumer(
             LONG_APP,
             [
-                AppPolicy(relation="in", endpoints=[Endpoint(ports=[8080], paths=["/" + "p" * 200])]),
+                AppPolicy(
+                    relation="in", endpoints=[Endpoint(ports=[8080], paths=["/" + "p" * 200])]
+                ),
                 UnitPolicy(relation="in-unit", ports=[8080]),
             ],
             {"in": [LONG_SENDER], "in-unit": [LONG_SENDER]},
@@ -249,13 +261,14 @@ def test_shapes_istio_accepts_but_never_match_are_refused_by_the_library(
 ):
     verdict = istio.check([_by_hand("never", operation, target)])["objects"][0]
     assert problems(verdict) == []  # Istio is silent: the deny would be silent too
+    if "paths" in operation:
+        declare = functools.partial(Endpoint, paths=operation["paths"])
+    elif "hosts" in operation:
+        declare = functools.partial(Endpoint, hosts=operation["hosts"])
+    else:
+        declare = functools.partial(AppPolicy, relation="r", service=target)
     with pytest.raises(MeshDataError):
-        if "paths" in operation:
-            Endpoint(paths=operation["paths"])
-        elif "hosts" in operation:
-            Endpoint(hosts=operation["hosts"])
-        else:
-            AppPolicy(relation="r", service=target)
+        declare()
 
 
 def test_a_unit_policy_without_target_is_namespace_wide_for_istio_and_refused_by_the_library(
@@ -292,18 +305,22 @@ def test_a_selector_value_with_a_space_is_refused_by_the_library(istio: IstioChe
 
 
 def test_the_beacon_refuses_such_a_request_as_invalid_data():
-    wire = json.dumps([
-        {
-            "source_namespace": MODEL,
-            "source_app_name": "sender1",
-            "target_namespace": MODEL,
-            "target_app_name": "receiver1",
-            "target_selector_labels": None,
-            "target_service": None,
-            "target_type": "app",
-            "endpoints": [{"hosts": None, "ports": [8080], "methods": None, "paths": ["/x/{foo}"]}],
-        }
-    ])
+    wire = json.dumps(
+        [
+            {
+                "source_namespace": MODEL,
+                "source_app_name": "sender1",
+                "target_namespace": MODEL,
+                "target_app_name": "receiver1",
+                "target_selector_labels": None,
+                "target_service": None,
+                "target_type": "app",
+                "endpoints": [
+                    {"hosts": None, "ports": [8080], "methods": None, "paths": ["/x/{foo}"]}
+                ],
+            }
+        ]
+    )
     bad = Consumer("receiver1", [], {}, raw_wire=wire)
     manifests, refusals = beacon_manifests(MODEL, [bad], model_on_mesh=False)
     assert manifests == []

@@ -48,7 +48,9 @@ def _match(match: Mapping[str, Any], principal: str, port: int) -> bool:
         return False
     if port in match.get("notDestinationPorts", []):
         return False
-    if "principals" in match and not any(_string_matches(m, identity) for m in match["principals"]):
+    if "principals" in match and not any(
+        _string_matches(m, identity) for m in match["principals"]
+    ):
         return False
     return not any(_string_matches(m, identity) for m in match.get("notPrincipals", []))
 
@@ -118,7 +120,10 @@ def test_the_model_operator_stays_reachable_by_anyone(ztunnel: list[ZtunnelPolic
         assert ztunnel_allows(ztunnel, MODEL, pod, who, 17071)
 
 
-RECEIVER1_POD = {"app.kubernetes.io/name": "receiver1", "statefulset.kubernetes.io/pod-name": "receiver1-0"}
+RECEIVER1_POD = {
+    "app.kubernetes.io/name": "receiver1",
+    "statefulset.kubernetes.io/pod-name": "receiver1-0",
+}
 
 L4_ROWS = [
     (SENDER2, 8080, True),  # GET and DELETE alike: ztunnel sees a connection, not a request

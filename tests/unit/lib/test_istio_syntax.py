@@ -56,7 +56,15 @@ BAD_PATHS = [
     ("/a/{*}/b c", "space"),
 ]
 
-GOOD_HOSTS = ["a.example.com", "receiver1", "receiver1:8080", "*.example.com", "app.*", "*", "[::1]:80"]
+GOOD_HOSTS = [
+    "a.example.com",
+    "receiver1",
+    "receiver1:8080",
+    "*.example.com",
+    "app.*",
+    "*",
+    "[::1]:80",
+]
 BAD_HOSTS = ["a b", "http://a.example", "a.example/x", "a*b", "**", "a:port", "caf\u00e9.example"]
 
 
@@ -85,16 +93,18 @@ def test_hosts_no_host_header_can_hold_are_refused(host: str):
 
 
 def test_the_wire_form_is_checked_the_same_way_and_names_the_policy():
-    raw = json.dumps([
-        {
-            "source_namespace": "m",
-            "source_app_name": "s",
-            "target_namespace": "m",
-            "target_app_name": "r",
-            "target_type": "app",
-            "endpoints": [{"paths": ["/x/{foo}"]}],
-        }
-    ])
+    raw = json.dumps(
+        [
+            {
+                "source_namespace": "m",
+                "source_app_name": "s",
+                "target_namespace": "m",
+                "target_app_name": "r",
+                "target_type": "app",
+                "endpoints": [{"paths": ["/x/{foo}"]}],
+            }
+        ]
+    )
     with pytest.raises(MeshDataError, match=r"^policies\[0\]\.endpoints\[0\]\.paths\[0\]: "):
         parse_policies(raw)
 
@@ -110,7 +120,9 @@ def test_a_service_name_kubernetes_cannot_hold_is_refused(service: str):
 
 
 def test_an_app_policy_without_target_service_needs_a_valid_app_service_name():
-    with pytest.raises(MeshDataError, match=r"target_app_name \(its Service\): .* not a Kubernetes"):
+    with pytest.raises(
+        MeshDataError, match=r"target_app_name \(its Service\): .* not a Kubernetes"
+    ):
         _mesh(target_app_name="a" * 64)
     assert _mesh(target_app_name="a" * 63).target_app_name == "a" * 63
 
@@ -131,13 +143,18 @@ def test_a_unit_policy_with_no_target_is_refused_because_it_would_be_namespace_w
     labels: dict[str, str] | None,
 ):
     with pytest.raises(MeshDataError, match="every pod in the namespace"):
-        _mesh(target_type=PolicyTargetType.unit, target_app_name=None, target_selector_labels=labels)
+        _mesh(
+            target_type=PolicyTargetType.unit, target_app_name=None, target_selector_labels=labels
+        )
 
 
 @pytest.mark.parametrize(
     ("labels", "field"),
     [
-        ({"app": "has space"}, r'target_selector_labels\["app"\]: .* not a Kubernetes label value'),
+        (
+            {"app": "has space"},
+            r'target_selector_labels\["app"\]: .* not a Kubernetes label value',
+        ),
         ({"app": "v" * 64}, r"label value"),
         ({"app": "-x"}, r"label value"),
         ({"bad key": "x"}, r"target_selector_labels: .* not a Kubernetes label key"),
@@ -148,12 +165,16 @@ def test_a_unit_policy_with_no_target_is_refused_because_it_would_be_namespace_w
 )
 def test_a_selector_no_pod_label_can_match_is_refused(labels: dict[str, str], field: str):
     with pytest.raises(MeshDataError, match=field):
-        _mesh(target_type=PolicyTargetType.unit, target_app_name=None, target_selector_labels=labels)
+        _mesh(
+            target_type=PolicyTargetType.unit, target_app_name=None, target_selector_labels=labels
+        )
 
 
 def test_valid_selectors_are_kept():
     labels = {"app.kubernetes.io/name": "receiver", "tier": "db.v1_2", "x": ""}
-    policy = _mesh(target_type=PolicyTargetType.unit, target_app_name=None, target_selector_labels=labels)
+    policy = _mesh(
+        target_type=PolicyTargetType.unit, target_app_name=None, target_selector_labels=labels
+    )
     assert policy.target_selector_labels == labels
 
 

@@ -278,16 +278,9 @@ def _http_path(path: str, where: str) -> str:
             "which a request path never holds (percent-encode it)"
         )
     if "{" in path or "}" in path:
-        if not path.startswith("/"):
-            raise refuse(f"{json.dumps(path)} does not start with '/'")
-        last_seen = False
-        for segment in path.strip("/").split("/"):
-            if last_seen:
-                raise refuse(f"{json.dumps(path)} has a segment after {{**}}")
-            if segment in ("{*}", "{**}"):
-                last_seen = segment == "{**}"
-            elif not _PATH_SEGMENT.fullmatch(segment):
-                raise refuse(f"{json.dumps(path)} has segment {json.dumps(segment)}, not allowed")
+        problem = _path_template_problem(path)
+        if problem:
+            raise refuse(f"{json.dumps(path)} {problem}")
         return path
     if path == "*":
         return path
@@ -301,6 +294,20 @@ def _http_path(path: str, where: str) -> str:
     return path
 
 
+def _path_template_problem(path: str) -> str:
+    if not path.startswith("/"):
+        return "does not start with '/'"
+    last_seen = False
+    for segment in path.strip("/").split("/"):
+        if last_seen:
+            return "has a segment after {**}"
+        if segment in ("{*}", "{**}"):
+            last_seen = segment == "{**}"
+        elif not _PATH_SEGMENT.fullmatch(segment):
+            return f"has segment {json.dumps(segment)}, not allowed"
+    return ""
+
+
 def _http_host(host: str, where: str) -> str:
     if host == "*":
         return host
@@ -310,11 +317,11 @@ def _http_host(host: str, where: str) -> str:
     return host
 
 
-def _checked_list(
-    value: object, where: str, check: Callable[[str, str], str]
-) -> list[str] | None:
+def _checked_list(value: object, where: str, check: Callable[[str, str], str]) -> list[str] | None:
     items = _str_list(value, where)
-    return None if items is None else [check(item, f"{where}[{i}]") for i, item in enumerate(items)]
+    return (
+        None if items is None else [check(item, f"{where}[{i}]") for i, item in enumerate(items)]
+    )
 
 
 def _check_service_name(name: str, where: str) -> str:
@@ -342,13 +349,16 @@ def _check_label_key(key: str, where: str) -> str:
     if (
         len(name) > _MAX_LABEL_VALUE_LENGTH
         or not _LABEL_NAME.fullmatch(name)
-        or ("/" in key and (len(prefix) > _MAX_NAME_LENGTH or not _DNS1123_SUBDOMAIN.fullmatch(prefix)))
+        or (
+            "/" in key
+            and (len(prefix) > _MAX_NAME_LENGTH or not _DNS1123_SUBDOMAIN.fullmatch(prefix))
+        )
     ):
         raise _fail(
             where,
-            f"{json.dumps(key)} is not a Kubernetes label key: use an optional DNS prefix and '/', "
-            "then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter "
-            "or digit",
+            f"{json.dumps(key)} is not a Kubernetes label key: use an optional DNS prefix and "
+            "'/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
+            "letter or digit",
         )
     return key
 
@@ -601,7 +611,9 @@ class MeshPolicy:
             if self.target_service is not None:
                 _check_service_name(self.target_service, f"{who}: target_service")
             else:
-                _check_service_name(str(self.target_app_name), f"{who}: target_app_name (its Service)")
+                _check_service_name(
+                    str(self.target_app_name), f"{who}: target_app_name (its Service)"
+                )
             return
         if self.target_service is not None:
             raise MeshDataError(
