@@ -26,7 +26,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     build_authorization_policy,
 )
 from istio_check import IstioCheck, problems
-from policies import APP_NAME_LABEL
+from policies import APP_NAME_LABEL, REQUESTED_BY
 
 MODEL = "mesh-model"
 LONG_APP = "r" + "x" * 61 + "1"  # 63 characters: the longest Service name Kubernetes takes
@@ -143,7 +143,7 @@ def corpus() -> list[dict[str, Any]]:
     services["shapes-api"] = {APP_NAME_LABEL: "shapes"}
     manifests, refusals = beacon_manifests(MODEL, consumers, services)
     assert refusals == []
-    manifests.append(build_authorization_policy(selector_policy()))
+    manifests.append(build_authorization_policy(selector_policy(), labels={REQUESTED_BY: "x"}))
     return manifests
 
 

@@ -43,9 +43,10 @@ def test_the_scenario_passes_istio_cleanly(istio: IstioCheck, manifests: list[di
 
 def test_each_service_gets_its_own_policies_and_the_bystander_none(rbac: dict[str, Any]):
     attached = {entry["service"]: entry["policies"] for entry in rbac["services"]}
-    assert len(attached[f"{MODEL}/receiver1"]) == 1  # the app policy; the unit one is ztunnel's
-    assert len(attached[f"{MODEL}/receiver2"]) == 1
-    assert len(attached[f"{MODEL}/receiver3-api"]) == 1
+    # One app policy per related app; receiver1's unit policy is for ztunnel, not the waypoint.
+    assert len(attached[f"{MODEL}/receiver1"]) == 2
+    assert len(attached[f"{MODEL}/receiver2"]) == 2
+    assert len(attached[f"{MODEL}/receiver3-api"]) == 2
     assert attached[f"{MODEL}/bystander"] == []
     for entry in rbac["services"]:
         assert len(entry["http_filters"]) == (1 if entry["policies"] else 0)
@@ -59,7 +60,7 @@ def test_only_the_peer_principal_is_substituted(rbac: dict[str, Any], waypoint: 
             assert PEER_PRINCIPAL_KEY not in str(adapted)
             assert "filterState" not in str(adapted)
     assert waypoint.substitutions[f"{MODEL}/bystander"] == 0
-    # receiver1: sender1 and sender-a, in the one rule of its one policy.
+    # receiver1: sender1 and sender-a, one principal in each of its two policies.
     assert waypoint.substitutions[f"{MODEL}/receiver1"] == 2
 
 

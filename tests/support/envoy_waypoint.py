@@ -480,11 +480,15 @@ def _wait_ready(
             )
         if admin_path.exists() and admin_path.read_text().strip():
             host, _, port = admin_path.read_text().strip().rpartition(":")
-            with contextlib.suppress(OSError):
-                connection = http.client.HTTPConnection(host, int(port), timeout=2)
+            connection = http.client.HTTPConnection(host, int(port), timeout=2)
+            try:
                 connection.request("GET", "/ready")
                 if connection.getresponse().status == 200:
                     return
+            except OSError:
+                pass
+            finally:
+                connection.close()
         time.sleep(0.1)
     raise RuntimeError(f"Envoy was not ready after {timeout} s:\n{log_path.read_text()[-4000:]}")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,7 +62,12 @@ class IstioCheck:
             raise IstioCheckError(
                 f"istio-check {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}"
             )
-        return json.loads(done.stdout)
+        # Istio's packages log a few lines to stdout while they initialize, before main runs;
+        # the answer is the one JSON document after them, which starts with a line "{".
+        start = re.search(r"^\{$", done.stdout, re.MULTILINE)
+        if start is None:
+            raise IstioCheckError(f"istio-check printed no JSON:\n{done.stdout[-2000:]}")
+        return json.loads(done.stdout[start.start() :])
 
     def check(self, objects: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """Istio's validation (CRD + CEL, webhook) and ztunnel translation of every object."""
