@@ -968,22 +968,44 @@ def decide(model: Model, request: Request) -> Verdict:
         if steps and steps[-1].decision is not Decision.allow:
             return Verdict(steps[-1].decision, tuple(steps), tuple(notes))
     ztunnel_attrs = _Attributes(model.waypoint_principal, request.port) if via_waypoint else attrs
-    policies = ztunnel_policies(model, workload)
     bound = uses_beacon_waypoint(model, workload)
-    if bound and model.auto_allow_waypoint:
-        policies.append(_waypoint_allow_policy(model))
-    decision, reason, policy, point_notes = evaluate_point(policies, ztunnel_attrs, Point.ztunnel)
+    settings = [model.auto_allow_waypoint] if model.auto_allow_waypoint is not None else [True, False]
+    outcomes = [
+        _ztunnel_step(model, workload, request, ztunnel_attrs, via_waypoint, bound and auto)
+        for auto in settings
+    ]
+    step, point_notes = outcomes[0]
     notes.extend(point_notes)
-    if decision is Decision.deny:
-        reason = _ztunnel_miss(model, policies, ztunnel_attrs, request, via_waypoint, bound)
-        if bound and model.auto_allow_waypoint is None:
-            decision = Decision.unknown
-            reason += (
-                "; unless istiod's auto-allow-waypoint-policy (on in istio-k8s) lets the "
-                "waypoint through"
-            )
-    steps.append(Step(Point.ztunnel, decision, reason, policy))
-    return Verdict(decision, tuple(steps), tuple(notes))
+    if any(other.decision is not step.decision for other, _ in outcomes[1:]):
+        off = outcomes[1][0]
+        step = Step(
+            Point.ztunnel,
+            Decision.unknown,
+            "depends on istiod's auto-allow-waypoint-policy (on in istio-k8s): on, "
+            f"{step.decision.value} ({step.reason}); off, {off.decision.value} ({off.reason})",
+        )
+    steps.append(step)
+    return Verdict(step.decision, tuple(steps), tuple(notes))
+
+
+def _ztunnel_step(
+    model: Model,
+    workload: Workload,
+    request: Request,
+    attrs: _Attributes,
+    via_waypoint: bool,
+    implicit_waypoint_policy: bool,
+) -> tuple[Step, list[str]]:
+    """Decide in front of the pods; istiod may add its ALLOW for the waypoint's identity."""
+    policies = ztunnel_policies(model, workload)
+    if implicit_waypoint_policy:
+        policies.append(_waypoint_allow_policy(model))
+    decision, reason, policy, notes = evaluate_point(policies, attrs, Point.ztunnel)
+    if decision is Decision.deny and policy is None:
+        reason = _ztunnel_miss(
+            model, policies, attrs, request, via_waypoint, implicit_waypoint_policy
+        )
+    return Step(Point.ztunnel, decision, reason, policy), notes
 
 
 def _waypoint_path(
@@ -1030,7 +1052,7 @@ def _waypoint_path(
     policies = waypoint_policies(model, workload.service)
     decision, reason, policy, point_notes = evaluate_point(policies, attrs, Point.waypoint)
     notes.extend(point_notes)
-    if decision is Decision.deny:
+    if decision is Decision.deny and policy is None:
         reason = _waypoint_miss(model, policies, attrs, request)
     steps.append(Step(Point.waypoint, decision, reason, policy))
     return True
@@ -1043,6 +1065,8 @@ def _waypoint_path(
 
 def _listing(values: Sequence[str]) -> str:
     values = list(dict.fromkeys(values))
+    if not values:
+        return "no policy"
     if len(values) == 1:
         return values[0]
     return f"{', '.join(values[:-1])} and {values[-1]}"
@@ -1156,8 +1180,9 @@ def _ztunnel_miss(
             misses = [m for m in (_operation_miss(o, attrs, False) for o in rule.operations) if m]
             if misses:
                 return f"related, but {_explain_owned(policy)} {'; or '.join(misses)}"
-    names = _listing([p.name for p in allows if p.owned or not p.name.startswith("istio_")])
-    if bound and not names:
+    named = [p.name for p in allows if not p.generated_by]
+    names = _listing(named)
+    if bound and not named:
         return (
             f"the Service of {request.target} is bound to the waypoint, so its pods accept only "
             f"the waypoint and what unit policies allow, and no unit policy allows {who}"
