@@ -300,7 +300,7 @@ class AuthzPolicy:
         return f"AuthorizationPolicy {self.name} (not made by the beacon)"
 
 
-class _Malformed(ValueError):
+class _MalformedError(ValueError):
     pass
 
 
@@ -310,7 +310,7 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(
         isinstance(item, str) for item in cast("list[object]", value)
     ):
-        raise _Malformed(f"{where} is not a list of strings")
+        raise _MalformedError(f"{where} is not a list of strings")
     return tuple(cast("list[str]", value))
 
 
@@ -318,7 +318,7 @@ def _object(value: object, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _Malformed(f"{where} is not an object")
+        raise _MalformedError(f"{where} is not an object")
     return cast("dict[str, Any]", value)
 
 
@@ -326,7 +326,7 @@ def _list(value: object, where: str) -> list[object]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise _Malformed(f"{where} is not a list")
+        raise _MalformedError(f"{where} is not a list")
     return cast("list[object]", value)
 
 
@@ -357,7 +357,7 @@ def _parse_rule(raw: object, where: str) -> Rule:
         condition = _object(item, f"{where}.when[{i}]")
         key = condition.get("key")
         if not isinstance(key, str):
-            raise _Malformed(f"{where}.when[{i}].key is not a string")
+            raise _MalformedError(f"{where}.when[{i}].key is not a string")
         conditions.append(
             Condition(
                 key,
@@ -387,7 +387,7 @@ def _parse_target_refs(spec: Mapping[str, Any]) -> tuple[TargetRef, ...]:
         ref = _object(item, f"spec.targetRefs[{i}]")
         values = [ref.get(key) or "" for key in ("kind", "name", "group", "namespace")]
         if not all(isinstance(value, str) for value in values):
-            raise _Malformed(f"spec.targetRefs[{i}] has a field that is not a string")
+            raise _MalformedError(f"spec.targetRefs[{i}] has a field that is not a string")
         refs.append(TargetRef(*cast("list[str]", values)))
     return tuple(refs)
 
@@ -411,7 +411,7 @@ def parse_policy(manifest: Mapping[str, Any], owner: str) -> AuthzPolicy:
         spec = _object(manifest.get("spec"), "spec")
         action = spec.get("action") or "ALLOW"
         if action not in ("ALLOW", "DENY", "CUSTOM", "AUDIT"):
-            raise _Malformed(f"spec.action {str(action)[:20]!r} is not one Istio knows")
+            raise _MalformedError(f"spec.action {str(action)[:20]!r} is not one Istio knows")
         selector: dict[str, str] | None = None
         if spec.get("selector") is not None:
             match_labels = _object(
@@ -419,7 +419,7 @@ def parse_policy(manifest: Mapping[str, Any], owner: str) -> AuthzPolicy:
                 "spec.selector.matchLabels",
             )
             if not all(isinstance(value, str) for value in match_labels.values()):
-                raise _Malformed("spec.selector.matchLabels has a value that is not a string")
+                raise _MalformedError("spec.selector.matchLabels has a value that is not a string")
             selector = cast("dict[str, str]", match_labels)
         rules = tuple(
             _parse_rule(item, f"spec.rules[{i}]")
@@ -435,7 +435,7 @@ def parse_policy(manifest: Mapping[str, Any], owner: str) -> AuthzPolicy:
             owned=owned,
             provenance=provenance,
         )
-    except _Malformed as error:
+    except _MalformedError as error:
         return AuthzPolicy(name, namespace, owned=owned, provenance=provenance, problem=str(error))
 
 
@@ -800,16 +800,14 @@ def http_parts(rule: Rule) -> list[str]:
         found.extend(
             name for name in source.unmodelled if name in _HTTP_SOURCE_FIELDS and name not in found
         )
-    found.extend(
-        f"when {c.key}" for c in rule.conditions if c.key not in _L4_WHEN_KEYS
-    )
+    found.extend(f"when {c.key}" for c in rule.conditions if c.key not in _L4_WHEN_KEYS)
     return found
 
 
 def _rule_match_ztunnel(
     rule: Rule, action: str, attrs: _Attributes, policy_ns: str, unknowns: list[str]
 ) -> Tri:
-    """ztunnel's view of one rule, as istiod converts it.
+    """Ztunnel's view of one rule, as istiod converts it.
 
     An ALLOW rule with HTTP parts never matches; in a DENY rule those parts are left out.
     """
@@ -872,59 +870,70 @@ def _unknown_reason(policy: AuthzPolicy, unknowns: Sequence[str]) -> str:
     return f"{policy.describe()} depends on {', '.join(unique)}, which the beacon cannot evaluate"
 
 
+def _usable(policies: Sequence[AuthzPolicy], point: Point) -> tuple[list[AuthzPolicy], list[str]]:
+    """The policies that take part at ``point``, and notes on those set aside."""
+    notes: list[str] = []
+    usable: list[AuthzPolicy] = []
+    for policy in policies:
+        if policy.problem:
+            notes.append(f"{policy.describe()} cannot be read ({policy.problem}); set aside")
+        elif policy.action == "CUSTOM" and point is Point.ztunnel:
+            notes.append(f"{policy.describe()} is CUSTOM, which ztunnel ignores")
+        elif policy.action != "AUDIT":
+            usable.append(policy)
+    return usable, notes
+
+
+def _first_match(
+    policies: Iterable[AuthzPolicy], attrs: _Attributes, point: Point
+) -> tuple[AuthzPolicy | None, tuple[AuthzPolicy, list[str]] | None]:
+    """The first policy that matches, else the first that may (with what it depends on)."""
+    undecided: tuple[AuthzPolicy, list[str]] | None = None
+    for policy in policies:
+        unknowns: list[str] = []
+        found = policy_matches(policy, attrs, point, unknowns)
+        if found:
+            return policy, None
+        if found is None and undecided is None:
+            undecided = (policy, unknowns)
+    return None, undecided
+
+
 def evaluate_point(
     policies: Sequence[AuthzPolicy], attrs: _Attributes, point: Point
 ) -> tuple[Decision, str, AuthzPolicy | None, list[str]]:
     """CUSTOM, then DENY, then ALLOW at one enforcement point.
 
     Returns:
-        The decision, why, the deciding policy (if any), and notes on policies set aside.
+        The decision, why ("" for a deny because no ALLOW policy matches: the caller words
+        the nearest miss), the deciding policy (if any), and notes on policies set aside.
     """
-    notes: list[str] = []
-    usable: list[AuthzPolicy] = []
-    for policy in policies:
-        if policy.problem:
-            notes.append(f"{policy.describe()} cannot be read ({policy.problem}); set aside")
-        elif policy.action == "AUDIT":
-            continue
-        elif policy.action == "CUSTOM" and point is Point.ztunnel:
-            notes.append(f"{policy.describe()} is CUSTOM, which ztunnel ignores")
-        else:
-            usable.append(policy)
-    for policy in (p for p in usable if p.action == "CUSTOM"):
-        unknowns: list[str] = []
-        if policy_matches(policy, attrs, point, unknowns) is not False:
-            return (
-                Decision.unknown,
-                f"{policy.describe()} is CUSTOM: an external authorizer decides",
-                policy,
-                notes,
-            )
-    undecided: tuple[AuthzPolicy, list[str]] | None = None
-    for policy in (p for p in usable if p.action == "DENY"):
-        unknowns = []
-        found = policy_matches(policy, attrs, point, unknowns)
-        if found:
-            return Decision.deny, f"{policy.describe()} denies it", policy, notes
-        if found is None and undecided is None:
-            undecided = (policy, unknowns)
-    if undecided is not None:
-        policy, unknowns = undecided
-        return Decision.unknown, _unknown_reason(policy, unknowns), policy, notes
-    allows = [p for p in usable if p.action == "ALLOW"]
+    usable, notes = _usable(policies, point)
+    custom, maybe = _first_match((p for p in usable if p.action == "CUSTOM"), attrs, point)
+    custom = custom or (maybe[0] if maybe else None)
+    if custom is not None:
+        reason = f"{custom.describe()} is CUSTOM: an external authorizer decides"
+        return Decision.unknown, reason, custom, notes
+    denied, maybe = _first_match((p for p in usable if p.action == "DENY"), attrs, point)
+    if denied is not None:
+        return Decision.deny, f"{denied.describe()} denies it", denied, notes
+    if maybe is not None:
+        return Decision.unknown, _unknown_reason(*maybe), maybe[0], notes
+    return (*_allow_step([p for p in usable if p.action == "ALLOW"], attrs, point), notes)
+
+
+def _allow_step(
+    allows: Sequence[AuthzPolicy], attrs: _Attributes, point: Point
+) -> tuple[Decision, str, AuthzPolicy | None]:
+    """The ALLOW stage: none applies, one matches, one may match, or none matches."""
     if not allows:
-        return Decision.allow, "no ALLOW policy applies here, so everything is allowed", None, notes
-    for policy in allows:
-        unknowns = []
-        found = policy_matches(policy, attrs, point, unknowns)
-        if found:
-            return Decision.allow, f"{policy.describe()} allows it", policy, notes
-        if found is None and undecided is None:
-            undecided = (policy, unknowns)
-    if undecided is not None:
-        policy, unknowns = undecided
-        return Decision.unknown, _unknown_reason(policy, unknowns), policy, notes
-    return Decision.deny, "", None, notes
+        return Decision.allow, "no ALLOW policy applies here, so everything is allowed", None
+    allowed, maybe = _first_match(allows, attrs, point)
+    if allowed is not None:
+        return Decision.allow, f"{allowed.describe()} allows it", allowed
+    if maybe is not None:
+        return Decision.unknown, _unknown_reason(*maybe), maybe[0]
+    return Decision.deny, "", None
 
 
 def _waypoint_allow_policy(model: Model) -> AuthzPolicy:
@@ -969,7 +978,9 @@ def decide(model: Model, request: Request) -> Verdict:
             return Verdict(steps[-1].decision, tuple(steps), tuple(notes))
     ztunnel_attrs = _Attributes(model.waypoint_principal, request.port) if via_waypoint else attrs
     bound = uses_beacon_waypoint(model, workload)
-    settings = [model.auto_allow_waypoint] if model.auto_allow_waypoint is not None else [True, False]
+    settings = (
+        [model.auto_allow_waypoint] if model.auto_allow_waypoint is not None else [True, False]
+    )
     outcomes = [
         _ztunnel_step(model, workload, request, ztunnel_attrs, via_waypoint, bound and auto)
         for auto in settings
@@ -1086,27 +1097,26 @@ def _who(principal_value: str | None, model: Model) -> str:
 
 def _operation_miss(operation: Operation, attrs: _Attributes, l7: bool) -> str:
     """What in one operation the request misses ("" when it matches or cannot tell)."""
-    if operation.ports and str(attrs.port) not in operation.ports:
-        return f"opens {_listing(operation.ports)}, not {attrs.port}"
-    if operation.not_ports and str(attrs.port) in operation.not_ports:
-        return f"excludes port {attrs.port}"
-    if not l7:
-        return ""
-    if operation.methods and attrs.method and attrs.method not in operation.methods:
-        return f"allows {_listing(operation.methods)}, not {attrs.method}"
-    if (
-        operation.paths
-        and attrs.path
-        and not any(match_path(p, attrs.path) for p in operation.paths)
-    ):
-        return f"allows the paths {_listing(operation.paths)}, not {attrs.path}"
-    if (
-        operation.hosts
-        and attrs.host
-        and not any(match_string(h, attrs.host, ignore_case=True) for h in operation.hosts)
-    ):
-        return f"allows the hosts {_listing(operation.hosts)}, not {attrs.host}"
-    return "does not allow it (an excluded method, path or host)"
+    port = str(attrs.port)
+    misses = [
+        (bool(operation.ports) and port not in operation.ports,
+         f"opens {_listing(operation.ports)}, not {port}"),
+        (bool(operation.not_ports) and port in operation.not_ports, f"excludes port {port}"),
+    ]  # fmt: skip
+    if l7:
+        method, path, host = attrs.method, attrs.path, attrs.host
+        misses += [
+            (bool(operation.methods and method and method not in operation.methods),
+             f"allows {_listing(operation.methods)}, not {method}"),
+            (bool(operation.paths and path
+                  and not any(match_path(p, path) for p in operation.paths)),
+             f"allows the paths {_listing(operation.paths)}, not {path}"),
+            (bool(operation.hosts and host
+                  and not any(match_string(h, host, ignore_case=True) for h in operation.hosts)),
+             f"allows the hosts {_listing(operation.hosts)}, not {host}"),
+            (True, "does not allow it (an excluded method, path or host)"),
+        ]  # fmt: skip
+    return next((text for missed, text in misses if missed), "")
 
 
 def _rule_source_matches(rule: Rule, attrs: _Attributes, namespace: str) -> bool:
@@ -1141,8 +1151,7 @@ def _waypoint_miss(
             misses = [_operation_miss(o, attrs, True) for o in rule.operations]
             if misses:
                 return (
-                    f"related, but {_explain_owned(policy)} "
-                    f"{'; or '.join(m for m in misses if m)}"
+                    f"related, but {_explain_owned(policy)} {'; or '.join(m for m in misses if m)}"
                 )
     refusals = [r for r in model.refused if r.app == request.target]
     if refusals:
@@ -1157,6 +1166,24 @@ def _waypoint_miss(
     )
 
 
+def _ztunnel_rule_miss(allows: Sequence[AuthzPolicy], attrs: _Attributes) -> str:
+    """The nearest miss among rules that let this caller in at the pods ("" if none does)."""
+    for policy in allows:
+        for rule in policy.rules:
+            if not _rule_source_matches(rule, attrs, policy.namespace):
+                continue
+            dropped = http_parts(rule)
+            if dropped:
+                return (
+                    f"{policy.describe()} names {_listing(dropped)}, which ztunnel cannot "
+                    "check, so that rule allows nothing at the pods (use an app policy)"
+                )
+            misses = [m for m in (_operation_miss(o, attrs, False) for o in rule.operations) if m]
+            if misses:
+                return f"related, but {_explain_owned(policy)} {'; or '.join(misses)}"
+    return ""
+
+
 def _ztunnel_miss(
     model: Model,
     policies: Sequence[AuthzPolicy],
@@ -1167,19 +1194,9 @@ def _ztunnel_miss(
 ) -> str:
     who = _who(attrs.principal, model)
     allows = [p for p in policies if p.action == "ALLOW" and not p.problem]
-    for policy in allows:
-        for rule in policy.rules:
-            dropped = http_parts(rule)
-            if dropped and _rule_source_matches(rule, attrs, policy.namespace):
-                return (
-                    f"{policy.describe()} names {_listing(dropped)}, which ztunnel cannot "
-                    "check, so that rule allows nothing at the pods (use an app policy)"
-                )
-            if not _rule_source_matches(rule, attrs, policy.namespace):
-                continue
-            misses = [m for m in (_operation_miss(o, attrs, False) for o in rule.operations) if m]
-            if misses:
-                return f"related, but {_explain_owned(policy)} {'; or '.join(misses)}"
+    near = _ztunnel_rule_miss(allows, attrs)
+    if near:
+        return near
     named = [p.name for p in allows if not p.generated_by]
     names = _listing(named)
     if bound and not named:

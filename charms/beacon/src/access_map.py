@@ -401,4 +401,3 @@ def explain(
         notes.append(f"{app} is in model {source_model}: assuming it is on the mesh there")
     request = Request(source_principal, target, port, method, path, host, level)
     return Explanation(source, request, decide(model, request), tuple(notes))
-

@@ -144,9 +144,9 @@ def _bounded(value: object) -> object:
     if isinstance(value, str):
         return value if len(value) <= MAX_TEXT else f"{value[: MAX_TEXT - 12]}...(+{len(value)})"
     if isinstance(value, (list, tuple)):
-        return [_bounded(item) for item in value]  # pyright: ignore[reportUnknownVariableType]
+        return [_bounded(item) for item in value]
     if isinstance(value, dict):
-        return {k: _bounded(v) for k, v in value.items()}  # pyright: ignore[reportUnknownVariableType]
+        return {k: _bounded(v) for k, v in value.items()}
     return value
 
 
@@ -257,9 +257,7 @@ _POINTS = {
 def format_explanation(explanation: Explanation) -> str:
     """The verdict and the chain behind it, in words."""
     request = explanation.request
-    how = (
-        "through its Service" if request.level is Level.app else "straight to its pods"
-    )
+    how = "through its Service" if request.level is Level.app else "straight to its pods"
     asked = [f"port {request.port}"]
     asked += [
         f"{name} {safe_text(value, 80)}"
@@ -273,9 +271,8 @@ def format_explanation(explanation: Explanation) -> str:
         f"{', '.join(asked)}: {verdict.decision.value.upper()}",
     ]
     for index, step in enumerate(verdict.steps, 1):
-        lines.append(
-            f"  {index}. {_POINTS[step.point]}: {step.decision.value}: {safe_text(step.reason, 400)}"
-        )
+        reason = safe_text(step.reason, 400)
+        lines.append(f"  {index}. {_POINTS[step.point]}: {step.decision.value}: {reason}")
     for note in (*explanation.notes, *verdict.notes):
         lines.append(f"  note: {safe_text(note, 400)}")
     if verdict.decision is Decision.unknown:

@@ -129,15 +129,20 @@ def read_model(
         template = item.spec.template if item.spec else None
         labels = dict((template.metadata.labels if template and template.metadata else None) or {})
         statefulsets.append((item.metadata.name, labels))
-    services = [(item.metadata.name, _labels(item)) for item in api.list(Service, namespace=namespace)]
+    services = [
+        (item.metadata.name, _labels(item)) for item in api.list(Service, namespace=namespace)
+    ]
     resource = create_namespaced_resource(*_AUTHZ)
     try:
         manifests = [
-            cast("dict[str, Any]", item.to_dict()) for item in api.list(resource, namespace=namespace)
+            cast("dict[str, Any]", item.to_dict())
+            for item in api.list(resource, namespace=namespace)
         ]
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
         if is_unserved_kind(error):
-            raise MissingCRDError("authorizationpolicies.security.istio.io", "deploy istio-k8s") from error
+            raise MissingCRDError(
+                "authorizationpolicies.security.istio.io", "deploy istio-k8s"
+            ) from error
         raise
     owner = owner_value(namespace, beacon_app)
     requested, refused = requests_state(requests, namespace, dict(services), managing)
@@ -147,9 +152,7 @@ def read_model(
         workloads=workloads(statefulsets, services),
         waypoint=waypoint,
         waypoint_ready=waypoint_readiness(client, waypoint).ready,
-        policies=tuple(
-            sorted((parse_policy(m, owner) for m in manifests), key=lambda p: p.name)
-        ),
+        policies=tuple(sorted((parse_policy(m, owner) for m in manifests), key=lambda p: p.name)),
         requested=requested,
         refused=refused,
     )

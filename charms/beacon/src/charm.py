@@ -105,7 +105,9 @@ class IstioBeaconCharm(ops.CharmBase):
         requests = self._mesh.relation_requests() if self._mesh else []
         try:
             event.set_results(
-                answer(read(self.app.name, self.model.name, requests, managing=managing), event.params)
+                answer(
+                    read(self.app.name, self.model.name, requests, managing=managing), event.params
+                )
             )
         except ActionError as error:
             event.fail(str(error))

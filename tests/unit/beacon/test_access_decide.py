@@ -195,9 +195,7 @@ def test_the_namespace_label_puts_pods_on_the_mesh_and_a_pod_label_can_take_them
     namespace_labels = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": WAYPOINT}
     m = model(app_policy(ports=[1]), workloads=(plain,), namespace_labels=namespace_labels)
     assert decide(m, ask(m)).decision is Decision.deny  # bound through the namespace label
-    opted_out = workload(
-        "receiver", pods={"istio.io/dataplane-mode": "none"}, service={}
-    )
+    opted_out = workload("receiver", pods={"istio.io/dataplane-mode": "none"}, service={})
     m = model(app_policy(ports=[1]), workloads=(opted_out,), namespace_labels=namespace_labels)
     assert decide(m, ask(m)).decision is Decision.allow
 

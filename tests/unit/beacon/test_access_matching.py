@@ -141,7 +141,11 @@ def test_parse_reads_every_field_and_the_legacy_target_ref():
             {
                 "action": "DENY",
                 "selector": {"matchLabels": {"app": "x"}},
-                "targetRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "w"},
+                "targetRef": {
+                    "group": "gateway.networking.k8s.io",
+                    "kind": "Gateway",
+                    "name": "w",
+                },
                 "rules": [
                     {
                         "from": [
