@@ -1126,6 +1126,7 @@ def _rule_source_matches(rule: Rule, attrs: _Attributes, namespace: str) -> bool
 
 
 def _explain_owned(policy: AuthzPolicy) -> str:
+    """The policy, and for the beacon's own the relation it answers ("related, but ...")."""
     if policy.provenance is None:
         return policy.describe()
     relation = (
@@ -1134,8 +1135,8 @@ def _explain_owned(policy: AuthzPolicy) -> str:
         else "a relation"
     )
     return (
-        f"{policy.describe()} (asked for by {policy.provenance.requested_by} over {relation}, "
-        f"{policy.provenance.endpoint})"
+        f"related, but {policy.describe()} (asked for by {policy.provenance.requested_by} over "
+        f"{relation}, {policy.provenance.endpoint})"
     )
 
 
@@ -1150,9 +1151,7 @@ def _waypoint_miss(
                 continue
             misses = [_operation_miss(o, attrs, True) for o in rule.operations]
             if misses:
-                return (
-                    f"related, but {_explain_owned(policy)} {'; or '.join(m for m in misses if m)}"
-                )
+                return f"{_explain_owned(policy)} {'; or '.join(m for m in misses if m)}"
     refusals = [r for r in model.refused if r.app == request.target]
     if refusals:
         return (
@@ -1180,7 +1179,7 @@ def _ztunnel_rule_miss(allows: Sequence[AuthzPolicy], attrs: _Attributes) -> str
                 )
             misses = [m for m in (_operation_miss(o, attrs, False) for o in rule.operations) if m]
             if misses:
-                return f"related, but {_explain_owned(policy)} {'; or '.join(misses)}"
+                return f"{_explain_owned(policy)} {'; or '.join(misses)}"
     return ""
 
 
