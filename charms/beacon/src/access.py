@@ -562,7 +562,8 @@ def uses_beacon_waypoint(model: Model, workload: Workload) -> bool:
     )
 
 
-def _selects(policy: AuthzPolicy, labels: Mapping[str, str]) -> bool:
+def selects(policy: AuthzPolicy, labels: Mapping[str, str]) -> bool:
+    """Whether the policy's selector (none: every pod) selects pods with these labels."""
     selector = policy.selector or {}
     return all(labels.get(key) == value for key, value in selector.items())
 
@@ -574,7 +575,7 @@ def ztunnel_policies(model: Model, workload: Workload) -> list[AuthzPolicy]:
         for policy in model.policies
         if not policy.target_refs
         and policy.namespace == model.namespace
-        and _selects(policy, workload.pod_labels)
+        and selects(policy, workload.pod_labels)
     ]
 
 
@@ -584,11 +585,12 @@ def waypoint_policies(model: Model, service: str) -> list[AuthzPolicy]:
         policy
         for policy in model.policies
         if policy.namespace == model.namespace
-        and any(_attaches(ref, model, service) for ref in policy.target_refs)
+        and any(attaches(ref, model, service) for ref in policy.target_refs)
     ]
 
 
-def _attaches(ref: TargetRef, model: Model, service: str) -> bool:
+def attaches(ref: TargetRef, model: Model, service: str) -> bool:
+    """Whether a targetRef attaches its policy to the waypoint's traffic for ``service``."""
     if ref.namespace not in ("", model.namespace):
         return False
     if ref.kind == "Service" and ref.group in ("", "core"):

@@ -5,6 +5,7 @@ Pure: a :class:`access.Model` in, frozen dataclasses out; ``access_report`` lays
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from access import (
@@ -18,15 +19,15 @@ from access import (
     Source,
     Verdict,
     Workload,
+    attaches,
     bound_waypoint,
     decide,
     http_parts,
     on_mesh,
     principal,
+    selects,
     split_principal,
     uses_beacon_waypoint,
-    waypoint_policies,
-    ztunnel_policies,
 )
 
 ANYONE = "anyone"
@@ -139,17 +140,55 @@ class AccessMap:
     waypoint: str
 
 
-def _policy_targets(model: Model, policy: AuthzPolicy) -> tuple[list[Workload], str]:
-    """The apps a policy applies to, and at which level (``""``: none)."""
-    if policy.target_refs:
-        apps = [
+@dataclass(frozen=True)
+class Attachment:
+    """Which policies apply to which apps, worked out once per model.
+
+    Attributes:
+        targets: for each policy (by position in ``model.policies``), its apps and level.
+        waypoint: for each app, the policies the waypoint applies to its Service's traffic.
+        ztunnel: for each app, the policies ztunnel applies in front of its pods.
+    """
+
+    targets: tuple[tuple[tuple[Workload, ...], str], ...]
+    waypoint: Mapping[str, tuple[AuthzPolicy, ...]]
+    ztunnel: Mapping[str, tuple[AuthzPolicy, ...]]
+
+    @classmethod
+    def of(cls, model: Model) -> Attachment:
+        """Work it out: one pass over the policies, each against the apps."""
+        owners = {service: w for w in model.workloads for service in w.services()}
+        behind_waypoint = [
             w
             for w in model.workloads
-            if any(policy in waypoint_policies(model, s) for s in w.services())
-        ]
-        return apps, "app" if apps else ""
-    apps = [w for w in model.workloads if policy in ztunnel_policies(model, w)]
-    return apps, "unit" if apps else ""
+            if w.service and bound_waypoint(model, w.service_labels) == (model.namespace,
+                                                                          model.waypoint)
+        ]  # fmt: skip
+        targets: list[tuple[tuple[Workload, ...], str]] = []
+        waypoint: dict[str, list[AuthzPolicy]] = {w.name: [] for w in model.workloads}
+        ztunnel: dict[str, list[AuthzPolicy]] = {w.name: [] for w in model.workloads}
+        for policy in model.policies:
+            apps: dict[str, Workload] = {}
+            if policy.namespace != model.namespace:
+                pass
+            elif policy.target_refs:
+                for ref in policy.target_refs:
+                    owner = owners.get(ref.name)
+                    if owner is not None and attaches(ref, model, ref.name):
+                        apps[owner.name] = owner
+                    elif ref.kind == "Gateway" and attaches(ref, model, ""):
+                        apps.update((w.name, w) for w in behind_waypoint)
+            else:
+                apps = {w.name: w for w in model.workloads if selects(policy, w.pod_labels)}
+            level = ("app" if policy.target_refs else "unit") if apps else ""
+            targets.append((tuple(apps.values()), level))
+            for name in apps:
+                (waypoint if policy.target_refs else ztunnel)[name].append(policy)
+        return cls(
+            tuple(targets),
+            {name: tuple(found) for name, found in waypoint.items()},
+            {name: tuple(found) for name, found in ztunnel.items()},
+        )
 
 
 def _sources(rule: Rule, model: Model) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -201,7 +240,9 @@ def _operation_exclusions(operation: Operation) -> tuple[str, ...]:
     return tuple(f"not {what} {', '.join(values)}" for what, values in pairs if values)
 
 
-def _caveats(model: Model, policy: AuthzPolicy, rule: Rule, target: Workload) -> list[str]:
+def _caveats(
+    model: Model, attached: Attachment, policy: AuthzPolicy, rule: Rule, target: Workload
+) -> list[str]:
     caveats: list[str] = []
     if not on_mesh(model, target):
         caveats.append(f"not enforced: {target.name} is not on the mesh (anyone may reach it)")
@@ -220,12 +261,8 @@ def _caveats(model: Model, policy: AuthzPolicy, rule: Rule, target: Workload) ->
         )
     if rule.conditions:
         caveats.append(f"only when {', '.join(c.key for c in rule.conditions)} match")
-    applying = (
-        [p for s in target.services() for p in waypoint_policies(model, s)]
-        if policy.target_refs
-        else ztunnel_policies(model, target)
-    )
-    for other in {p.name: p for p in applying}.values():
+    applying = (attached.waypoint if policy.target_refs else attached.ztunnel)[target.name]
+    for other in applying:
         if other.action == "DENY":
             caveats.append(f"narrowed by DENY policy {other.name}")
         elif other.action == "CUSTOM" and policy.target_refs:
@@ -233,17 +270,22 @@ def _caveats(model: Model, policy: AuthzPolicy, rule: Rule, target: Workload) ->
     return caveats
 
 
-def grants_of(model: Model, policy: AuthzPolicy) -> list[Grant]:
-    """Every access an ALLOW policy grants, one per target, rule, source and operation."""
+def grants_of(model: Model, index: int, attached: Attachment | None = None) -> list[Grant]:
+    """Every access the ALLOW policy ``model.policies[index]`` grants.
+
+    One grant per target, rule, source and operation.
+    """
+    policy = model.policies[index]
     if policy.action != "ALLOW" or policy.problem:
         return []
-    targets, level = _policy_targets(model, policy)
+    attached = attached or Attachment.of(model)
+    targets, level = attached.targets[index]
     provenance = policy.provenance
     grants: list[Grant] = []
     for target in targets:
         for rule in policy.rules:
             operations = rule.operations or (Operation(),)
-            caveats = tuple(_caveats(model, policy, rule, target))
+            caveats = tuple(_caveats(model, attached, policy, rule, target))
             for source, source_model, excluded in _sources(rule, model):
                 for operation in operations:
                     grants.append(
@@ -268,12 +310,13 @@ def grants_of(model: Model, policy: AuthzPolicy) -> list[Grant]:
     return grants
 
 
-def _foreign(model: Model, policy: AuthzPolicy) -> ForeignPolicy:
+def _foreign(model: Model, attached: Attachment, index: int) -> ForeignPolicy:
+    policy = model.policies[index]
     if policy.problem:
         return ForeignPolicy(
             policy.name, policy.action, (), "", "unreadable", f"cannot be read: {policy.problem}"
         )
-    targets, level = _policy_targets(model, policy)
+    targets, level = attached.targets[index]
     names = tuple(t.name for t in targets)
     where = "through the waypoint" if level == "app" else "at the pods"
     if not targets:
@@ -284,7 +327,7 @@ def _foreign(model: Model, policy: AuthzPolicy) -> ForeignPolicy:
         if level == "unit" and not any(
             p.owned and p.action == "ALLOW"
             for t in targets
-            for p in ztunnel_policies(model, t)
+            for p in attached.ztunnel[t.name]
             if p is not policy
         ):
             detail += "; and the pods now refuse whatever no ALLOW policy allows"
@@ -319,8 +362,10 @@ def _enrolment(model: Model, workload: Workload) -> AppEnrolment:
 
 def build_access_map(model: Model, app: str | None = None) -> AccessMap:
     """Who may reach whom; with ``app``, only what involves that app."""
-    grants = [g for policy in model.policies for g in grants_of(model, policy)]
-    foreign = [_foreign(model, p) for p in model.policies if p.foreign]
+    attached = Attachment.of(model)
+    indices = range(len(model.policies))
+    grants = [g for i in indices for g in grants_of(model, i, attached)]
+    foreign = [_foreign(model, attached, i) for i in indices if model.policies[i].foreign]
     owned = {p.name for p in model.policies if p.owned}
     missing = [r for r in model.requested if r.policy_name not in owned]
     refused = [RefusedRequest(r.app, r.relation_id, r.reason) for r in model.refused]

@@ -48,7 +48,7 @@ def test_the_beacons_grants_carry_their_provenance():
 )  # fmt: skip
 def test_foreign_sources_in_words(rule: dict[str, Any], sources: list[tuple[str, str]]):
     policy = foreign({"targetRefs": ON_RECEIVER, "rules": [rule]})
-    grants = grants_of(model(policy), policy)
+    grants = grants_of(model(policy), 0)
     assert [(g.source, g.source_model) for g in grants] == sources
     assert all(g.foreign for g in grants)
 
@@ -66,7 +66,7 @@ def test_exclusions_and_conditions_are_shown():
             ],
         }
     )
-    (grant,) = grants_of(model(policy), policy)
+    (grant,) = grants_of(model(policy), 0)
     assert grant.excluded == ("not models bad", "not paths /admin")
     assert "only when request.headers[x] match" in grant.caveats
 
