@@ -27,7 +27,14 @@ from typing import Any
 
 from kube_backends import FakeBackend, KubeBackend, RealBackend, real_tier_folder
 from ops import testing
-from workload import REPO_ROOT, beacon_subject, build_state, consumer_app, juju_objects
+from workload import (
+    REPO_ROOT,
+    Subject,
+    beacon_subject,
+    build_state,
+    consumer_app,
+    juju_objects,
+)
 
 RESULTS = REPO_ROOT / "bench" / "results"
 MESH = "istio.io/dataplane-mode"
@@ -116,6 +123,54 @@ ACTIONS: list[tuple[str, str, dict[str, Any]]] = [
 ]  # fmt: skip
 
 
+def measure_actions(
+    subject: Subject, backend: KubeBackend, namespace: str, args: argparse.Namespace
+) -> tuple[dict[str, dict[str, Any]], int, bool]:
+    """Seed the model, reconcile once, then time each action and the engine alone."""
+    # The charm's modules are importable once beacon_subject() has put its src/ on the path.
+    from access_map import build_access_map, explain  # noqa: PLC0415
+    from access_report import format_map  # noqa: PLC0415
+    from access_state import read_model  # noqa: PLC0415
+    from kubernetes_client import make_client  # noqa: PLC0415
+    from waypoint import waypoint_name  # noqa: PLC0415
+
+    waypoint = waypoint_name(namespace, subject.app_name)
+    backend.create_namespace(namespace)
+    backend.seed(juju_objects(subject.app_name, namespace, args.apps))
+    backend.seed(consumer_statefulsets(namespace, waypoint, args.apps))
+    ctx = subject.make_context()
+    state = ctx.run(
+        ctx.on.config_changed(), build_state(subject, namespace, args.apps, args.policies)
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    failed = False
+    for name, action, params in ACTIONS:
+        before = backend.snapshot()
+
+        def run(action: str = action, params: dict[str, Any] = params) -> None:
+            context = subject.make_context()
+            context.run(context.on.action(action, params=params), state)
+
+        try:
+            rows[name] = _measure(run, args.repeat)
+        except testing.ActionFailed as error:
+            print(f"access bench: {name} FAILED: {error.message}", file=sys.stderr)
+            failed = True
+            continue
+        requests = backend.requests_since(before)
+        rows[name]["api_requests"] = round(sum(requests.values()) / args.repeat, 1)
+    with make_client(subject.app_name, namespace) as client:
+        model = read_model(client, namespace, subject.app_name, waypoint, [])
+    rows["engine only: map + table"] = _measure(
+        lambda: format_map(build_access_map(model), "table"), args.repeat
+    )
+    rows["engine only: one verdict"] = _measure(
+        lambda: explain(model, "client-0", "app-199", 9999, method="GET", path="/x"),
+        args.repeat,
+    )
+    return rows, len(model.policies), failed
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its table; 1 if an action failed."""
     args = parse_args(argv)
@@ -126,48 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     backend, label = open_backend(args.fake)
     os.environ["KUBECONFIG"] = str(backend.kubeconfig)
     namespace = f"bench-access-n{args.apps}-k{args.policies}"
-    rows: dict[str, dict[str, Any]] = {}
-    failed = False
     try:
-        from access_map import build_access_map, explain
-        from access_report import format_map
-        from access_state import read_model
-        from kubernetes_client import make_client
-        from waypoint import waypoint_name
-
-        waypoint = waypoint_name(namespace, subject.app_name)
-        backend.create_namespace(namespace)
-        backend.seed(juju_objects(subject.app_name, namespace, args.apps))
-        backend.seed(consumer_statefulsets(namespace, waypoint, args.apps))
-        ctx = subject.make_context()
-        state = ctx.run(ctx.on.config_changed(), build_state(subject, namespace, args.apps,
-                                                              args.policies))  # fmt: skip
-        for name, action, params in ACTIONS:
-            before = backend.snapshot()
-
-            def run(action: str = action, params: dict[str, Any] = params) -> None:
-                context = subject.make_context()
-                context.run(context.on.action(action, params=params), state)
-
-            try:
-                rows[name] = _measure(run, args.repeat)
-            except testing.ActionFailed as error:
-                print(f"access bench: {name} FAILED: {error.message}", file=sys.stderr)
-                failed = True
-                continue
-            requests = backend.requests_since(before)
-            rows[name]["api_requests"] = round(sum(requests.values()) / args.repeat, 1)
-        with make_client(subject.app_name, namespace) as client:
-            requests_ = []  # the relation requests are not needed for the engine's cost
-            model = read_model(client, namespace, subject.app_name, waypoint, requests_)
-        rows["engine only: map + table"] = _measure(
-            lambda: format_map(build_access_map(model), "table"), args.repeat
-        )
-        rows["engine only: one verdict"] = _measure(
-            lambda: explain(model, "client-0", "app-199", 9999, method="GET", path="/x"),
-            args.repeat,
-        )
-        policies = len(model.policies)
+        rows, policies, failed = measure_actions(subject, backend, namespace, args)
     finally:
         backend.close()
     result = {
