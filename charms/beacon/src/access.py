@@ -938,6 +938,22 @@ def _allow_step(
     return Decision.deny, "", None
 
 
+def decide_at(
+    point: Point, policies: Sequence[AuthzPolicy], request: Request
+) -> tuple[Decision, str]:
+    """The decision of one enforcement point alone (and why), from plain inputs.
+
+    What the waypoint's Envoy (``Point.waypoint``: the policies attached to the Service) or
+    ztunnel (``Point.ztunnel``: the policies selecting the pods, as istiod converts them) decides
+    about ``request``; for comparing the engine with real Envoy and with istiod's conversion.
+    """
+    attrs = _Attributes(
+        request.source_principal, request.port, request.method, request.path, request.host
+    )
+    decision, reason, _, _ = evaluate_point(policies, attrs, point)
+    return decision, reason or "no ALLOW policy matches"
+
+
 def _waypoint_allow_policy(model: Model) -> AuthzPolicy:
     """What istiod adds when auto-allow-waypoint-policy is on: the waypoint may reach the pods."""
     return AuthzPolicy(
