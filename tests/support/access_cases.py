@@ -18,6 +18,7 @@ passes Istio's validation (no empty values, wildcards only at an end, ports as n
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -299,16 +300,14 @@ class Mismatch:
 
 def engine_decides(case: Case, ask: Ask, point: str) -> tuple[str, str]:
     """The engine's decision (and why) at one point, for one request of a case."""
-    from access import Level, Point, Request, decide_at, parse_policy  # the charm's engine
-
-    policies = [parse_policy(manifest, owner="") for manifest in case.manifests]
-    request = Request(
-        principal_of(ask.caller), SERVICE, ask.port, ask.method, ask.path, ask.host, Level.app
+    # The charm's engine (charms/beacon/src must be on the path: -o pythonpath=...).
+    engine: Any = importlib.import_module("access")
+    policies = [engine.parse_policy(manifest, owner="") for manifest in case.manifests]
+    request = engine.Request(
+        principal_of(ask.caller), SERVICE, ask.port, ask.method, ask.path, ask.host
     )
-    decision, reason = decide_at(
-        Point.waypoint if point == "waypoint" else Point.ztunnel, policies, request
-    )
-    return decision.value, reason
+    decision, reason = engine.decide_at(engine.Point(point), policies, request)
+    return str(decision.value), str(reason)
 
 
 def compare_waypoint(case: Case, statuses: Sequence[int]) -> list[Mismatch]:
