@@ -157,10 +157,13 @@ def relations() -> list[testing.Relation]:
     return [
         testing.Relation(
             "service-mesh",
+            id=relation_id,  # fixed: ops.testing numbers relations per process otherwise
             remote_app_name=app,
             remote_app_data={"policies": json.dumps([p.to_dict() for p in policies])},
         )
-        for app, policies in (("api", api), ("reporting", reporting), ("frontend", []))
+        for relation_id, (app, policies) in enumerate(
+            (("api", api), ("reporting", reporting), ("frontend", [])), start=1
+        )
     ]
 
 
