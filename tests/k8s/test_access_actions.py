@@ -170,7 +170,7 @@ def test_access_map_on_a_real_api_server(ctx: testing.Context[IstioBeaconCharm],
         "ext-authz": ("delegates", [RECEIVER]),
     }
     enrolment = {a["app"]: a["on_mesh"] for a in data["apps"]}
-    assert enrolment == {APP: False, LEGACY: False, RECEIVER: True, SENDER: True}
+    assert enrolment == {APP: True, LEGACY: False, RECEIVER: True, SENDER: True}
     mermaid = action(ctx, state, "access-map", format="mermaid")["map"]
     assert "-.->" in mermaid
     assert "app 8080,8081 GET /data/*" in mermaid
