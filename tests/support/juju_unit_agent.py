@@ -68,6 +68,7 @@ mount --bind "$1" /charm
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/secrets/kubernetes.io/serviceaccount
 mount --bind "$2" /run/secrets/kubernetes.io/serviceaccount
+if [ -n "$5" ]; then mount --bind "$5" /etc/hosts; fi
 cd "$3"
 exec "$4"
 """
@@ -330,6 +331,16 @@ class JujuModel:
         """The folder of one unit: ``charm/`` (JUJU_CHARM_DIR) and ``charm-root/`` (its /charm)."""
         return self.workdir / "units" / unit.replace("/", "-")
 
+    def set_hosts(self, unit: str, names: Mapping[str, str]) -> None:
+        """Give the unit's hooks their own ``/etc/hosts``: ``names`` maps a host name to an address.
+
+        A pod resolves Service and pod names through the cluster's DNS; here a hook's mount
+        namespace gets this file instead (with ``localhost``), so that a URL such as
+        ``http://receiver:8080/`` in an action's parameters means what it means in a pod.
+        """
+        lines = ["127.0.0.1 localhost", *(f"{address} {name}" for name, address in names.items())]
+        (self.unit_dir(unit) / "etc-hosts").write_text("\n".join(lines) + "\n")
+
     def container_socket(self, unit: str, container: str) -> Path:
         """Where, on this host, the unit's ``/charm/containers/<container>/pebble.socket`` is."""
         return self.unit_dir(unit) / "charm-root" / "containers" / container / "pebble.socket"
@@ -550,6 +561,7 @@ class JujuModel:
             "unshare", "--mount", "--propagation", "private",
             "sh", "-c", _POD_SHELL, "pod-sandbox",
             str(unit_dir / "charm-root"), str(sa_dir), str(charm_dir), "./dispatch",
+            str(hosts) if (hosts := unit_dir / "etc-hosts").is_file() else "",
         ]  # fmt: skip
         try:
             proc = subprocess.run(
@@ -765,6 +777,10 @@ class JujuModel:
             proc.kill()
             raise AgentError(f"the Pebble stand-in for {unit}/{container} did not start: {line!r}")
         return root
+
+    def network_namespace(self, unit: str, container: str) -> Path:
+        """The network namespace of a workload Pebble started with ``own_network`` (``nsenter``)."""
+        return Path(f"/proc/{self._pebbles[(unit, container)].pid}/ns/net")
 
     def stop_pebble(self, unit: str, container: str) -> None:
         """Stop a workload Pebble (its services stop with it), as when the pod goes."""
