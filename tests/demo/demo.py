@@ -8,7 +8,10 @@ a test (``tox -e demo``, ``tests/demo/test_demo.py``). What happens, all on loop
    by a Pebble stand-in in a network namespace of its own (a pod's network);
 2. the reference scenario: the beacon (``model-on-mesh=true``), ``receiver1``, ``sender1``
    (related to ``receiver1:inbound``), ``sender2`` (``receiver1:inbound-unit``) and ``sender3``
-   (related to nothing), the mesh relations, every hook as Juju would run it;
+   (related to nothing), the mesh relations; and in a second model with its own beacon,
+   ``sender4``, related to ``receiver1`` through an offer (``inbound`` and ``cross_model_mesh``,
+   each side's hooks in its own model, the databags carried across as the controllers do);
+   every hook as Juju would run it;
 3. the AuthorizationPolicies the beacon wrote, read back from the API server, through Istio's
    validation and istiod's waypoint RBAC builder (``tools/istio-check``); real Envoy runs that
    RBAC in front of ``receiver1``'s real HTTP servers;
@@ -40,7 +43,7 @@ from typing import Any, TextIO
 
 from envoy_waypoint import run_waypoint, spiffe_id
 from istio_check import IstioCheck, problems
-from juju_unit_agent import JujuModel
+from juju_unit_agent import CrossModelRelation, JujuModel
 from kube_server import KubeServer, ensure_built
 from mesh_steps import (
     BEACON,
@@ -56,8 +59,13 @@ from mesh_steps import (
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "demo"
+OTHER_MODEL = "demo-other"
 RECEIVER = "receiver1"
 SENDERS = ("sender1", "sender2", "sender3")
+REMOTE_SENDER = "sender4"
+"""In ``OTHER_MODEL``, related to ``receiver1`` through an offer (``inbound``, ``cmr-mesh``)."""
+OFFER = "receiver1-offer"
+REMOTE_ALIAS = "remote-5e1d4e6a0c7b4f0d9a3e2b1c8f7a6d50"
 CONTAINER = "workload"
 RELAY = REPO / "tests" / "support" / "ztunnel_standin.py"
 PACKED = {
@@ -76,18 +84,31 @@ class Row:
     path: str
     expected: str
     """``200`` (the receiver answered) or ``403`` (the waypoint refused)."""
+    model: str = MODEL
+    """The sender's model."""
+
+    @property
+    def host(self) -> str:
+        """The receiver's Service as the sender names it (its short name within its model)."""
+        return RECEIVER if self.model == MODEL else f"{RECEIVER}.{MODEL}.svc.cluster.local"
 
     @property
     def url(self) -> str:
         """The URL the sender's probe asks for: the receiver's Service, as in a pod."""
-        return f"http://{RECEIVER}:{self.port}{self.path}"
+        return f"http://{self.host}:{self.port}{self.path}"
+
+    @property
+    def source(self) -> str:
+        """The sender as the beacon's ``explain`` names it (``app`` or ``app/model``)."""
+        return self.sender if self.model == MODEL else f"{self.sender}/{self.model}"
 
 
 #: What must happen, row by row (docs/traffic-matrix.md, "model on the mesh", the Service rows):
 #: sender1 is named in receiver1's app policy (GET/POST on /foo and /bar/, ports 8080 and 8081), so
 #: the waypoint lets exactly that through; sender2 is named only in the unit policy (L4, straight
 #: to the pods), which the waypoint does not apply; sender3 is on the mesh through the namespace
-#: label but named in no policy.
+#: label but named in no policy. sender4, in another model, is named in the app policy through the
+#: cross-model relation (its real identity, announced over cross_model_mesh): as sender1.
 EXPECTED: tuple[Row, ...] = (
     Row("sender1", "GET", 8080, "/foo", "200"),
     Row("sender1", "GET", 8081, "/foo", "200"),
@@ -97,6 +118,9 @@ EXPECTED: tuple[Row, ...] = (
     Row("sender1", "GET", 8080, "/nonexistent", "403"),
     Row("sender2", "GET", 8080, "/foo", "403"),
     Row("sender3", "GET", 8080, "/foo", "403"),
+    Row("sender4", "GET", 8080, "/foo", "200", OTHER_MODEL),
+    Row("sender4", "DELETE", 8080, "/foo", "403", OTHER_MODEL),
+    Row("sender4", "GET", 8080, "/nonexistent", "403", OTHER_MODEL),
 )
 #: The denied row whose explanation the demo prints.
 EXPLAINED = Row("sender2", "GET", 8080, "/foo", "403")
@@ -264,13 +288,42 @@ def run(workdir: Path, progress: Progress) -> DemoResult:
         progress(f"relating {RECEIVER}:inbound to sender1, {RECEIVER}:inbound-unit to sender2")
         relate(model, RECEIVER, "inbound", "sender1")
         relate(model, RECEIVER, "inbound-unit", "sender2")
+        mesh: dict[str, int] = {}
         for app in (RECEIVER, "sender1", "sender2"):
             progress(f"relating {app} to the beacon (service-mesh)")
-            relate_mesh(model, app)
-        statuses = {u: model.unit_status(u) for u in model.state()["units"]}
-        not_active = {u: s for u, s in statuses.items() if s[0] != "active"}
-        if not_active:
-            raise DemoError(f"units not active after the deploy: {not_active}")
+            mesh[app] = relate_mesh(model, app)
+
+        progress(f"model {OTHER_MODEL}: its own beacon (model-on-mesh=true) and {REMOTE_SENDER}")
+        other = JujuModel(kube, OTHER_MODEL, workdir / "other-model")
+        stack.callback(other.close)
+        other_beacon = deploy_beacon(other, beacon_charm, model_on_mesh=True)
+        istio_runs_the_waypoint(other)
+        ok(other.run_hook(other_beacon, "update-status"))
+        bring_up_tester(other, tester_charm, REMOTE_SENDER)
+        progress(
+            f"offering {RECEIVER}'s inbound and provide-cmr-mesh; {REMOTE_SENDER} relates "
+            "outbound and require-cmr-mesh to the offer"
+        )
+        for offered, consumer in (
+            ("inbound", "outbound"),
+            ("provide-cmr-mesh", "require-cmr-mesh"),
+        ):
+            relation = CrossModelRelation(
+                model,
+                (RECEIVER, offered),
+                other,
+                (REMOTE_SENDER, consumer),
+                offer_name=OFFER,
+                remote_name=REMOTE_ALIAS,
+            )
+            ok(relation.establish())
+        # The receiver republished its policies: the beacon hears of it.
+        ok(model.changed(mesh[RECEIVER], beacon, f"{RECEIVER}/0"))
+        for juju in (model, other):
+            statuses = {u: juju.unit_status(u) for u in juju.state()["units"]}
+            not_active = {u: s for u, s in statuses.items() if s[0] != "active"}
+            if not_active:
+                raise DemoError(f"units not active after the deploy: {not_active}")
 
         progress("reading the AuthorizationPolicies the beacon wrote, asking Istio about them")
         policies = policies_for(model)
@@ -300,31 +353,34 @@ def run(workdir: Path, progress: Progress) -> DemoResult:
         progress("starting Envoy with the waypoint's RBAC, in front of the receiver's servers")
         envoy = stack.enter_context(run_waypoint(rbac, {service: ports}, upstreams=upstreams))
 
-        for index, sender in enumerate(SENDERS, start=1):
+        juju_of = {**dict.fromkeys(SENDERS, model), REMOTE_SENDER: other}
+        for index, row in enumerate({row.sender: row for row in EXPECTED}.values(), start=1):
+            sender, juju = row.sender, juju_of[row.sender]
             unit = f"{sender}/0"
-            if not captured(model, sender):
+            if not captured(juju, sender):
                 raise DemoError(
                     f"{sender} is not on the mesh: its traffic would go straight to the "
                     "receiver's pods, where only ztunnel (not stood in here) decides"
                 )
-            cert, key = envoy.pki.issue(sender, uri=spiffe_id(MODEL, sender))
+            identity = spiffe_id(row.model, sender)
+            cert, key = envoy.pki.issue(sender, uri=identity)
             capture = f"127.77.{index}.1"
             routes = [f"tcp:{capture}:{p}=tls:{envoy.addresses[service]}:{p}" for p in ports]
-            progress(f"capturing {sender}'s traffic to {RECEIVER} as {spiffe_id(MODEL, sender)}")
+            progress(f"capturing {sender}'s traffic to {RECEIVER} as {identity}")
             processes.start(
                 [sys.executable, str(RELAY), "--cert", str(cert), "--key", str(key)]
                 + ["--ca", str(envoy.pki.ca_file)]
                 + [arg for route in routes for arg in ("--route", route)],
                 workdir / f"relay-{sender}.log",
             )
-            model.set_hosts(unit, {RECEIVER: capture})
+            juju.set_hosts(unit, {row.host: capture})
 
         rows: list[Observed] = []
-        for sender in SENDERS:
+        for sender, juju in juju_of.items():
             mine = [row for row in EXPECTED if row.sender == sender]
             progress(f"running {sender}'s probe action ({len(mine)} requests) through dispatch")
             requests = [{"url": row.url, "method": row.method} for row in mine]
-            probe = model.run_action(f"{sender}/0", "probe", {"requests": json.dumps(requests)})
+            probe = juju.run_action(f"{sender}/0", "probe", {"requests": json.dumps(requests)})
             if probe.exit_code != 0 or probe.status != "completed":
                 raise DemoError(f"{sender}'s probe did not complete:\n{probe.describe()}")
             results = json.loads(probe.results["results"])
@@ -367,7 +423,7 @@ def _manifest(policy: dict[str, Any]) -> dict[str, Any]:
 
 def _explain(model: JujuModel, beacon: str, row: Row) -> dict[str, Any]:
     params = {
-        "source": row.sender,
+        "source": row.source,
         "target": RECEIVER,
         "port": row.port,
         "method": row.method,
@@ -387,11 +443,11 @@ def verdict(observed: str) -> str:
 def render(result: DemoResult, out: TextIO) -> None:
     """Print the table, the beacon's view, and what is real."""
     w = out.write
-    w("\nWho may reach receiver1's Service (http://receiver1:<port>), through real Envoy:\n\n")
+    w(f"\nWho may reach {RECEIVER}'s Service in model {MODEL}, through real Envoy:\n\n")
     head = ("from", "request", "expected", "observed", "beacon's explain")
     table = [
         (
-            o.row.sender,
+            o.row.source,
             f"{o.row.method} :{o.row.port}{o.row.path}",
             o.row.expected,
             o.observed,
