@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from envoy_waypoint import run_waypoint, spiffe_id
+from envoy_waypoint import Waypoint, run_waypoint, spiffe_id
 from istio_check import IstioCheck, problems
 from juju_unit_agent import CrossModelRelation, JujuModel
 from kube_server import KubeServer, ensure_built
@@ -173,7 +173,7 @@ Progress = Callable[[str], None]
 
 
 def packed_charm(name: str) -> Path:
-    """The packed charm (``tox -e pack`` writes them to build/charms; or the ``*_PATH`` variable)."""
+    """A packed charm: in build/charms (where `tox -e pack` puts it) or at its ``*_PATH``."""
     variable, file_name = PACKED[name]
     path = Path(os.environ.get(variable) or REPO / "build" / "charms" / file_name)
     if not path.is_file():
@@ -181,12 +181,15 @@ def packed_charm(name: str) -> Path:
     return path
 
 
-def _sigterm_as_interrupt() -> None:
+def _interrupt_on_signals() -> None:
+    """SIGTERM, and SIGINT even where a launcher ignored it, end the demo through its clean-up."""
+
     def interrupt(signum: int, frame: object) -> None:
         del signum, frame
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 class Processes:
@@ -263,129 +266,161 @@ def observed_value(result: dict[str, Any]) -> str:
     return str(result["outcome"])
 
 
+def deploy_scenario(
+    kube: KubeServer, workdir: Path, stack: contextlib.ExitStack[Any], progress: Progress
+) -> tuple[JujuModel, JujuModel]:
+    """Both models, their apps and relations, every hook through the packed charms' dispatch."""
+    beacon_charm, tester_charm = packed_charm("beacon"), packed_charm("tester")
+    model = JujuModel(kube, MODEL, workdir / "model")
+    stack.callback(model.close)
+    progress(f"deploying {BEACON} (trusted, model-on-mesh=true) through its dispatch")
+    beacon = deploy_beacon(model, beacon_charm, model_on_mesh=True)
+    istio_runs_the_waypoint(model)  # what istiod and the kubelet would do for the Gateway
+    ok(model.run_hook(beacon, "update-status"))
+    for app in (RECEIVER, *SENDERS):
+        progress(f"deploying {app} (its workload started through the Pebble stand-in)")
+        bring_up_tester(model, tester_charm, app)
+    progress(f"relating {RECEIVER}:inbound to sender1, {RECEIVER}:inbound-unit to sender2")
+    relate(model, RECEIVER, "inbound", "sender1")
+    relate(model, RECEIVER, "inbound-unit", "sender2")
+    mesh: dict[str, int] = {}
+    for app in (RECEIVER, "sender1", "sender2"):
+        progress(f"relating {app} to the beacon (service-mesh)")
+        mesh[app] = relate_mesh(model, app)
+
+    progress(f"model {OTHER_MODEL}: its own beacon (model-on-mesh=true) and {REMOTE_SENDER}")
+    other = JujuModel(kube, OTHER_MODEL, workdir / "other-model")
+    stack.callback(other.close)
+    other_beacon = deploy_beacon(other, beacon_charm, model_on_mesh=True)
+    istio_runs_the_waypoint(other)
+    ok(other.run_hook(other_beacon, "update-status"))
+    bring_up_tester(other, tester_charm, REMOTE_SENDER)
+    progress(
+        f"offering {RECEIVER}'s inbound and provide-cmr-mesh; {REMOTE_SENDER} relates "
+        "outbound and require-cmr-mesh to the offer"
+    )
+    for offered, consumer in (("inbound", "outbound"), ("provide-cmr-mesh", "require-cmr-mesh")):
+        relation = CrossModelRelation(
+            model,
+            (RECEIVER, offered),
+            other,
+            (REMOTE_SENDER, consumer),
+            offer_name=OFFER,
+            remote_name=REMOTE_ALIAS,
+        )
+        ok(relation.establish())
+    # The receiver republished its policies: the beacon hears of it.
+    ok(model.changed(mesh[RECEIVER], beacon, f"{RECEIVER}/0"))
+    for juju in (model, other):
+        statuses = {u: juju.unit_status(u) for u in juju.state()["units"]}
+        not_active = {u: s for u, s in statuses.items() if s[0] != "active"}
+        if not_active:
+            raise DemoError(f"units not active after the deploy: {not_active}")
+    return model, other
+
+
+def start_waypoint(
+    model: JujuModel,
+    rbac: dict[str, Any],
+    workdir: Path,
+    stack: contextlib.ExitStack[Any],
+    processes: Processes,
+    progress: Progress,
+) -> Waypoint:
+    """Envoy with the waypoint's RBAC for the receiver's Service, in front of its real servers."""
+    service = f"{MODEL}/{RECEIVER}"
+    ports = receiver_ports(model)
+    progress(f"relaying from Envoy into {RECEIVER}'s pod network (ports {ports})")
+    sockets = workdir / "sockets"
+    sockets.mkdir()
+    netns = model.network_namespace(f"{RECEIVER}/0", CONTAINER)
+    routes = [f"unix:{sockets}/{RECEIVER}-{p}.sock=tcp:127.0.0.1:{p}" for p in ports]
+    processes.start(
+        ["nsenter", f"--net={netns}", sys.executable, str(RELAY)]
+        + [arg for route in routes for arg in ("--route", route)],
+        workdir / f"relay-{RECEIVER}.log",
+    )
+    upstreams = {(service, p): {"pipe": {"path": f"{sockets}/{RECEIVER}-{p}.sock"}} for p in ports}
+    progress("starting Envoy with the waypoint's RBAC, in front of the receiver's servers")
+    return stack.enter_context(run_waypoint(rbac, {service: ports}, upstreams=upstreams))
+
+
+def receiver_ports(model: JujuModel) -> list[int]:
+    """The ports the receiver's unit opened (``open-port``): its Service's ports."""
+    return sorted(int(p.split("/")[0]) for p in model.state()["units"][f"{RECEIVER}/0"]["ports"])
+
+
+def capture_senders(
+    units: dict[str, JujuModel],
+    envoy: Waypoint,
+    ports: Sequence[int],
+    workdir: Path,
+    processes: Processes,
+    progress: Progress,
+) -> None:
+    """Give each sender its capture relay (its identity) and the name of the receiver."""
+    service = f"{MODEL}/{RECEIVER}"
+    for index, row in enumerate({row.sender: row for row in EXPECTED}.values(), start=1):
+        sender, juju = row.sender, units[row.sender]
+        if not captured(juju, sender):
+            raise DemoError(
+                f"{sender} is not on the mesh: its traffic would go straight to the "
+                "receiver's pods, where only ztunnel (not stood in here) decides"
+            )
+        identity = spiffe_id(row.model, sender)
+        cert, key = envoy.pki.issue(sender, uri=identity)
+        capture = f"127.77.{index}.1"
+        routes = [f"tcp:{capture}:{p}=tls:{envoy.addresses[service]}:{p}" for p in ports]
+        progress(f"capturing {sender}'s traffic to {RECEIVER} as {identity}")
+        processes.start(
+            [sys.executable, str(RELAY), "--cert", str(cert), "--key", str(key)]
+            + ["--ca", str(envoy.pki.ca_file)]
+            + [arg for route in routes for arg in ("--route", route)],
+            workdir / f"relay-{sender}.log",
+        )
+        juju.set_hosts(f"{sender}/0", {row.host: capture})
+
+
+def probe_all(units: dict[str, JujuModel], progress: Progress) -> list[Observed]:
+    """Each sender's ``probe`` action, through its dispatch, with its rows' requests."""
+    rows: list[Observed] = []
+    for sender, juju in units.items():
+        mine = [row for row in EXPECTED if row.sender == sender]
+        progress(f"running {sender}'s probe action ({len(mine)} requests) through dispatch")
+        requests = [{"url": row.url, "method": row.method} for row in mine]
+        probe = juju.run_action(f"{sender}/0", "probe", {"requests": json.dumps(requests)})
+        if probe.exit_code != 0 or probe.status != "completed":
+            raise DemoError(f"{sender}'s probe did not complete:\n{probe.describe()}")
+        results = json.loads(probe.results["results"])
+        for row, result in zip(mine, results, strict=True):
+            rows.append(Observed(row, observed_value(result), ""))
+    return rows
+
+
 def run(workdir: Path, progress: Progress) -> DemoResult:
     """Run the whole demo in ``workdir`` and return what it saw (everything is stopped after)."""
     started = time.monotonic()
-    beacon_charm, tester_charm = packed_charm("beacon"), packed_charm("tester")
     with contextlib.ExitStack() as stack:
         processes = Processes()
         stack.callback(processes.stop)
-
         progress("starting kube-apiserver and etcd, installing the Istio and Gateway API CRDs")
         kube = KubeServer.start(ensure_built())
         stack.callback(kube.stop)
         kube.install_crds()
-        model = JujuModel(kube, MODEL, workdir / "model")
-        stack.callback(model.close)
-
-        progress(f"deploying {BEACON} (trusted, model-on-mesh=true) through its dispatch")
-        beacon = deploy_beacon(model, beacon_charm, model_on_mesh=True)
-        istio_runs_the_waypoint(model)  # what istiod and the kubelet would do for the Gateway
-        ok(model.run_hook(beacon, "update-status"))
-        for app in (RECEIVER, *SENDERS):
-            progress(f"deploying {app} (its workload started through the Pebble stand-in)")
-            bring_up_tester(model, tester_charm, app)
-        progress(f"relating {RECEIVER}:inbound to sender1, {RECEIVER}:inbound-unit to sender2")
-        relate(model, RECEIVER, "inbound", "sender1")
-        relate(model, RECEIVER, "inbound-unit", "sender2")
-        mesh: dict[str, int] = {}
-        for app in (RECEIVER, "sender1", "sender2"):
-            progress(f"relating {app} to the beacon (service-mesh)")
-            mesh[app] = relate_mesh(model, app)
-
-        progress(f"model {OTHER_MODEL}: its own beacon (model-on-mesh=true) and {REMOTE_SENDER}")
-        other = JujuModel(kube, OTHER_MODEL, workdir / "other-model")
-        stack.callback(other.close)
-        other_beacon = deploy_beacon(other, beacon_charm, model_on_mesh=True)
-        istio_runs_the_waypoint(other)
-        ok(other.run_hook(other_beacon, "update-status"))
-        bring_up_tester(other, tester_charm, REMOTE_SENDER)
-        progress(
-            f"offering {RECEIVER}'s inbound and provide-cmr-mesh; {REMOTE_SENDER} relates "
-            "outbound and require-cmr-mesh to the offer"
-        )
-        for offered, consumer in (
-            ("inbound", "outbound"),
-            ("provide-cmr-mesh", "require-cmr-mesh"),
-        ):
-            relation = CrossModelRelation(
-                model,
-                (RECEIVER, offered),
-                other,
-                (REMOTE_SENDER, consumer),
-                offer_name=OFFER,
-                remote_name=REMOTE_ALIAS,
-            )
-            ok(relation.establish())
-        # The receiver republished its policies: the beacon hears of it.
-        ok(model.changed(mesh[RECEIVER], beacon, f"{RECEIVER}/0"))
-        for juju in (model, other):
-            statuses = {u: juju.unit_status(u) for u in juju.state()["units"]}
-            not_active = {u: s for u, s in statuses.items() if s[0] != "active"}
-            if not_active:
-                raise DemoError(f"units not active after the deploy: {not_active}")
+        model, other = deploy_scenario(kube, workdir, stack, progress)
+        beacon = f"{BEACON}/0"
 
         progress("reading the AuthorizationPolicies the beacon wrote, asking Istio about them")
         policies = policies_for(model)
         manifests = [_manifest(p) for p in policies.values()]
         istio = IstioCheck.build()
-        verdicts = istio.check(manifests)
-        found = [p for v in verdicts["objects"] for p in problems(v)]
+        found = [p for v in istio.check(manifests)["objects"] for p in problems(v)]
         service = f"{MODEL}/{RECEIVER}"
         rbac = istio.waypoint(manifests, services=[service], waypoint=waypoint(model))
-        ports = sorted(
-            int(p.split("/")[0]) for p in model.state()["units"][f"{RECEIVER}/0"]["ports"]
-        )
-
-        progress(f"relaying from Envoy into {RECEIVER}'s pod network (ports {ports})")
-        sockets = workdir / "sockets"
-        sockets.mkdir()
-        netns = model.network_namespace(f"{RECEIVER}/0", CONTAINER)
-        routes = [f"unix:{sockets}/{RECEIVER}-{p}.sock=tcp:127.0.0.1:{p}" for p in ports]
-        processes.start(
-            ["nsenter", f"--net={netns}", sys.executable, str(RELAY)]
-            + [arg for route in routes for arg in ("--route", route)],
-            workdir / f"relay-{RECEIVER}.log",
-        )
-        upstreams = {
-            (service, p): {"pipe": {"path": f"{sockets}/{RECEIVER}-{p}.sock"}} for p in ports
-        }
-        progress("starting Envoy with the waypoint's RBAC, in front of the receiver's servers")
-        envoy = stack.enter_context(run_waypoint(rbac, {service: ports}, upstreams=upstreams))
-
-        juju_of = {**dict.fromkeys(SENDERS, model), REMOTE_SENDER: other}
-        for index, row in enumerate({row.sender: row for row in EXPECTED}.values(), start=1):
-            sender, juju = row.sender, juju_of[row.sender]
-            unit = f"{sender}/0"
-            if not captured(juju, sender):
-                raise DemoError(
-                    f"{sender} is not on the mesh: its traffic would go straight to the "
-                    "receiver's pods, where only ztunnel (not stood in here) decides"
-                )
-            identity = spiffe_id(row.model, sender)
-            cert, key = envoy.pki.issue(sender, uri=identity)
-            capture = f"127.77.{index}.1"
-            routes = [f"tcp:{capture}:{p}=tls:{envoy.addresses[service]}:{p}" for p in ports]
-            progress(f"capturing {sender}'s traffic to {RECEIVER} as {identity}")
-            processes.start(
-                [sys.executable, str(RELAY), "--cert", str(cert), "--key", str(key)]
-                + ["--ca", str(envoy.pki.ca_file)]
-                + [arg for route in routes for arg in ("--route", route)],
-                workdir / f"relay-{sender}.log",
-            )
-            juju.set_hosts(unit, {row.host: capture})
-
-        rows: list[Observed] = []
-        for sender, juju in juju_of.items():
-            mine = [row for row in EXPECTED if row.sender == sender]
-            progress(f"running {sender}'s probe action ({len(mine)} requests) through dispatch")
-            requests = [{"url": row.url, "method": row.method} for row in mine]
-            probe = juju.run_action(f"{sender}/0", "probe", {"requests": json.dumps(requests)})
-            if probe.exit_code != 0 or probe.status != "completed":
-                raise DemoError(f"{sender}'s probe did not complete:\n{probe.describe()}")
-            results = json.loads(probe.results["results"])
-            for row, result in zip(mine, results, strict=True):
-                rows.append(Observed(row, observed_value(result), ""))
+        envoy = start_waypoint(model, rbac, workdir, stack, processes, progress)
+        units = {**dict.fromkeys(SENDERS, model), REMOTE_SENDER: other}
+        capture_senders(units, envoy, receiver_ports(model), workdir, processes, progress)
+        rows = probe_all(units, progress)
 
         progress("asking the beacon to explain each row (its explain action)")
         for item in rows:
@@ -511,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo, print what it saw; exit 1 when a row is not as expected."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.parse_args(argv)
-    _sigterm_as_interrupt()
+    _interrupt_on_signals()
     start = time.monotonic()
 
     def progress(message: str) -> None:

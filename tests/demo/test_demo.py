@@ -24,4 +24,5 @@ def test_the_demo_observes_the_expected_table():
     assert demo.mismatched(result) == []
     # The beacon's own view agrees and says why the denied row is denied.
     assert result.explanation["verdict"] == "deny"
-    assert "receiver1" in result.access_map and "sender1" in result.access_map
+    assert "receiver1-app-from-sender1" in result.access_map
+    assert "receiver1-app-from-sender4-demo-other" in result.access_map

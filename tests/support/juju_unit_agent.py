@@ -332,7 +332,7 @@ class JujuModel:
         return self.workdir / "units" / unit.replace("/", "-")
 
     def set_hosts(self, unit: str, names: Mapping[str, str]) -> None:
-        """Give the unit's hooks their own ``/etc/hosts``: ``names`` maps a host name to an address.
+        """Give the unit's hooks their own ``/etc/hosts``: ``names`` maps host names to addresses.
 
         A pod resolves Service and pod names through the cluster's DNS; here a hook's mount
         namespace gets this file instead (with ``localhost``), so that a URL such as
@@ -779,7 +779,7 @@ class JujuModel:
         return root
 
     def network_namespace(self, unit: str, container: str) -> Path:
-        """The network namespace of a workload Pebble started with ``own_network`` (``nsenter``)."""
+        """The network namespace of a workload Pebble started with ``own_network``, for nsenter."""
         return Path(f"/proc/{self._pebbles[(unit, container)].pid}/ns/net")
 
     def stop_pebble(self, unit: str, container: str) -> None:
@@ -870,7 +870,7 @@ class CrossModelRelation:
             target.edit(put)
 
     def establish(self) -> list[HookRun]:
-        """created on both sides, then each side's units see the other's join, data carried over.
+        """Run relation-created on both sides, then each side sees the other join, data carried.
 
         Assumes one unit on each side (``/0``).
         """
@@ -880,7 +880,9 @@ class CrossModelRelation:
         offered_endpoint = self.offering.endpoint(self.offered_id, self.offered_app)
         runs = [
             self.consuming.run_hook(
-                consumer_unit, f"{consumer_endpoint}-relation-created", relation_id=self.consumer_id
+                consumer_unit,
+                f"{consumer_endpoint}-relation-created",
+                relation_id=self.consumer_id,
             ),
             self.offering.run_hook(
                 offered_unit, f"{offered_endpoint}-relation-created", relation_id=self.offered_id

@@ -1,4 +1,4 @@
-"""A stand-in for what ztunnel and the pod network do for a request, as plain byte relays.
+r"""A stand-in for what ztunnel and the pod network do for a request, as plain byte relays.
 
 In an ambient mesh, a captured pod's connection to a Service is taken by the node's ztunnel,
 which carries it to the waypoint in mutual TLS under the pod's own identity (its SPIFFE
