@@ -544,7 +544,9 @@ def demo_folder() -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo, print what it saw; exit 1 when a row is not as expected."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description="The local demo: who may reach whom (docs/demo.md)."
+    )
     parser.parse_args(argv)
     _interrupt_on_signals()
     start = time.monotonic()

@@ -127,7 +127,9 @@ def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
 
 def main(argv: list[str] | None = None) -> None:
     """Relay the ``--route`` pairs until SIGTERM or SIGINT."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description="Relay TCP or Unix-socket connections (see the module)."
+    )
     parser.add_argument("--route", action="append", required=True, help="LISTEN=TARGET")
     parser.add_argument("--cert")
     parser.add_argument("--key")
