@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from beacon_path import beacon_manifests
+from beacon_path import BEACON, beacon_manifests
 from envoy_waypoint import PEER_PRINCIPAL_KEY, Waypoint, adapt_for_upstream_envoy, run_waypoint
 from istio_check import IstioCheck, problems
 from scenario import MODEL, SENDER1, SERVICE_PORTS, SERVICES, WAYPOINT_ROWS, Row, consumers
+from waypoint import waypoint_name
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,11 @@ def manifests() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def rbac(istio: IstioCheck, manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    return istio.waypoint(manifests, services=sorted(SERVICE_PORTS))
+    # The waypoint the beacon runs for the model (its Gateway's name, in the model's namespace).
+    name = waypoint_name(MODEL, BEACON)
+    answer = istio.waypoint(manifests, services=sorted(SERVICE_PORTS), waypoint=name)
+    assert {entry["waypoint"] for entry in answer["services"]} == {f"{MODEL}/{name}"}
+    return answer
 
 
 @pytest.fixture(scope="module")
