@@ -106,7 +106,7 @@ def _hand_made(name: str, paths: list[str]) -> dict[str, Any]:
 
 
 def test_paths_the_library_refuses_as_never_matching_really_never_match(istio: IstioCheck):
-    manifests = [_hand_made("never", ["foo", "/a/*/b", "/c/./d"])]
+    manifests = [_hand_made("never", ["foo", "/a/*/b", "/c/./d", "/%7Euser"])]
     assert [p for v in istio.check(manifests)["objects"] for p in problems(v)] == []
     rbac = istio.waypoint(manifests)
     with run_waypoint(rbac, {f"{MODEL}/receiver1": [8080]}) as running:
@@ -120,3 +120,5 @@ def test_paths_the_library_refuses_as_never_matching_really_never_match(istio: I
         assert status("/a/*/b") == 200  # ...only the literal text matches
         assert status("/c/d") == 403  # "/c/./d" can never match: Envoy normalizes first
         assert status("/c/./d") == 403
+        assert status("/~user") == 403  # "/%7Euser": Envoy decodes "%7E" before RBAC
+        assert status("/%7Euser") == 403

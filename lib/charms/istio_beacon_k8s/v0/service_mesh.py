@@ -256,6 +256,8 @@ def _labels(value: object, where: str) -> dict[str, str] | None:
 _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+# Letters, digits, "-", ".", "_", "~": RFC 3986 unreserved characters, which Envoy decodes.
+_ENCODED_UNRESERVED = re.compile(r"%(?:2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9\-._~%!$&'()+,;:@=]+")  # RFC 3986 pchar, as Istio checks
 _HOST = re.compile(r"[A-Za-z0-9._\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _PATH_FIX = (
@@ -276,6 +278,12 @@ def _http_path(path: str, where: str) -> str:
         raise refuse(
             f"{json.dumps(path)} has a space, a control or non-ASCII character, '?' or '#', "
             "which a request path never holds (percent-encode it)"
+        )
+    encoded = _ENCODED_UNRESERVED.search(path)
+    if encoded:
+        raise refuse(
+            f"{json.dumps(path)} percent-encodes {json.dumps(encoded.group())}, which Envoy decodes "
+            f"before matching: write {json.dumps(chr(int(encoded.group()[1:], 16)))} instead"
         )
     if "{" in path or "}" in path:
         problem = _path_template_problem(path)
@@ -389,6 +397,8 @@ class Endpoint:
         paths: URL paths starting with ``/``: exact (``"/api"``), a prefix (``"/api/*"``), a
             suffix (``"*.js"``), ``"*"`` for any path, or an Istio template whose whole segments
             are ``{*}`` (one segment) or ``{**}`` (the rest; last), e.g. ``"/api/{*}/items"``.
+            Envoy normalizes a request's path before matching (``.`` and ``..`` segments
+            resolved, percent-encoded letters, digits, ``-._~`` decoded): write paths that way.
 
     Raises:
         MeshDataError: a value Istio would refuse or could never match, naming the field and
