@@ -281,9 +281,10 @@ def _http_path(path: str, where: str) -> str:
         )
     encoded = _ENCODED_UNRESERVED.search(path)
     if encoded:
+        plain = json.dumps(chr(int(encoded.group()[1:], 16)))
         raise refuse(
-            f"{json.dumps(path)} percent-encodes {json.dumps(encoded.group())}, which Envoy decodes "
-            f"before matching: write {json.dumps(chr(int(encoded.group()[1:], 16)))} instead"
+            f"{json.dumps(path)} percent-encodes {json.dumps(encoded.group())}, which Envoy "
+            f"decodes before matching: write {plain} instead"
         )
     if "{" in path or "}" in path:
         problem = _path_template_problem(path)
