@@ -44,6 +44,7 @@ ACCEPTED_PATHS = [
     "/api/{*}",
     "/api/{**}",
     "/api/{*}/items/{**}",
+    "/a/.*",
     "/%E2%82%AC/a%2Fb:c@d=e;f,g+h!i$j&k'l(m)n~o.p_q-r",
 ]
 ACCEPTED_HOSTS = [

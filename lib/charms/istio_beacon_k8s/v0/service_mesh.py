@@ -298,7 +298,11 @@ def _http_path(path: str, where: str) -> str:
         raise refuse(f"{json.dumps(path)} has a '*' that is not its first or last character")
     if not path.startswith(("/", "*")):
         raise refuse(f"{json.dumps(path)} does not start with '/'")
-    if any(segment in (".", "..") for segment in path.strip("*").split("/")):
+    # The segment a '*' touches is partial ("/a/.*" may match "/a/.well-known"): not checked.
+    segments = path.strip("*").split("/")[path.startswith("*") :]
+    if path.endswith("*"):
+        segments = segments[:-1]
+    if any(segment in (".", "..") for segment in segments):
         raise refuse(f"{json.dumps(path)} has a '.' or '..' segment, which Envoy normalizes away")
     return path
 
