@@ -354,7 +354,10 @@ def test_the_library_and_istio_agree_on_random_values(
 
     def accepted(text: str) -> bool:
         try:
-            Endpoint(**{field: [text]})
+            if field == "paths":
+                Endpoint(paths=[text])
+            else:
+                Endpoint(hosts=[text])
         except MeshDataError:
             return False
         return True
