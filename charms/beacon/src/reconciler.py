@@ -132,17 +132,22 @@ class BeaconReconciler:
             "run the waypoint",
             lambda: reconcile_waypoint(self._client, self.waypoint, planned_units, self._labels),
         )
-        self.findings.namespace_conflict = self._attempt(
+        # A one-item tuple: None from _attempt means the step failed, (None,) that it converged.
+        labelled = self._attempt(
             "label the namespace",
-            lambda: reconcile_namespace_labels(
-                self._client,
-                self._namespace,
-                on_mesh=config.model_on_mesh,
-                waypoint=self.waypoint,
-                owner=owner_value(self._namespace, self._app),
+            lambda: (
+                reconcile_namespace_labels(
+                    self._client,
+                    self._namespace,
+                    on_mesh=config.model_on_mesh,
+                    waypoint=self.waypoint,
+                    owner=owner_value(self._namespace, self._app),
+                ),
             ),
         )
-        namespace_bound = config.model_on_mesh and self.findings.namespace_conflict is None
+        self.findings.namespace_conflict = labelled[0] if labelled else None
+        # Whether the namespace now binds its Services to the waypoint through this beacon.
+        namespace_bound = config.model_on_mesh and labelled is not None and labelled[0] is None
         model_operator = self._attempt(
             "keep Juju's model operator reachable",
             lambda: reconcile_model_operator(
