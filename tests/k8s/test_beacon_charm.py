@@ -239,7 +239,10 @@ def test_policies_follow_the_requests_of_several_consumers(
         admin,
         "receiver0-admin",
         model,
-        {"app.kubernetes.io/name": "receiver0", "istio.io/use-waypoint": waypoint_name(model, APP)},
+        {
+            "app.kubernetes.io/name": "receiver0",
+            "istio.io/use-waypoint": waypoint_name(model, APP),
+        },
     )
     relations[0] = dataclasses.replace(
         relations[0],

@@ -95,7 +95,13 @@ def test_labels_added_changed_removed_others_untouched(
 
     second = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "wp-b", "extra": "1"}
     reconcile_charm_labels(client, APP, namespace, configmap, second)
-    assert pod_labels(admin, namespace) == {**JUJU_LABELS, **OTHERS, **late, **ambient, "extra": "1"}
+    assert pod_labels(admin, namespace) == {
+        **JUJU_LABELS,
+        **OTHERS,
+        **late,
+        **ambient,
+        "extra": "1",
+    }
     assert service_labels(admin, namespace) == {
         **JUJU_LABELS,
         **OTHERS,

@@ -81,9 +81,9 @@ def plan_service_labels(
     return ServiceLabelPlan(patch=patch)
 
 
-def service_selector(service: Mapping[str, Any] | None, namespace: str) -> tuple[
-    dict[str, str] | None, str | None
-]:
+def service_selector(
+    service: Mapping[str, Any] | None, namespace: str
+) -> tuple[dict[str, str] | None, str | None]:
     """The model operator's pod selector read from its Service, or why there is none.
 
     Returns:

@@ -106,8 +106,16 @@ def _app_policy(service: str | None) -> MeshPolicy:
         ("receiver1-admin", False, NOT_BOUND),
         ("receiver1-admin", True, ""),
         ("receiver1-bound", False, ""),
-        ("receiver1-opted-out", True, f"Service receiver1-opted-out uses waypoint 'none', not {WAYPOINT}"),
-        ("receiver1-other", False, f"Service receiver1-other uses waypoint 'theirs', not {WAYPOINT}"),
+        (
+            "receiver1-opted-out",
+            True,
+            f"Service receiver1-opted-out uses waypoint 'none', not {WAYPOINT}",
+        ),
+        (
+            "receiver1-other",
+            False,
+            f"Service receiver1-other uses waypoint 'theirs', not {WAYPOINT}",
+        ),
     ],
 )
 def test_an_app_policy_must_name_a_service_bound_to_the_waypoint(
@@ -331,6 +339,7 @@ def test_istios_text_is_cut_short_and_kept_on_one_printable_line(
 
     message = out.unit_status.message
     assert isinstance(out.unit_status, testing.BlockedStatus)
-    assert "\n" not in message and "\x07" not in message
+    assert "\n" not in message
+    assert "\x07" not in message
     assert message.endswith("...")
     assert len(message) < 300

@@ -8,7 +8,7 @@ import json
 import pytest
 from beacon_config import BeaconConfig
 from charm import IstioBeaconCharm
-from conftest import MESH_LABELS, beacon_state, mesh_relation, istio_runs_waypoint
+from conftest import MESH_LABELS, beacon_state, istio_runs_waypoint, mesh_relation
 from fake_kube import FakeKubeServer
 from ops import testing
 

@@ -123,7 +123,10 @@ def test_waits_for_istio_to_program_the_gateway_without_blocking_the_hook(
 @pytest.mark.parametrize(
     ("istio", "missing"),
     [
-        ({"programmed": False}, "Gateway not Programmed (Invalid: listener mesh: port 15008 conflicts)"),
+        (
+            {"programmed": False},
+            "Gateway not Programmed (Invalid: listener mesh: port 15008 conflicts)",
+        ),
         ({"address": False}, "the Gateway has no address yet"),
         ({"replicas": 2, "ready": 1}, f"1/2 {WAYPOINT} replicas ready"),
     ],

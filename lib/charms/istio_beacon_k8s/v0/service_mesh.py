@@ -1177,10 +1177,10 @@ def reconcile_charm_labels(
 
     Each label goes where Istio reads it: ``istio.io/dataplane-mode`` on the pod template only,
     ``istio.io/use-waypoint`` and ``istio.io/use-waypoint-namespace`` on the Service only, any
-    other label on both. The labels last set are remembered in a ConfigMap (data key ``labels``, a JSON object), so
-    that a later call removes exactly those it no longer wants. A label whose value someone else
-    changed since is left alone, and labels never set here are never touched. Objects are only
-    written when something differs.
+    other label on both. The labels last set are remembered in a ConfigMap (data key ``labels``,
+    a JSON object), so that a later call removes exactly those it no longer wants (from wherever
+    they still are). A label whose value someone else changed since is left alone, and labels
+    never set here are never touched. Objects are only written when something differs.
 
     Args:
         client: the Kubernetes client.
