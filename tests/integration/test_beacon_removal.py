@@ -51,7 +51,8 @@ def _assert_created(kube: lightkube.Client, model: str, beacon: str, *, on_mesh:
         assert namespace == mesh_cluster.expected_namespace_labels(model, beacon), namespace
         assert mesh_cluster.model_operator_policies(kube, model), "no model-operator policy"
     else:
-        assert consumer == mesh_cluster.expected_consumer_labels(model, beacon), consumer
+        expected = mesh_cluster.expected_consumer_labels(model, beacon)
+        assert consumer == mesh_cluster.on_pod_template(expected), consumer
 
 
 def _assert_cleaned_up(kube: lightkube.Client, model: str, beacon: str) -> None:
