@@ -27,6 +27,8 @@ import jubilant
 import lightkube
 import mesh_cluster
 import pytest
+from lightkube.models.core_v1 import ServicePort, ServiceSpec
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
 from mesh_deploy import (
@@ -160,11 +162,9 @@ def _add_request(juju: jubilant.Juju, request: dict[str, Any]) -> None:
 def _create_second_service(kube: lightkube.Client, model: str) -> None:
     selector = {"app.kubernetes.io/name": RECEIVER}
     kube.create(
-        Service.from_dict(
-            {
-                "metadata": {"name": SECOND_SERVICE, "namespace": model, "labels": selector},
-                "spec": {"selector": selector, "ports": [{"name": "http", "port": 8080}]},
-            }
+        Service(
+            metadata=ObjectMeta(name=SECOND_SERVICE, namespace=model, labels=selector),
+            spec=ServiceSpec(selector=selector, ports=[ServicePort(name="http", port=8080)]),
         )
     )
 
