@@ -22,7 +22,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import ConfigMap, Namespace, Service
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, Service
 
 AuthorizationPolicy = create_namespaced_resource(
     "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
@@ -42,6 +42,13 @@ MODEL_OPERATOR_SELECTOR = {"juju-modeloperator": "modeloperator"}
 """The model operator's pod labels in models of older Juju only (see model_operator_selector)."""
 MODEL_OPERATOR_SERVICE = "modeloperator"
 """The Service Juju creates in front of the model operator, in every model."""
+APP_NAME_LABEL = "app.kubernetes.io/name"
+"""The label Juju puts on the pods of an app, valued with the app's name."""
+REDIRECTION = "ambient.istio.io/redirection"
+"""The annotation that Istio's CNI agent puts on a pod once its traffic is redirected to ztunnel.
+
+A label only asks for ambient; this annotation (value `enabled`) says the pod really is captured.
+"""
 
 
 class KubeconfigNotFoundError(RuntimeError):
@@ -288,6 +295,48 @@ def policies_for(
 def principal(namespace: str, app: str) -> str:
     """The mesh identity of a Juju app's pods."""
     return f"cluster.local/ns/{namespace}/sa/{app}"
+
+
+def pod_redirections(
+    client: lightkube.Client, namespace: str, selector: Mapping[str, str]
+) -> dict[str, str | None]:
+    """Each running, non-terminating pod that `selector` picks, with its redirection annotation."""
+    found: dict[str, str | None] = {}
+    labels: LabelSelector = dict(selector)
+    for pod in client.list(Pod, namespace=namespace, labels=labels):
+        metadata = pod.metadata
+        if metadata is None or metadata.deletionTimestamp is not None:
+            continue
+        if pod.status is None or pod.status.phase != "Running":
+            continue
+        found[str(metadata.name)] = (metadata.annotations or {}).get(REDIRECTION)
+    return found
+
+
+def assert_captured(
+    client: lightkube.Client,
+    namespace: str,
+    app: str,
+    *,
+    captured: bool = True,
+    selector: Mapping[str, str] | None = None,
+) -> None:
+    """Assert that every running pod of `app` is (or, with `captured=False`, is not) on ambient.
+
+    `selector` picks the pods instead of the app's name label (Juju's model operator, say).
+
+    Raises:
+        AssertionError: naming the pods that differ (retry it: capture follows labels a moment
+            later, and pods restart when their template's labels change).
+    """
+    pods = pod_redirections(client, namespace, selector or {APP_NAME_LABEL: app})
+    assert pods, f"no running pod of {app} in {namespace}"
+    if captured:
+        wrong = {name: value for name, value in pods.items() if value != "enabled"}
+        assert not wrong, f"{app}: pods not captured by ambient ({REDIRECTION}): {wrong}"
+    else:
+        wrong = {name: value for name, value in pods.items() if value == "enabled"}
+        assert not wrong, f"{app}: pods captured by ambient, expected none: {wrong}"
 
 
 def model_operator_endpoint(client: lightkube.Client, namespace: str) -> tuple[str, int]:

@@ -11,9 +11,8 @@ The tester declares no policy on a second Service, so the request naming one is 
 tester's `service-mesh` databag with `juju exec` (relation-set, as its leader); the tester's own
 library rewrites that key only on its mesh events, which nothing here triggers.
 
-The model operator is probed with a TCP connect: it serves TLS, so an HTTP probe would say
-nothing. The probe's `tcp://` mode comes with the tester's TCP probe; until every branch has it,
-this module reads the probe's results itself (outcome `connected`).
+The model operator is probed with a TCP connect (the probe's `tcp://` mode): it serves TLS, so an
+HTTP probe would say nothing.
 """
 
 from __future__ import annotations
@@ -48,12 +47,13 @@ from mesh_deploy import (
 )
 from mesh_probe import (
     ALLOWED,
+    CONNECTED,
     FORBIDDEN,
     REFUSED,
-    TRAFFIC_TIMEOUT,
     assert_traffic,
     case,
     eventually,
+    tcp_case,
 )
 
 BYSTANDER = "bystander"
@@ -233,14 +233,6 @@ def test_a_policy_on_an_unbound_service_is_refused_then_enforced_once_bound(
 # --- Juju's model operator --------------------------------------------------------------------
 
 
-def _tcp_connects(juju: jubilant.Juju, unit: str, host: str, port: int) -> None:
-    """Probe `tcp://host:port` from `unit`; AssertionError unless the connection held open."""
-    payload = json.dumps([{"url": f"tcp://{host}:{port}", "timeout": 5}])
-    task = juju.run(unit, "probe", {"requests": payload}, wait=90)
-    results = json.loads(str(task.results.get("results")))
-    assert [entry.get("outcome") for entry in results] == ["connected"], results
-
-
 @contextlib.contextmanager
 def _istio_config(istio: jubilant.Juju, values: dict[str, jubilant.ConfigValue]) -> Iterator[None]:
     """istio-k8s with `values` for the duration, then its earlier values back."""
@@ -285,11 +277,10 @@ def test_the_model_operator_is_reachable_from_another_model_with_the_model_on_th
     name, port = mesh_cluster.model_operator_endpoint(kube, model)
     host = f"{name}.{model}.svc.cluster.local"
     with _istio_config(istio, istio_config):
-        eventually(
-            lambda: _tcp_connects(outsider, f"{OUTSIDER}/0", host, port),
-            timeout=TRAFFIC_TIMEOUT,
-            what=f"model operator reachable ({istio_config or 'defaults'})",
-            retry_on=(AssertionError, jubilant.CLIError, jubilant.TaskError),
+        assert_traffic(
+            outsider,
+            [tcp_case(f"{OUTSIDER}/0", host, port, CONNECTED)],
+            what=f"model operator reachable ({istio_config or 'istio-k8s defaults'})",
         )
         # Juju itself still drives the model through its model operator.
         juju.config(BYSTANDER, {"peer-communication": True})
