@@ -20,7 +20,8 @@ from conftest import (
 )
 from fake_kube import FakeKubeServer
 from ops import testing
-from waypoint import build_autoscaler, waypoint_name
+from ownership import is_generated_by_istio, owns_waypoint_autoscaler
+from waypoint import build_autoscaler, gateway_missing, waypoint_name
 
 
 def test_waypoint_name_is_model_app_waypoint():
@@ -268,3 +269,65 @@ def test_with_the_model_on_the_mesh_its_own_labels_give_way_to_the_namespace_lab
 
     assert _pod_template_labels(kube) == {"app.kubernetes.io/name": APP}
     assert _service_labels(kube) == {"app.kubernetes.io/name": APP}
+
+
+def _gateway(generation: int, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": WAYPOINT, "generation": generation}, "status": status}
+
+
+PROGRAMMED = {"type": "Programmed", "status": "True", "reason": "Programmed"}
+ADDRESS = [{"type": "IPAddress", "value": "10.152.183.7"}]
+
+
+@pytest.mark.parametrize(
+    ("gateway", "missing"),
+    [
+        (_gateway(2, conditions=[{**PROGRAMMED, "observedGeneration": 2}], addresses=ADDRESS), []),
+        (
+            _gateway(3, conditions=[{**PROGRAMMED, "observedGeneration": 2}], addresses=ADDRESS),
+            ["Istio has not programmed the Gateway's latest change yet"],
+        ),
+        (
+            _gateway(1, conditions=[{**PROGRAMMED, "status": "Unknown", "reason": "Pending"}]),
+            ["Gateway not Programmed (Pending)", "the Gateway has no address yet"],
+        ),
+        (None, ["no Gateway"]),
+    ],
+    ids=["programmed", "an older generation", "pending without address", "no gateway"],
+)
+def test_istio_uses_the_waypoint_once_its_gateway_is_programmed_with_an_address(
+    gateway: dict[str, Any] | None, missing: list[str]
+):
+    assert gateway_missing(gateway) == missing
+
+
+ISTIO_MARKS: list[dict[str, Any]] = [
+    {"labels": {"gateway.istio.io/managed": "istio.io-mesh-controller"}},
+    {"labels": {"gateway.networking.k8s.io/gateway-name": WAYPOINT}},
+    {
+        "ownerReferences": [
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": WAYPOINT}
+        ]
+    },
+]
+
+
+@pytest.mark.parametrize("marks", ISTIO_MARKS, ids=["managed label", "gateway-name", "owner"])
+def test_an_object_with_any_of_istios_marks_is_istios_whatever_labels_it_copied(
+    marks: dict[str, Any],
+):
+    metadata = {"name": WAYPOINT, "labels": {MANAGED_BY: OWNER}}
+    for key, value in marks.items():
+        metadata[key] = {**metadata.get(key, {}), **value} if key == "labels" else value
+    autoscaler = {"kind": "HorizontalPodAutoscaler", "metadata": metadata}
+
+    assert is_generated_by_istio(autoscaler)
+    assert not owns_waypoint_autoscaler(autoscaler, WAYPOINT)
+
+
+def test_the_beacons_autoscaler_is_known_by_kind_and_name():
+    ours = {"kind": "HorizontalPodAutoscaler", "metadata": {"name": WAYPOINT}}
+
+    assert owns_waypoint_autoscaler(ours, WAYPOINT)
+    assert not owns_waypoint_autoscaler(ours, "another-waypoint")
+    assert not owns_waypoint_autoscaler({**ours, "kind": "PodDisruptionBudget"}, WAYPOINT)
