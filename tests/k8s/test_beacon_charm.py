@@ -120,10 +120,11 @@ def namespace_labels(client: Client, model: str) -> dict[str, str]:
 
 
 def not_created_yet(model: str) -> testing.WaitingStatus:
+    """The status while no Istio runs: the Gateway as the Gateway API CRD defaults its status."""
     name = waypoint_name(model, APP)
     return testing.WaitingStatus(
-        "waiting for the waypoint: Istio has not programmed the Gateway yet; the Gateway has no "
-        f"address yet; Istio has not created the {name} Deployment yet"
+        "waiting for the waypoint: Gateway not Programmed (Pending: Waiting for controller); the "
+        f"Gateway has no address yet; Istio has not created the {name} Deployment yet"
     )
 
 

@@ -112,9 +112,10 @@ def test_the_model_operator_is_selected_by_its_own_service_and_kept_off_the_wayp
 ):
     selector = juju_seed.seed_model_operator(admin, model, scheme)
     juju_labels = service_labels(admin, model, "modeloperator")
+    out = ctx.run(ctx.on.config_changed(), state(model, model_on_mesh=True))
     istio_runs_waypoint(admin, model, replicas=1, ready=1)
 
-    out = ctx.run(ctx.on.config_changed(), state(model, model_on_mesh=True))
+    out = ctx.run(ctx.on.update_status(), out)
 
     policy = admin.get(AuthorizationPolicy, "allow-juju-model-operator", namespace=model)
     assert policy.to_dict()["spec"] == {"selector": {"matchLabels": selector}, "rules": [{}]}
