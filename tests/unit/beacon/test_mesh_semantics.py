@@ -30,6 +30,7 @@ from conftest import (
     wire_policy,
 )
 from fake_kube import FakeKubeServer
+from model_operator import plan_service_labels
 from ops import testing
 from policies import WaypointBinding, policy_error
 
@@ -343,3 +344,42 @@ def test_istios_text_is_cut_short_and_kept_on_one_printable_line(
     assert "\x07" not in message
     assert message.endswith("...")
     assert len(message) < 300
+
+
+@pytest.mark.parametrize(
+    ("current", "off_waypoint", "patch", "conflict"),
+    [
+        ({}, True, {"istio.io/use-waypoint": "none", NAMESPACE_OWNER: OWNER}, None),
+        ({"istio.io/use-waypoint": "none"}, True, {}, None),  # someone else did it already
+        ({"istio.io/use-waypoint": "none", NAMESPACE_OWNER: OWNER}, True, {}, None),
+        (
+            {"istio.io/use-waypoint": "theirs"},
+            True,
+            {},
+            "Service modeloperator is labelled istio.io/use-waypoint=theirs by someone else",
+        ),
+        (
+            {"istio.io/use-waypoint": "none", NAMESPACE_OWNER: OWNER},
+            False,
+            {"istio.io/use-waypoint": None, NAMESPACE_OWNER: None},
+            None,
+        ),
+        # Someone changed the value since: theirs now, only the owner label goes.
+        (
+            {"istio.io/use-waypoint": "theirs", NAMESPACE_OWNER: OWNER},
+            False,
+            {NAMESPACE_OWNER: None},
+            None,
+        ),
+        ({"istio.io/use-waypoint": "none"}, False, {}, None),
+    ],
+)
+def test_the_model_operator_service_labels_are_planned_like_the_namespace_labels(
+    current: dict[str, str],
+    off_waypoint: bool,
+    patch: dict[str, str | None],
+    conflict: str | None,
+):
+    plan = plan_service_labels(current, off_waypoint=off_waypoint, owner=OWNER)
+
+    assert (plan.patch, plan.conflict) == (patch, conflict)
