@@ -27,7 +27,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     build_authorization_policy,
 )
 from istio_check import IstioCheck, problems
-from policies import APP_NAME_LABEL, REQUESTED_BY
+from policies import APP_NAME_LABEL, REQUESTED_BY, waypoint_policy_name
 
 MODEL = "mesh-model"
 LONG_APP = "r" + "x" * 61 + "1"  # 63 characters: the longest Service name Kubernetes takes
@@ -325,7 +325,8 @@ def test_the_beacon_refuses_such_a_request_as_invalid_data():
     )
     bad = Consumer("receiver1", [], {}, raw_wire=wire)
     manifests, refusals = beacon_manifests(MODEL, [bad], model_on_mesh=False)
-    assert manifests == []
+    # Only the waypoint's own access to the app's pods: nothing of what it asked for.
+    assert [m["metadata"]["name"] for m in manifests] == [waypoint_policy_name("receiver1")]
     assert len(refusals) == 1
     assert refusals[0].reason.startswith("invalid data: policies[0].endpoints[0].paths[0]: ")
 
