@@ -2,8 +2,9 @@
 
 Consumer side: the library's ``build_mesh_policies`` over the charm's relations, then the wire
 form. Provider side: ``parse_policies`` of that JSON, the beacon's own checks
-(``policies.check_requests``), its manifests (``build_policy_manifests``, the model-operator
-policy) and its ownership labels, merged the way ``PolicyResourceManager`` merges them.
+(``policies.check_requests`` with the waypoint binding), its manifests (``build_policy_manifests``,
+the waypoint-access policy of each related app, the model-operator policy) and its ownership
+labels, merged the way ``PolicyResourceManager`` merges them (as ``reconciler`` does).
 """
 
 from __future__ import annotations
@@ -23,16 +24,24 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     build_mesh_policies,
     parse_policies,
 )
+from model_operator import model_operator_policy
 from policies import (
     APP_NAME_LABEL,
     Refusal,
+    WaypointBinding,
     build_policy_manifests,
     check_requests,
-    model_operator_policy,
+    waypoint_allow_policy,
 )
 from reconciler import ownership_labels
+from waypoint import waypoint_name, waypoint_principal
 
 BEACON = "istio-beacon-k8s"
+#: The labels of Juju's model operator pods (Juju 3.6), which its Service selects.
+MODEL_OPERATOR_SELECTOR = {
+    "operator.juju.is/name": "modeloperator",
+    "operator.juju.is/target": "model",
+}
 
 
 @dataclass
@@ -85,7 +94,8 @@ def beacon_manifests(
         consumers: the related consumer charms.
         services: the namespace's Services, name to labels (default: one per consumer, as Juju
             creates them).
-        model_on_mesh: whether the model-operator policy is added.
+        model_on_mesh: whether the beacon labels the namespace (every Service bound to the
+            waypoint) and adds the model-operator policy.
     """
     if services is None:
         services = {c.app: {APP_NAME_LABEL: c.app} for c in consumers}
@@ -96,10 +106,15 @@ def beacon_manifests(
             requests.append(RelationRequest(relation_id, consumer.app, parsed))
         except ValueError as error:
             requests.append(RelationRequest(relation_id, consumer.app, [], str(error)))
-    accepted, refusals = check_requests(requests, model, services)
+    waypoint = waypoint_name(model, BEACON)
+    binding = WaypointBinding(waypoint, namespace_bound=model_on_mesh)
+    accepted, refusals = check_requests(requests, model, services, binding)
     manifests, unbuildable = build_policy_manifests(accepted)
+    principal = waypoint_principal(model, waypoint)
+    related = sorted({request.app_name for request in requests if request.app_name})
+    manifests.extend(waypoint_allow_policy(app, model, principal) for app in related)
     if model_on_mesh:
-        manifests.append(model_operator_policy(model))
+        manifests.append(model_operator_policy(model, MODEL_OPERATOR_SELECTOR))
     owner = ownership_labels(model, BEACON)
     for manifest in manifests:
         metadata = manifest["metadata"]

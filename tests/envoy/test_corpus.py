@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     build_authorization_policy,
 )
 from istio_check import IstioCheck, problems
-from policies import APP_NAME_LABEL, REQUESTED_BY
+from policies import APP_NAME_LABEL, REQUESTED_BY, waypoint_policy_name
 
 MODEL = "mesh-model"
 LONG_APP = "r" + "x" * 61 + "1"  # 63 characters: the longest Service name Kubernetes takes
@@ -43,7 +44,8 @@ ACCEPTED_PATHS = [
     "/api/{*}",
     "/api/{**}",
     "/api/{*}/items/{**}",
-    "/%7Euser/a:b@c=d;e,f+g!h$i&j'k(l)m~n.o_p-q",
+    "/a/.*",
+    "/%E2%82%AC/a%2Fb:c@d=e;f,g+h!i$j&k'l(m)n~o.p_q-r",
 ]
 ACCEPTED_HOSTS = [
     "receiver.example.com",
@@ -323,6 +325,50 @@ def test_the_beacon_refuses_such_a_request_as_invalid_data():
     )
     bad = Consumer("receiver1", [], {}, raw_wire=wire)
     manifests, refusals = beacon_manifests(MODEL, [bad], model_on_mesh=False)
-    assert manifests == []
+    # Only the waypoint's own access to the app's pods: nothing of what it asked for.
+    assert [m["metadata"]["name"] for m in manifests] == [waypoint_policy_name("receiver1")]
     assert len(refusals) == 1
     assert refusals[0].reason.startswith("invalid data: policies[0].endpoints[0].paths[0]: ")
+
+
+def _random_texts(seed: int, alphabet: str, count: int) -> list[str]:
+    rng = random.Random(seed)
+    texts = {
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(count)
+    }
+    return sorted(texts)
+
+
+@pytest.mark.parametrize(
+    ("field", "texts"),
+    [
+        ("paths", _random_texts(11, "//abcab*{}.?%~:-", 400)),
+        ("paths", ["/" + t for t in _random_texts(12, "/ab*{}.", 300)]),
+        ("hosts", _random_texts(13, "ab.*:-8[] /", 300)),
+    ],
+    ids=["paths", "paths from /", "hosts"],
+)
+def test_the_library_and_istio_agree_on_random_values(
+    istio: IstioCheck, field: str, texts: list[str]
+):
+    """What the library accepts, Istio accepts cleanly; what Istio refuses, the library refuses."""
+
+    def accepted(text: str) -> bool:
+        try:
+            if field == "paths":
+                Endpoint(paths=[text])
+            else:
+                Endpoint(hosts=[text])
+        except MeshDataError:
+            return False
+        return True
+
+    manifests = [_by_hand(f"random-{i}", {field: [text]}) for i, text in enumerate(texts)]
+    verdicts = istio.check(manifests)["objects"]
+    kept = [text for text in texts if accepted(text)]
+    assert 10 <= len(kept) < len(texts)  # the sample holds both kinds
+    for text, verdict in zip(texts, verdicts, strict=True):
+        if accepted(text):
+            assert problems(verdict) == [], text
+        if not verdict["webhook"]["allowed"]:
+            assert not accepted(text), text

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from beacon_path import beacon_manifests
+from beacon_path import BEACON, beacon_manifests
 from envoy_waypoint import PEER_PRINCIPAL_KEY, Waypoint, adapt_for_upstream_envoy, run_waypoint
 from istio_check import IstioCheck, problems
-from scenario import MODEL, SERVICE_PORTS, SERVICES, WAYPOINT_ROWS, Row, consumers
+from scenario import MODEL, SENDER1, SERVICE_PORTS, SERVICES, WAYPOINT_ROWS, Row, consumers
+from waypoint import waypoint_name
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,11 @@ def manifests() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def rbac(istio: IstioCheck, manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    return istio.waypoint(manifests, services=sorted(SERVICE_PORTS))
+    # The waypoint the beacon runs for the model (its Gateway's name, in the model's namespace).
+    name = waypoint_name(MODEL, BEACON)
+    answer = istio.waypoint(manifests, services=sorted(SERVICE_PORTS), waypoint=name)
+    assert {entry["waypoint"] for entry in answer["services"]} == {f"{MODEL}/{name}"}
+    return answer
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +85,40 @@ def test_every_service_port_is_exercised():
     seen = {(f"{MODEL}/{row.service}", row.port) for row in WAYPOINT_ROWS}
     wanted = {(service, port) for service, ports in SERVICE_PORTS.items() for port in ports}
     assert wanted - seen == set()
+
+
+def _hand_made(name: str, paths: list[str]) -> dict[str, Any]:
+    """An app policy for receiver1 from sender1 with paths the library would refuse."""
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": MODEL},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "receiver1"}],
+            "rules": [
+                {
+                    "from": [{"source": {"principals": [f"cluster.local/ns/{MODEL}/sa/sender1"]}}],
+                    "to": [{"operation": {"ports": ["8080"], "paths": paths}}],
+                }
+            ],
+        },
+    }
+
+
+def test_paths_the_library_refuses_as_never_matching_really_never_match(istio: IstioCheck):
+    manifests = [_hand_made("never", ["foo", "/a/*/b", "/c/./d", "/%7Euser"])]
+    assert [p for v in istio.check(manifests)["objects"] for p in problems(v)] == []
+    rbac = istio.waypoint(manifests)
+    with run_waypoint(rbac, {f"{MODEL}/receiver1": [8080]}) as running:
+
+        def status(path: str) -> int:
+            return running.request(SENDER1, f"{MODEL}/receiver1", 8080, "GET", path).status
+
+        assert status("/foo") == 403  # "foo": no request path lacks the leading '/'...
+        assert status("foo") == 400  # ...and Envoy refuses one that does
+        assert status("/a/x/b") == 403  # "/a/*/b" is no wildcard...
+        assert status("/a/*/b") == 200  # ...only the literal text matches
+        assert status("/c/d") == 403  # "/c/./d" can never match: Envoy normalizes first
+        assert status("/c/./d") == 403
+        assert status("/~user") == 403  # "/%7Euser": Envoy decodes "%7E" before RBAC
+        assert status("/%7Euser") == 403

@@ -4,7 +4,7 @@ No ztunnel runs here: what is checked is the Authorization istiod would send it 
 runs istiod's ambient policy pipeline), read with ztunnel's documented semantics: a policy applies
 to the pods its selector matches; a connection is allowed when no ALLOW policy applies, or when
 every rule set of one group of one ALLOW policy has a matching entry. istiod's implicit policy that
-lets the waypoint itself through is not part of this (docs/envoy-tier.md).
+lets the waypoint itself through is not part of this; the beacon's own waypoint-access policy is.
 """
 
 from __future__ import annotations
@@ -14,15 +14,29 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from beacon_path import beacon_manifests
+from beacon_path import BEACON, MODEL_OPERATOR_SELECTOR, beacon_manifests
 from istio_check import IstioCheck
-from scenario import IMPOSTOR, MODEL, REMOTE_A, SENDER1, SENDER2, SENDER3, SERVICES, consumers
+from scenario import (
+    IMPOSTOR,
+    MODEL,
+    REMOTE_A,
+    REMOTE_B,
+    SENDER1,
+    SENDER2,
+    SENDER3,
+    SERVICES,
+    consumers,
+)
+from waypoint import waypoint_name
+
+WAYPOINT = f"spiffe://cluster.local/ns/{MODEL}/sa/{waypoint_name(MODEL, BEACON)}"
 
 
 @dataclass(frozen=True)
 class ZtunnelPolicy:
     """One policy as ztunnel holds it: the pods it selects and istiod's Authorization."""
 
+    name: str
     namespace: str
     selector: Mapping[str, str]
     authorization: Mapping[str, Any]
@@ -97,14 +111,18 @@ def ztunnel(istio: IstioCheck) -> list[ZtunnelPolicy]:
         assert z["status"] is None, z["status"]
         assert (z["dropped_rules"], z["deny_all"], z["namespace_wide"]) == (0, False, False)
         selector = manifest["spec"]["selector"]["matchLabels"]
-        result.append(ZtunnelPolicy(verdict["namespace"], selector, z["authorization"]))
+        result.append(
+            ZtunnelPolicy(verdict["name"], verdict["namespace"], selector, z["authorization"])
+        )
     return result
 
 
 def test_the_unit_policy_becomes_ports_and_principal(ztunnel: list[ZtunnelPolicy]):
     receiver1 = [p for p in ztunnel if p.selector == {"app.kubernetes.io/name": "receiver1"}]
-    assert len(receiver1) == 1
-    assert receiver1[0].authorization["groups"] == [
+    assert len(receiver1) == 2  # the unit policy, and the waypoint's access to the pods
+    unit = [p for p in receiver1 if p.name.startswith("receiver1-unit-from-sender2-")]
+    assert len(unit) == 1
+    assert unit[0].authorization["groups"] == [
         {
             "rules": [
                 {"matches": [{"destinationPorts": [8080, 8081]}]},
@@ -115,7 +133,7 @@ def test_the_unit_policy_becomes_ports_and_principal(ztunnel: list[ZtunnelPolicy
 
 
 def test_the_model_operator_stays_reachable_by_anyone(ztunnel: list[ZtunnelPolicy]):
-    pod = {"juju-modeloperator": "modeloperator"}
+    pod = {**MODEL_OPERATOR_SELECTOR, "app.kubernetes.io/name": "modeloperator"}
     for who in (SENDER1, SENDER3, REMOTE_A):
         assert ztunnel_allows(ztunnel, MODEL, pod, who, 17071)
 
@@ -126,6 +144,8 @@ RECEIVER1_POD = {
 }
 
 L4_ROWS = [
+    (WAYPOINT, 8080, True),  # the waypoint forwards what it allowed through the Service
+    (WAYPOINT, 8083, True),
     (SENDER2, 8080, True),  # GET and DELETE alike: ztunnel sees a connection, not a request
     (SENDER2, 8081, True),
     (SENDER2, 8083, False),
@@ -145,7 +165,12 @@ def test_pod_rows(ztunnel: list[ZtunnelPolicy], sender: str, port: int, allowed:
     assert ztunnel_allows(ztunnel, MODEL, RECEIVER1_POD, sender, port) is allowed
 
 
-def test_a_pod_no_unit_policy_selects_is_not_restricted_by_these_policies(
-    ztunnel: list[ZtunnelPolicy],
-):
-    assert ztunnel_allows(ztunnel, MODEL, {"app.kubernetes.io/name": "receiver2"}, SENDER3, 8080)
+def test_pods_behind_an_app_policy_only_take_the_waypoint(ztunnel: list[ZtunnelPolicy]):
+    pod = {"app.kubernetes.io/name": "receiver2"}
+    assert ztunnel_allows(ztunnel, MODEL, pod, WAYPOINT, 8080)
+    for sender in (SENDER1, SENDER3, REMOTE_B):
+        assert not ztunnel_allows(ztunnel, MODEL, pod, sender, 8080)
+
+
+def test_a_pod_nothing_selects_is_not_restricted_by_these_policies(ztunnel: list[ZtunnelPolicy]):
+    assert ztunnel_allows(ztunnel, MODEL, {"app.kubernetes.io/name": "bystander"}, SENDER3, 8080)

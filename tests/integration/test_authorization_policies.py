@@ -166,5 +166,5 @@ def _assert_namespace_on_mesh(kube: lightkube.Client, model: str) -> None:
     assert mesh_cluster.model_operator_policies(kube, model), "no model-operator allow policy"
     # Otherwise the check below would pass without going through ztunnel at all.
     mesh_cluster.assert_captured(
-        kube, model, "model operator", selector=mesh_cluster.MODEL_OPERATOR_SELECTOR
+        kube, model, "model operator", selector=mesh_cluster.model_operator_selector(kube, model)
     )

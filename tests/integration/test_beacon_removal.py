@@ -52,7 +52,8 @@ def _assert_created(kube: lightkube.Client, model: str, beacon: str, *, on_mesh:
         assert namespace == mesh_cluster.expected_namespace_labels(model, beacon), namespace
         assert mesh_cluster.model_operator_policies(kube, model), "no model-operator policy"
     else:
-        assert consumer == mesh_cluster.expected_consumer_labels(model, beacon), consumer
+        expected = mesh_cluster.expected_consumer_labels(model, beacon)
+        assert consumer == mesh_cluster.on_pod_template(expected), consumer
     for app in APPS:
         mesh_cluster.assert_captured(kube, model, app)
 

@@ -64,8 +64,10 @@ def _assert_consumer_labels(
 ) -> None:
     template = mesh_cluster.pod_template_labels(kube, CONSUMER, model)
     service = mesh_cluster.service_labels(kube, CONSUMER, model)
-    assert mesh_cluster.mesh_labels_of(template) == expected, f"pod template: {template}"
-    assert mesh_cluster.mesh_labels_of(service) == expected, f"Service: {service}"
+    on_pods = mesh_cluster.on_pod_template(expected)
+    assert mesh_cluster.mesh_labels_of(template) == on_pods, f"pod template: {template}"
+    on_service = mesh_cluster.on_service(expected)
+    assert mesh_cluster.mesh_labels_of(service) == on_service, f"Service: {service}"
     key, value = foreign
     assert service.get(key) == value, f"the label {key} set by another owner was touched"
 

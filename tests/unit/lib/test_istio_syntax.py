@@ -33,7 +33,11 @@ GOOD_PATHS = [
     "/api/{**}",
     "/api/{*}/items/{**}",
     "/a/{*}/b/",
-    "/%7Euser",
+    "/a/.*",
+    "*./x",
+    "/a/..*",
+    "/%E2%82%AC",
+    "/a%2Fb",
     "/a:b@c=d;e,f+g!h$i&j'k(l)m~n.o_p-q",
 ]
 
@@ -53,7 +57,11 @@ BAD_PATHS = [
     ("/caf\u00e9", "non-ASCII"),
     ("/a/../b", "'\\.\\.' segment"),
     ("/a/./b", "'\\.\\.' segment"),
+    ("/a/../b*", "'\\.\\.' segment"),
+    ("*/./b", "'\\.\\.' segment"),
     ("/a/{*}/b c", "space"),
+    ("/%7Euser", 'percent-encodes "%7E"'),  # Envoy decodes it to "~" first: never matches
+    ("/api/{*}/%41", "percent-encodes"),
 ]
 
 GOOD_HOSTS = [

@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 10
+LIBPATCH = 11
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -113,6 +113,11 @@ _AUTHZ_VERSION = "v1"
 _AUTHZ_KIND = "AuthorizationPolicy"
 _AUTHZ_PLURAL = "authorizationpolicies"
 _TRUST_DOMAIN = "cluster.local"
+# Where Istio reads each mesh label: the data-plane mode on pods, the waypoint on Services. The
+# same label elsewhere does nothing (a waypoint for Services ignores it on pods), so it is not put
+# there; labels Istio reads on both, or that this library does not know, go on both.
+_POD_ONLY_LABELS = frozenset({"istio.io/dataplane-mode"})
+_SERVICE_ONLY_LABELS = frozenset({"istio.io/use-waypoint", "istio.io/use-waypoint-namespace"})
 _MAX_NAME_LENGTH = 253
 _MAX_LABEL_VALUE_LENGTH = 63
 
@@ -256,6 +261,8 @@ def _labels(value: object, where: str) -> dict[str, str] | None:
 _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+# Letters, digits, "-", ".", "_", "~": RFC 3986 unreserved characters, which Envoy decodes.
+_ENCODED_UNRESERVED = re.compile(r"%(?:2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9\-._~%!$&'()+,;:@=]+")  # RFC 3986 pchar, as Istio checks
 _HOST = re.compile(r"[A-Za-z0-9._\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _PATH_FIX = (
@@ -277,6 +284,13 @@ def _http_path(path: str, where: str) -> str:
             f"{json.dumps(path)} has a space, a control or non-ASCII character, '?' or '#', "
             "which a request path never holds (percent-encode it)"
         )
+    encoded = _ENCODED_UNRESERVED.search(path)
+    if encoded:
+        plain = json.dumps(chr(int(encoded.group()[1:], 16)))
+        raise refuse(
+            f"{json.dumps(path)} percent-encodes {json.dumps(encoded.group())}, which Envoy "
+            f"decodes before matching: write {plain} instead"
+        )
     if "{" in path or "}" in path:
         problem = _path_template_problem(path)
         if problem:
@@ -289,7 +303,11 @@ def _http_path(path: str, where: str) -> str:
         raise refuse(f"{json.dumps(path)} has a '*' that is not its first or last character")
     if not path.startswith(("/", "*")):
         raise refuse(f"{json.dumps(path)} does not start with '/'")
-    if any(segment in (".", "..") for segment in path.strip("*").split("/")):
+    # The segment a '*' touches is partial ("/a/.*" may match "/a/.well-known"): not checked.
+    segments = path.strip("*").split("/")[path.startswith("*") :]
+    if path.endswith("*"):
+        segments = segments[:-1]
+    if any(segment in (".", "..") for segment in segments):
         raise refuse(f"{json.dumps(path)} has a '.' or '..' segment, which Envoy normalizes away")
     return path
 
@@ -389,6 +407,8 @@ class Endpoint:
         paths: URL paths starting with ``/``: exact (``"/api"``), a prefix (``"/api/*"``), a
             suffix (``"*.js"``), ``"*"`` for any path, or an Istio template whose whole segments
             are ``{*}`` (one segment) or ``{**}`` (the rest; last), e.g. ``"/api/{*}/items"``.
+            Envoy normalizes a request's path before matching (``.`` and ``..`` segments
+            resolved, percent-encoded letters, digits, ``-._~`` decoded): write paths that way.
 
     Raises:
         MeshDataError: a value Istio would refuse or could never match, naming the field and
@@ -1311,10 +1331,12 @@ def reconcile_charm_labels(
 ) -> None:
     """Converge the labels this function manages on a charm's pod template and Service.
 
-    The labels last set are remembered in a ConfigMap (data key ``labels``, a JSON object), so
-    that a later call removes exactly those it no longer wants. A label whose value someone else
-    changed since is left alone, and labels never set here are never touched. Objects are only
-    written when something differs.
+    Each label goes where Istio reads it: ``istio.io/dataplane-mode`` on the pod template only,
+    ``istio.io/use-waypoint`` and ``istio.io/use-waypoint-namespace`` on the Service only, any
+    other label on both. The labels last set are remembered in a ConfigMap (data key ``labels``,
+    a JSON object), so that a later call removes exactly those it no longer wants (from wherever
+    they still are). A label whose value someone else changed since is left alone, and labels
+    never set here are never touched. Objects are only written when something differs.
 
     Args:
         client: the Kubernetes client.
@@ -1357,7 +1379,7 @@ def reconcile_charm_labels(
     pod_labels: dict[str, str] = (
         template.metadata.labels if template and template.metadata else None
     ) or {}
-    patch = _label_patch(pod_labels, previous, wanted)
+    patch = _label_patch(pod_labels, previous, _without(wanted, _SERVICE_ONLY_LABELS))
     if patch:
         api.patch(
             StatefulSet,
@@ -1368,7 +1390,7 @@ def reconcile_charm_labels(
         )
     service = api.get(Service, app_name, namespace=namespace)
     service_labels: dict[str, str] = (service.metadata.labels if service.metadata else None) or {}
-    patch = _label_patch(service_labels, previous, wanted)
+    patch = _label_patch(service_labels, previous, _without(wanted, _POD_ONLY_LABELS))
     if patch:
         api.patch(
             Service,
@@ -1396,6 +1418,10 @@ def reconcile_charm_labels(
             namespace=namespace,
             patch_type=PatchType.MERGE,
         )
+
+
+def _without(labels: Mapping[str, str], keys: frozenset[str]) -> dict[str, str]:
+    return {key: value for key, value in labels.items() if key not in keys}
 
 
 def _label_patch(
@@ -1605,6 +1631,9 @@ class PolicyResourceManager:
             dict(labels) if labels else get_default_labels(charm.app.name, charm.model.name)
         )
         self.log = logger or logging.getLogger(__name__)
+        #: The owned policy resources as the last :meth:`reconcile` listed them, before its own
+        #: writes, status included (where Istio reports whether it enforces each one).
+        self.listed: list[dict[str, Any]] = []
         _quiet_http_client_logs()
 
     def reconcile(
@@ -1639,6 +1668,7 @@ class PolicyResourceManager:
             for manifest in self._wanted(policies, raw_policies or [])
         }
         existing = self._existing(namespaces={namespace for namespace, _ in wanted})
+        self.listed = list(existing.values())
         resource: Any = _authorization_policy_resource()
         client: Any = self._client
         created: list[str] = []
