@@ -5,6 +5,7 @@ Each test names the class of failure of issue 12 it proves (see docs/security.md
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -240,22 +241,29 @@ def test_only_the_mesh_label_keys_are_taken_from_the_provider(kube: FakeKubeServ
     """Class 9: a provider cannot set app.kubernetes.io/name, or thousands of labels."""
     seed_app(kube, CONSUMER, KUBE_MODEL)
     ctx = consumer_context(auto_join=True)
-    hostile = {
-        **MESH_LABELS,
-        "app.kubernetes.io/name": "victim",
-        "istio.io/use-waypoint-namespace": "bad value!",
-    }
+    hostile = {**MESH_LABELS, "app.kubernetes.io/name": "victim", "team": "red"}
     mesh = mesh_relation(remote_app_data=provider_databag(hostile))
-    ctx.run(ctx.on.leader_elected(), state(mesh, model=KUBE_MODEL))
+    out = ctx.run(ctx.on.leader_elected(), state(mesh, model=KUBE_MODEL))
     assert pod_template_labels(kube, CONSUMER) == {
         "app.kubernetes.io/name": CONSUMER,
         **MESH_LABELS,
     }
 
+    # Invalid or too many labels: the provider's data is not used, and nothing changes.
+    invalid = {**MESH_LABELS, "istio.io/use-waypoint": "bad value!"}
+    mesh = mesh_relation(remote_app_data=provider_databag(invalid))
+    ctx.run(ctx.on.leader_elected(), dataclasses.replace(out, relations=[mesh]))
+    assert pod_template_labels(kube, CONSUMER) == {
+        "app.kubernetes.io/name": CONSUMER,
+        **MESH_LABELS,
+    }
     flood = {f"istio.io/x{i}": "a" for i in range(5000)}
     mesh = mesh_relation(remote_app_data=provider_databag({**MESH_LABELS, **flood}))
-    ctx.run(ctx.on.leader_elected(), state(mesh, model=KUBE_MODEL))
+    ctx.run(ctx.on.leader_elected(), dataclasses.replace(out, relations=[mesh]))
     assert "istio.io/x1" not in pod_template_labels(kube, CONSUMER)
+    assert pod_template_labels(kube, CONSUMER)["istio.io/use-waypoint"] == (
+        MESH_LABELS["istio.io/use-waypoint"]
+    )
 
 
 def test_a_label_there_before_the_library_is_never_taken_over(kube: FakeKubeServer):
