@@ -7,7 +7,7 @@ statuses in its collect-status handler.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -15,6 +15,7 @@ import ops
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshType,
+    display_text,
     MissingCRDError,
     PolicyResourceManager,
     ServiceMeshProvider,
@@ -29,7 +30,9 @@ from policies import (
     Refusal,
     build_policy_manifests,
     check_requests,
+    log_refusals,
     model_operator_policy,
+    requested_by,
     needs_services,
 )
 from waypoint import (
@@ -64,6 +67,9 @@ class Findings:
         namespace_conflict: why the namespace was left alone although wanted on the mesh.
         refusals: requests that were not applied, with the reason.
         waypoint: the waypoint's readiness, when it could be checked.
+        unreachable: why Kubernetes could not be reached (no answer at all), or ``None``.
+        refusals_logged: per relation, a digest of the refusals logged (see
+            :func:`policies.log_refusals`), to log each change once.
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -72,6 +78,8 @@ class Findings:
     namespace_conflict: str | None = None
     refusals: list[Refusal] = field(default_factory=list[Refusal])
     waypoint: WaypointReadiness | None = None
+    unreachable: str | None = None
+    refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
 
 
 class BeaconReconciler:
@@ -98,7 +106,11 @@ class BeaconReconciler:
             self._client.close()
 
     def reconcile(
-        self, config: BeaconConfig, provider: ServiceMeshProvider, planned_units: int
+        self,
+        config: BeaconConfig,
+        provider: ServiceMeshProvider,
+        planned_units: int,
+        refusals_logged: Mapping[str, str] | None = None,
     ) -> Findings:
         """Converge everything to the config, the relations and the planned unit count.
 
@@ -108,11 +120,34 @@ class BeaconReconciler:
             config: the validated config.
             provider: the ``service-mesh`` provider, to publish the labels and read requests.
             planned_units: how many units the beacon will have (the waypoint's replicas).
+            refusals_logged: what earlier hooks logged about refusals (from
+                ``Findings.refusals_logged``), so that only changes are logged.
         """
         if planned_units == 0:
             return self.teardown()
-        labels = consumer_labels(self.waypoint, self._namespace, config.model_on_mesh)
-        provider.update_relations()
+        self.findings.refusals_logged = dict(refusals_logged or {})
+        # The namespace first: consumers are told they need no labels of their own only when the
+        # namespace is known to carry this beacon's. Otherwise (a conflict, or no answer) they
+        # keep theirs: fail closed.
+        labelled = self._attempt(
+            "label the namespace",
+            lambda: (
+                reconcile_namespace_labels(
+                    self._client,
+                    self._namespace,
+                    on_mesh=config.model_on_mesh,
+                    waypoint=self.waypoint,
+                    owner=owner_value(self._namespace, self._app),
+                ),
+            ),
+        )
+        if labelled is not None:
+            self.findings.namespace_conflict = labelled[0]
+        namespace_on_mesh = (
+            config.model_on_mesh and labelled is not None and labelled[0] is None
+        )
+        labels = consumer_labels(self.waypoint, self._namespace, namespace_on_mesh)
+        provider.update_relations(labels=labels)
         self._attempt(
             "label the beacon's pods and Service",
             lambda: reconcile_charm_labels(
@@ -122,16 +157,6 @@ class BeaconReconciler:
         self.findings.waypoint = self._attempt(
             "run the waypoint",
             lambda: reconcile_waypoint(self._client, self.waypoint, planned_units, self._labels),
-        )
-        self.findings.namespace_conflict = self._attempt(
-            "label the namespace",
-            lambda: reconcile_namespace_labels(
-                self._client,
-                self._namespace,
-                on_mesh=config.model_on_mesh,
-                waypoint=self.waypoint,
-                owner=owner_value(self._namespace, self._app),
-            ),
         )
         self._attempt(
             "apply the AuthorizationPolicies", lambda: self._reconcile_policies(config, provider)
@@ -164,20 +189,41 @@ class BeaconReconciler:
             manager.delete()
             return
         requests = provider.relation_requests()
-        services = self._services() if needs_services(requests) else {}
+        services: dict[str, dict[str, str]] | None = {}
+        if needs_services(requests):
+            # Without the Services, requests naming one are refused; the rest still converge.
+            services = self._attempt("list the Services", self._services)
         accepted, refused = check_requests(requests, self._namespace, services)
         manifests, unbuildable = build_policy_manifests(accepted)
         if config.model_on_mesh:
             manifests.append(model_operator_policy(self._namespace))
-        self.findings.refusals = refused + unbuildable
-        for refusal in self.findings.refusals:
-            logger.warning(
-                "refused a policy requested by %s (relation %d): %s",
-                refusal.app_name,
-                refusal.relation_id,
-                refusal.reason,
-            )
-        manager.reconcile([], MeshType.istio, raw_policies=manifests)
+        rejected: list[Refusal] = []
+        requester = {
+            f"{m['metadata']['namespace']}/{m['metadata']['name']}": requested_by(m)
+            for m in manifests
+        }
+
+        def on_error(key: str, error: Exception) -> None:
+            code = status_code(error)
+            said = f"{code} {display_text(error_message(error), 120, quote=False)}"
+            asker = requester.get(key)
+            if asker is not None and code and code not in (401, 403, 404, 409, 429) and code < 500:
+                # Kubernetes refused this object (admission, size, schema): the request's refusal.
+                rejected.append(Refusal(*asker, f"Kubernetes refused it: {said}"))
+                return
+            logger.error("cannot write AuthorizationPolicy %s: %s", key, said)
+            if code == 403:
+                self.findings.forbidden.append(f"write AuthorizationPolicy {key}")
+            elif code:
+                self.findings.api_errors.append(f"cannot write AuthorizationPolicy {key}: {said}")
+            else:
+                self.findings.unreachable = self.findings.unreachable or said
+
+        manager.reconcile([], MeshType.istio, raw_policies=manifests, on_error=on_error)
+        self.findings.refusals = refused + unbuildable + rejected
+        self.findings.refusals_logged = log_refusals(
+            self.findings.refusals, self.findings.refusals_logged
+        )
 
     def _delete_policies(self) -> None:
         try:
@@ -203,7 +249,7 @@ class BeaconReconciler:
                 raise
 
     def _attempt(self, what: str, action: Callable[[], _T]) -> _T | None:
-        """Run one step; a Kubernetes failure is recorded and the other steps still run."""
+        """Run one step; any failure is recorded and the other steps still run (no failed hook)."""
         try:
             return action()
         except MissingCRDError as error:
@@ -213,8 +259,13 @@ class BeaconReconciler:
         except Exception as error:  # lightkube.ApiError, or an HTTP error: see status_code
             code = status_code(error)
             if not code:
-                raise  # not an answer from Kubernetes (a bug, or no connection): fail the hook
-            message = error_message(error)
+                # No answer from Kubernetes (no connection, a timeout, a broken configuration):
+                # a status says so and the next hook tries again.
+                said = display_text(str(error) or type(error).__name__, 120, quote=False)
+                logger.error("cannot %s: cannot reach Kubernetes: %s", what, said)
+                self.findings.unreachable = self.findings.unreachable or said
+                return None
+            message = display_text(error_message(error), 120, quote=False)
             logger.error("cannot %s: Kubernetes said %d: %s", what, code, message)
             if code == 403:
                 self.findings.forbidden.append(what)

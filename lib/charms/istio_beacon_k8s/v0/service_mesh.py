@@ -78,7 +78,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 9
+LIBPATCH = 10
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -108,6 +108,8 @@ _LABELS_KEY = "labels"
 _MESH_TYPE_KEY = "mesh_type"
 _CMR_DATA_KEY = "cmr_data"
 _OWNED_KEY = "owned"
+# Marks, in the provider's memory, a databag that could not be read (never valid JSON).
+_UNREADABLE = "\x00unreadable:"
 #: The only label keys a consumer takes from the provider: those that put a pod on the mesh.
 MESH_LABEL_KEYS = frozenset(
     ("istio.io/dataplane-mode", "istio.io/use-waypoint", "istio.io/use-waypoint-namespace")
@@ -1353,7 +1355,13 @@ class ServiceMeshProvider(ops.Object):
             self._stored.requests = {k: v for k, v in cache.items() if k != str(event.relation.id)}
 
     def _read_policies(self, relation: ops.Relation) -> str | None:
-        raw = relation.data[relation.app].get(_POLICIES_KEY)
+        try:
+            raw = relation.data[relation.app].get(_POLICIES_KEY)
+        except Exception as error:  # whatever the consumer wrote, it fails no hook
+            raw = _UNREADABLE + type(error).__name__
+        if raw is not None and len(raw) > MAX_POLICIES_BYTES:
+            # Remember no more than what parsing reads: enough to be refused for its size.
+            raw = raw[: MAX_POLICIES_BYTES + 1]
         cache = cast("dict[str, str | None]", self._stored.requests)
         key = str(relation.id)
         if key not in cache or cache[key] != raw:
@@ -1364,12 +1372,20 @@ class ServiceMeshProvider(ops.Object):
         if self._stored.published and not self._charm.unit.is_leader():
             self._stored.published = {}
 
-    def update_relations(self) -> None:
+    def update_relations(self, labels: Mapping[str, str] | None = None) -> None:
         """Publish the labels and mesh type to every related app (leader only).
 
         What was published is remembered per relation, so a call that would change nothing
         writes nothing.
+
+        Args:
+            labels: labels to publish from now on instead of those given to the constructor,
+                e.g. the per-app labels while the namespace cannot be put on the mesh.
         """
+        if labels is not None:
+            self._app_data = ServiceMeshProviderAppData(
+                labels=dict(labels), mesh_type=self._app_data.mesh_type
+            )
         if not self._charm.unit.is_leader():
             # Forget what was published (also on update-status): when this unit leads again,
             # another leader may have written since, so it must publish everything once.
@@ -1402,9 +1418,12 @@ class ServiceMeshProvider(ops.Object):
                 requests.append(RelationRequest(relation.id, app.name, []))
                 continue
             try:
+                if raw.startswith(_UNREADABLE):
+                    raise MeshDataError(f"policies: cannot be read ({raw[len(_UNREADABLE) :]})")
                 policies = parse_policies(raw)
-            except MeshDataError as error:
-                requests.append(RelationRequest(relation.id, app.name, [], str(error)))
+            except Exception as error:  # parse_policies raises only MeshDataError; be sure
+                reason = str(error) if isinstance(error, MeshDataError) else type(error).__name__
+                requests.append(RelationRequest(relation.id, app.name, [], reason))
                 continue
             requests.append(RelationRequest(relation.id, app.name, policies))
         return requests
@@ -1761,10 +1780,13 @@ class PolicyResourceManager:
         raw_policies: Sequence[Mapping[str, Any]] | None = None,
         force: bool = True,
         ignore_missing: bool = True,
+        on_error: Callable[[str, Exception], None] | None = None,
     ) -> ReconcileSummary:
         """Create what is missing, update what differs, delete what is no longer wanted.
 
-        Nothing is written when everything is already as wanted.
+        Nothing is written when everything is already as wanted. Deletions come first, so that
+        access no longer wanted is revoked before anything else is tried, and a write that
+        Kubernetes refuses (admission, size) does not stop the others.
 
         Args:
             policies: the wanted policies.
@@ -1773,6 +1795,9 @@ class PolicyResourceManager:
                 :func:`build_authorization_policy` and annotations, or written by hand.
             force: take over fields managed by another field manager.
             ignore_missing: do not fail when an object to delete is already gone.
+            on_error: called with ``namespace/name`` and the error for each object that could
+                not be written or deleted; without it, the first such error is raised once
+                every other object was handled.
 
         Raises:
             MissingCRDError: the AuthorizationPolicy CRD is not installed (Istio is missing).
@@ -1790,18 +1815,34 @@ class PolicyResourceManager:
         client: Any = self._client
         created: list[str] = []
         updated: list[str] = []
+        deleted: list[str] = []
+        failures: list[Exception] = []
         unchanged = 0
+
+        def failed(key: tuple[str, str], error: Exception) -> None:
+            if on_error is None:
+                failures.append(error)
+            else:
+                on_error("/".join(key), error)
+
+        for key in [key for key in existing if key not in wanted]:
+            try:
+                self._delete(key[1], key[0], ignore_missing)
+                deleted.append("/".join(key))
+            except Exception as error:  # lightkube.ApiError, or an HTTP or connection error
+                failed(key, error)
         for key, manifest in wanted.items():
             current = existing.get(key)
             if current is not None and _is_applied(manifest, current):
                 unchanged += 1
                 continue
-            client.apply(resource.from_dict(manifest), force=force)
+            try:
+                client.apply(resource.from_dict(manifest), force=force)
+            except Exception as error:  # lightkube.ApiError, or an HTTP or connection error
+                failed(key, error)
+                continue
             (updated if current is not None else created).append("/".join(key))
-        deleted = [key for key in existing if key not in wanted]
-        for namespace, name in deleted:
-            self._delete(name, namespace, ignore_missing)
-        summary = ReconcileSummary(created, updated, ["/".join(key) for key in deleted], unchanged)
+        summary = ReconcileSummary(created, updated, deleted, unchanged)
         if summary.changed:
             self.log.info(
                 "policies: %d created, %d updated, %d deleted, %d unchanged",
@@ -1810,6 +1851,8 @@ class PolicyResourceManager:
                 len(deleted),
                 unchanged,
             )
+        if failures:
+            raise failures[0]
         return summary
 
     def delete(self, ignore_missing: bool = True) -> None:
