@@ -77,6 +77,7 @@ HOSTILE: list[tuple[str, str]] = [
     ("surrogate-source", json.dumps([wire_policy("\ud800", LIAR)])),
     ("surrogate-refused", json.dumps([wire_policy("sender", "\udc00victim")])),
     ("megabyte-refused", json.dumps([wire_policy("sender", "v" * 1_000_000)])),
+    ("kilobyte-refused", json.dumps([wire_policy("sender", "v" * 1000 + "\n\x1b[31m")])),
     ("escapes-refused", json.dumps([wire_policy("sender", "victim\n\x1b[2J\x1b[31mOK")])),
     ("wildcard-source", json.dumps([wire_policy("*", LIAR)])),
     ("too-many", json.dumps([wire_policy("sender", LIAR)] * (MAX_POLICIES_PER_RELATION + 1))),
