@@ -279,3 +279,35 @@ def test_a_label_there_before_the_library_is_never_taken_over(kube: FakeKubeServ
     ctx.run(ctx.on.relation_broken(out.get_relations("service-mesh")[0]), out)
     assert pod_template_labels(kube, CONSUMER) == {**juju, **admin}
     assert service_labels(kube, CONSUMER) == {**juju, **admin}
+
+
+def test_before_juju_3_6_2_only_an_offer_alias_counts_as_cross_model():
+    """Class 6: without relation-model-get, the alias Juju gives an offer's consumer decides."""
+    ctx = consumer_context([AppPolicy(relation="inbound", endpoints=[HTTP])])
+    ctx.juju_version = "3.5.4"
+    alias = "remote-" + "0123456789abcdef" * 2
+    claim = {"app_name": "sender", "juju_model_name": "model-a"}
+    mesh = mesh_relation()
+    relations = [
+        testing.Relation("inbound", remote_app_name=alias),
+        testing.Relation("inbound", remote_app_name="neighbour"),
+        _cross_model(alias, claim),
+        _cross_model("neighbour", {"app_name": "admin", "juju_model_name": "ops"}),
+    ]
+    out = ctx.run(ctx.on.relation_changed(relations[2]), state(mesh, *relations))
+    assert _sources(out, mesh) == [("model-a", "sender"), (MODEL, "neighbour")]
+
+
+def test_identity_notes_are_logged_once_per_change():
+    """Every mapping used is visible in the log, once, not on every hook."""
+    ctx = consumer_context([AppPolicy(relation="inbound", endpoints=[HTTP])])
+    mesh = mesh_relation()
+    inbound = testing.Relation("inbound", remote_app_name="remote-abc")
+    cmr = _cross_model("remote-abc", {"app_name": "sender", "juju_model_name": "model-a"})
+    out = ctx.run(ctx.on.relation_changed(cmr), state(mesh, inbound, cmr))
+    assert any("remote-abc is sender in model model-a" in line.message for line in ctx.juju_log)
+
+    ctx.juju_log.clear()
+    ctx.run(ctx.on.update_status(), out)
+    ctx.run(ctx.on.leader_elected(), out)
+    assert not any("cross-model source" in line.message for line in ctx.juju_log)

@@ -212,7 +212,7 @@ MAX_JSON_DEPTH = 12
 """Nesting of arrays and objects in one value (a policy needs 6)."""
 MAX_NUMBER_LENGTH = 24
 """Characters of any one number (a port needs 5)."""
-MAX_DISPLAY_LENGTH = 48
+MAX_DISPLAY_LENGTH = 64
 """Characters of one value of relation data shown in a status, log line or action result."""
 
 _JUJU_APP_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*\Z")
@@ -234,7 +234,8 @@ def display_text(value: object, limit: int = MAX_DISPLAY_LENGTH, *, quote: bool 
     Control, format and unassigned characters (newlines, terminal escapes, bidirectional
     overrides, lone surrogates) are escaped, the text is cut after ``limit`` characters with the
     count of the rest, and, with ``quote``, put in double quotes so that it cannot pass for the
-    message around it. Values that are not strings show their type and, for scalars, their JSON.
+    message around it. The result has at most ``limit`` characters (for a ``limit`` long enough
+    to hold the count). Values that are not strings show their type and, for scalars, their JSON.
     """
     if isinstance(value, str):
         text = value
@@ -246,23 +247,35 @@ def display_text(value: object, limit: int = MAX_DISPLAY_LENGTH, *, quote: bool 
         text = repr(value)
     else:
         text = type(value).__name__
-    rest = len(text) - limit
-    shown = text[: max(limit, 0)]
-    escaped: list[str] = []
-    for char in shown:
+    limit = max(limit, 0)
+    pieces: list[str] = []
+    for char in text[:limit]:
         if char in '"\\' and quote:
-            escaped.append("\\" + char)
+            pieces.append("\\" + char)
         elif char.isprintable():
-            escaped.append(char)
+            pieces.append(char)
         elif char == "\n":
-            escaped.append("\\n")
+            pieces.append("\\n")
         else:
             code = ord(char)
-            escaped.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    body = "".join(escaped)
-    if quote:
-        body = f'"{body}"'
-    return f"{body}... (+{rest} more)" if rest > 0 else body
+            width = 2 if code < 0x100 else 4 if code < 0x10000 else 8
+            pieces.append(f"\\{'x' if width == 2 else 'u' if width == 4 else 'U'}{code:0{width}x}")
+    # At most ``limit`` characters in all (quotes and the count of what is cut included).
+    room = limit - (2 if quote else 0)
+    if len(text) > limit or sum(map(len, pieces)) > room:
+        room -= len(f"... (+{len(text)} more)")
+        kept = 0
+        used = 0
+        for piece in pieces:
+            if used + len(piece) > room:
+                break
+            used += len(piece)
+            kept += 1
+        body = "".join(pieces[:kept])
+        body = f'"{body}"' if quote else body
+        return f"{body}... (+{len(text) - kept} more)"
+    body = "".join(pieces)
+    return f'"{body}"' if quote else body
 
 
 def _describe(value: object) -> str:
