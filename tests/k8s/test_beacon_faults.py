@@ -135,7 +135,9 @@ FAULTS = [
 def _name(fault: Fault) -> str:
     what = fault.action if fault.action != "status" else str(fault.code)
     after = "-after" if fault.after else ""
-    path = {NAMESPACE_OBJECT: "/namespace", SERVICES: "/services"}.get(fault.path or "", fault.path)
+    path = {NAMESPACE_OBJECT: "/namespace", SERVICES: "/services"}.get(
+        fault.path or "", fault.path
+    )
     return f"{fault.method or 'any'}{path or ''}-{what}{after}x{fault.times}"
 
 

@@ -771,8 +771,9 @@ class FakeKubeServer:
         resource: str | None = None,
         name: str | None = None,
     ) -> None:
-        """Answer matching requests with ``code`` and ``message``, as admission control or the
-        size limit of a real server would (e.g. 422 from a webhook, 413 for a huge object).
+        """Answer matching requests with ``code`` and ``message``, as admission control would.
+
+        For example 422 from a webhook, or 413 for an object beyond the server's size limit.
 
         Matching is :class:`ForbidRule`'s; rules add up; :meth:`allow_all` drops them.
         """

@@ -268,10 +268,9 @@ class FaultyProxy:
                 with contextlib.suppress(OSError):
                     self.connection.close()
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815 (http.server's names)
 
             def log_message(self, format: str, *args: object) -> None:
                 del format, args
 
         return Handler
-

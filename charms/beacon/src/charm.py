@@ -133,9 +133,7 @@ class IstioBeaconCharm(ops.CharmBase):
         """The statuses for what a reconcile found, most urgent first."""
         statuses: list[ops.StatusBase] = []
         if findings.unreachable:
-            statuses.append(
-                ops.BlockedStatus(f"cannot reach Kubernetes: {findings.unreachable}")
-            )
+            statuses.append(ops.BlockedStatus(f"cannot reach Kubernetes: {findings.unreachable}"))
         if findings.missing_crds:
             statuses.append(
                 ops.BlockedStatus(

@@ -15,10 +15,10 @@ import ops
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshType,
-    display_text,
     MissingCRDError,
     PolicyResourceManager,
     ServiceMeshProvider,
+    display_text,
     label_configmap_name,
     reconcile_charm_labels,
 )
@@ -32,8 +32,8 @@ from policies import (
     check_requests,
     log_refusals,
     model_operator_policy,
-    requested_by,
     needs_services,
+    requested_by,
 )
 from waypoint import (
     WaypointReadiness,
@@ -143,9 +143,7 @@ class BeaconReconciler:
         )
         if labelled is not None:
             self.findings.namespace_conflict = labelled[0]
-        namespace_on_mesh = (
-            config.model_on_mesh and labelled is not None and labelled[0] is None
-        )
+        namespace_on_mesh = config.model_on_mesh and labelled is not None and labelled[0] is None
         labels = consumer_labels(self.waypoint, self._namespace, namespace_on_mesh)
         provider.update_relations(labels=labels)
         self._attempt(

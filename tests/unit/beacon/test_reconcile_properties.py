@@ -1,6 +1,7 @@
-"""Property-based test of the beacon's reconcile: arbitrary data on one relation, beside an honest
-one. No exception escapes, the honest app is still served, and no object the beacon writes
-targets anything but the app that asked for it, for any source but a Juju name.
+"""Property-based test of the beacon's reconcile: arbitrary data on one relation.
+
+Beside an honest relation: no exception escapes, the honest app is still served, and no object
+the beacon writes targets anything but the app that asked for it, for any source but a Juju name.
 """
 
 from __future__ import annotations
@@ -102,4 +103,5 @@ def test_any_data_beside_an_honest_relation(
                 for principal in source["source"]["principals"]:
                     assert PRINCIPAL.match(principal), principal
     message = out.unit_status.message
-    assert message.isprintable() and len(message) <= 200
+    assert message.isprintable()
+    assert len(message) <= 200

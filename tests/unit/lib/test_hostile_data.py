@@ -105,11 +105,28 @@ def test_the_size_limits_are_checked_before_parsing():
         {"source_namespace": "a/sa/b"},
         {"source_app_name": "\ud800"},
         {"endpoints": [{"paths": ["/\udfff"]}]},
-        {"target_selector_labels": {"app.kubernetes.io/name": "a b"}, "target_type": "unit", "target_app_name": None},
-        {"target_selector_labels": {"bad key!": "x"}, "target_type": "unit", "target_app_name": None},
+        {
+            "target_selector_labels": {"app.kubernetes.io/name": "a b"},
+            "target_type": "unit",
+            "target_app_name": None,
+        },
+        {
+            "target_selector_labels": {"bad key!": "x"},
+            "target_type": "unit",
+            "target_app_name": None,
+        },
     ],
-    ids=["star", "pattern", "upper", "ns-star", "ns-slash", "surrogate", "path-surrogate",
-         "label-value", "label-key"],
+    ids=[
+        "star",
+        "pattern",
+        "upper",
+        "ns-star",
+        "ns-slash",
+        "surrogate",
+        "path-surrogate",
+        "label-value",
+        "label-key",
+    ],
 )
 def test_every_string_is_checked_for_its_field(fields: dict[str, Any]):
     """Classes 3 and 5: names are Juju names, labels are labels, text is valid UTF-8."""
@@ -119,7 +136,8 @@ def test_every_string_is_checked_for_its_field(fields: dict[str, Any]):
 
 def test_cmr_data_names_must_be_juju_names():
     """Class 5: ``*`` or any pattern can never become a source."""
-    for claim in ({"app_name": "*", "juju_model_name": "m"}, {"app_name": "a", "juju_model_name": "*"}):
+    claims = [{"app_name": "*", "juju_model_name": "m"}, {"app_name": "a", "juju_model_name": "*"}]
+    for claim in claims:
         with pytest.raises(MeshDataError):
             CMRData.from_dict(claim)
 
@@ -130,10 +148,11 @@ def test_cmr_data_names_must_be_juju_names():
 def test_display_text_quotes_escapes_and_cuts():
     assert display_text("plain") == '"plain"'
     shown = display_text("a\nb\x1b[31mc\u202e\ud800")
-    assert "\n" not in shown and "\x1b" not in shown and "\u202e" not in shown
+    assert shown.isprintable()
     shown.encode("utf-8")  # no lone surrogate survives
     long = display_text("x" * 1_000_000)
-    assert len(long) < 100 and "more" in long
+    assert len(long) <= 64
+    assert "more" in long
 
 
 # -- consumer side: provider data, cmr_data, labels ---------------------------------------------
@@ -197,10 +216,16 @@ def test_colliding_identity_claims_are_refused():
     ]
     out = ctx.run(ctx.on.relation_changed(relations[4]), state(mesh, *relations))
     assert _sources(out, mesh) == sorted(
-        [(MODEL, "remote-one"), (MODEL, "remote-two"), (MODEL, "remote-three"), (MODEL, "local-app")]
+        [
+            (MODEL, "remote-one"),
+            (MODEL, "remote-two"),
+            (MODEL, "remote-three"),
+            (MODEL, "local-app"),
+        ]
     )
     logged = "\n".join(line.message for line in ctx.juju_log)
-    assert "model-a" in logged and "claimed by" in logged
+    assert "model-a" in logged
+    assert "claimed by" in logged
 
 
 @pytest.mark.parametrize(
@@ -261,8 +286,9 @@ def test_only_the_mesh_label_keys_are_taken_from_the_provider(kube: FakeKubeServ
     mesh = mesh_relation(remote_app_data=provider_databag({**MESH_LABELS, **flood}))
     ctx.run(ctx.on.leader_elected(), dataclasses.replace(out, relations=[mesh]))
     assert "istio.io/x1" not in pod_template_labels(kube, CONSUMER)
-    assert pod_template_labels(kube, CONSUMER)["istio.io/use-waypoint"] == (
-        MESH_LABELS["istio.io/use-waypoint"]
+    assert (
+        pod_template_labels(kube, CONSUMER)["istio.io/use-waypoint"]
+        == (MESH_LABELS["istio.io/use-waypoint"])
     )
 
 

@@ -42,8 +42,9 @@ JSON_VALUES = st.recursive(
     | st.integers()
     | st.floats(allow_nan=True, allow_infinity=True)
     | HOSTILE_TEXT,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(HOSTILE_TEXT, children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(HOSTILE_TEXT, children, max_size=4)
+    ),
     max_leaves=25,
 )
 
@@ -119,7 +120,8 @@ def test_cmr_data_raises_only_mesh_data_error(value: object, as_text: bool):
         )
     except MeshDataError:
         return
-    assert JUJU_APP.match(claim.app_name) and JUJU_MODEL.match(claim.juju_model_name)
+    assert JUJU_APP.match(claim.app_name)
+    assert JUJU_MODEL.match(claim.juju_model_name)
 
 
 @SETTINGS

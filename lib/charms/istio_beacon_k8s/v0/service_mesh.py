@@ -242,24 +242,15 @@ def display_text(value: object, limit: int = MAX_DISPLAY_LENGTH, *, quote: bool 
     elif isinstance(value, bool) or value is None:
         text = json.dumps(value)
     elif isinstance(value, int):
-        text = str(value) if value.bit_length() < 64 else f"an integer of {value.bit_length()} bits"
+        text = (
+            str(value) if value.bit_length() < 64 else f"an integer of {value.bit_length()} bits"
+        )
     elif isinstance(value, float):
         text = repr(value)
     else:
         text = type(value).__name__
     limit = max(limit, 0)
-    pieces: list[str] = []
-    for char in text[:limit]:
-        if char in '"\\' and quote:
-            pieces.append("\\" + char)
-        elif char.isprintable():
-            pieces.append(char)
-        elif char == "\n":
-            pieces.append("\\n")
-        else:
-            code = ord(char)
-            width = 2 if code < 0x100 else 4 if code < 0x10000 else 8
-            pieces.append(f"\\{'x' if width == 2 else 'u' if width == 4 else 'U'}{code:0{width}x}")
+    pieces = [_escape_char(char, quote) for char in text[:limit]]
     # At most ``limit`` characters in all (quotes and the count of what is cut included).
     room = limit - (2 if quote else 0)
     if len(text) > limit or sum(map(len, pieces)) > room:
@@ -276,6 +267,19 @@ def display_text(value: object, limit: int = MAX_DISPLAY_LENGTH, *, quote: bool 
         return f"{body}... (+{len(text) - kept} more)"
     body = "".join(pieces)
     return f'"{body}"' if quote else body
+
+
+def _escape_char(char: str, quote: bool) -> str:
+    if char in '"\\' and quote:
+        return "\\" + char
+    if char.isprintable():
+        return char
+    if char == "\n":
+        return "\\n"
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _describe(value: object) -> str:
@@ -310,9 +314,7 @@ def _matching(value: object, where: str, pattern: re.Pattern[str], what: str) ->
 
 
 def _source_token(value: object, where: str) -> str:
-    return _matching(
-        value, where, _SOURCE_TOKEN, "a name without '*', '/' or spaces"
-    )
+    return _matching(value, where, _SOURCE_TOKEN, "a name without '*', '/' or spaces")
 
 
 def _juju_app_name(value: object, where: str) -> str:
@@ -748,7 +750,9 @@ class CMRData:
         body = _mapping(data, "cmr_data")
         return cls(
             app_name=_juju_app_name(body.get("app_name"), "cmr_data.app_name"),
-            juju_model_name=_juju_model_name(body.get("juju_model_name"), "cmr_data.juju_model_name"),
+            juju_model_name=_juju_model_name(
+                body.get("juju_model_name"), "cmr_data.juju_model_name"
+            ),
         )
 
     def model_dump(self, **_: object) -> dict[str, str]:
@@ -799,7 +803,9 @@ def _json_value(databag: Mapping[str, str], key: str) -> object:
 
 
 def _refuse_number(text: str) -> object:
-    raise MeshDataError(f"a number of {len(text)} characters, more than the limit of {MAX_NUMBER_LENGTH}")
+    raise MeshDataError(
+        f"a number of {len(text)} characters, more than the limit of {MAX_NUMBER_LENGTH}"
+    )
 
 
 def _int(text: str) -> int:
@@ -815,8 +821,7 @@ def _constant(text: str) -> object:
 
 
 def load_json(raw: object, key: str, max_bytes: int) -> object:
-    """Parse one relation data value that the other side wrote: never raises anything else
-    than :class:`MeshDataError`, whatever the text.
+    """Parse one relation data value written by the other side; only MeshDataError escapes.
 
     The size is checked before parsing (``max_bytes`` bytes of UTF-8), then the nesting depth
     (:data:`MAX_JSON_DEPTH`) by a linear scan, so that the parser never recurses deeply; numbers
