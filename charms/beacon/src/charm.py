@@ -86,11 +86,8 @@ class IstioBeaconCharm(ops.CharmBase):
     def _reconcile(self, _: ops.EventBase) -> None:
         if self._config is None or self._mesh is None or not self.unit.is_leader():
             return
-        try:
-            reconciler = BeaconReconciler(self)
-        except Exception as error:  # no usable client (configuration): a status, not a failure
-            self._findings = Findings(unreachable=display_text(str(error), 120, quote=False))
-            logger.error("cannot reach Kubernetes: %s", self._findings.unreachable)
+        reconciler = self._reconciler()
+        if reconciler is None:
             return
         with contextlib.closing(reconciler):
             self._findings = reconciler.reconcile(
@@ -108,9 +105,21 @@ class IstioBeaconCharm(ops.CharmBase):
             return
         # The application is going away. Leadership is not reliable this late, so whichever unit
         # gets here cleans up; every deletion tolerates the object being gone already.
-        with contextlib.closing(BeaconReconciler(self)) as reconciler:
+        reconciler = self._reconciler()
+        if reconciler is None:
+            return
+        with contextlib.closing(reconciler):
             self._findings = reconciler.teardown()
         self._torn_down = True
+
+    def _reconciler(self) -> BeaconReconciler | None:
+        """A reconciler, or ``None`` (and a finding) when no Kubernetes client can be made."""
+        try:
+            return BeaconReconciler(self)
+        except Exception as error:  # no usable client (configuration): a status, not a failure
+            self._findings = Findings(unreachable=display_text(str(error), 120, quote=False))
+            logger.error("cannot reach Kubernetes: %s", self._findings.unreachable)
+            return None
 
     def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
         if self._config_error is not None:
