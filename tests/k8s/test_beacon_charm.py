@@ -224,7 +224,8 @@ def test_namespace_labels_of_another_owner_are_left_alone(
     assert after.metadata is not None
     assert after.metadata.resourceVersion == before.metadata.resourceVersion
     assert out.unit_status == testing.BlockedStatus(
-        f"model-on-mesh: namespace {model} {conflict}; leaving its labels alone"
+        f"model-on-mesh: namespace {model} {conflict}; leaving its labels alone, so related apps "
+        "keep their own mesh labels"
     )
 
 

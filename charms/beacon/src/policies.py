@@ -94,7 +94,7 @@ def service_owner_error(app: str, service: str, services: Mapping[str, Mapping[s
 
 
 def policy_error(
-    policy: MeshPolicy, app: str, namespace: str, services: Mapping[str, Mapping[str, str]] | None
+    policy: MeshPolicy, app: str, namespace: str, services: Mapping[str, Mapping[str, str]]
 ) -> str:
     """Why ``app`` may not have ``policy``, or ``""`` when it may.
 
@@ -102,8 +102,7 @@ def policy_error(
         policy: the requested policy.
         app: the app on the other side of the relation the request arrived on.
         namespace: the beacon's namespace (model name): the only one it manages.
-        services: the namespace's Services, name to labels (for policies naming a Service);
-            ``None`` when they could not be listed.
+        services: the namespace's Services, name to labels (for policies naming a Service).
     """
     if policy.target_namespace != namespace:
         return f"targets namespace {display_text(policy.target_namespace)}, not {namespace}"
@@ -111,11 +110,6 @@ def policy_error(
         return f"targets app {display_text(policy.target_app_name)}"
     if policy.target_type is PolicyTargetType.app:
         if policy.target_service:
-            if services is None:
-                return (
-                    f"cannot check who owns Service {display_text(policy.target_service)}: "
-                    "the Services could not be listed"
-                )
             return service_owner_error(app, policy.target_service, services)
         return ""
     return _unit_target_error(policy, app)
@@ -136,7 +130,7 @@ def _unit_target_error(policy: MeshPolicy, app: str) -> str:
 def check_requests(
     requests: Iterable[RelationRequest],
     namespace: str,
-    services: Mapping[str, Mapping[str, str]] | None,
+    services: Mapping[str, Mapping[str, str]],
 ) -> tuple[list[AcceptedPolicy], list[Refusal]]:
     """Sort the requested policies into those the beacon applies and those it refuses.
 
@@ -144,7 +138,7 @@ def check_requests(
         requests: what each relation asked for (relations whose data is malformed included).
         namespace: the beacon's namespace (model name).
         services: the namespace's Services, name to labels; only consulted for policies that
-            name a Service (see :func:`needs_services`); ``None`` when they could not be listed.
+            name a Service (see :func:`needs_services`).
     """
     accepted: list[AcceptedPolicy] = []
     refusals: list[Refusal] = []
@@ -213,7 +207,7 @@ def model_operator_policy(namespace: str) -> dict[str, Any]:
 
 
 #: The longest status message the beacon sets.
-MAX_STATUS_LENGTH = 200
+MAX_STATUS_LENGTH = 400
 
 
 def refusal_message(refusals: Sequence[Refusal]) -> str:

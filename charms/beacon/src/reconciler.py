@@ -189,8 +189,11 @@ class BeaconReconciler:
         requests = provider.relation_requests()
         services: dict[str, dict[str, str]] | None = {}
         if needs_services(requests):
-            # Without the Services, requests naming one are refused; the rest still converge.
             services = self._attempt("list the Services", self._services)
+            if services is None:
+                # Requests naming a Service cannot be checked: change nothing this hook rather
+                # than delete their policies (recorded above; the next hook tries again).
+                return
         accepted, refused = check_requests(requests, self._namespace, services)
         manifests, unbuildable = build_policy_manifests(accepted)
         if config.model_on_mesh:

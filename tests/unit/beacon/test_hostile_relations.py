@@ -24,15 +24,17 @@ from conftest import (
     mesh_relation,
     policies_in,
     requested_by,
+    seed_service,
     seed_waypoint_deployment,
     wire_policy,
 )
 from fake_kube import FakeKubeServer
 from ops import testing
+from policies import MAX_STATUS_LENGTH
 
 HONEST = "honest"
 LIAR = "liar"
-MAX_STATUS = 200
+MAX_STATUS = MAX_STATUS_LENGTH
 
 
 def _wire(**fields: Any) -> dict[str, Any]:
@@ -209,3 +211,26 @@ def test_a_huge_request_creates_no_objects(
     assert set(requested_by(kube)) == {HONEST}
     assert isinstance(out.unit_status, testing.BlockedStatus)
     assert "more than the limit of" in out.unit_status.message
+
+
+def test_services_that_cannot_be_listed_change_nothing(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    """Requests naming a Service cannot be checked: their policies are neither lost nor widened."""
+    for app in ("named", "other"):
+        seed_service(kube, app)
+    named = mesh_relation("named", [wire_policy("sender", "named", target_service="named")])
+    other = mesh_relation("other", [wire_policy("sender", "other")])
+    out = ctx.run(ctx.on.update_status(), beacon_state(relations=[named, other]))
+    before = policies_in(kube)
+
+    kube.reject(500, "etcd is unhappy", "list", "services")
+    out = ctx.run(ctx.on.update_status(), dataclasses.replace(out, relations=[named]))
+
+    assert set(policies_in(kube)) == set(before)
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert out.unit_status.message.startswith("cannot list the Services: 500")
+
+    kube.allow_all()
+    ctx.run(ctx.on.update_status(), dataclasses.replace(out, relations=[named]))
+    assert set(requested_by(kube)) == {"named"}

@@ -24,6 +24,7 @@ from fake_kube import FakeKubeServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ops import testing
+from policies import MAX_STATUS_LENGTH
 
 HONEST = "honest"
 LIAR = "liar"
@@ -104,4 +105,4 @@ def test_any_data_beside_an_honest_relation(
                     assert PRINCIPAL.match(principal), principal
     message = out.unit_status.message
     assert message.isprintable()
-    assert len(message) <= 200
+    assert len(message) <= MAX_STATUS_LENGTH
