@@ -14,6 +14,7 @@ import ops
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider, display_text
 from policies import MAX_STATUS_LENGTH, refusal_message
+from policy_status import not_enforced_message
 from reconciler import BeaconReconciler, Findings
 from waypoint import consumer_labels, waypoint_name
 
@@ -164,8 +165,12 @@ class IstioBeaconCharm(ops.CharmBase):
                     "related apps keep their own mesh labels"
                 )
             )
+        if findings.model_operator:
+            statuses.append(ops.BlockedStatus(f"model-on-mesh: {findings.model_operator}"))
         if findings.refusals:
             statuses.append(ops.BlockedStatus(refusal_message(findings.refusals)))
+        if findings.unenforced:
+            statuses.append(ops.BlockedStatus(not_enforced_message(findings.unenforced)))
         statuses.extend(ops.BlockedStatus(error) for error in findings.api_errors[:1])
         if findings.waypoint is not None and not findings.waypoint.ready:
             statuses.append(

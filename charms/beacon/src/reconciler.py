@@ -25,35 +25,34 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
 from kubernetes_client import error_message, make_client, status_code
 from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import ConfigMap, Service
+from model_operator import ModelOperatorAccess, model_operator_policy, reconcile_model_operator
 from namespace_labels import owner_value, reconcile_namespace_labels
+from ownership import MANAGED_BY, ownership_labels
 from policies import (
     Refusal,
+    WaypointBinding,
     build_policy_manifests,
     check_requests,
     log_refusals,
-    model_operator_policy,
     needs_services,
     requested_by,
+    waypoint_allow_policy,
 )
+from policy_status import PolicyCondition, istio_conditions
 from waypoint import (
     WaypointReadiness,
     consumer_labels,
     delete_waypoint,
     reconcile_waypoint,
     waypoint_name,
+    waypoint_principal,
 )
 
 logger = logging.getLogger(__name__)
 
-#: Marks every Gateway, autoscaler and AuthorizationPolicy the beacon owns: ``<model>.<app>``.
-MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
+__all__ = ["MANAGED_BY", "BeaconReconciler", "Findings", "ownership_labels"]
 
 _T = TypeVar("_T")
-
-
-def ownership_labels(model_name: str, app_name: str) -> dict[str, str]:
-    """The labels that mark the objects a beacon owns (and select them when it lists)."""
-    return {MANAGED_BY: owner_value(model_name, app_name)}
 
 
 @dataclass
@@ -67,6 +66,9 @@ class Findings:
         namespace_conflict: why the namespace was left alone although wanted on the mesh.
         refusals: requests that were not applied, with the reason.
         waypoint: the waypoint's readiness, when it could be checked.
+        model_operator: why Juju's model operator cannot be kept reachable (model-on-mesh).
+        policy_conditions: what Istio reports about each of the beacon's AuthorizationPolicies
+            (see :mod:`policy_status`); those with ``enforced`` false are not enforced.
         unreachable: why Kubernetes could not be reached (no answer at all), or ``None``.
         refusals_logged: per relation, a digest of the refusals logged (see
             :func:`policies.log_refusals`), to log each change once.
@@ -78,8 +80,15 @@ class Findings:
     namespace_conflict: str | None = None
     refusals: list[Refusal] = field(default_factory=list[Refusal])
     waypoint: WaypointReadiness | None = None
+    model_operator: str | None = None
+    policy_conditions: list[PolicyCondition] = field(default_factory=list[PolicyCondition])
     unreachable: str | None = None
     refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
+
+    @property
+    def unenforced(self) -> list[PolicyCondition]:
+        """The conditions by which Istio says it does not enforce a policy."""
+        return [condition for condition in self.policy_conditions if not condition.enforced]
 
 
 class BeaconReconciler:
@@ -128,7 +137,8 @@ class BeaconReconciler:
         self.findings.refusals_logged = dict(refusals_logged or {})
         # The namespace first: consumers are told they need no labels of their own only when the
         # namespace is known to carry this beacon's. Otherwise (a conflict, or no answer) they
-        # keep theirs: fail closed.
+        # keep theirs: fail closed. A one-item tuple: None from _attempt means the step failed,
+        # (None,) that it converged.
         labelled = self._attempt(
             "label the namespace",
             lambda: (
@@ -143,8 +153,9 @@ class BeaconReconciler:
         )
         if labelled is not None:
             self.findings.namespace_conflict = labelled[0]
-        namespace_on_mesh = config.model_on_mesh and labelled is not None and labelled[0] is None
-        labels = consumer_labels(self.waypoint, self._namespace, namespace_on_mesh)
+        # Whether the namespace now binds its Services to the waypoint through this beacon.
+        namespace_bound = config.model_on_mesh and labelled is not None and labelled[0] is None
+        labels = consumer_labels(self.waypoint, self._namespace, namespace_bound)
         provider.update_relations(labels=labels)
         self._attempt(
             "label the beacon's pods and Service",
@@ -156,14 +167,31 @@ class BeaconReconciler:
             "run the waypoint",
             lambda: reconcile_waypoint(self._client, self.waypoint, planned_units, self._labels),
         )
+        model_operator = self._attempt(
+            "keep Juju's model operator reachable",
+            lambda: reconcile_model_operator(
+                self._client,
+                self._namespace,
+                on_mesh=namespace_bound,
+                owner=owner_value(self._namespace, self._app),
+            ),
+        )
+        if model_operator is not None:
+            self.findings.model_operator = model_operator.problem
         self._attempt(
-            "apply the AuthorizationPolicies", lambda: self._reconcile_policies(config, provider)
+            "apply the AuthorizationPolicies",
+            lambda: self._reconcile_policies(
+                config, provider, namespace_bound, model_operator or ModelOperatorAccess()
+            ),
         )
         return self.findings
 
     def teardown(self) -> Findings:
         """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap."""
-        self._attempt("remove the waypoint", lambda: delete_waypoint(self._client, self._labels))
+        self._attempt(
+            "remove the waypoint",
+            lambda: delete_waypoint(self._client, self.waypoint, self._labels),
+        )
         self._attempt("remove the AuthorizationPolicies", self._delete_policies)
         self._attempt(
             "remove the namespace labels",
@@ -175,13 +203,28 @@ class BeaconReconciler:
                 owner=owner_value(self._namespace, self._app),
             ),
         )
+        self._attempt(
+            "remove the model operator's Service label",
+            lambda: reconcile_model_operator(
+                self._client,
+                self._namespace,
+                on_mesh=False,
+                owner=owner_value(self._namespace, self._app),
+            ),
+        )
         self._attempt("remove the labels ConfigMap", self._delete_label_configmap)
         return self.findings
 
     def _policy_manager(self) -> PolicyResourceManager:
         return PolicyResourceManager(self._charm, self._client, labels=self._labels, logger=logger)
 
-    def _reconcile_policies(self, config: BeaconConfig, provider: ServiceMeshProvider) -> None:
+    def _reconcile_policies(
+        self,
+        config: BeaconConfig,
+        provider: ServiceMeshProvider,
+        namespace_bound: bool,
+        model_operator: ModelOperatorAccess,
+    ) -> None:
         manager = self._policy_manager()
         if not config.manage_authorization_policies:
             manager.delete()
@@ -194,10 +237,15 @@ class BeaconReconciler:
                 # Requests naming a Service cannot be checked: change nothing this hook rather
                 # than delete their policies (recorded above; the next hook tries again).
                 return
-        accepted, refused = check_requests(requests, self._namespace, services)
+        binding = WaypointBinding(self.waypoint, namespace_bound=namespace_bound)
+        accepted, refused = check_requests(requests, self._namespace, services, binding)
         manifests, unbuildable = build_policy_manifests(accepted)
-        if config.model_on_mesh:
-            manifests.append(model_operator_policy(self._namespace))
+        # Whatever auto-allow-waypoint-policy says, the waypoint reaches every related app's pods.
+        principal = waypoint_principal(self._namespace, self.waypoint)
+        related = sorted({request.app_name for request in requests if request.app_name})
+        manifests.extend(waypoint_allow_policy(app, self._namespace, principal) for app in related)
+        if config.model_on_mesh and model_operator.selector is not None:
+            manifests.append(model_operator_policy(self._namespace, model_operator.selector))
         rejected: list[Refusal] = []
         requester = {
             f"{m['metadata']['namespace']}/{m['metadata']['name']}": requested_by(m)
@@ -220,11 +268,19 @@ class BeaconReconciler:
             else:
                 self.findings.unreachable = self.findings.unreachable or said
 
-        manager.reconcile([], MeshType.istio, raw_policies=manifests, on_error=on_error)
-        self.findings.refusals = refused + unbuildable + rejected
+        summary = manager.reconcile([], MeshType.istio, raw_policies=manifests, on_error=on_error)
+        # By relation: the status names the same first refusal whatever order Juju lists them.
+        self.findings.refusals = sorted(
+            refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id
+        )
         self.findings.refusals_logged = log_refusals(
             self.findings.refusals, self.findings.refusals_logged
         )
+        self.findings.policy_conditions = istio_conditions(
+            manager.listed, [*summary.created, *summary.updated, *summary.deleted]
+        )
+        for condition in self.findings.unenforced:
+            logger.warning("Istio does not enforce policy %s", condition.describe())
 
     def _delete_policies(self) -> None:
         try:

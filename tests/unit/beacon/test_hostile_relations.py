@@ -20,6 +20,7 @@ from conftest import (
     MESH_LABELS,
     MODEL,
     NAMESPACE_OWNER,
+    REQUESTED_BY,
     beacon_state,
     mesh_relation,
     policies_in,
@@ -46,9 +47,11 @@ def _honest() -> testing.Relation:
 
 
 def _principals(kube: FakeKubeServer) -> set[str]:
+    """The sources of the policies requested by related apps (not the beacon's own)."""
     return {
         principal
         for policy in policies_in(kube).values()
+        if REQUESTED_BY in (policy["metadata"].get("labels") or {})
         for rule in policy["spec"].get("rules", [])
         for source in rule.get("from", [])
         for principal in source["source"].get("principals", [])

@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 10
+LIBPATCH = 11
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -122,6 +122,11 @@ _AUTHZ_VERSION = "v1"
 _AUTHZ_KIND = "AuthorizationPolicy"
 _AUTHZ_PLURAL = "authorizationpolicies"
 _TRUST_DOMAIN = "cluster.local"
+# Where Istio reads each mesh label: the data-plane mode on pods, the waypoint on Services. The
+# same label elsewhere does nothing (a waypoint for Services ignores it on pods), so it is not put
+# there; labels Istio reads on both, or that this library does not know, go on both.
+_POD_ONLY_LABELS = frozenset({"istio.io/dataplane-mode"})
+_SERVICE_ONLY_LABELS = frozenset({"istio.io/use-waypoint", "istio.io/use-waypoint-namespace"})
 _MAX_NAME_LENGTH = 253
 _MAX_LABEL_VALUE_LENGTH = 63
 
@@ -1469,10 +1474,12 @@ def reconcile_charm_labels(
 ) -> None:
     """Converge the labels this function manages on a charm's pod template and Service.
 
-    The labels last set are remembered in a ConfigMap (data key ``labels``, a JSON object), so
-    that a later call removes exactly those it no longer wants. A label whose value someone else
-    changed since is left alone, and labels never set here are never touched. Objects are only
-    written when something differs.
+    Each label goes where Istio reads it: ``istio.io/dataplane-mode`` on the pod template only,
+    ``istio.io/use-waypoint`` and ``istio.io/use-waypoint-namespace`` on the Service only, any
+    other label on both. The labels last set are remembered in a ConfigMap (data key ``labels``,
+    a JSON object), so that a later call removes exactly those it no longer wants (from wherever
+    they still are). A label whose value someone else changed since is left alone, and labels
+    never set here are never touched. Objects are only written when something differs.
 
     Args:
         client: the Kubernetes client.
@@ -1515,7 +1522,9 @@ def reconcile_charm_labels(
     pod_labels: dict[str, str] = (
         template.metadata.labels if template and template.metadata else None
     ) or {}
-    patch, owned_pods = _label_patch(pod_labels, owned_before["statefulset"], wanted)
+    patch, owned_pods = _label_patch(
+        pod_labels, owned_before["statefulset"], _without(wanted, _SERVICE_ONLY_LABELS)
+    )
     if patch:
         api.patch(
             StatefulSet,
@@ -1526,7 +1535,9 @@ def reconcile_charm_labels(
         )
     service = api.get(Service, app_name, namespace=namespace)
     service_labels: dict[str, str] = (service.metadata.labels if service.metadata else None) or {}
-    patch, owned_service = _label_patch(service_labels, owned_before["service"], wanted)
+    patch, owned_service = _label_patch(
+        service_labels, owned_before["service"], _without(wanted, _POD_ONLY_LABELS)
+    )
     if patch:
         api.patch(
             Service,
@@ -1570,6 +1581,10 @@ def _remembered_labels(
     except MeshDataError:
         logger.warning("ConfigMap %s holds invalid %s; starting over", configmap, key)
         return {}
+
+
+def _without(labels: Mapping[str, str], keys: frozenset[str]) -> dict[str, str]:
+    return {key: value for key, value in labels.items() if key not in keys}
 
 
 def _label_patch(
@@ -1789,6 +1804,9 @@ class PolicyResourceManager:
             dict(labels) if labels else get_default_labels(charm.app.name, charm.model.name)
         )
         self.log = logger or logging.getLogger(__name__)
+        #: The owned policy resources as the last :meth:`reconcile` listed them, before its own
+        #: writes, status included (where Istio reports whether it enforces each one).
+        self.listed: list[dict[str, Any]] = []
         _quiet_http_client_logs()
 
     def reconcile(
@@ -1829,6 +1847,7 @@ class PolicyResourceManager:
             for manifest in self._wanted(policies, raw_policies or [])
         }
         existing = self._existing(namespaces={namespace for namespace, _ in wanted})
+        self.listed = list(existing.values())
         resource: Any = _authorization_policy_resource()
         client: Any = self._client
         created: list[str] = []
