@@ -35,6 +35,8 @@ from mesh_charms import (
 )
 from ops import testing
 
+# Istio reads the waypoint labels on the Service and the dataplane mode on the pods.
+ON_SERVICE = {k: v for k, v in MESH_LABELS.items() if k != "istio.io/dataplane-mode"}
 OTHER_MODEL_UUID = "5b0e8b3e-4c2f-4b7e-9d35-0123456789ab"
 HTTP = Endpoint(ports=[8080])
 
@@ -269,27 +271,22 @@ def test_only_the_mesh_label_keys_are_taken_from_the_provider(kube: FakeKubeServ
     hostile = {**MESH_LABELS, "app.kubernetes.io/name": "victim", "team": "red"}
     mesh = mesh_relation(remote_app_data=provider_databag(hostile))
     out = ctx.run(ctx.on.leader_elected(), state(mesh, model=KUBE_MODEL))
-    assert pod_template_labels(kube, CONSUMER) == {
-        "app.kubernetes.io/name": CONSUMER,
-        **MESH_LABELS,
-    }
+    assert service_labels(kube, CONSUMER) == {"app.kubernetes.io/name": CONSUMER, **ON_SERVICE}
 
     # Invalid or too many labels: the provider's data is not used, and nothing changes.
     invalid = {**MESH_LABELS, "istio.io/use-waypoint": "bad value!"}
     mesh = mesh_relation(remote_app_data=provider_databag(invalid))
     ctx.run(ctx.on.leader_elected(), dataclasses.replace(out, relations=[mesh]))
-    assert pod_template_labels(kube, CONSUMER) == {
-        "app.kubernetes.io/name": CONSUMER,
-        **MESH_LABELS,
-    }
+    assert service_labels(kube, CONSUMER) == {"app.kubernetes.io/name": CONSUMER, **ON_SERVICE}
     flood = {f"istio.io/x{i}": "a" for i in range(5000)}
     mesh = mesh_relation(remote_app_data=provider_databag({**MESH_LABELS, **flood}))
     ctx.run(ctx.on.leader_elected(), dataclasses.replace(out, relations=[mesh]))
-    assert "istio.io/x1" not in pod_template_labels(kube, CONSUMER)
-    assert (
-        pod_template_labels(kube, CONSUMER)["istio.io/use-waypoint"]
-        == (MESH_LABELS["istio.io/use-waypoint"])
-    )
+    assert "istio.io/x1" not in service_labels(kube, CONSUMER)
+    assert service_labels(kube, CONSUMER) == {"app.kubernetes.io/name": CONSUMER, **ON_SERVICE}
+    assert pod_template_labels(kube, CONSUMER) == {
+        "app.kubernetes.io/name": CONSUMER,
+        "istio.io/dataplane-mode": "ambient",
+    }
 
 
 def test_a_label_there_before_the_library_is_never_taken_over(kube: FakeKubeServer):
