@@ -463,8 +463,9 @@ def test_without_trust_it_says_how_to_trust_it(
 
     out = ctx.run(ctx.on.config_changed(), state(model, [mesh], model_on_mesh=True))
 
+    # The namespace is the first step (it decides what consumers are told), the first refused.
     assert out.unit_status == testing.BlockedStatus(
-        f"run `juju trust {APP} --scope=cluster`: Kubernetes refused to run the waypoint"
+        f"run `juju trust {APP} --scope=cluster`: Kubernetes refused to label the namespace"
     )
     assert owned(admin, gateway_resource(), model) == {}
     assert owned(admin, AuthorizationPolicy, model) == {}

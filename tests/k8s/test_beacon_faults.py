@@ -92,13 +92,15 @@ def _state(model: str, relations: list[testing.Relation], **config: bool) -> tes
 
 
 def _access(admin: Client, model: str) -> set[tuple[str, str]]:
-    """(requesting app, source principal) of every AuthorizationPolicy the beacon owns."""
+    """(requesting app, source principal) of the AuthorizationPolicies related apps requested."""
     api: Any = admin
     labels = {MANAGED_BY: owner_value(model, APP)}
     result: set[tuple[str, str]] = set()
     for item in api.list(AuthorizationPolicy, namespace=ALL_NS, labels=labels):
         policy = item.to_dict()
-        app = policy["metadata"]["labels"].get(REQUESTED_BY, "")
+        app = policy["metadata"]["labels"].get(REQUESTED_BY)
+        if app is None:
+            continue  # the beacon's own (the waypoint's access to related apps' pods)
         for rule in policy["spec"].get("rules", []):
             for source in rule.get("from", []):
                 for principal in source["source"]["principals"]:
