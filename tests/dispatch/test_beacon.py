@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from juju_unit_agent import JujuModel
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.config.models import Cluster, User
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import ConfigMap
+from lightkube.resources.core_v1 import ConfigMap, Namespace
 from mesh_steps import (
     BEACON,
     MANAGED_BY,
@@ -60,15 +63,24 @@ def test_beacon_alone_installs_and_waits_for_istio(model: JujuModel, beacon_char
     assert all(call["exit"] == 0 for run in model.history for call in run.calls)
 
 
-def test_untrusted_beacon_says_how_to_trust_it(model: JujuModel, beacon_charm: Path):
-    unit = deploy_beacon(model, beacon_charm, trust=False)
-    status, message = model.unit_status(unit)
-    assert status == "blocked"
-    assert message.startswith(f"run `juju trust {BEACON} --scope=cluster`: Kubernetes refused")
-    model.trust(BEACON)
-    ok(model.run_hook(unit, "update-status"))
-    assert model.unit_status(unit)[0] == "waiting"
+def test_untrusted_beacon_needs_only_its_model(model: JujuModel, beacon_charm: Path):
+    # Without `juju trust` the app's ServiceAccount may do anything in its own namespace and
+    # nothing outside it: that is enough for everything the beacon manages in its own model.
+    unit = deploy_beacon(model, beacon_charm, trust=False, model_on_mesh=True)
     assert list(owned(model, Gateway)) == [waypoint(model)]
+    assert namespace_labels(model)["istio.io/dataplane-mode"] == "ambient"
+    istio_runs_the_waypoint(model)
+    ok(model.run_hook(unit, "update-status"))
+    assert model.unit_status(unit) == ("active", "")
+    # What it cannot do is visible on the server: the API refuses the same token cluster-wide.
+    account = Path(model.state()["apps"][BEACON]["dir"]) / "serviceaccount"
+    config = KubeConfig.from_one(
+        cluster=Cluster(server=model.kube.url, certificate_auth=str(account / "ca.crt")),
+        user=User(token=(account / "token").read_text()),
+    )
+    with Client(config) as client, pytest.raises(ApiError) as refused:
+        list(client.list(Namespace))
+    assert refused.value.status.code == 403
 
 
 def test_mesh_relation_exchanges_labels_and_policies(
@@ -195,7 +207,6 @@ def test_second_unit_is_standby_and_the_waypoint_follows(model: JujuModel, beaco
     assert [h["spec"]["minReplicas"] for h in owned(model, HorizontalPodAutoscaler).values()] == [
         2
     ]
-    assert model.unit_status(leader)[0] == "waiting"  # 1/2 waypoint replicas ready
     istio_runs_the_waypoint(model, ready=2)
     ok([model.run_hook(u, "update-status") for u in (leader, second)])
     assert model.unit_status(leader) == ("active", "")
