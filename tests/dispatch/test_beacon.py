@@ -161,7 +161,9 @@ def test_mesh_relation_exchanges_labels_and_policies(
     assert owned(model, AuthorizationPolicy) == {}
 
 
-def test_config_toggles(model: JujuModel, beacon_charm: Path, tester_charm: Path):
+def test_config_toggles_then_removal_leaves_nothing(
+    model: JujuModel, beacon_charm: Path, tester_charm: Path
+):
     beacon = deploy_beacon(model, beacon_charm)
     istio_runs_the_waypoint(model)
     deploy_tester(model, tester_charm, "receiver")
@@ -194,6 +196,18 @@ def test_config_toggles(model: JujuModel, beacon_charm: Path, tester_charm: Path
     assert owned(model, AuthorizationPolicy)
     assert model.unit_status(beacon) == ("active", "")
 
+    # Removal with the model on the mesh: nothing of the beacon's is left.
+    ok(model.set_config(BEACON, model_on_mesh=True))
+    assert namespace_labels(model)["istio.io/dataplane-mode"] == "ambient"
+    ok(model.remove_app(BEACON))
+    assert owned(model, Gateway) == {}
+    assert owned(model, HorizontalPodAutoscaler) == {}
+    assert owned(model, AuthorizationPolicy) == {}
+    assert policies_for(model) == {}
+    assert not any(k in namespace_labels(model) for k in (*MESH_LABELS, MANAGED_BY))
+    assert not any(k in pod_template_labels(model, "receiver") for k in MESH_LABELS)
+    assert model.unit_status(f"{BEACON}/0") == ("maintenance", "removed the mesh resources")
+
 
 def test_second_unit_is_standby_and_the_waypoint_follows(model: JujuModel, beacon_charm: Path):
     leader = deploy_beacon(model, beacon_charm)
@@ -217,22 +231,3 @@ def test_second_unit_is_standby_and_the_waypoint_follows(model: JujuModel, beaco
         if run.unit == second
         for call in run.calls
     )
-
-
-def test_removal_leaves_nothing(model: JujuModel, beacon_charm: Path, tester_charm: Path):
-    deploy_beacon(model, beacon_charm, model_on_mesh=True)
-    istio_runs_the_waypoint(model)
-    deploy_tester(model, tester_charm, "receiver")
-    deploy_tester(model, tester_charm, "sender")
-    relate_inbound(model, "receiver", "sender")
-    relate_mesh(model, "receiver")
-    assert namespace_labels(model)["istio.io/dataplane-mode"] == "ambient"
-
-    ok(model.remove_app(BEACON))
-    assert owned(model, Gateway) == {}
-    assert owned(model, HorizontalPodAutoscaler) == {}
-    assert owned(model, AuthorizationPolicy) == {}
-    assert policies_for(model) == {}
-    assert not any(k in namespace_labels(model) for k in (*MESH_LABELS, MANAGED_BY))
-    assert not any(k in pod_template_labels(model, "receiver") for k in MESH_LABELS)
-    assert model.unit_status(f"{BEACON}/0") == ("maintenance", "removed the mesh resources")

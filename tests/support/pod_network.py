@@ -28,7 +28,7 @@ from pathlib import Path
 BRIDGE_ADDRESS = "10.1.0.254"
 PREFIX = 24
 
-_HOLD = 'ip link set lo up && {extra} echo ready && exec sleep infinity'
+_HOLD = "ip link set lo up && {extra} echo ready && exec sleep infinity"
 
 
 class PodNetworkError(RuntimeError):
