@@ -386,6 +386,7 @@ class JujuModel:
         )
         assert token.status is not None
         sa_dir.mkdir(parents=True)
+        assert token.status.token is not None
         (sa_dir / "token").write_text(token.status.token)
         shutil.copy(self.kube.workdir / "pki" / "ca.crt", sa_dir / "ca.crt")
         (sa_dir / "namespace").write_text(self.name)
