@@ -27,6 +27,7 @@ from typing import Any
 
 import ops
 import pytest
+import yaml
 from ops import pebble
 from pebble_standin import PebbleStandin
 
@@ -208,6 +209,33 @@ def test_add_layer_and_combine(client: pebble.Client):
     client.add_layer("top", service_layer("svc", "sleep 61"))
     assert client.get_plan().services["svc"].command == "sleep 61"
     assert client.get_plan().services["svc"].environment == {}
+
+
+def test_log_targets_and_workloads_are_kept_in_the_plan(
+    standin: PebbleStandin, client: pebble.Client
+):
+    layer = (
+        "services:\n  svc:\n    override: replace\n    command: sleep 1\n    workload: w\n"
+        "log-targets:\n  t:\n    override: replace\n    type: loki\n"
+        "    location: http://127.0.0.1:1/\n    services: [svc]\n"
+        "workloads:\n  w:\n    override: replace\n    user-id: 0\n"
+    )
+    client.add_layer("l", layer)
+    plan = client.get_plan()
+    assert plan.log_targets["t"].location == "http://127.0.0.1:1/"
+    assert plan.log_targets["t"].services == ["svc"]
+    plan_yaml = raw(standin, "GET", "/v1/plan?format=yaml")[2]["result"]
+    assert yaml.safe_load(plan_yaml)["workloads"] == {"w": {"override": "replace", "user-id": 0}}
+    with pytest.raises(pebble.APIError) as error:
+        client.add_layer(
+            "m", "log-targets:\n  u:\n    override: replace\n    type: loki\n    services: [x]\n"
+        )
+    assert error.value.message == 'log target "u" specifies unknown service "x"'
+    with pytest.raises(pebble.APIError) as error:
+        client.add_layer("m", "log-targets:\n  u:\n    override: replace\n    location: x\n")
+    assert error.value.message == (
+        'plan must define "type" ("loki", "opentelemetry" or "syslog") for log target "u"'
+    )
 
 
 def test_add_layer_twice_without_combine_is_refused(client: pebble.Client):
@@ -415,6 +443,11 @@ def test_services_request_errors(standin: PebbleStandin):
         ({"action": "start", "services": []}, "must specify services for start action"),
         ({"action": "replan", "services": ["x"]}, "replan accepts no service names"),
         ({"action": "explode", "services": ["x"]}, 'invalid action "explode"'),
+        (
+            {"action": "start", "services": "svc"},
+            "cannot decode data from request body: json: cannot unmarshal string into Go struct "
+            "field .services of type []string",
+        ),
     ]
     for body, message in cases:
         status, _, answer = raw(standin, "POST", "/v1/services", body)
@@ -475,9 +508,94 @@ def test_command_that_exits_quickly_fails_the_change(client: pebble.Client):
     assert client.get_services(["svc"])[0].current == pebble.ServiceStatus.INACTIVE
 
 
+def test_missing_executable_fails_the_start(client: pebble.Client):
+    client.add_layer("l", service_layer("svc", "no-such-binary --flag"))
+    with pytest.raises(pebble.ChangeError) as error:
+        client.replan_services()
+    assert error.value.err == (
+        "cannot perform the following tasks:\n"
+        '- Start service "svc" (cannot start service: '
+        'exec: "no-such-binary": executable file not found in $PATH)'
+    )
+    assert client.get_services()[0].current == pebble.ServiceStatus.INACTIVE
+
+
+def test_unknown_user_fails_the_start(client: pebble.Client):
+    client.add_layer("l", service_layer("svc", "sleep 60", user="no-such-user-here"))
+    with pytest.raises(pebble.ChangeError) as error:
+        client.replan_services()
+    assert '- Start service "svc" (cannot start service: ' in error.value.err
+    assert "no-such-user-here" in error.value.err
+
+
+def test_abort_a_start_in_progress(tmp_path: Path):
+    with PebbleStandin(tmp_path / "p.socket", tmp_path / "state", okay_delay=5) as server:
+        client = pebble.Client(socket_path=str(server.socket_path))
+        client.add_layer("l", service_layer("svc", "sleep 60"))
+        change_id = client.replan_services(timeout=0)
+        deadline = time.monotonic() + 5
+        while client.get_change(change_id).tasks[0].status != "Doing":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        aborting = client.abort_change(change_id)
+        assert aborting.status == "Abort"
+        assert aborting.id == change_id
+        change = client.wait_change(change_id)
+        assert change.status == "Error"
+        assert "start aborted, sent SIGKILL to process" in (change.err or "")
+        assert client.get_services()[0].current == pebble.ServiceStatus.INACTIVE
+
+
+def test_exit_zero_with_on_success_ignore_is_inactive(client: pebble.Client):
+    client.add_layer(
+        "l", service_layer("svc", "sh -c 'sleep 1; exit 0'", **{"on-success": "ignore"})
+    )
+    client.replan_services()
+    deadline = time.monotonic() + 10
+    while client.get_services()[0].is_running():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.get_services()[0].current == pebble.ServiceStatus.INACTIVE
+
+
+def test_stop_while_backing_off_and_of_a_never_started_service(client: pebble.Client):
+    command = "sh -c 'sleep 0.6; exit 1'"
+    client.add_layer("l", service_layer("svc", command, **{"backoff-delay": "30s"}))
+    client.add_layer("m", service_layer("idle", "sleep 60", startup="disabled"))
+    client.replan_services()
+    deadline = time.monotonic() + 10
+    while client.get_services(["svc"])[0].current != "backoff":
+        assert time.monotonic() < deadline, "a service waiting to restart reports backoff"
+        time.sleep(0.05)
+    stop = client.get_change(client.stop_services(["svc", "idle"]))
+    assert stop.summary == 'Stop service "svc" and 1 more'
+    assert stop.status == "Done"
+    logs = {task.summary: task.log for task in stop.tasks}
+    assert any(
+        'Service "idle" has never been started.' in line for line in logs['Stop service "idle"']
+    )
+    assert client.get_services(["svc"])[0].current == pebble.ServiceStatus.INACTIVE
+
+
+def test_stop_during_the_okay_delay_fails_the_start(tmp_path: Path):
+    with PebbleStandin(tmp_path / "p.socket", tmp_path / "state", okay_delay=5) as server:
+        client = pebble.Client(socket_path=str(server.socket_path))
+        client.add_layer("l", service_layer("svc", "sleep 60"))
+        start_id = client.start_services(["svc"], timeout=0)
+        deadline = time.monotonic() + 5
+        while client.get_change(start_id).tasks[0].status != "Doing":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        client.stop_services(["svc"])
+        start = client.wait_change(start_id)
+        assert start.status == "Error"
+        assert "service start attempt: stopped before the 5s okay delay" in (start.err or "")
+        assert client.get_services()[0].current == pebble.ServiceStatus.INACTIVE
+
+
 def test_failing_service_backs_off_and_is_restarted(client: pebble.Client, tmp_path: Path):
     runs = tmp_path / "runs"
-    command = f"sh -c 'echo run >> {runs}; sleep 0.5; exit 1'"
+    command = f"sh -c 'echo run >> {runs}; sleep 1; exit 1'"
     client.add_layer("l", service_layer("svc", command, **{"backoff-delay": "100ms"}))
     client.replan_services()  # it lives past the okay delay, so the start succeeds
     deadline = time.monotonic() + 10
@@ -562,6 +680,9 @@ def test_send_signal(client: pebble.Client, tmp_path: Path):
         client.send_signal("SIGHUP", ["ghost"])
     assert error.value.code == 500
     assert error.value.message == 'cannot send signal to "ghost": service is not running'
+    with pytest.raises(pebble.APIError) as error:
+        client.send_signal("SIGNOTHING", ["svc"])
+    assert error.value.message == 'cannot send signal to "svc": invalid signal name "SIGNOTHING"'
 
 
 def test_changes_list_get_wait_and_errors(standin: PebbleStandin, client: pebble.Client):
@@ -681,6 +802,28 @@ def test_push_pull_roundtrip(client: pebble.Client, root: Path):
         assert f.read() == "h\u00e9llo"
 
 
+def test_push_and_make_dir_with_owner_and_bad_owner_or_permissions(
+    client: pebble.Client, root: Path
+):
+    me = pwd.getpwuid(os.getuid())
+    client.push("/owned", "x", user=me.pw_name, user_id=me.pw_uid)
+    assert (root / "owned").stat().st_uid == me.pw_uid
+    assert (root / "owned").stat().st_gid == me.pw_gid
+    client.make_dir("/owned-dir", user_id=me.pw_uid)
+    assert (root / "owned-dir").stat().st_uid == me.pw_uid
+    info = client.list_files("/owned")[0]
+    assert (info.user_id, info.user, info.group_id) == (me.pw_uid, me.pw_name, me.pw_gid)
+
+    with pytest.raises(pebble.PathError) as error:
+        client.push("/x", "x", user="no-such-user-here")
+    assert error.value.kind == "generic-file-error"
+    assert error.value.message.startswith("cannot look up user and group: ")
+    with pytest.raises(pebble.PathError) as error:
+        client.push("/x", "x", permissions=0o1777)
+    assert error.value.message == 'permissions must be a 3-digit octal string, got "1777"'
+    assert not (root / "x").exists()
+
+
 def test_push_without_make_dirs_into_a_missing_directory(client: pebble.Client):
     with pytest.raises(pebble.PathError) as error:
         client.push("/missing/dir/file", "x")
@@ -701,6 +844,37 @@ def test_pull_errors(client: pebble.Client, root: Path):
         "generic-file-error",
         'can only read a regular file: "/adir"',
     )
+
+
+def test_read_of_several_paths_in_one_request(standin: PebbleStandin, client: pebble.Client):
+    client.push("/a", "A")
+    response = client._request_raw(  # the multipart answer itself, as ops' parser reads it
+        "GET",
+        "/v1/files",
+        {"action": "read", "path": ["/a", "/b"]},
+        {"Accept": "multipart/form-data"},
+    )
+    assert response.headers.get_content_type() == "multipart/form-data"
+    boundary = response.headers.get_param("boundary")
+    body = response.read()
+    parts = body.split(f"--{boundary}".encode())
+    assert parts[0] == b""
+    assert parts[-1] == b"--\r\n"
+    assert b'name="files"; filename="/a"' in parts[1]
+    assert parts[1].endswith(b"\r\n\r\nA\r\n")
+    metadata = json.loads(parts[2].split(b"\r\n\r\n", 1)[1])
+    assert metadata == {
+        "type": "sync",
+        "status-code": 200,
+        "status": "OK",
+        "result": [
+            {"path": "/a"},
+            {
+                "path": "/b",
+                "error": {"message": "stat /b: no such file or directory", "kind": "not-found"},
+            },
+        ],
+    }
 
 
 def test_pull_needs_multipart_accept(standin: PebbleStandin):
@@ -824,7 +998,13 @@ def test_checks_are_performed_and_drive_health(standin: PebbleStandin, client: p
         assert time.monotonic() < deadline + 10
         time.sleep(0.05)
     status, _, body = raw(standin, "GET", "/v1/health?level=alive")
-    assert (status, body["status-code"], body["result"]) == (502, 502, {"healthy": False})
+    assert (status, body["type"], body["status-code"], body["status"], body["result"]) == (
+        502,
+        "sync",
+        502,
+        "Bad Gateway",
+        {"healthy": False},
+    )
     down = client.get_checks(names=["port"])[0]
     recover = client.get_change(down.change_id)  # type: ignore[arg-type]
     assert (recover.kind, recover.summary) == ("recover-check", 'Recover TCP check "port"')
@@ -846,6 +1026,58 @@ def test_checks_are_performed_and_drive_health(standin: PebbleStandin, client: p
     assert error.value.message == "cannot start checks: cannot find checks in plan: ghost"
 
 
+def test_exec_check_refresh_and_plan_changes(standin: PebbleStandin, client: pebble.Client):
+    layer: pebble.LayerDict = {
+        "checks": {
+            "fails": {
+                "override": "replace",
+                "period": "1h",
+                "threshold": 1,
+                "exec": {"command": "false"},
+            },
+            "off": {
+                "override": "replace",
+                "startup": "disabled",
+                "period": "1h",
+                "exec": {"command": "true"},
+            },
+        }
+    }
+    client.add_layer("l", layer)  # a new plan starts its enabled checks, as Pebble's does
+    checks = {c.name: c for c in client.get_checks()}
+    assert checks["fails"].status == pebble.CheckStatus.UP
+    assert checks["off"].status == pebble.CheckStatus.INACTIVE
+    first = checks["fails"].change_id
+    assert first is not None
+
+    status, _, body = raw(standin, "POST", "/v1/checks/refresh", {"name": "fails"})
+    assert status == 200
+    assert body["result"]["error"] == "exit status 1"
+    assert body["result"]["info"]["status"] == "down"
+    assert body["result"]["info"]["failures"] == 1
+    assert raw(standin, "GET", "/v1/health?names=fails")[0] == 502
+    assert raw(standin, "GET", "/v1/health?names=off")[0] == 200
+    status, _, body = raw(standin, "POST", "/v1/checks/refresh", {"name": "ghost"})
+    assert (status, body["result"]["message"]) == (404, 'cannot find check with name "ghost"')
+
+    # A changed check restarts with a new change; its old one is over.
+    client.add_layer(
+        "l",
+        {"checks": {"fails": {"override": "merge", "exec": {"command": "true"}}}},
+        combine=True,
+    )
+    restarted = {c.name: c for c in client.get_checks()}["fails"]
+    assert restarted.change_id not in (None, first)
+    assert restarted.status == pebble.CheckStatus.UP
+    assert client.get_change(first).ready
+    status, _, body = raw(standin, "POST", "/v1/checks/refresh", {"name": "fails"})
+    assert (status, body["result"]["info"]["successes"], "error" in body["result"]) == (
+        200,
+        1,
+        False,
+    )
+
+
 def test_bad_check_is_refused(client: pebble.Client):
     layer = "checks:\n  c:\n    override: replace\n    period: 1s\n"
     with pytest.raises(pebble.APIError) as error:
@@ -855,6 +1087,16 @@ def test_bad_check_is_refused(client: pebble.Client):
 
 # ---------------------------------------------------------------------------------------------
 # As its own process, outliving the caller's client.
+
+
+def test_invalid_layers_directory_entry_refuses_to_start(tmp_path: Path):
+    layers = tmp_path / "state" / "layers"
+    layers.mkdir(parents=True)
+    (layers / "base.yaml").write_text("summary: x\n")
+    server = PebbleStandin(tmp_path / "p.socket", tmp_path / "state")
+    with pytest.raises(ValueError, match="invalid layer filename"):
+        server.start()
+    assert not (tmp_path / "p.socket").exists()
 
 
 def test_standalone_process(tmp_path: Path):
@@ -869,6 +1111,8 @@ def test_standalone_process(tmp_path: Path):
             str(socket_path),
             "--state-dir",
             str(tmp_path / "state"),
+            "--root",
+            str(tmp_path / "root"),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -878,7 +1122,13 @@ def test_standalone_process(tmp_path: Path):
         assert process.stdout.readline().strip() == "ready"
         assert socket_path.exists()
         client = pebble.Client(socket_path=str(socket_path))
-        command = f"{sys.executable} -m http.server --bind 127.0.0.1 {port}"
+        # The script lives in the container's root; its path in the command is mapped there.
+        script = (
+            "import http.server, sys\nhttp.server.test(port=int(sys.argv[1]), bind='127.0.0.1')\n"
+        )
+        client.push("/srv/app/serve.py", script, make_dirs=True)
+        assert (tmp_path / "root" / "srv" / "app" / "serve.py").read_text() == script
+        command = f"{sys.executable} /srv/app/serve.py {port}"
         client.add_layer("l", service_layer("web", command))
         client.replan_services()
         wait_until_serving(port)

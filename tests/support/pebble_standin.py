@@ -195,7 +195,7 @@ def _go_quote(text: str) -> str:
 # The plan: layers, their validation and combination.
 
 
-class LayerError(Exception):
+class LayerError(ValueError):
     """A layer or plan that Pebble would refuse (its ``FormatError``)."""
 
 
@@ -243,7 +243,7 @@ _CHECK_FIELDS = (
     "tcp",
     "exec",
 )
-_SECTIONS = ("summary", "description", "services", "checks", "log-targets")
+_SECTIONS = ("summary", "description", "services", "checks", "log-targets", "workloads")
 _SERVICE_ACTIONS = ("", "restart", "shutdown", "ignore", "success-shutdown", "failure-shutdown")
 
 
@@ -433,6 +433,7 @@ class Layer:
     services: dict[str, JSON] = field(default_factory=lambda: {})
     checks: dict[str, JSON] = field(default_factory=lambda: {})
     log_targets: dict[str, JSON] = field(default_factory=lambda: {})
+    workloads: dict[str, JSON] = field(default_factory=lambda: {})
 
     @classmethod
     def parse(cls, order: int, label: str, text: str) -> Layer:
@@ -475,12 +476,19 @@ class Layer:
                 str(k): _decode_check(self.label, str(k), v) for k, v in entries.items()
             }
         else:
-            for name, target in entries.items():
-                if target is None:
+            what = "log target" if key == "log-targets" else "workload"
+            for name, entry in entries.items():
+                if entry is None:
                     raise LayerError(
-                        f"log target object cannot be null for log target {_go_quote(str(name))}"
+                        f"{what} object cannot be null for {what} {_go_quote(str(name))}"
                     )
-            self.log_targets = {str(k): copy.deepcopy(v) for k, v in entries.items()}
+                if not isinstance(entry, dict):
+                    raise LayerError(
+                        f"cannot parse layer {_go_quote(self.label)} section {_go_quote(key)}: "
+                        f"{what} {_go_quote(str(name))} must be a map"
+                    )
+            decoded = {str(k): copy.deepcopy(cast("JSON", v)) for k, v in entries.items()}
+            setattr(self, key.replace("-", "_"), decoded)
 
     def validate(self) -> None:
         """Pebble's checks on a single layer (before combining)."""
@@ -499,6 +507,7 @@ class Layer:
         self.services = merged.services
         self.checks = merged.checks
         self.log_targets = merged.log_targets
+        self.workloads = merged.workloads
 
 
 _LIST_FIELDS = ("after", "before", "requires")
@@ -540,6 +549,26 @@ def _combine_section(layers: Iterable[Layer], attribute: str, what: str) -> dict
     return combined
 
 
+_LOG_TARGET_TYPES = ("loki", "opentelemetry", "syslog")
+
+
+def _validate_log_target(name: str, target: JSON, services: Mapping[str, JSON]) -> None:
+    """Pebble's checks on a combined log target: a type, known services, a location."""
+    if target.get("type") not in _LOG_TARGET_TYPES:
+        raise LayerError(
+            'plan must define "type" ("loki", "opentelemetry" or "syslog") '
+            f"for log target {_go_quote(name)}"
+        )
+    for service in target.get("services") or []:
+        service_name = str(service).removeprefix("-")
+        if service_name != "all" and service_name not in services:
+            raise LayerError(
+                f"log target {_go_quote(name)} specifies unknown service {_go_quote(service_name)}"
+            )
+    if not target.get("location"):
+        raise LayerError(f'plan must define "location" for log target {_go_quote(name)}')
+
+
 @dataclass
 class Plan:
     """The combined plan: what ``GET /v1/plan`` shows and what services run."""
@@ -547,6 +576,7 @@ class Plan:
     services: dict[str, JSON] = field(default_factory=lambda: {})
     checks: dict[str, JSON] = field(default_factory=lambda: {})
     log_targets: dict[str, JSON] = field(default_factory=lambda: {})
+    workloads: dict[str, JSON] = field(default_factory=lambda: {})
 
     def to_yaml(self) -> str:
         """The plan as Pebble prints it: sections in order, empty ones left out."""
@@ -555,6 +585,7 @@ class Plan:
             ("services", self.services),
             ("checks", self.checks),
             ("log-targets", self.log_targets),
+            ("workloads", self.workloads),
         ):
             if entries:
                 order = {"services": _SERVICE_FIELDS, "checks": _CHECK_FIELDS}.get(key, ())
@@ -580,6 +611,8 @@ class Plan:
                 raise LayerError(
                     f'plan must set "{required}" for {kinds[0]} check {_go_quote(name)}'
                 )
+        for name, target in self.log_targets.items():
+            _validate_log_target(name, target, self.services)
         start_order(self.services, list(self.services))  # raises on before/after loops
 
     def start_order(self, names: list[str]) -> list[list[str]]:
@@ -608,6 +641,7 @@ def combine_layers(layers: list[Layer]) -> Plan:
         services=_combine_section(layers, "services", "service"),
         checks=_combine_section(layers, "checks", "check"),
         log_targets=_combine_section(layers, "log_targets", "log target"),
+        workloads=_combine_section(layers, "workloads", "workload"),
     )
 
 
@@ -1053,9 +1087,10 @@ class ServiceManager:
                     self._do_start(task, name, change)
                 else:
                     self._do_stop(task, name)
-            except _TaskError as e:
+            except Exception as e:
+                message = str(e) if isinstance(e, _TaskError) else f"internal error: {e!r}"
                 with self._lock:
-                    task.add_log("ERROR", str(e))
+                    task.add_log("ERROR", message)
                     task.finish("Error")
                 failed = True
                 continue
@@ -1087,9 +1122,9 @@ class ServiceManager:
             runtime.start_error = ""
             try:
                 self._spawn(runtime)
-            except OSError as e:
+            except (OSError, KeyError, subprocess.SubprocessError) as e:
                 runtime.transition("stopped")
-                raise _TaskError(f"cannot start service: {_os_error_text(e)}") from None
+                raise _TaskError(f"cannot start service: {_spawn_error_text(e)}") from None
             runtime.transition("starting")
         self._watch_okay_delay(runtime)
         deadline = time.monotonic() + self._okay_delay + 5
@@ -1243,7 +1278,7 @@ class ServiceManager:
                     return
                 try:
                     self._spawn(runtime)
-                except OSError:
+                except (OSError, KeyError, subprocess.SubprocessError):
                     runtime.transition("exited")
                     return
                 runtime.transition("running")
@@ -1342,6 +1377,9 @@ class ServiceManager:
                     if process is not None:
                         _kill_group(process.pid, signal.SIGKILL)
                     continue
+                if runtime.state == "starting":
+                    runtime.start_error = "stopped before the okay delay: Pebble is shutting down"
+                    runtime.started.set()
                 _kill_group(process.pid, signal.SIGTERM)
                 runtime.transition("terminating")
                 delay = _optional_duration(runtime.config, "kill-delay", KILL_DELAY)
@@ -1373,6 +1411,21 @@ def _resolve_user(config: JSON) -> tuple[int | None, int | None]:
     if uid is None and gid is not None:
         raise OSError(errno.EINVAL, "must specify user, not just group")
     return uid, gid
+
+
+def _spawn_error_text(error: Exception) -> str:
+    if isinstance(error, KeyError):
+        # pwd/grp: "getpwnam(): name not found: 'x'"; Go says "user: unknown user x".
+        return f"user or group lookup failed: {error.args[0]}"
+    if isinstance(error, FileNotFoundError) and error.filename and "/" not in str(error.filename):
+        return f"exec: {_go_quote(str(error.filename))}: executable file not found in $PATH"
+    if isinstance(error, OSError):
+        return (
+            _os_error_text(error, "fork/exec", str(error.filename))
+            if error.filename
+            else (_os_error_text(error))
+        )
+    return str(error)
 
 
 def _os_error_text(error: OSError, op: str = "", path: str = "") -> str:
@@ -1769,6 +1822,10 @@ class Pebble:
             return self._route(request)
         except APIError as e:
             return _error_response(e)
+        except Exception as e:
+            return _error_response(
+                APIError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {e!r}")
+            )
 
     def _route(self, request: _Request) -> _Response:
         path = request.path
@@ -1895,7 +1952,7 @@ class Pebble:
         """``POST /v1/services``: autostart, replan, start, stop, restart (async)."""
         payload = request.json()
         action = str(payload.get("action") or "")
-        requested = [str(name) for name in payload.get("services") or []]
+        requested = _string_list(payload, "services", "cannot decode data from request body")
         if action in ("replan", "autostart"):
             if requested:
                 raise _bad_request(f"{action} accepts no service names")
@@ -1983,7 +2040,7 @@ class Pebble:
     def post_signals(self, request: _Request) -> _Response:
         """``POST /v1/signals``."""
         payload = request.json("cannot decode request body")
-        names = [str(name) for name in payload.get("services") or []]
+        names = _string_list(payload, "services", "cannot decode request body")
         if not names:
             raise _bad_request("must specify one or more services")
         self.services.send_signal(names, str(payload.get("signal") or ""))
@@ -1999,7 +2056,7 @@ class Pebble:
         """``POST /v1/checks``: start or stop checks."""
         payload = request.json()
         action = str(payload.get("action") or "")
-        names = [str(name) for name in payload.get("checks") or []]
+        names = _string_list(payload, "checks", "cannot decode data from request body")
         if not names:
             raise _bad_request(f"must specify checks for {action} action")
         if action not in ("start", "stop"):
@@ -2176,8 +2233,8 @@ class Pebble:
         try:
             mode = _permissions(item.get("permissions"), 0o644)
             owner = _owner(item)
-        except (ValueError, KeyError) as e:
-            return {"message": str(e).strip("'\""), "kind": "generic-file-error"}
+        except ValueError as e:
+            return {"message": str(e), "kind": "generic-file-error"}
         host = self.services.map_path(path)
         parent = os.path.dirname(host)
         if item.get("make-dirs"):
@@ -2225,8 +2282,8 @@ class Pebble:
                     os.chown(host, *owner)
         except OSError as e:
             entry["error"] = _file_error(e, "mkdir", path)
-        except (ValueError, KeyError) as e:
-            entry["error"] = {"message": str(e).strip("'\""), "kind": "generic-file-error"}
+        except ValueError as e:
+            entry["error"] = {"message": str(e), "kind": "generic-file-error"}
         return entry
 
     def _remove(self, item: JSON) -> JSON:
@@ -2254,6 +2311,26 @@ class Pebble:
         """Stop checks and services."""
         self.checks.shutdown()
         self.services.shutdown()
+
+
+def _json_type(value: Any) -> str:
+    """How Go's JSON decoder names the type of a value it cannot decode."""
+    names = {bool: "bool", str: "string", int: "number", float: "number", dict: "object"}
+    return names.get(type(value), "array")
+
+
+def _string_list(payload: JSON, key: str, wording: str) -> list[str]:
+    """A JSON field that must be a list of strings (or absent), refused as Go's decoder would."""
+    value = payload.get(key)
+    if value is None:
+        return []
+    items = cast("list[Any]", value) if isinstance(value, list) else None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise _bad_request(
+            f"{wording}: json: cannot unmarshal {_json_type(value)} into Go struct field "
+            f".{key} of type []string"
+        )
+    return [str(item) for item in items]
 
 
 def _level(request: _Request) -> str:
@@ -2398,8 +2475,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """Decode HTTP/1.1 (including chunked bodies), hand the request to the API, answer."""
 
     protocol_version = "HTTP/1.1"
-    server_version = "pebble-standin"
     pebble: Pebble
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """Status line and Date, without the stdlib's Server header (Go's server sends none)."""
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
 
     def log_message(self, format: str, *args: Any) -> None:
         """Keep the test output quiet; requests are not logged."""
@@ -2481,7 +2563,8 @@ class PebbleStandin:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.api = Pebble(self.state_dir, self.root, self._okay_delay)
         handler = type("BoundHandler", (_Handler,), {"pebble": self.api})
-        temporary = self.socket_path.with_name(f".{self.socket_path.name}.{os.getpid()}.tmp")
+        # Two characters longer than the real name: AF_UNIX paths are limited to 107 bytes.
+        temporary = self.socket_path.with_name(f".{self.socket_path.name}~")
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         self._server = _UnixServer(str(temporary), handler)
