@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,11 +59,32 @@ def kube() -> Iterator[KubeServer]:
 
 
 @pytest.fixture
-def model(request: pytest.FixtureRequest, kube: KubeServer, tmp_path: Path) -> Iterator[JujuModel]:
-    """A fresh model (its own namespace) named after the test."""
+def model(request: pytest.FixtureRequest, kube: KubeServer) -> Iterator[JujuModel]:
+    """A fresh model (its own namespace) named after the test.
+
+    Its folder is short (not pytest's tmp_path): a Unix socket path (the workload's Pebble) must
+    fit in 108 bytes.
+    """
     base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:24].rstrip("-")
-    juju = JujuModel(kube, f"{base}-{uuid.uuid4().hex[:4]}", tmp_path / "model")
+    workdir = Path(tempfile.mkdtemp(prefix="juju-"))
+    juju = JujuModel(kube, f"{base}-{uuid.uuid4().hex[:4]}", workdir / "model")
+    _MODELS.append(juju)
     try:
         yield juju
     finally:
         juju.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Report how many hooks ran through dispatch and what they cost (a figure, not a test)."""
+    runs = [run for model in _MODELS for run in model.history]
+    if runs:
+        total = sum(run.seconds for run in runs)
+        terminalreporter.write_line(
+            f"dispatch tier: {len(runs)} hooks/actions through ./dispatch, {total:.0f} s "
+            f"(mean {total / len(runs):.2f} s, max {max(run.seconds for run in runs):.2f} s)"
+        )
+
+
+_MODELS: list[JujuModel] = []

@@ -16,7 +16,7 @@ from typing import Any
 import juju_hook_tools
 import ops
 import pytest
-from ops.model import _ModelBackend  # pyright: ignore[reportPrivateUsage]
+from ops.model import _ModelBackend
 
 MODEL = "m"
 

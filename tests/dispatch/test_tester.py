@@ -1,19 +1,16 @@
 """The packed tester run through its ``dispatch``, its workload driven through a Pebble stand-in.
 
 Each tester unit's workload container is a `pebble_standin` process on the socket where ops looks
-for it (``/charm/containers/workload/pebble.socket`` inside the hook's mount namespace). The
-receiver's Pebble runs on this host's network, so its HTTP servers are reachable from another
-unit's hooks (the sender's ``probe`` action); every other unit's Pebble runs in a network namespace
-of its own, as a pod has, so that several units can serve the same ports.
+for it (``/charm/containers/workload/pebble.socket`` inside the hook's mount namespace), in a
+network namespace of its own with the unit's address (`pod_network`), as a pod has: several units
+serve the same ports, and another unit's hooks (the sender's ``probe`` action) reach them by
+address.
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 from juju_unit_agent import JujuModel
 from mesh_steps import (
@@ -33,28 +30,19 @@ CONTAINER = "workload"
 SERVING = ("active", "serving on 8080, 8081, 8083")
 
 
-def bring_up(
-    model: JujuModel, charm: Path, app: str, *, own_network: bool, units: int = 1
-) -> list[str]:
+def bring_up(model: JujuModel, charm: Path, app: str, units: int = 1) -> list[str]:
     """Deploy a tester whose units' Pebbles are up, then run the deploy hooks and pebble-ready."""
     names = model.deploy(app, charm, units=units)
     for unit in names:
-        model.start_pebble(unit, CONTAINER, own_network=own_network)
+        model.start_pebble(unit, CONTAINER)
     runs = model.start_units(app)
     runs += [model.run_hook(u, f"{CONTAINER}-pebble-ready", workload=CONTAINER) for u in names]
     ok(runs)
     return names
 
 
-def get(url: str) -> tuple[int, dict[str, Any]]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.status, json.loads(response.read())
-
-
-def port_is_closed(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(2)
-        return s.connect_ex(("127.0.0.1", port)) != 0
+def address(model: JujuModel, unit: str) -> str:
+    return model.state()["units"][unit]["address"]
 
 
 def test_tester_workload_mesh_and_probe(model: JujuModel, beacon_charm: Path, tester_charm: Path):
@@ -62,18 +50,20 @@ def test_tester_workload_mesh_and_probe(model: JujuModel, beacon_charm: Path, te
     istio_runs_the_waypoint(model)
 
     # The receiver: Pebble first (Juju starts the pod's containers before the charm's hooks).
-    [receiver] = bring_up(model, tester_charm, "receiver", own_network=False)
+    [receiver] = bring_up(model, tester_charm, "receiver")
     assert model.unit_status(receiver) == SERVING
     # The workload really runs: the pushed script, started by Pebble, answers on every port.
     root = model.unit_dir(receiver) / "containers" / CONTAINER
     assert (root / "srv/service-mesh-tester/workload_server.py").is_file()
+    host = address(model, receiver)
     for port in (8080, 8081, 8083):
-        status, body = get(f"http://127.0.0.1:{port}/foo")
-        assert status == 200
-        assert (body["app"], body["unit"], body["port"]) == ("receiver", receiver, port)
+        status, body = model.fetch(f"http://{host}:{port}/foo")
+        assert status == 200, body
+        answer = json.loads(body)
+        assert (answer["app"], answer["unit"], answer["port"]) == ("receiver", receiver, port)
     assert model.state()["units"][receiver]["ports"] == ["8080/tcp", "8081/tcp"]
 
-    [sender] = bring_up(model, tester_charm, "sender", own_network=True)
+    [sender] = bring_up(model, tester_charm, "sender")
     assert model.unit_status(sender) == SERVING
 
     relate_inbound(model, "receiver", "sender")
@@ -83,7 +73,7 @@ def test_tester_workload_mesh_and_probe(model: JujuModel, beacon_charm: Path, te
     assert pod_template_labels(model, "sender")["istio.io/use-waypoint"] == waypoint(model)
 
     # The probe action, through the sender's dispatch, reaches the receiver's real server.
-    probe = model.run_action(sender, "probe", {"url": "http://127.0.0.1:8080/foo"})
+    probe = model.run_action(sender, "probe", {"url": f"http://{host}:8080/foo"})
     assert probe.exit_code == 0, probe.describe()
     assert (probe.status, probe.results["outcome"], probe.results["status"]) == (
         "completed",
@@ -96,7 +86,7 @@ def test_tester_workload_mesh_and_probe(model: JujuModel, beacon_charm: Path, te
         "probe",
         {
             "requests": json.dumps(
-                [{"url": "http://127.0.0.1:8081/bar/"}, {"url": "http://127.0.0.1:9/"}]
+                [{"url": f"http://{host}:8081/bar/"}, {"url": f"http://{host}:9/"}]
             )
         },
     )
@@ -110,7 +100,7 @@ def test_tester_workload_mesh_and_probe(model: JujuModel, beacon_charm: Path, te
 
     # A second receiver unit (not the leader), its workload in its own network namespace.
     second = model.add_unit("receiver")
-    model.start_pebble(second, CONTAINER, own_network=True)
+    model.start_pebble(second, CONTAINER)
     ok(model.start_units("receiver", [second]))
     ok(model.run_hook(second, f"{CONTAINER}-pebble-ready", workload=CONTAINER))
     peers = model.peer_relation("receiver")
@@ -139,7 +129,7 @@ def test_tester_workload_mesh_and_probe(model: JujuModel, beacon_charm: Path, te
 
     # The pod goes (Pebble stops with it): the unit waits for its container, hooks still succeed.
     model.stop_pebble(receiver, CONTAINER)
-    assert port_is_closed(8080)
+    assert model.fetch(f"http://{host}:8080/foo")[0] == 0
     ok(model.run_hook(receiver, "update-status"))
     assert model.unit_status(receiver) == (
         "waiting",

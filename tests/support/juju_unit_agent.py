@@ -30,6 +30,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import uuid
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -38,6 +39,7 @@ from typing import Any
 
 import juju_hook_tools
 import juju_seed
+import pod_network
 import yaml
 from kube_server import UNTRUSTED_APP_RULES, KubeServer, ensure_namespace
 from lightkube import Client
@@ -127,6 +129,8 @@ class HookRun:
     """The hook tools it called, in order: ``{"tool", "args", "exit"}``."""
     log: list[dict[str, str]]
     """What it sent to ``juju-log``: ``{"level", "message"}``."""
+    seconds: float = 0.0
+    """Wall-clock time of the run."""
 
     def tools(self) -> set[str]:
         """The names of the hook tools called."""
@@ -134,10 +138,10 @@ class HookRun:
 
     def describe(self) -> str:
         """A readable account for an assertion message."""
-        log = "\n".join(f"  {line['level']}: {line['message']}" for line in self.log[-30:])
+        log = "\n".join(f"  {line['level']}: {line['message']}" for line in self.log[-12:])
         return (
             f"{self.unit} {self.event}: exit {self.exit_code}\n"
-            f"--- stderr ---\n{self.stderr[-4000:]}\n--- juju-log (last 30) ---\n{log}"
+            f"--- stderr ---\n{self.stderr[-4000:]}\n--- juju-log (last 12) ---\n{log}"
         )
 
 
@@ -192,6 +196,8 @@ class JujuModel:
         self._addresses = itertools.count(10)
         self.admin: Client = kube.admin_client(field_manager="juju")
         self._pebbles: dict[tuple[str, str], subprocess.Popen[str]] = {}
+        self._network: pod_network.PodNetwork | None = None
+        self._pods: dict[str, list[str]] = {}
         ensure_namespace(self.admin, name)
         self.history: list[HookRun] = []
 
@@ -322,7 +328,7 @@ class JujuModel:
                 "status": {"status": "waiting", "message": "agent initialising", "since": ""},
                 "ports": [],
                 "state": {},
-                "address": f"10.1.{n // 250}.{n % 250 + 1}",
+                "address": f"10.1.0.{n}",
             }
 
         self.edit(add)
@@ -391,6 +397,7 @@ class JujuModel:
         )
         assert token.status is not None
         sa_dir.mkdir(parents=True)
+        assert token.status.token is not None
         (sa_dir / "token").write_text(token.status.token)
         shutil.copy(self.kube.workdir / "pki" / "ca.crt", sa_dir / "ca.crt")
         (sa_dir / "namespace").write_text(self.name)
@@ -557,12 +564,16 @@ class JujuModel:
             "KUBERNETES_SERVICE_PORT": port,
             **extra,
         }
+        # Once pods exist, hooks run in the pod network's node namespace (the API server is
+        # forwarded there on the same address), so they reach the workloads by address.
+        node = self._network.in_node() if self._network is not None else []
         command = [
-            "unshare", "--mount", "--propagation", "private",
+            *node, "unshare", "--mount", "--propagation", "private",
             "sh", "-c", _POD_SHELL, "pod-sandbox",
             str(unit_dir / "charm-root"), str(sa_dir), str(charm_dir), "./dispatch",
             str(hosts) if (hosts := unit_dir / "etc-hosts").is_file() else "",
         ]  # fmt: skip
+        started = time.monotonic()
         try:
             proc = subprocess.run(
                 command,
@@ -599,6 +610,7 @@ class JujuModel:
             stderr=err,
             calls=[{k: c[k] for k in ("tool", "args", "exit")} for c in calls],
             log=[{k: line[k] for k in ("level", "message")} for line in log],
+            seconds=time.monotonic() - started,
         )
         self.history.append(run)
         return run
@@ -741,46 +753,72 @@ class JujuModel:
 
     # ------------------------------------------------------------------------- workload Pebbles
 
-    def start_pebble(self, unit: str, container: str, *, own_network: bool = False) -> Path:
+    def start_pebble(self, unit: str, container: str) -> Path:
         """Start the workload container's Pebble; return the container's root folder.
 
-        The Pebble is ``pebble_standin``, as its own process, on the socket where ops looks.
-
-        With ``own_network`` it runs in a new network namespace with only a loopback (as a pod
-        has its own network), so several units' workloads can serve the same ports; without it,
-        its services listen on this host, where other units' hooks (a probe) can reach them.
+        The Pebble is ``pebble_standin``, as its own process, on the socket where ops looks. It
+        runs in the unit's pod network namespace (`pod_network`), with the unit's address, so
+        several units serve the same ports and other units' hooks reach them by address.
         """
         socket = self.container_socket(unit, container)
         root = self.unit_dir(unit) / "containers" / container
         state = self.unit_dir(unit) / "pebble" / container
         root.mkdir(parents=True, exist_ok=True)
+        if self._network is None:
+            port = int(self.kube.url.rsplit(":", 1)[1])
+            self._network = pod_network.PodNetwork(self.workdir / "network", port)
+        if unit not in self._pods:
+            address = self.state()["units"][unit]["address"]
+            self._pods[unit] = self._network.add_pod(unit, address)
         command = [
-            sys.executable, str(Path(__file__).with_name("pebble_standin.py")),
+            *self._pods[unit], sys.executable, str(Path(__file__).with_name("pebble_standin.py")),
             "--socket", str(socket), "--state-dir", str(state), "--root", str(root),
         ]  # fmt: skip
-        if own_network:
-            command = [
-                "unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "pod-network",
-                *command,
-            ]  # fmt: skip
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=(self.unit_dir(unit) / f"pebble-{container}.log").open("w"),
-            text=True,
-        )
+        with (self.unit_dir(unit) / f"pebble-{container}.log").open("w") as log:
+            proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True
+            )
         self._pebbles[(unit, container)] = proc
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if line.strip() != "ready":
             proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            del self._pebbles[(unit, container)]
             raise AgentError(f"the Pebble stand-in for {unit}/{container} did not start: {line!r}")
         return root
 
+    def fetch(self, url: str) -> tuple[int, str]:
+        """GET ``url`` from the node namespace (where pods are reachable by address).
+
+        Returns ``(HTTP status, body)``, or ``(0, error)`` when no response came.
+        """
+        node = self._network.in_node() if self._network is not None else []
+        script = (
+            "import sys, urllib.request\n"
+            "try:\n"
+            "    r = urllib.request.urlopen(sys.argv[1], timeout=5)\n"
+            "    print(r.status); print(r.read().decode())\n"
+            "except Exception as e:\n"
+            "    print(0); print(e)\n"
+        )
+        out = subprocess.run(
+            [*node, sys.executable, "-I", "-c", script, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        status, _, body = out.partition("\n")
+        return int(status), body.strip()
+
     def network_namespace(self, unit: str, container: str) -> Path:
-        """The network namespace of a workload Pebble started with ``own_network``, for nsenter."""
+        """The network namespace of a workload Pebble in its pod, for nsenter."""
         return Path(f"/proc/{self._pebbles[(unit, container)].pid}/ns/net")
+
+    def node_command(self) -> list[str]:
+        """Command prefix that runs a command where this model's hooks run (the node namespace)."""
+        return self._network.in_node() if self._network is not None else []
 
     def stop_pebble(self, unit: str, container: str) -> None:
         """Stop a workload Pebble (its services stop with it), as when the pod goes."""
@@ -793,11 +831,15 @@ class JujuModel:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def close(self) -> None:
         """Stop every workload Pebble and close the admin client (the server is the caller's)."""
         for unit, container in list(self._pebbles):
             self.stop_pebble(unit, container)
+        if self._network is not None:
+            self._network.close()
         self.admin.close()
 
 
