@@ -13,7 +13,8 @@ A case is drawn from a seeded ``random.Random`` (plain, reproducible: the seed i
 from any other source of choices (a hypothesis ``randoms()`` strategy gives shrinking), within
 what the engine models: identities, namespaces, ports, methods, paths, hosts, ALLOW and DENY, and
 ``when`` on source.namespace, source.principal and destination.port. Every generated policy also
-passes Istio's validation (no empty values, wildcards only at an end, ports as numbers).
+passes Istio's validation (no empty values, wildcards only at an end, ports as numbers, no DENY
+policy without rules).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any, cast
 
 NAMESPACE = "model"
 SERVICE = "target"
-POD_LABELS = {"app.kubernetes.io/name": SERVICE}
 PORTS = (8080, 8081, 9090)
 METHODS = ("GET", "POST", "DELETE")
 PATHS = ("/", "/data", "/data/1", "/data/1/items", "/admin/x", "/a.txt")
@@ -79,6 +79,7 @@ class Case:
 
     manifests: tuple[Mapping[str, Any], ...]
     asks: tuple[Ask, ...]
+    service: str = SERVICE
 
 
 def _some(rng: random.Random, values: Sequence[str], most: int = 2) -> list[str]:
@@ -149,28 +150,39 @@ def _rule(rng: random.Random, l7: bool) -> dict[str, Any]:
 
 
 def generate(
-    rng: random.Random, *, point: str, policies: int = 3, asks: int = 24, l7_at_pods: bool = False
+    rng: random.Random,
+    *,
+    point: str,
+    policies: int = 3,
+    asks: int = 24,
+    l7_at_pods: bool = False,
+    service: str = SERVICE,
 ) -> Case:
     """A case for ``point`` (``waypoint``: targetRefs on the Service; ``ztunnel``: a selector).
 
     With ``l7_at_pods``, selector policies also get HTTP fields, to check how ztunnel drops or
-    narrows them.
+    narrows them. ``service`` names the Service (and the pods' app label): distinct names let
+    many cases share one Envoy.
     """
     manifests: list[dict[str, Any]] = []
     for index in range(policies):
         spec: dict[str, Any] = {"action": rng.choice(["ALLOW", "ALLOW", "DENY"])}
         if point == "waypoint":
-            spec["targetRefs"] = [{"group": "", "kind": "Service", "name": SERVICE}]
+            spec["targetRefs"] = [{"group": "", "kind": "Service", "name": service}]
         else:
-            spec["selector"] = {"matchLabels": dict(POD_LABELS)}
-        rules = [_rule(rng, point == "waypoint" or l7_at_pods) for _ in range(rng.randint(0, 3))]
+            spec["selector"] = {"matchLabels": {"app.kubernetes.io/name": service}}
+        # Istio refuses a DENY policy without rules (it could never match).
+        least = 1 if spec["action"] == "DENY" else 0
+        rules = [
+            _rule(rng, point == "waypoint" or l7_at_pods) for _ in range(rng.randint(least, 3))
+        ]
         if rules:
             spec["rules"] = rules
         manifests.append(
             {
                 "apiVersion": "security.istio.io/v1",
                 "kind": "AuthorizationPolicy",
-                "metadata": {"name": f"p{index}", "namespace": NAMESPACE},
+                "metadata": {"name": f"{service}-p{index}", "namespace": NAMESPACE},
                 "spec": spec,
             }
         )
@@ -186,6 +198,7 @@ def generate(
             )
             for _ in range(asks)
         ),
+        service,
     )
 
 
@@ -304,7 +317,7 @@ def engine_decides(case: Case, ask: Ask, point: str) -> tuple[str, str]:
     engine: Any = importlib.import_module("access")
     policies = [engine.parse_policy(manifest, owner="") for manifest in case.manifests]
     request = engine.Request(
-        principal_of(ask.caller), SERVICE, ask.port, ask.method, ask.path, ask.host
+        principal_of(ask.caller), case.service, ask.port, ask.method, ask.path, ask.host
     )
     decision, reason = engine.decide_at(engine.Point(point), policies, request)
     return str(decision.value), str(reason)
