@@ -17,6 +17,7 @@ from access_actions import ActionError, access_map_results, explain_results, rea
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider
 from policies import refusal_message
+from policy_status import not_enforced_message
 from reconciler import BeaconReconciler, Findings
 from waypoint import consumer_labels, waypoint_name
 
@@ -160,8 +161,12 @@ class IstioBeaconCharm(ops.CharmBase):
                     f"model-on-mesh: {findings.namespace_conflict}; leaving its labels alone"
                 )
             )
+        if findings.model_operator:
+            statuses.append(ops.BlockedStatus(f"model-on-mesh: {findings.model_operator}"))
         if findings.refusals:
             statuses.append(ops.BlockedStatus(refusal_message(findings.refusals)))
+        if findings.unenforced:
+            statuses.append(ops.BlockedStatus(not_enforced_message(findings.unenforced)))
         statuses.extend(ops.BlockedStatus(error) for error in findings.api_errors[:1])
         if findings.waypoint is not None and not findings.waypoint.ready:
             statuses.append(

@@ -24,33 +24,32 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
 from kubernetes_client import error_message, make_client, status_code
 from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import ConfigMap, Service
+from model_operator import ModelOperatorAccess, model_operator_policy, reconcile_model_operator
 from namespace_labels import owner_value, reconcile_namespace_labels
+from ownership import MANAGED_BY, ownership_labels
 from policies import (
     Refusal,
+    WaypointBinding,
     build_policy_manifests,
     check_requests,
-    model_operator_policy,
     needs_services,
+    waypoint_allow_policy,
 )
+from policy_status import PolicyCondition, istio_conditions
 from waypoint import (
     WaypointReadiness,
     consumer_labels,
     delete_waypoint,
     reconcile_waypoint,
     waypoint_name,
+    waypoint_principal,
 )
 
 logger = logging.getLogger(__name__)
 
-#: Marks every Gateway, autoscaler and AuthorizationPolicy the beacon owns: ``<model>.<app>``.
-MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
+__all__ = ["MANAGED_BY", "BeaconReconciler", "Findings", "ownership_labels"]
 
 _T = TypeVar("_T")
-
-
-def ownership_labels(model_name: str, app_name: str) -> dict[str, str]:
-    """The labels that mark the objects a beacon owns (and select them when it lists)."""
-    return {MANAGED_BY: owner_value(model_name, app_name)}
 
 
 @dataclass
@@ -64,6 +63,9 @@ class Findings:
         namespace_conflict: why the namespace was left alone although wanted on the mesh.
         refusals: requests that were not applied, with the reason.
         waypoint: the waypoint's readiness, when it could be checked.
+        model_operator: why Juju's model operator cannot be kept reachable (model-on-mesh).
+        policy_conditions: what Istio reports about each of the beacon's AuthorizationPolicies
+            (see :mod:`policy_status`); those with ``enforced`` false are not enforced.
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -72,6 +74,13 @@ class Findings:
     namespace_conflict: str | None = None
     refusals: list[Refusal] = field(default_factory=list[Refusal])
     waypoint: WaypointReadiness | None = None
+    model_operator: str | None = None
+    policy_conditions: list[PolicyCondition] = field(default_factory=list[PolicyCondition])
+
+    @property
+    def unenforced(self) -> list[PolicyCondition]:
+        """The conditions by which Istio says it does not enforce a policy."""
+        return [condition for condition in self.policy_conditions if not condition.enforced]
 
 
 class BeaconReconciler:
@@ -123,24 +132,47 @@ class BeaconReconciler:
             "run the waypoint",
             lambda: reconcile_waypoint(self._client, self.waypoint, planned_units, self._labels),
         )
-        self.findings.namespace_conflict = self._attempt(
+        # A one-item tuple: None from _attempt means the step failed, (None,) that it converged.
+        labelled = self._attempt(
             "label the namespace",
-            lambda: reconcile_namespace_labels(
+            lambda: (
+                reconcile_namespace_labels(
+                    self._client,
+                    self._namespace,
+                    on_mesh=config.model_on_mesh,
+                    waypoint=self.waypoint,
+                    owner=owner_value(self._namespace, self._app),
+                ),
+            ),
+        )
+        self.findings.namespace_conflict = labelled[0] if labelled else None
+        # Whether the namespace now binds its Services to the waypoint through this beacon.
+        namespace_bound = config.model_on_mesh and labelled is not None and labelled[0] is None
+        model_operator = self._attempt(
+            "keep Juju's model operator reachable",
+            lambda: reconcile_model_operator(
                 self._client,
                 self._namespace,
-                on_mesh=config.model_on_mesh,
-                waypoint=self.waypoint,
+                on_mesh=namespace_bound,
                 owner=owner_value(self._namespace, self._app),
             ),
         )
+        if model_operator is not None:
+            self.findings.model_operator = model_operator.problem
         self._attempt(
-            "apply the AuthorizationPolicies", lambda: self._reconcile_policies(config, provider)
+            "apply the AuthorizationPolicies",
+            lambda: self._reconcile_policies(
+                config, provider, namespace_bound, model_operator or ModelOperatorAccess()
+            ),
         )
         return self.findings
 
     def teardown(self) -> Findings:
         """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap."""
-        self._attempt("remove the waypoint", lambda: delete_waypoint(self._client, self._labels))
+        self._attempt(
+            "remove the waypoint",
+            lambda: delete_waypoint(self._client, self.waypoint, self._labels),
+        )
         self._attempt("remove the AuthorizationPolicies", self._delete_policies)
         self._attempt(
             "remove the namespace labels",
@@ -152,23 +184,43 @@ class BeaconReconciler:
                 owner=owner_value(self._namespace, self._app),
             ),
         )
+        self._attempt(
+            "remove the model operator's Service label",
+            lambda: reconcile_model_operator(
+                self._client,
+                self._namespace,
+                on_mesh=False,
+                owner=owner_value(self._namespace, self._app),
+            ),
+        )
         self._attempt("remove the labels ConfigMap", self._delete_label_configmap)
         return self.findings
 
     def _policy_manager(self) -> PolicyResourceManager:
         return PolicyResourceManager(self._charm, self._client, labels=self._labels, logger=logger)
 
-    def _reconcile_policies(self, config: BeaconConfig, provider: ServiceMeshProvider) -> None:
+    def _reconcile_policies(
+        self,
+        config: BeaconConfig,
+        provider: ServiceMeshProvider,
+        namespace_bound: bool,
+        model_operator: ModelOperatorAccess,
+    ) -> None:
         manager = self._policy_manager()
         if not config.manage_authorization_policies:
             manager.delete()
             return
         requests = provider.relation_requests()
         services = self._services() if needs_services(requests) else {}
-        accepted, refused = check_requests(requests, self._namespace, services)
+        binding = WaypointBinding(self.waypoint, namespace_bound=namespace_bound)
+        accepted, refused = check_requests(requests, self._namespace, services, binding)
         manifests, unbuildable = build_policy_manifests(accepted)
-        if config.model_on_mesh:
-            manifests.append(model_operator_policy(self._namespace))
+        # Whatever auto-allow-waypoint-policy says, the waypoint reaches every related app's pods.
+        principal = waypoint_principal(self._namespace, self.waypoint)
+        related = sorted({request.app_name for request in requests if request.app_name})
+        manifests.extend(waypoint_allow_policy(app, self._namespace, principal) for app in related)
+        if config.model_on_mesh and model_operator.selector is not None:
+            manifests.append(model_operator_policy(self._namespace, model_operator.selector))
         self.findings.refusals = refused + unbuildable
         for refusal in self.findings.refusals:
             logger.warning(
@@ -177,7 +229,12 @@ class BeaconReconciler:
                 refusal.relation_id,
                 refusal.reason,
             )
-        manager.reconcile([], MeshType.istio, raw_policies=manifests)
+        summary = manager.reconcile([], MeshType.istio, raw_policies=manifests)
+        self.findings.policy_conditions = istio_conditions(
+            manager.listed, [*summary.created, *summary.updated, *summary.deleted]
+        )
+        for condition in self.findings.unenforced:
+            logger.warning("Istio does not enforce policy %s", condition.describe())
 
     def _delete_policies(self) -> None:
         try:

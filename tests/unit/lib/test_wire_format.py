@@ -1,7 +1,7 @@
 """Byte-level compatibility with the deployed ``service_mesh`` and ``cross_model_mesh`` peers.
 
-The expected strings are copied from the wire-format specification; do not regenerate them from
-the library.
+The expected strings are the bytes the deployed charms exchange, written out by hand; do not
+regenerate them from the library.
 """
 
 from __future__ import annotations

@@ -301,7 +301,8 @@ def test_auto_join_puts_the_mesh_labels_on_the_pods_and_service(
     state_out = ctx.run(ctx.on.relation_changed(mesh), state(mesh))
 
     assert pod_labels(kube) == {"app.kubernetes.io/name": APP, **AMBIENT}
-    assert service_labels(kube) == {"app": APP, **AMBIENT}
+    # The data-plane label is read on pods only: the library leaves it off the Service.
+    assert service_labels(kube) == {"app": APP}
     assert state_out.app_status == testing.UnknownStatus()
 
 

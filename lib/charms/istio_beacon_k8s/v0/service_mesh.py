@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 9
+LIBPATCH = 10
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -113,6 +113,11 @@ _AUTHZ_VERSION = "v1"
 _AUTHZ_KIND = "AuthorizationPolicy"
 _AUTHZ_PLURAL = "authorizationpolicies"
 _TRUST_DOMAIN = "cluster.local"
+# Where Istio reads each mesh label: the data-plane mode on pods, the waypoint on Services. The
+# same label elsewhere does nothing (a waypoint for Services ignores it on pods), so it is not put
+# there; labels Istio reads on both, or that this library does not know, go on both.
+_POD_ONLY_LABELS = frozenset({"istio.io/dataplane-mode"})
+_SERVICE_ONLY_LABELS = frozenset({"istio.io/use-waypoint", "istio.io/use-waypoint-namespace"})
 _MAX_NAME_LENGTH = 253
 _MAX_LABEL_VALUE_LENGTH = 63
 
@@ -1170,10 +1175,12 @@ def reconcile_charm_labels(
 ) -> None:
     """Converge the labels this function manages on a charm's pod template and Service.
 
-    The labels last set are remembered in a ConfigMap (data key ``labels``, a JSON object), so
-    that a later call removes exactly those it no longer wants. A label whose value someone else
-    changed since is left alone, and labels never set here are never touched. Objects are only
-    written when something differs.
+    Each label goes where Istio reads it: ``istio.io/dataplane-mode`` on the pod template only,
+    ``istio.io/use-waypoint`` and ``istio.io/use-waypoint-namespace`` on the Service only, any
+    other label on both. The labels last set are remembered in a ConfigMap (data key ``labels``,
+    a JSON object), so that a later call removes exactly those it no longer wants (from wherever
+    they still are). A label whose value someone else changed since is left alone, and labels
+    never set here are never touched. Objects are only written when something differs.
 
     Args:
         client: the Kubernetes client.
@@ -1216,7 +1223,7 @@ def reconcile_charm_labels(
     pod_labels: dict[str, str] = (
         template.metadata.labels if template and template.metadata else None
     ) or {}
-    patch = _label_patch(pod_labels, previous, wanted)
+    patch = _label_patch(pod_labels, previous, _without(wanted, _SERVICE_ONLY_LABELS))
     if patch:
         api.patch(
             StatefulSet,
@@ -1227,7 +1234,7 @@ def reconcile_charm_labels(
         )
     service = api.get(Service, app_name, namespace=namespace)
     service_labels: dict[str, str] = (service.metadata.labels if service.metadata else None) or {}
-    patch = _label_patch(service_labels, previous, wanted)
+    patch = _label_patch(service_labels, previous, _without(wanted, _POD_ONLY_LABELS))
     if patch:
         api.patch(
             Service,
@@ -1255,6 +1262,10 @@ def reconcile_charm_labels(
             namespace=namespace,
             patch_type=PatchType.MERGE,
         )
+
+
+def _without(labels: Mapping[str, str], keys: frozenset[str]) -> dict[str, str]:
+    return {key: value for key, value in labels.items() if key not in keys}
 
 
 def _label_patch(
@@ -1464,6 +1475,9 @@ class PolicyResourceManager:
             dict(labels) if labels else get_default_labels(charm.app.name, charm.model.name)
         )
         self.log = logger or logging.getLogger(__name__)
+        #: The owned policy resources as the last :meth:`reconcile` listed them, before its own
+        #: writes, status included (where Istio reports whether it enforces each one).
+        self.listed: list[dict[str, Any]] = []
         _quiet_http_client_logs()
 
     def reconcile(
@@ -1498,6 +1512,7 @@ class PolicyResourceManager:
             for manifest in self._wanted(policies, raw_policies or [])
         }
         existing = self._existing(namespaces={namespace for namespace, _ in wanted})
+        self.listed = list(existing.values())
         resource: Any = _authorization_policy_resource()
         client: Any = self._client
         created: list[str] = []
