@@ -354,3 +354,95 @@ def compare_ztunnel(case: Case, authorizations: Sequence[Mapping[str, Any]]) -> 
         if engine != istio:
             mismatches.append(Mismatch(ask, engine, istio, reason))
     return mismatches
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the comparisons with the Envoy tier's tools (istio-check, the Envoy waypoint stand-in)
+# ---------------------------------------------------------------------------------------------
+
+
+def waypoint_cases(count: int) -> list[Case]:
+    """``count`` waypoint cases, seeds 0.., each on its own Service ``target-<seed>``."""
+    return [
+        generate(random.Random(seed), point="waypoint", service=f"target-{seed}")
+        for seed in range(count)
+    ]
+
+
+def ztunnel_cases(count: int, *, l7_at_pods: bool) -> list[Case]:
+    """``count`` ztunnel cases, seeds 0.., each on its own pods ``pods-<seed>``."""
+    return [
+        generate(random.Random(seed), point="ztunnel", l7_at_pods=l7_at_pods,
+                 service=f"pods-{seed}")
+        for seed in range(count)
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What one comparison run saw."""
+
+    asked: int
+    answers: frozenset[str]
+    mismatches: tuple[Mismatch, ...]
+
+
+def compare_with_envoy(istio: Any, run_waypoint: Any, cases: Sequence[Case]) -> Comparison:
+    """Every request of every case through real Envoy running istiod's RBAC for its Service.
+
+    Args:
+        istio: the Envoy tier's ``IstioCheck`` (its ``waypoint`` builds each Service's filter).
+        run_waypoint: the Envoy tier's ``run_waypoint`` (a context manager giving a waypoint
+            whose ``request(identity, service, port, method, path, host)`` answers a status).
+        cases: waypoint cases with distinct Services (:func:`waypoint_cases`).
+    """
+    manifests = [m for case in cases for m in case.manifests]
+    services = [f"{NAMESPACE}/{case.service}" for case in cases]
+    rbac = istio.waypoint(manifests, services=services)
+    asked = 0
+    answers: set[str] = set()
+    mismatches: list[Mismatch] = []
+    with run_waypoint(rbac, dict.fromkeys(services, PORTS)) as envoy:
+        for case in cases:
+            statuses = [
+                int(
+                    envoy.request(
+                        "spiffe://" + principal_of(ask.caller),
+                        f"{NAMESPACE}/{case.service}",
+                        ask.port,
+                        ask.method,
+                        ask.path,
+                        ask.host,
+                    ).status
+                )
+                for ask in case.asks
+            ]
+            asked += len(statuses)
+            answers |= {str(status) for status in statuses}
+            mismatches += compare_waypoint(case, statuses)
+    return Comparison(asked, frozenset(answers), tuple(mismatches))
+
+
+def compare_with_istiod(istio: Any, cases: Sequence[Case]) -> Comparison:
+    """Every request of every case against istiod's conversion of its policies for ztunnel.
+
+    Args:
+        istio: the Envoy tier's ``IstioCheck`` (its ``check`` gives each policy's ztunnel
+            ``Authorization``).
+        cases: ztunnel cases with distinct policy names (:func:`ztunnel_cases`).
+    """
+    verdicts = istio.check([m for case in cases for m in case.manifests])["objects"]
+    by_name = {v["name"]: v for v in verdicts}
+    asked = 0
+    answers: set[str] = set()
+    mismatches: list[Mismatch] = []
+    for case in cases:
+        authorizations: list[Any] = []
+        for manifest in case.manifests:
+            ztunnel = by_name[manifest["metadata"]["name"]].get("ztunnel") or {}
+            if ztunnel.get("applies") and ztunnel.get("authorization"):
+                authorizations.append(ztunnel["authorization"])
+        answers |= {ztunnel_decides(authorizations, a.caller, a.port) for a in case.asks}
+        asked += len(case.asks)
+        mismatches += compare_ztunnel(case, authorizations)
+    return Comparison(asked, frozenset(answers), tuple(mismatches))
