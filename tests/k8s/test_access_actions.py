@@ -22,7 +22,7 @@ from lightkube.models.rbac_v1 import PolicyRule
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.types import PatchType
 from ops import testing
-from waypoint import waypoint_name
+from waypoint import gateway_resource, waypoint_name
 
 APP = "istio-beacon-k8s"
 SENDER, RECEIVER, LEGACY = "sender", "receiver", "legacy"
@@ -131,11 +131,38 @@ def mesh_relation(model: str) -> testing.Relation:
     )
 
 
-def reconciled(ctx: testing.Context[IstioBeaconCharm], model: str, relation: testing.Relation):
+def program_gateway(admin: Client, model: str) -> None:
+    """What istiod writes on the beacon's Gateway once it runs the waypoint."""
+    name = waypoint_name(model, APP)
+    gateway = admin.get(gateway_resource(), name, namespace=model)
+    condition = {
+        "type": "Programmed",
+        "status": "True",
+        "reason": "Programmed",
+        "message": "Resource programmed, assigned to service(s)",
+        "observedGeneration": gateway.metadata.generation if gateway.metadata else 1,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    address = {"type": "IPAddress", "value": "10.152.183.7"}
+    api: Any = admin
+    api.patch(
+        gateway_resource().Status,
+        name,
+        {"status": {"conditions": [condition], "addresses": [address]}},
+        namespace=model,
+        patch_type=PatchType.MERGE,
+    )
+
+
+def reconciled(
+    ctx: testing.Context[IstioBeaconCharm], admin: Client, model: str, relation: testing.Relation
+):
     state = testing.State(
         leader=True, model=testing.Model(name=model), relations=[relation], planned_units=1
     )
-    return ctx.run(ctx.on.update_status(), state)
+    out = ctx.run(ctx.on.update_status(), state)
+    program_gateway(admin, model)
+    return out
 
 
 def action(
@@ -146,14 +173,16 @@ def action(
     return ctx.action_results
 
 
-def test_access_map_on_a_real_api_server(ctx: testing.Context[IstioBeaconCharm], model: str):
+def test_access_map_on_a_real_api_server(
+    ctx: testing.Context[IstioBeaconCharm], admin: Client, model: str
+):
     relation = mesh_relation(model)
-    state = reconciled(ctx, model, relation)
+    state = reconciled(ctx, admin, model, relation)
 
     data = json.loads(action(ctx, state, "access-map", format="json")["map"])
 
     assert data["waypoint"] == f"{waypoint_name(model, APP)} (ready)"
-    ours = [g for g in data["grants"] if not g["foreign"]]
+    ours = [g for g in data["grants"] if not g["foreign"] and not g["waypoint_access"]]
     assert [
         (g["source"], g["target"], g["level"], g["ports"], g["relation_id"]) for g in ours
     ] == [(SENDER, RECEIVER, "app", ["8080", "8081"], relation.id)]
@@ -193,12 +222,13 @@ GET_DATA: dict[str, Any] = {"port": 8080, "method": "GET", "path": "/data/1"}
 )
 def test_explain_on_a_real_api_server(
     ctx: testing.Context[IstioBeaconCharm],
+    admin: Client,
     model: str,
     params: dict[str, Any],
     verdict: str,
     words: str,
 ):
-    state = reconciled(ctx, model, mesh_relation(model))
+    state = reconciled(ctx, admin, model, mesh_relation(model))
     results = action(ctx, state, "explain", **{"source": SENDER, "target": RECEIVER, **params})
     assert results["verdict"] == verdict, results["explanation"]
     assert words in results["explanation"]

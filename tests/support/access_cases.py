@@ -13,7 +13,8 @@ A case is drawn from a seeded ``random.Random`` (plain, reproducible: the seed i
 from any other source of choices (a hypothesis ``randoms()`` strategy gives shrinking), within
 what the engine models: identities, namespaces, ports, methods, paths, hosts, ALLOW and DENY, and
 ``when`` on source.namespace, source.principal and destination.port. Every generated policy also
-passes Istio's validation (no empty values, wildcards only at an end, ports as numbers).
+passes Istio's validation (no empty values, wildcards only at an end, ports as numbers, no DENY
+policy without rules).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any, cast
 
 NAMESPACE = "model"
 SERVICE = "target"
-POD_LABELS = {"app.kubernetes.io/name": SERVICE}
 PORTS = (8080, 8081, 9090)
 METHODS = ("GET", "POST", "DELETE")
 PATHS = ("/", "/data", "/data/1", "/data/1/items", "/admin/x", "/a.txt")
@@ -79,6 +79,7 @@ class Case:
 
     manifests: tuple[Mapping[str, Any], ...]
     asks: tuple[Ask, ...]
+    service: str = SERVICE
 
 
 def _some(rng: random.Random, values: Sequence[str], most: int = 2) -> list[str]:
@@ -149,28 +150,39 @@ def _rule(rng: random.Random, l7: bool) -> dict[str, Any]:
 
 
 def generate(
-    rng: random.Random, *, point: str, policies: int = 3, asks: int = 24, l7_at_pods: bool = False
+    rng: random.Random,
+    *,
+    point: str,
+    policies: int = 3,
+    asks: int = 24,
+    l7_at_pods: bool = False,
+    service: str = SERVICE,
 ) -> Case:
     """A case for ``point`` (``waypoint``: targetRefs on the Service; ``ztunnel``: a selector).
 
     With ``l7_at_pods``, selector policies also get HTTP fields, to check how ztunnel drops or
-    narrows them.
+    narrows them. ``service`` names the Service (and the pods' app label): distinct names let
+    many cases share one Envoy.
     """
     manifests: list[dict[str, Any]] = []
     for index in range(policies):
         spec: dict[str, Any] = {"action": rng.choice(["ALLOW", "ALLOW", "DENY"])}
         if point == "waypoint":
-            spec["targetRefs"] = [{"group": "", "kind": "Service", "name": SERVICE}]
+            spec["targetRefs"] = [{"group": "", "kind": "Service", "name": service}]
         else:
-            spec["selector"] = {"matchLabels": dict(POD_LABELS)}
-        rules = [_rule(rng, point == "waypoint" or l7_at_pods) for _ in range(rng.randint(0, 3))]
+            spec["selector"] = {"matchLabels": {"app.kubernetes.io/name": service}}
+        # Istio refuses a DENY policy without rules (it could never match).
+        least = 1 if spec["action"] == "DENY" else 0
+        rules = [
+            _rule(rng, point == "waypoint" or l7_at_pods) for _ in range(rng.randint(least, 3))
+        ]
         if rules:
             spec["rules"] = rules
         manifests.append(
             {
                 "apiVersion": "security.istio.io/v1",
                 "kind": "AuthorizationPolicy",
-                "metadata": {"name": f"p{index}", "namespace": NAMESPACE},
+                "metadata": {"name": f"{service}-p{index}", "namespace": NAMESPACE},
                 "spec": spec,
             }
         )
@@ -186,6 +198,7 @@ def generate(
             )
             for _ in range(asks)
         ),
+        service,
     )
 
 
@@ -304,7 +317,7 @@ def engine_decides(case: Case, ask: Ask, point: str) -> tuple[str, str]:
     engine: Any = importlib.import_module("access")
     policies = [engine.parse_policy(manifest, owner="") for manifest in case.manifests]
     request = engine.Request(
-        principal_of(ask.caller), SERVICE, ask.port, ask.method, ask.path, ask.host
+        principal_of(ask.caller), case.service, ask.port, ask.method, ask.path, ask.host
     )
     decision, reason = engine.decide_at(engine.Point(point), policies, request)
     return str(decision.value), str(reason)
@@ -341,3 +354,95 @@ def compare_ztunnel(case: Case, authorizations: Sequence[Mapping[str, Any]]) -> 
         if engine != istio:
             mismatches.append(Mismatch(ask, engine, istio, reason))
     return mismatches
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the comparisons with the Envoy tier's tools (istio-check, the Envoy waypoint stand-in)
+# ---------------------------------------------------------------------------------------------
+
+
+def waypoint_cases(count: int) -> list[Case]:
+    """``count`` waypoint cases, seeds 0.., each on its own Service ``target-<seed>``."""
+    return [
+        generate(random.Random(seed), point="waypoint", service=f"target-{seed}")
+        for seed in range(count)
+    ]
+
+
+def ztunnel_cases(count: int, *, l7_at_pods: bool) -> list[Case]:
+    """``count`` ztunnel cases, seeds 0.., each on its own pods ``pods-<seed>``."""
+    return [
+        generate(random.Random(seed), point="ztunnel", l7_at_pods=l7_at_pods,
+                 service=f"pods-{seed}")
+        for seed in range(count)
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What one comparison run saw."""
+
+    asked: int
+    answers: frozenset[str]
+    mismatches: tuple[Mismatch, ...]
+
+
+def compare_with_envoy(istio: Any, run_waypoint: Any, cases: Sequence[Case]) -> Comparison:
+    """Every request of every case through real Envoy running istiod's RBAC for its Service.
+
+    Args:
+        istio: the Envoy tier's ``IstioCheck`` (its ``waypoint`` builds each Service's filter).
+        run_waypoint: the Envoy tier's ``run_waypoint`` (a context manager giving a waypoint
+            whose ``request(identity, service, port, method, path, host)`` answers a status).
+        cases: waypoint cases with distinct Services (:func:`waypoint_cases`).
+    """
+    manifests = [m for case in cases for m in case.manifests]
+    services = [f"{NAMESPACE}/{case.service}" for case in cases]
+    rbac = istio.waypoint(manifests, services=services)
+    asked = 0
+    answers: set[str] = set()
+    mismatches: list[Mismatch] = []
+    with run_waypoint(rbac, dict.fromkeys(services, PORTS)) as envoy:
+        for case in cases:
+            statuses = [
+                int(
+                    envoy.request(
+                        "spiffe://" + principal_of(ask.caller),
+                        f"{NAMESPACE}/{case.service}",
+                        ask.port,
+                        ask.method,
+                        ask.path,
+                        ask.host,
+                    ).status
+                )
+                for ask in case.asks
+            ]
+            asked += len(statuses)
+            answers |= {str(status) for status in statuses}
+            mismatches += compare_waypoint(case, statuses)
+    return Comparison(asked, frozenset(answers), tuple(mismatches))
+
+
+def compare_with_istiod(istio: Any, cases: Sequence[Case]) -> Comparison:
+    """Every request of every case against istiod's conversion of its policies for ztunnel.
+
+    Args:
+        istio: the Envoy tier's ``IstioCheck`` (its ``check`` gives each policy's ztunnel
+            ``Authorization``).
+        cases: ztunnel cases with distinct policy names (:func:`ztunnel_cases`).
+    """
+    verdicts = istio.check([m for case in cases for m in case.manifests])["objects"]
+    by_name = {v["name"]: v for v in verdicts}
+    asked = 0
+    answers: set[str] = set()
+    mismatches: list[Mismatch] = []
+    for case in cases:
+        authorizations: list[Any] = []
+        for manifest in case.manifests:
+            ztunnel = by_name[manifest["metadata"]["name"]].get("ztunnel") or {}
+            if ztunnel.get("applies") and ztunnel.get("authorization"):
+                authorizations.append(ztunnel["authorization"])
+        answers |= {ztunnel_decides(authorizations, a.caller, a.port) for a in case.asks}
+        asked += len(case.asks)
+        mismatches += compare_ztunnel(case, authorizations)
+    return Comparison(asked, frozenset(answers), tuple(mismatches))

@@ -46,8 +46,12 @@ MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
 #: Annotations on the beacon's policies: who asked for it, over which relation.
 REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
 RELATION_ID = "charms.canonical.com/service-mesh.relation-id"
+#: Annotation on the beacon's policies that let the waypoint reach an app's pods.
+WAYPOINT_ACCESS_FOR = "charms.canonical.com/service-mesh.waypoint-access-for"
 #: The beacon's relation endpoint over which apps request access.
 MESH_ENDPOINT = "service-mesh"
+#: Istio's conditions on a policy: whether the waypoint or ztunnel enforces it.
+ISTIO_CONDITIONS = ("WaypointAccepted", "ZtunnelAccepted")
 
 _GATEWAY_GROUP = "gateway.networking.k8s.io"
 _L4_WHEN_KEYS = frozenset(
@@ -251,11 +255,19 @@ class TargetRef:
 
 @dataclass(frozen=True)
 class Provenance:
-    """Why the beacon made a policy: the relation a related app asked for it on."""
+    """Why the beacon made a policy: the relation a related app asked for it on.
+
+    Attributes:
+        requested_by: the app that asked (for a waypoint-access policy, the app it serves).
+        relation_id: the relation; ``None`` for the beacon's own policies.
+        endpoint: the beacon's endpoint of that relation.
+        waypoint_access: the policy lets the waypoint reach ``requested_by``'s pods.
+    """
 
     requested_by: str
     relation_id: int | None
     endpoint: str = MESH_ENDPOINT
+    waypoint_access: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,6 +285,7 @@ class AuthzPolicy:
         provenance: for the beacon's own policies, who asked for it.
         problem: why it cannot be read at all (it is then never evaluated, only reported).
         generated_by: for a policy no object holds (istiod's own), what makes it.
+        not_enforced: what Istio's own status conditions say where it does not enforce it.
     """
 
     name: str
@@ -285,6 +298,7 @@ class AuthzPolicy:
     provenance: Provenance | None = None
     problem: str = ""
     generated_by: str = ""
+    not_enforced: tuple[str, ...] = ()
 
     @property
     def foreign(self) -> bool:
@@ -434,14 +448,41 @@ def parse_policy(manifest: Mapping[str, Any], owner: str) -> AuthzPolicy:
             rules=rules,
             owned=owned,
             provenance=provenance,
+            not_enforced=_not_enforced(manifest, metadata),
         )
     except _MalformedError as error:
         return AuthzPolicy(name, namespace, owned=owned, provenance=provenance, problem=str(error))
 
 
+def _not_enforced(manifest: Mapping[str, Any], metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    """Istio's conditions that say it does not enforce the policy (current generation only)."""
+    status = manifest.get("status")
+    conditions = (
+        cast("dict[str, Any]", status).get("conditions") if isinstance(status, dict) else None
+    )
+    found: list[str] = []
+    for condition in cast("list[Any]", conditions) if isinstance(conditions, list) else []:
+        if not isinstance(condition, dict):
+            continue
+        item = cast("dict[str, Any]", condition)
+        observed = item.get("observedGeneration")
+        if observed not in (None, 0, metadata.get("generation")):
+            continue  # about an older version of the policy
+        if item.get("type") in ISTIO_CONDITIONS and item.get("status") == "False":
+            where = "the waypoint" if item["type"] == "WaypointAccepted" else "ztunnel"
+            found.append(
+                f"Istio says {where} does not enforce it: {item.get('reason') or 'no reason'}"
+                + (f": {item['message']}" if item.get("message") else "")
+            )
+    return tuple(found)
+
+
 def _provenance(metadata: Mapping[str, Any]) -> Provenance | None:
     annotations = metadata.get("annotations")
     annotations = cast("dict[str, Any]", annotations) if isinstance(annotations, dict) else {}
+    waypoint_for = annotations.get(WAYPOINT_ACCESS_FOR)
+    if isinstance(waypoint_for, str):
+        return Provenance(waypoint_for, None, waypoint_access=True)
     requested_by = annotations.get(REQUESTED_BY)
     if not isinstance(requested_by, str):
         return None
@@ -1145,7 +1186,7 @@ def _rule_source_matches(rule: Rule, attrs: _Attributes, namespace: str) -> bool
 
 def _explain_owned(policy: AuthzPolicy) -> str:
     """The policy, and for the beacon's own the relation it answers ("related, but ...")."""
-    if policy.provenance is None:
+    if policy.provenance is None or policy.provenance.waypoint_access:
         return policy.describe()
     relation = (
         f"relation {policy.provenance.relation_id}"
@@ -1183,6 +1224,10 @@ def _waypoint_miss(
     )
 
 
+def _waypoint_access(policy: AuthzPolicy) -> bool:
+    return bool(policy.provenance and policy.provenance.waypoint_access)
+
+
 def _ztunnel_rule_miss(allows: Sequence[AuthzPolicy], attrs: _Attributes) -> str:
     """The nearest miss among rules that let this caller in at the pods ("" if none does)."""
     for policy in allows:
@@ -1214,9 +1259,10 @@ def _ztunnel_miss(
     near = _ztunnel_rule_miss(allows, attrs)
     if near:
         return near
-    named = [p.name for p in allows if not p.generated_by]
+    for_waypoint = [p for p in allows if p.generated_by or _waypoint_access(p)]
+    named = [p.name for p in allows if p not in for_waypoint]
     names = _listing(named)
-    if bound and not named:
+    if (bound or for_waypoint) and not named:
         return (
             f"the Service of {request.target} is bound to the waypoint, so its pods accept only "
             f"the waypoint and what unit policies allow, and no unit policy allows {who}"

@@ -53,6 +53,7 @@ class Grant:
         relation_id: the relation it was asked for on.
         endpoint: the beacon's endpoint of that relation.
         caveats: what limits or voids the grant, in words.
+        waypoint_access: the beacon made it so that the waypoint reaches ``requested_by``.
     """
 
     source: str
@@ -70,6 +71,7 @@ class Grant:
     relation_id: int | None
     endpoint: str | None
     caveats: tuple[str, ...] = ()
+    waypoint_access: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,7 @@ def _caveats(
     model: Model, attached: Attachment, policy: AuthzPolicy, rule: Rule, target: Workload
 ) -> list[str]:
     caveats: list[str] = []
+    caveats.extend(policy.not_enforced)
     if not on_mesh(model, target):
         caveats.append(f"not enforced: {target.name} is not on the mesh (anyone may reach it)")
         return caveats
@@ -304,6 +307,7 @@ def grants_of(model: Model, index: int, attached: Attachment | None = None) -> l
                             requested_by=provenance.requested_by if provenance else None,
                             relation_id=provenance.relation_id if provenance else None,
                             endpoint=provenance.endpoint if provenance else None,
+                            waypoint_access=bool(provenance and provenance.waypoint_access),
                             caveats=caveats,
                         )
                     )

@@ -56,6 +56,8 @@ def _node(grant: Grant, model: str) -> str:
 def _granted_by(grant: Grant) -> str:
     if grant.foreign:
         return "not made by the beacon"
+    if grant.waypoint_access:
+        return safe_text(f"the beacon, for {grant.requested_by}'s Service")
     if grant.requested_by is None:
         return "the beacon"
     relation = "?" if grant.relation_id is None else str(grant.relation_id)

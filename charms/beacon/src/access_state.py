@@ -22,14 +22,14 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     RelationRequest,
     authorization_policy_name,
 )
-from kubernetes_client import is_unserved_kind
+from kubernetes_client import is_unserved_kind, status_code
 from lightkube import Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.core_v1 import Namespace, Service
-from namespace_labels import owner_value
-from policies import build_policy_manifests, check_requests
-from waypoint import waypoint_readiness
+from namespace_labels import OWNER_LABEL, WAYPOINT_LABEL, owner_value
+from policies import WaypointBinding, build_policy_manifests, check_requests
+from waypoint import gateway_resource, waypoint_readiness
 
 _AUTHZ = ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies")
 
@@ -78,13 +78,14 @@ def requests_state(
     namespace: str,
     services: dict[str, dict[str, str]],
     managing: bool,
+    binding: WaypointBinding | None = None,
 ) -> tuple[tuple[Requested, ...], tuple[Refused, ...]]:
     """What the beacon accepted (and the policy it makes for each) and what it refused.
 
     The same pure checks as the reconcile; with ``managing`` false nothing is applied, so
     nothing is expected in the cluster.
     """
-    accepted, refused = check_requests(requests, namespace, services)
+    accepted, refused = check_requests(requests, namespace, services, binding)
     _, unbuildable = build_policy_manifests(accepted)
     requested: list[Requested] = []
     if managing:
@@ -104,6 +105,17 @@ def requests_state(
             )
     refusals = [Refused(r.app_name, r.relation_id, r.reason) for r in refused + unbuildable]
     return tuple(requested), tuple(refusals)
+
+
+def _gateway(client: Client, name: str) -> dict[str, Any] | None:
+    """The waypoint's Gateway as it is now (``None``: absent, or no Gateway API)."""
+    api: Any = client
+    try:
+        return cast("dict[str, Any]", api.get(gateway_resource(), name).to_dict())
+    except Exception as error:  # lightkube.ApiError, or an HTTP error: see status_code
+        if status_code(error) == 404:
+            return None
+        raise
 
 
 def read_model(
@@ -132,6 +144,7 @@ def read_model(
     services = [
         (item.metadata.name, _labels(item)) for item in api.list(Service, namespace=namespace)
     ]
+    owner = owner_value(namespace, beacon_app)
     resource = create_namespaced_resource(*_AUTHZ)
     try:
         manifests = [
@@ -144,14 +157,20 @@ def read_model(
                 "authorizationpolicies.security.istio.io", "deploy istio-k8s"
             ) from error
         raise
-    owner = owner_value(namespace, beacon_app)
-    requested, refused = requests_state(requests, namespace, dict(services), managing)
+    namespace_bound = (
+        namespace_labels.get(OWNER_LABEL) == owner
+        and namespace_labels.get(WAYPOINT_LABEL) == waypoint
+    )
+    binding = WaypointBinding(waypoint, namespace_bound=namespace_bound)
+    requested, refused = requests_state(requests, namespace, dict(services), managing, binding)
     return Model(
         namespace=namespace,
         namespace_labels=namespace_labels,
         workloads=workloads(statefulsets, services),
         waypoint=waypoint,
-        waypoint_ready=waypoint_readiness(client, waypoint).ready,
+        waypoint_ready=waypoint_readiness(
+            client, waypoint, _gateway(client, waypoint), None
+        ).ready,
         policies=tuple(sorted((parse_policy(m, owner) for m in manifests), key=lambda p: p.name)),
         requested=requested,
         refused=refused,

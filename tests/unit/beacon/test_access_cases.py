@@ -113,3 +113,44 @@ def test_the_comparisons_report_disagreements():
     assert compare_waypoint(case, [403]) == []
     (mismatch,) = compare_waypoint(case, [200])
     assert mismatch.istio == "envoy 200"
+
+
+class _ToolsThatAllowEverything:
+    """Stands in for istio-check and the Envoy waypoint: every request is allowed."""
+
+    def check(self, manifests: list[Any]) -> dict[str, Any]:
+        return {
+            "objects": [
+                {"name": m["metadata"]["name"], "ztunnel": {"applies": True,
+                 "authorization": {"groups": [{}]}}}
+                for m in manifests
+            ]
+        }  # fmt: skip
+
+    def waypoint(self, manifests: list[Any], services: list[str]) -> dict[str, Any]:
+        return {"services": [{"service": s, "http_filters": []} for s in services]}
+
+    def request(self, *_: Any) -> Any:
+        return type("Reply", (), {"status": 200})()
+
+
+def test_the_tool_runs_count_requests_and_collect_disagreements():
+    from contextlib import contextmanager
+
+    from access_cases import compare_with_envoy, compare_with_istiod, waypoint_cases, ztunnel_cases
+
+    tools = _ToolsThatAllowEverything()
+
+    @contextmanager
+    def run_waypoint(rbac: Any, ports: Any):
+        assert {entry["service"] for entry in rbac["services"]} == set(ports)
+        yield tools
+
+    seen = compare_with_envoy(tools, run_waypoint, waypoint_cases(5))
+    assert seen.asked == 5 * 24
+    assert seen.answers == {"200"}
+    assert seen.mismatches  # the engine denies some of the generated requests
+    assert all(m.engine == "deny" for m in seen.mismatches)
+    seen = compare_with_istiod(tools, ztunnel_cases(5, l7_at_pods=False))
+    assert seen.answers == {"allow"}
+    assert all(m.engine == "deny" for m in seen.mismatches)
