@@ -228,9 +228,9 @@ class Processes:
 
 
 def bring_up_tester(model: JujuModel, charm: Path, app: str) -> str:
-    """Deploy a tester whose pod (its Pebble) has a network of its own; run its deploy hooks."""
+    """Deploy a tester whose pod (its Pebble) is on the pod network; run its deploy hooks."""
     [unit] = model.deploy(app, charm)
-    model.start_pebble(unit, CONTAINER, own_network=True)
+    model.start_pebble(unit, CONTAINER)
     runs = model.start_units(app)
     runs.append(model.run_hook(unit, f"{CONTAINER}-pebble-ready", workload=CONTAINER))
     ok(runs)
@@ -342,7 +342,17 @@ def start_waypoint(
     )
     upstreams = {(service, p): {"pipe": {"path": f"{sockets}/{RECEIVER}-{p}.sock"}} for p in ports}
     progress("starting Envoy with the waypoint's RBAC, in front of the receiver's servers")
-    return stack.enter_context(run_waypoint(rbac, {service: ports}, upstreams=upstreams))
+    envoy = stack.enter_context(run_waypoint(rbac, {service: ports}, upstreams=upstreams))
+    # The senders' hooks run in their model's node namespace: they reach Envoy, on this host's
+    # loopback, through Unix sockets (TLS from the sender's relay to Envoy passes through).
+    routes = [
+        f"unix:{sockets}/waypoint-{p}.sock=tcp:{envoy.addresses[service]}:{p}" for p in ports
+    ]
+    processes.start(
+        [sys.executable, str(RELAY)] + [arg for route in routes for arg in ("--route", route)],
+        workdir / "relay-waypoint.log",
+    )
+    return envoy
 
 
 def receiver_ports(model: JujuModel) -> list[int]:
@@ -358,8 +368,12 @@ def capture_senders(
     processes: Processes,
     progress: Progress,
 ) -> None:
-    """Give each sender its capture relay (its identity) and the name of the receiver."""
-    service = f"{MODEL}/{RECEIVER}"
+    """Give each sender its capture relay (its identity) and the name of the receiver.
+
+    The relay runs where the sender's hooks run (its model's node namespace), on a loopback
+    address that the sender's ``/etc/hosts`` gives the receiver's Service name.
+    """
+    sockets = workdir / "sockets"
     for index, row in enumerate({row.sender: row for row in EXPECTED}.values(), start=1):
         sender, juju = row.sender, units[row.sender]
         if not captured(juju, sender):
@@ -370,10 +384,11 @@ def capture_senders(
         identity = spiffe_id(row.model, sender)
         cert, key = envoy.pki.issue(sender, uri=identity)
         capture = f"127.77.{index}.1"
-        routes = [f"tcp:{capture}:{p}=tls:{envoy.addresses[service]}:{p}" for p in ports]
+        routes = [f"tcp:{capture}:{p}=tls+unix:{sockets}/waypoint-{p}.sock" for p in ports]
         progress(f"capturing {sender}'s traffic to {RECEIVER} as {identity}")
         processes.start(
-            [sys.executable, str(RELAY), "--cert", str(cert), "--key", str(key)]
+            [*juju.node_command(), sys.executable, str(RELAY)]
+            + ["--cert", str(cert), "--key", str(key)]
             + ["--ca", str(envoy.pki.ca_file)]
             + [arg for route in routes for arg in ("--route", route)],
             workdir / f"relay-{sender}.log",

@@ -13,6 +13,7 @@ from lightkube import ApiError, Client, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.core_v1 import Namespace, Service
+from lightkube.types import PatchType
 
 BEACON = "istio-beacon-k8s"
 MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
@@ -75,9 +76,10 @@ def service_labels(model: JujuModel, app: str) -> dict[str, str]:
 
 
 def istio_runs_the_waypoint(model: JujuModel, ready: int = 1) -> None:
-    """Do what Istio does for a waypoint Gateway: a Deployment named like it.
+    """Do what Istio does for a waypoint Gateway: its status, and a Deployment named like it.
 
-    Here ``ready`` replicas are reported ready (no kubelet runs: the status is written directly).
+    The Gateway (if the beacon made it) is Programmed for its generation, with an address; here
+    ``ready`` replicas are reported ready (no kubelet runs: the status is written directly).
     """
     name = waypoint(model)
     labels = {"gateway.networking.k8s.io/gateway-name": name}
@@ -106,6 +108,32 @@ def istio_runs_the_waypoint(model: JujuModel, ready: int = 1) -> None:
         name,
         {"status": {"replicas": ready, "readyReplicas": ready, "availableReplicas": ready}},
         namespace=model.name,
+    )
+    try:
+        gateway = client.get(Gateway, name, namespace=model.name)
+    except ApiError as e:
+        if e.status.code != 404:
+            raise
+        return
+    programmed = {
+        "type": "Programmed",
+        "status": "True",
+        "reason": "Programmed",
+        "message": "Resource programmed, assigned to service(s)",
+        "observedGeneration": gateway.metadata.generation if gateway.metadata else 1,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    client.patch(
+        Gateway.Status,
+        name,
+        {
+            "status": {
+                "conditions": [programmed],
+                "addresses": [{"type": "IPAddress", "value": "10.152.183.7"}],
+            }
+        },
+        namespace=model.name,
+        patch_type=PatchType.MERGE,
     )
 
 

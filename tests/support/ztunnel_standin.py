@@ -7,7 +7,8 @@ nor a pod network runs here, so each of those hops is a relay:
 
 - ``tcp:ADDR:PORT=tls:ADDR:PORT`` (capture): accept plain TCP, as ztunnel accepts a captured
   connection, and carry it to the waypoint in TLS presenting ``--cert`` (the client's identity,
-  verified against ``--ca``);
+  verified against ``--ca``); ``tls+unix:PATH`` does the same over a Unix socket, which crosses
+  network namespaces (from the pods' node to the host where the waypoint listens);
 - ``unix:PATH=tcp:ADDR:PORT`` (into a pod): accept on a Unix socket that Envoy's cluster
   connects to, and connect to the workload's port; run inside the pod's network namespace
   (``nsenter --net=...``), the socket file is how the host's network reaches into the pod's.
@@ -38,7 +39,7 @@ _CHUNK = 1 << 16
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One side of a route: ``tcp``, ``tls`` (connect only) or ``unix``, with where."""
+    """One side of a route: ``tcp``, ``unix``, or (connect only) ``tls``, ``tls+unix``."""
 
     scheme: str
     host: str = ""
@@ -47,10 +48,10 @@ class Endpoint:
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
-        """Parse ``tcp:ADDR:PORT``, ``tls:ADDR:PORT`` or ``unix:PATH``."""
+        """Parse ``tcp:ADDR:PORT``, ``tls:ADDR:PORT``, ``unix:PATH`` or ``tls+unix:PATH``."""
         scheme, _, rest = text.partition(":")
-        if scheme == "unix" and rest:
-            return cls("unix", path=rest)
+        if scheme in ("unix", "tls+unix") and rest:
+            return cls(scheme, path=rest)
         host, _, port = rest.rpartition(":")
         if scheme in ("tcp", "tls") and host and port.isdigit():
             return cls(scheme, host=host, port=int(port))
@@ -71,6 +72,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 async def _open(target: Endpoint, tls: ssl.SSLContext | None) -> tuple[Any, Any]:
     if target.scheme == "unix":
         return await asyncio.open_unix_connection(target.path)
+    if target.scheme == "tls+unix":
+        return await asyncio.open_unix_connection(target.path, ssl=tls, server_hostname="")
     if target.scheme == "tls":
         return await asyncio.open_connection(target.host, target.port, ssl=tls)
     return await asyncio.open_connection(target.host, target.port)
@@ -99,7 +102,7 @@ async def serve(
     """Listen on every route's first endpoint and relay to its second until cancelled."""
     servers: list[asyncio.AbstractServer] = []
     for listen, target in routes:
-        if target.scheme == "tls" and tls is None:
+        if target.scheme.startswith("tls") and tls is None:
             raise ValueError("a tls: route needs --cert, --key and --ca")
         handler = _handler(target, tls)
         if listen.scheme == "unix":
