@@ -50,9 +50,11 @@ stale() { # charm folder, packed file -> true when the .charm is missing or olde
   local folder=$1 charm=$2
   [ -f "$charm" ] || return 0
   command -v git >/dev/null && git rev-parse --git-dir >/dev/null 2>&1 || return 1
-  local newer
-  newer=$(git ls-files -co --exclude-standard -z "$folder" lib | xargs -0 -r find 2>/dev/null -newer "$charm" -type f | head -n 1)
-  [ -n "$newer" ]
+  local file
+  while IFS= read -r -d '' file; do
+    if [ "$file" -nt "$charm" ]; then return 0; fi
+  done < <(git ls-files -co --exclude-standard -z "$folder" lib)
+  return 1
 }
 charms=build/charms
 if [ "$pack" = 1 ] \
