@@ -134,11 +134,12 @@ Real here: both charms as packed by charmcraft, run through their own `dispatch`
   requests.
 Stood in: Juju (its controller and unit agent, and the hook tools, backed by a JSON file);
   Pebble (a stand-in that really starts the workload); Istio's control plane and ztunnel (the
-  waypoint's Deployment is written by the demo; capture is a relay per sender that adds the
-  sender's certificate; no L4 policy is enforced, so the pod-address rows of the matrix are not
-  run); the network (a network namespace per pod on a bridge, loopback and Unix sockets between
-  them and this host, /etc/hosts per unit instead of cluster DNS). Upstream Envoy reads the caller from the client certificate where
-  Istio's waypoint reads it from the HBONE tunnel.
+  waypoint's Gateway status and Deployment are written by the demo; capture is a relay per
+  sender that adds the sender's certificate; no L4 policy is enforced, so the pod-address rows
+  of the matrix are not run); the network (a network namespace per pod on a bridge, loopback
+  and Unix sockets between them and this host, /etc/hosts per unit instead of cluster DNS).
+  Upstream Envoy reads the caller from the client certificate where Istio's waypoint reads it
+  from the HBONE tunnel.
 """
 
 

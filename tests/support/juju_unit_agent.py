@@ -873,8 +873,8 @@ class CrossModelRelation:
         consumer_spec = consuming.state()["apps"][self.consumer_app]["endpoints"][
             consumer_endpoint
         ]
-        _remote_app(consuming, offer_name, offered_endpoint, offered_spec)
-        _remote_app(offering, remote_name, consumer_endpoint, consumer_spec)
+        _remote_app(consuming, offer_name, offered_endpoint, offered_spec, offering.uuid)
+        _remote_app(offering, remote_name, consumer_endpoint, consumer_spec, consuming.uuid)
         self.consumer_id = consuming.relate(
             self.consumer_app, consumer_endpoint, offer_name, offered_endpoint
         )
@@ -942,8 +942,13 @@ class CrossModelRelation:
         return runs
 
 
-def _remote_app(model: JujuModel, name: str, endpoint: str, spec: Mapping[str, str]) -> None:
-    """Make the other model's app known in ``model`` (no units run here; one planned unit)."""
+def _remote_app(
+    model: JujuModel, name: str, endpoint: str, spec: Mapping[str, str], model_uuid: str
+) -> None:
+    """Make the other model's app known in ``model`` (no units run here; one planned unit).
+
+    ``model_uuid`` is its own model's, which ``relation-model-get`` answers.
+    """
 
     def add(state: dict[str, Any]) -> None:
         app = state["apps"].setdefault(
@@ -962,6 +967,7 @@ def _remote_app(model: JujuModel, name: str, endpoint: str, spec: Mapping[str, s
                 "trusted": False,
                 "dir": "",
                 "remote": True,
+                "model_uuid": model_uuid,
             },
         )
         app["endpoints"][endpoint] = dict(spec)
