@@ -5,6 +5,7 @@ Each step runs the hooks Juju would run, in Juju's order, and checks that every 
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,31 @@ def istio_runs_the_waypoint(model: JujuModel, ready: int = 1) -> None:
         if e.status.code != 409:
             raise
     client.patch(Deployment, name, {"spec": {"replicas": ready}}, namespace=model.name)
+    # ... and programs the Gateway: Programmed for its generation, with an address.
+    path = f"/apis/gateway.networking.k8s.io/v1/namespaces/{model.name}/gateways/{name}"
+    status, gateway = model.kube.raw_request("GET", path)
+    assert status == 200, gateway
+    generation = gateway["metadata"]["generation"]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = [
+        {
+            "type": kind,
+            "status": "True",
+            "reason": kind,
+            "message": "",
+            "observedGeneration": generation,
+            "lastTransitionTime": now,
+        }
+        for kind in ("Accepted", "Programmed")
+    ]
+    address = {"type": "Hostname", "value": f"{name}.{model.name}.svc.cluster.local"}
+    status, answer = model.kube.raw_request(
+        "PATCH",
+        f"{path}/status",
+        {"status": {"conditions": conditions, "addresses": [address]}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200, answer
     client.patch(
         Deployment.Status,
         name,
