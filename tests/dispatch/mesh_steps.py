@@ -5,6 +5,7 @@ Each step runs the hooks Juju would run, in Juju's order, and checks that every 
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ from lightkube import ApiError, Client, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.core_v1 import Namespace, Service
-from lightkube.types import PatchType
 
 BEACON = "istio-beacon-k8s"
 MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
@@ -76,10 +76,9 @@ def service_labels(model: JujuModel, app: str) -> dict[str, str]:
 
 
 def istio_runs_the_waypoint(model: JujuModel, ready: int = 1) -> None:
-    """Do what Istio does for a waypoint Gateway: its status, and a Deployment named like it.
+    """Do what Istio does for a waypoint Gateway: a Deployment named like it.
 
-    The Gateway (if the beacon made it) is Programmed for its generation, with an address; here
-    ``ready`` replicas are reported ready (no kubelet runs: the status is written directly).
+    Here ``ready`` replicas are reported ready (no kubelet runs: the status is written directly).
     """
     name = waypoint(model)
     labels = {"gateway.networking.k8s.io/gateway-name": name}
@@ -103,37 +102,36 @@ def istio_runs_the_waypoint(model: JujuModel, ready: int = 1) -> None:
         if e.status.code != 409:
             raise
     client.patch(Deployment, name, {"spec": {"replicas": ready}}, namespace=model.name)
+    # ... and programs the Gateway: Programmed for its generation, with an address.
+    path = f"/apis/gateway.networking.k8s.io/v1/namespaces/{model.name}/gateways/{name}"
+    status, gateway = model.kube.raw_request("GET", path)
+    assert status == 200, gateway
+    generation = gateway["metadata"]["generation"]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = [
+        {
+            "type": kind,
+            "status": "True",
+            "reason": kind,
+            "message": "",
+            "observedGeneration": generation,
+            "lastTransitionTime": now,
+        }
+        for kind in ("Accepted", "Programmed")
+    ]
+    address = {"type": "Hostname", "value": f"{name}.{model.name}.svc.cluster.local"}
+    status, answer = model.kube.raw_request(
+        "PATCH",
+        f"{path}/status",
+        {"status": {"conditions": conditions, "addresses": [address]}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200, answer
     client.patch(
         Deployment.Status,
         name,
         {"status": {"replicas": ready, "readyReplicas": ready, "availableReplicas": ready}},
         namespace=model.name,
-    )
-    try:
-        gateway = client.get(Gateway, name, namespace=model.name)
-    except ApiError as e:
-        if e.status.code != 404:
-            raise
-        return
-    programmed = {
-        "type": "Programmed",
-        "status": "True",
-        "reason": "Programmed",
-        "message": "Resource programmed, assigned to service(s)",
-        "observedGeneration": gateway.metadata.generation if gateway.metadata else 1,
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-    }
-    client.patch(
-        Gateway.Status,
-        name,
-        {
-            "status": {
-                "conditions": [programmed],
-                "addresses": [{"type": "IPAddress", "value": "10.152.183.7"}],
-            }
-        },
-        namespace=model.name,
-        patch_type=PatchType.MERGE,
     )
 
 

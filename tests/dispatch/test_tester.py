@@ -69,8 +69,8 @@ def test_tester_workload_mesh_and_probe(model: JujuModel, beacon_charm: Path, te
     relate_inbound(model, "receiver", "sender")
     mesh = relate_mesh(model, "receiver")
     relate_mesh(model, "sender")
-    assert pod_template_labels(model, "receiver")["istio.io/use-waypoint"] == waypoint(model)
-    assert pod_template_labels(model, "sender")["istio.io/use-waypoint"] == waypoint(model)
+    assert service_labels(model, "receiver")["istio.io/use-waypoint"] == waypoint(model)
+    assert service_labels(model, "sender")["istio.io/use-waypoint"] == waypoint(model)
 
     # The probe action, through the sender's dispatch, reaches the receiver's real server.
     probe = model.run_action(sender, "probe", {"url": f"http://{host}:8080/foo"})
@@ -125,7 +125,7 @@ def test_tester_workload_mesh_and_probe(model: JujuModel, beacon_charm: Path, te
     assert not any(k in pod_template_labels(model, "receiver") for k in MESH_LABELS)
     assert not any(k in service_labels(model, "receiver") for k in MESH_LABELS)
     ok(model.set_config("receiver", auto_join_mesh=True))
-    assert pod_template_labels(model, "receiver")["istio.io/use-waypoint"] == waypoint(model)
+    assert service_labels(model, "receiver")["istio.io/use-waypoint"] == waypoint(model)
 
     # The pod goes (Pebble stops with it): the unit waits for its container, hooks still succeed.
     model.stop_pebble(receiver, CONTAINER)

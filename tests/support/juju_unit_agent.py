@@ -199,7 +199,7 @@ class JujuModel:
         self._network: pod_network.PodNetwork | None = None
         self._pods: dict[str, list[str]] = {}
         ensure_namespace(self.admin, name)
-        juju_seed.seed_model_operator(self.admin, name)  # every Juju model has its Service
+        juju_seed.seed_model_operator(self.admin, name)  # Juju makes it in every model
         self.history: list[HookRun] = []
 
     # ----------------------------------------------------------------------------------- state
