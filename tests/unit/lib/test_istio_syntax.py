@@ -157,22 +157,19 @@ def test_a_unit_policy_with_no_target_is_refused_because_it_would_be_namespace_w
 
 
 @pytest.mark.parametrize(
-    ("labels", "field"),
+    "labels",
     [
-        (
-            {"app": "has space"},
-            r'target_selector_labels\["app"\]: .* not a Kubernetes label value',
-        ),
-        ({"app": "v" * 64}, r"label value"),
-        ({"app": "-x"}, r"label value"),
-        ({"bad key": "x"}, r"target_selector_labels: .* not a Kubernetes label key"),
-        ({"Example.com/x": "y"}, r"label key"),
-        ({"/x": "y"}, r"label key"),
-        ({"a/b/c": "y"}, r"label key"),
+        {"app": "has space"},
+        {"app": "v" * 64},
+        {"app": "-x"},
+        {"bad key": "x"},
+        {"Example.com/x": "y"},
+        {"/x": "y"},
+        {"a/b/c": "y"},
     ],
 )
-def test_a_selector_no_pod_label_can_match_is_refused(labels: dict[str, str], field: str):
-    with pytest.raises(MeshDataError, match=field):
+def test_a_selector_no_pod_label_can_match_is_refused(labels: dict[str, str]):
+    with pytest.raises(MeshDataError, match=r"target_selector_labels: invalid (value|label key)"):
         _mesh(
             target_type=PolicyTargetType.unit, target_app_name=None, target_selector_labels=labels
         )

@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 11
+LIBPATCH = 12
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -399,8 +399,7 @@ def _labels(value: object, where: str) -> dict[str, str] | None:
 # is either refused by Istio's admission webhook or accepted and never matched (silent deny), so it
 # is refused here, where the charm author or the provider sees which field to fix.
 _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_LABEL_NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 # Letters, digits, "-", ".", "_", "~": RFC 3986 unreserved characters, which Envoy decodes.
 _ENCODED_UNRESERVED = re.compile(r"%(?:2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9\-._~%!$&'()+,;:@=]+")  # RFC 3986 pchar, as Istio checks
@@ -493,32 +492,13 @@ def _check_service_name(name: str, where: str) -> str:
 
 
 def _check_label_value(value: str, where: str) -> str:
-    if len(value) > _MAX_LABEL_VALUE_LENGTH or (value and not _LABEL_NAME.fullmatch(value)):
+    if len(value) > _MAX_LABEL_VALUE_LENGTH or (value and not _LABEL_NAME_PART.fullmatch(value)):
         raise _fail(
             where,
             f"{json.dumps(value)} is not a Kubernetes label value: use at most 63 letters, "
             "digits, '-', '_' or '.', starting and ending with a letter or digit",
         )
     return value
-
-
-def _check_label_key(key: str, where: str) -> str:
-    prefix, _, name = key.rpartition("/")
-    if (
-        len(name) > _MAX_LABEL_VALUE_LENGTH
-        or not _LABEL_NAME.fullmatch(name)
-        or (
-            "/" in key
-            and (len(prefix) > _MAX_NAME_LENGTH or not _DNS1123_SUBDOMAIN.fullmatch(prefix))
-        )
-    ):
-        raise _fail(
-            where,
-            f"{json.dumps(key)} is not a Kubernetes label key: use an optional DNS prefix and "
-            "'/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
-            "letter or digit",
-        )
-    return key
 
 
 def _mapping(value: object, where: str) -> Mapping[str, object]:
@@ -792,9 +772,6 @@ class MeshPolicy:
             )
         if self.target_app_name is not None:
             _check_label_value(self.target_app_name, f"{who}: target_app_name (a pod label value)")
-        for key, value in (self.target_selector_labels or {}).items():
-            _check_label_key(key, f"{who}: target_selector_labels")
-            _check_label_value(value, f"{who}: target_selector_labels[{json.dumps(key)}]")
         for i, endpoint in enumerate(self.endpoints):
             if endpoint.restricts_beyond_ports:
                 raise UnitPolicyError(
