@@ -227,7 +227,8 @@ def test_namespace_labels_of_another_owner_are_left_alone(
     assert after.metadata is not None
     assert after.metadata.resourceVersion == before.metadata.resourceVersion
     assert out.unit_status == testing.BlockedStatus(
-        f"model-on-mesh: namespace {model} {conflict}; leaving its labels alone"
+        f"model-on-mesh: namespace {model} {conflict}; leaving its labels alone, so related apps "
+        "keep their own mesh labels"
     )
 
 
@@ -462,8 +463,9 @@ def test_without_trust_it_says_how_to_trust_it(
 
     out = ctx.run(ctx.on.config_changed(), state(model, [mesh], model_on_mesh=True))
 
+    # The namespace is the first step (it decides what consumers are told), the first refused.
     assert out.unit_status == testing.BlockedStatus(
-        f"run `juju trust {APP} --scope=cluster`: Kubernetes refused to run the waypoint"
+        f"run `juju trust {APP} --scope=cluster`: Kubernetes refused to label the namespace"
     )
     assert owned(admin, gateway_resource(), model) == {}
     assert owned(admin, AuthorizationPolicy, model) == {}

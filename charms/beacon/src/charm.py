@@ -15,8 +15,8 @@ from typing import Any
 import ops
 from access_actions import ActionError, access_map_results, explain_results, read
 from beacon_config import BeaconConfig
-from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider
-from policies import refusal_message
+from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider, display_text
+from policies import MAX_STATUS_LENGTH, refusal_message
 from policy_status import not_enforced_message
 from reconciler import BeaconReconciler, Findings
 from waypoint import consumer_labels, waypoint_name
@@ -35,8 +35,11 @@ PEER_RELATION = "peers"
 class IstioBeaconCharm(ops.CharmBase):
     """Run a waypoint for the model, publish the mesh labels, enforce what related apps request."""
 
+    _stored = ops.StoredState()
+
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
+        self._stored.set_default(refusals_logged={})
         self._config, self._config_error = self._load_config()
         # What this hook's reconcile found, for collect-status (None: no reconcile ran).
         self._findings: Findings | None = None
@@ -44,12 +47,12 @@ class IstioBeaconCharm(ops.CharmBase):
         self._mesh: ServiceMeshProvider | None = None
         if self._config is not None:
             # Without a valid config the beacon cannot know what to publish: it publishes nothing.
+            # Until a reconcile has seen the namespace carry the mesh labels, consumers are told
+            # to keep their own (fail closed): the reconcile publishes "none needed" itself.
             self._mesh = ServiceMeshProvider(
                 self,
                 labels=consumer_labels(
-                    waypoint_name(self.model.name, self.app.name),
-                    self.model.name,
-                    self._config.model_on_mesh,
+                    waypoint_name(self.model.name, self.app.name), self.model.name, False
                 ),
                 mesh_relation_name=MESH_RELATION,
             )
@@ -89,10 +92,18 @@ class IstioBeaconCharm(ops.CharmBase):
     def _reconcile(self, _: ops.EventBase) -> None:
         if self._config is None or self._mesh is None or not self.unit.is_leader():
             return
-        with contextlib.closing(BeaconReconciler(self)) as reconciler:
+        reconciler = self._reconciler()
+        if reconciler is None:
+            return
+        with contextlib.closing(reconciler):
             self._findings = reconciler.reconcile(
-                self._config, self._mesh, self.app.planned_units()
+                self._config,
+                self._mesh,
+                self.app.planned_units(),
+                refusals_logged=dict(self._stored.refusals_logged),
             )
+        if self._findings.refusals_logged != dict(self._stored.refusals_logged):
+            self._stored.refusals_logged = self._findings.refusals_logged
 
     def _on_access_map(self, event: ops.ActionEvent) -> None:
         self._answer(event, access_map_results)
@@ -119,9 +130,21 @@ class IstioBeaconCharm(ops.CharmBase):
             return
         # The application is going away. Leadership is not reliable this late, so whichever unit
         # gets here cleans up; every deletion tolerates the object being gone already.
-        with contextlib.closing(BeaconReconciler(self)) as reconciler:
+        reconciler = self._reconciler()
+        if reconciler is None:
+            return
+        with contextlib.closing(reconciler):
             self._findings = reconciler.teardown()
         self._torn_down = True
+
+    def _reconciler(self) -> BeaconReconciler | None:
+        """A reconciler, or ``None`` (and a finding) when no Kubernetes client can be made."""
+        try:
+            return BeaconReconciler(self)
+        except Exception as error:  # no usable client (configuration): a status, not a failure
+            self._findings = Findings(unreachable=display_text(str(error), 120, quote=False))
+            logger.error("cannot reach Kubernetes: %s", self._findings.unreachable)
+            return None
 
     def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
         if self._config_error is not None:
@@ -129,6 +152,8 @@ class IstioBeaconCharm(ops.CharmBase):
         findings = self._findings
         if findings is not None:
             for status in self._statuses(findings):
+                # Bounded and printable, whatever the text came from.
+                status.message = display_text(status.message, MAX_STATUS_LENGTH, quote=False)
                 event.add_status(status)
         if self._torn_down:
             event.add_status(ops.MaintenanceStatus("removed the mesh resources"))
@@ -141,6 +166,8 @@ class IstioBeaconCharm(ops.CharmBase):
     def _statuses(self, findings: Findings) -> list[ops.StatusBase]:
         """The statuses for what a reconcile found, most urgent first."""
         statuses: list[ops.StatusBase] = []
+        if findings.unreachable:
+            statuses.append(ops.BlockedStatus(f"cannot reach Kubernetes: {findings.unreachable}"))
         if findings.missing_crds:
             statuses.append(
                 ops.BlockedStatus(
@@ -158,7 +185,8 @@ class IstioBeaconCharm(ops.CharmBase):
         if findings.namespace_conflict:
             statuses.append(
                 ops.BlockedStatus(
-                    f"model-on-mesh: {findings.namespace_conflict}; leaving its labels alone"
+                    f"model-on-mesh: {findings.namespace_conflict}; leaving its labels alone, so "
+                    "related apps keep their own mesh labels"
                 )
             )
         if findings.model_operator:

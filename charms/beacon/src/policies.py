@@ -8,6 +8,7 @@ a refused request is reported and skipped, and every other request is still appl
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,10 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     RelationRequest,
     build_authorization_policy,
+    display_text,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Label and annotation: the app whose request an AuthorizationPolicy implements.
 REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
@@ -79,15 +83,16 @@ def service_owner_error(app: str, service: str, services: Mapping[str, Mapping[s
         service: the Service its policy names.
         services: the namespace's Services, name to labels.
     """
+    shown = display_text(service)
     if service not in services:
-        return f"Service {service} does not exist"
+        return f"Service {shown} does not exist"
     owner = services[service].get(APP_NAME_LABEL)
     if owner is None:
         if service in (app, f"{app}-endpoints"):
             return ""
-        return f"Service {service} is not labelled {APP_NAME_LABEL}={app}"
+        return f"Service {shown} is not labelled {APP_NAME_LABEL}={app}"
     if owner != app:
-        return f"Service {service} belongs to {owner}"
+        return f"Service {shown} belongs to {owner}"
     return ""
 
 
@@ -146,9 +151,9 @@ def policy_error(
         binding: which Services use the waypoint; ``None`` skips that check.
     """
     if policy.target_namespace != namespace:
-        return f"targets namespace {policy.target_namespace}, not {namespace}"
+        return f"targets namespace {display_text(policy.target_namespace)}, not {namespace}"
     if policy.target_app_name is not None and policy.target_app_name != app:
-        return f"targets app {policy.target_app_name}"
+        return f"targets app {display_text(policy.target_app_name)}"
     if policy.target_type is PolicyTargetType.app:
         service = policy.target_service
         if not service:
@@ -227,9 +232,18 @@ def build_policy_manifests(
                     },
                 )
             )
-        except ValueError as error:
+        except Exception as error:  # MeshDataError, or anything else: that request's refusal
             refusals.append(Refusal(item.app_name, item.relation_id, str(error)))
     return manifests, refusals
+
+
+def requested_by(manifest: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The app and relation id an AuthorizationPolicy manifest was built for, or ``None``."""
+    annotations = (manifest.get("metadata") or {}).get("annotations") or {}
+    app, relation_id = annotations.get(REQUESTED_BY), annotations.get(RELATION_ID)
+    if not isinstance(app, str) or not isinstance(relation_id, str) or not relation_id.isdigit():
+        return None
+    return app, int(relation_id)
 
 
 def waypoint_policy_name(app: str) -> str:
@@ -264,11 +278,53 @@ def waypoint_allow_policy(app: str, namespace: str, waypoint_principal: str) -> 
     }
 
 
+#: The longest status message the beacon sets.
+MAX_STATUS_LENGTH = 400
+
+
 def refusal_message(refusals: Sequence[Refusal]) -> str:
-    """A status message naming the first refused request and counting the others."""
+    """A status message naming the first refused request and counting the others.
+
+    Bounded (:data:`MAX_STATUS_LENGTH`): the first reason is cut so that the count always shows.
+    """
     first = refusals[0]
-    message = f"refused a request from {first.app_name}: {first.reason}"
+    suffix = ""
     if len(refusals) > 1:
-        apps = ", ".join(sorted({refusal.app_name for refusal in refusals}))
-        message += f" (and {len(refusals) - 1} more from {apps}; see juju debug-log)"
-    return message
+        apps = sorted({refusal.app_name for refusal in refusals})
+        named = ", ".join(apps[:3]) + (f" and {len(apps) - 3} other apps" if len(apps) > 3 else "")
+        suffix = f" (and {len(refusals) - 1} more from {named}; see juju debug-log)"
+    head = f"refused a request from {first.app_name}: "
+    room = max(MAX_STATUS_LENGTH - len(head) - len(suffix), 20)
+    return head + display_text(first.reason, room, quote=False) + suffix
+
+
+def log_refusals(refusals: Sequence[Refusal], logged: Mapping[str, str]) -> dict[str, str]:
+    """Log the refusals of each relation once per change: one line per relation that changed.
+
+    Args:
+        refusals: this reconcile's refusals.
+        logged: per relation id, a digest of the refusals logged before.
+
+    Returns:
+        The digests to remember for the next hook.
+    """
+    by_relation: dict[int, list[Refusal]] = {}
+    for refusal in refusals:
+        by_relation.setdefault(refusal.relation_id, []).append(refusal)
+    digests: dict[str, str] = {}
+    for relation_id, items in sorted(by_relation.items()):
+        text = "\n".join(item.reason for item in items)
+        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+        digests[str(relation_id)] = digest
+        if logged.get(str(relation_id)) == digest:
+            continue
+        more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+        logger.warning(
+            "refused %d policies requested by %s (relation %d): %s%s",
+            len(items),
+            items[0].app_name,
+            relation_id,
+            display_text(items[0].reason, 300, quote=False),
+            more,
+        )
+    return digests

@@ -7,7 +7,7 @@ statuses in its collect-status handler.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     MissingCRDError,
     PolicyResourceManager,
     ServiceMeshProvider,
+    display_text,
     label_configmap_name,
     reconcile_charm_labels,
 )
@@ -32,7 +33,9 @@ from policies import (
     WaypointBinding,
     build_policy_manifests,
     check_requests,
+    log_refusals,
     needs_services,
+    requested_by,
     waypoint_allow_policy,
 )
 from policy_status import PolicyCondition, istio_conditions
@@ -66,6 +69,9 @@ class Findings:
         model_operator: why Juju's model operator cannot be kept reachable (model-on-mesh).
         policy_conditions: what Istio reports about each of the beacon's AuthorizationPolicies
             (see :mod:`policy_status`); those with ``enforced`` false are not enforced.
+        unreachable: why Kubernetes could not be reached (no answer at all), or ``None``.
+        refusals_logged: per relation, a digest of the refusals logged (see
+            :func:`policies.log_refusals`), to log each change once.
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -76,6 +82,8 @@ class Findings:
     waypoint: WaypointReadiness | None = None
     model_operator: str | None = None
     policy_conditions: list[PolicyCondition] = field(default_factory=list[PolicyCondition])
+    unreachable: str | None = None
+    refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
 
     @property
     def unenforced(self) -> list[PolicyCondition]:
@@ -107,7 +115,11 @@ class BeaconReconciler:
             self._client.close()
 
     def reconcile(
-        self, config: BeaconConfig, provider: ServiceMeshProvider, planned_units: int
+        self,
+        config: BeaconConfig,
+        provider: ServiceMeshProvider,
+        planned_units: int,
+        refusals_logged: Mapping[str, str] | None = None,
     ) -> Findings:
         """Converge everything to the config, the relations and the planned unit count.
 
@@ -117,22 +129,16 @@ class BeaconReconciler:
             config: the validated config.
             provider: the ``service-mesh`` provider, to publish the labels and read requests.
             planned_units: how many units the beacon will have (the waypoint's replicas).
+            refusals_logged: what earlier hooks logged about refusals (from
+                ``Findings.refusals_logged``), so that only changes are logged.
         """
         if planned_units == 0:
             return self.teardown()
-        labels = consumer_labels(self.waypoint, self._namespace, config.model_on_mesh)
-        provider.update_relations()
-        self._attempt(
-            "label the beacon's pods and Service",
-            lambda: reconcile_charm_labels(
-                self._client, self._app, self._namespace, label_configmap_name(self._app), labels
-            ),
-        )
-        self.findings.waypoint = self._attempt(
-            "run the waypoint",
-            lambda: reconcile_waypoint(self._client, self.waypoint, planned_units, self._labels),
-        )
-        # A one-item tuple: None from _attempt means the step failed, (None,) that it converged.
+        self.findings.refusals_logged = dict(refusals_logged or {})
+        # The namespace first: consumers are told they need no labels of their own only when the
+        # namespace is known to carry this beacon's. Otherwise (a conflict, or no answer) they
+        # keep theirs: fail closed. A one-item tuple: None from _attempt means the step failed,
+        # (None,) that it converged.
         labelled = self._attempt(
             "label the namespace",
             lambda: (
@@ -145,9 +151,22 @@ class BeaconReconciler:
                 ),
             ),
         )
-        self.findings.namespace_conflict = labelled[0] if labelled else None
+        if labelled is not None:
+            self.findings.namespace_conflict = labelled[0]
         # Whether the namespace now binds its Services to the waypoint through this beacon.
         namespace_bound = config.model_on_mesh and labelled is not None and labelled[0] is None
+        labels = consumer_labels(self.waypoint, self._namespace, namespace_bound)
+        provider.update_relations(labels=labels)
+        self._attempt(
+            "label the beacon's pods and Service",
+            lambda: reconcile_charm_labels(
+                self._client, self._app, self._namespace, label_configmap_name(self._app), labels
+            ),
+        )
+        self.findings.waypoint = self._attempt(
+            "run the waypoint",
+            lambda: reconcile_waypoint(self._client, self.waypoint, planned_units, self._labels),
+        )
         model_operator = self._attempt(
             "keep Juju's model operator reachable",
             lambda: reconcile_model_operator(
@@ -211,7 +230,13 @@ class BeaconReconciler:
             manager.delete()
             return
         requests = provider.relation_requests()
-        services = self._services() if needs_services(requests) else {}
+        services: dict[str, dict[str, str]] | None = {}
+        if needs_services(requests):
+            services = self._attempt("list the Services", self._services)
+            if services is None:
+                # Requests naming a Service cannot be checked: change nothing this hook rather
+                # than delete their policies (recorded above; the next hook tries again).
+                return
         binding = WaypointBinding(self.waypoint, namespace_bound=namespace_bound)
         accepted, refused = check_requests(requests, self._namespace, services, binding)
         manifests, unbuildable = build_policy_manifests(accepted)
@@ -221,15 +246,36 @@ class BeaconReconciler:
         manifests.extend(waypoint_allow_policy(app, self._namespace, principal) for app in related)
         if config.model_on_mesh and model_operator.selector is not None:
             manifests.append(model_operator_policy(self._namespace, model_operator.selector))
-        self.findings.refusals = refused + unbuildable
-        for refusal in self.findings.refusals:
-            logger.warning(
-                "refused a policy requested by %s (relation %d): %s",
-                refusal.app_name,
-                refusal.relation_id,
-                refusal.reason,
-            )
-        summary = manager.reconcile([], MeshType.istio, raw_policies=manifests)
+        rejected: list[Refusal] = []
+        requester = {
+            f"{m['metadata']['namespace']}/{m['metadata']['name']}": requested_by(m)
+            for m in manifests
+        }
+
+        def on_error(key: str, error: Exception) -> None:
+            code = status_code(error)
+            said = f"{code} {display_text(error_message(error), 120, quote=False)}"
+            asker = requester.get(key)
+            if asker is not None and code and code not in (401, 403, 404, 409, 429) and code < 500:
+                # Kubernetes refused this object (admission, size, schema): the request's refusal.
+                rejected.append(Refusal(*asker, f"Kubernetes refused it: {said}"))
+                return
+            logger.error("cannot write AuthorizationPolicy %s: %s", key, said)
+            if code == 403:
+                self.findings.forbidden.append(f"write AuthorizationPolicy {key}")
+            elif code:
+                self.findings.api_errors.append(f"cannot write AuthorizationPolicy {key}: {said}")
+            else:
+                self.findings.unreachable = self.findings.unreachable or said
+
+        summary = manager.reconcile([], MeshType.istio, raw_policies=manifests, on_error=on_error)
+        # By relation: the status names the same first refusal whatever order Juju lists them.
+        self.findings.refusals = sorted(
+            refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id
+        )
+        self.findings.refusals_logged = log_refusals(
+            self.findings.refusals, self.findings.refusals_logged
+        )
         self.findings.policy_conditions = istio_conditions(
             manager.listed, [*summary.created, *summary.updated, *summary.deleted]
         )
@@ -260,7 +306,7 @@ class BeaconReconciler:
                 raise
 
     def _attempt(self, what: str, action: Callable[[], _T]) -> _T | None:
-        """Run one step; a Kubernetes failure is recorded and the other steps still run."""
+        """Run one step; any failure is recorded and the other steps still run (no failed hook)."""
         try:
             return action()
         except MissingCRDError as error:
@@ -270,8 +316,13 @@ class BeaconReconciler:
         except Exception as error:  # lightkube.ApiError, or an HTTP error: see status_code
             code = status_code(error)
             if not code:
-                raise  # not an answer from Kubernetes (a bug, or no connection): fail the hook
-            message = error_message(error)
+                # No answer from Kubernetes (no connection, a timeout, a broken configuration):
+                # a status says so and the next hook tries again.
+                said = display_text(str(error) or type(error).__name__, 120, quote=False)
+                logger.error("cannot %s: cannot reach Kubernetes: %s", what, said)
+                self.findings.unreachable = self.findings.unreachable or said
+                return None
+            message = display_text(error_message(error), 120, quote=False)
             logger.error("cannot %s: Kubernetes said %d: %s", what, code, message)
             if code == 403:
                 self.findings.forbidden.append(what)

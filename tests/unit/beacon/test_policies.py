@@ -70,17 +70,17 @@ UNIT = PolicyTargetType.unit
             ),
             "",
         ),
-        (_policy(target_app_name="victim"), "targets app victim"),
-        (_policy(target_namespace="elsewhere"), f"targets namespace elsewhere, not {MODEL}"),
+        (_policy(target_app_name="victim"), 'targets app "victim"'),
+        (_policy(target_namespace="elsewhere"), f'targets namespace "elsewhere", not {MODEL}'),
         (
             _policy(target_app_name=None, target_service="victim-admin"),
-            "Service victim-admin belongs to victim",
+            'Service "victim-admin" belongs to victim',
         ),
-        (_policy(target_service="victim"), "Service victim belongs to victim"),
-        (_policy(target_service="nothing"), "Service nothing does not exist"),
+        (_policy(target_service="victim"), 'Service "victim" belongs to victim'),
+        (_policy(target_service="nothing"), 'Service "nothing" does not exist'),
         (
             _policy(target_service="unlabelled"),
-            "Service unlabelled is not labelled app.kubernetes.io/name=receiver1",
+            'Service "unlabelled" is not labelled app.kubernetes.io/name=receiver1',
         ),
         (
             _policy(target_type=UNIT, target_app_name=None),
@@ -149,16 +149,16 @@ def test_applies_each_request_with_who_asked_for_it(
 _MALFORMED_POLICY = wire_policy("sender", LIAR, endpoints=[{"ports": ["eighty"]}])
 
 ADVERSARIAL: list[tuple[str, list[dict[str, Any]] | str, str]] = [
-    ("another app", [wire_policy("sender", HONEST)], "targets app receiver1"),
+    ("another app", [wire_policy("sender", HONEST)], 'targets app "receiver1"'),
     (
         "another namespace",
         [wire_policy("sender", LIAR, target_namespace="kube-system")],
-        f"targets namespace kube-system, not {MODEL}",
+        f'targets namespace "kube-system", not {MODEL}',
     ),
     (
         "a Service of another app",
         [wire_policy("sender", LIAR, target_service=HONEST)],
-        "Service receiver1 belongs to receiver1",
+        'Service "receiver1" belongs to receiver1',
     ),
     (
         "a unit policy with no target",
@@ -202,7 +202,7 @@ def test_reports_every_refused_app(ctx: testing.Context[IstioBeaconCharm], kube:
     out = ctx.run(ctx.on.update_status(), beacon_state(relations=[one, two]))
 
     assert out.unit_status == testing.BlockedStatus(
-        "refused a request from liar1: targets app receiver1"
+        'refused a request from liar1: targets app "receiver1"'
         " (and 1 more from liar1, liar2; see juju debug-log)"
     )
     assert request_policies(kube) == {}

@@ -73,7 +73,7 @@ def test_once_istio_arrives_the_next_event_converges(
 @pytest.mark.parametrize(
     ("forbidden", "refused_step"),
     [
-        ({}, "label the beacon's pods and Service"),
+        ({}, "label the namespace"),  # the first step: it decides what consumers are told
         ({"resource": "authorizationpolicies"}, "apply the AuthorizationPolicies"),
         ({"resource": "namespaces", "verb": "patch"}, "label the namespace"),
     ],

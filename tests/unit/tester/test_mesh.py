@@ -225,6 +225,7 @@ def test_impersonation_keeps_cross_model_sources(ctx: testing.Context[ServiceMes
         remote_app_data={
             "cmr_data": json.dumps({"app_name": "client", "juju_model_name": "other-model"})
         },
+        remote_model_uuid="3d2b2c1a-0000-4000-8000-0123456789ab",  # Juju: another model
     )
 
     state_out = ctx.run(
