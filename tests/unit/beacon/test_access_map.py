@@ -205,3 +205,26 @@ def test_every_format_through_one_entry():
     assert "(none)" in format_table(build_access_map(model()))
     with pytest.raises(ValueError, match="format must be one of"):
         format_map(access, "svg")
+
+
+def test_istios_own_conditions_show_next_to_the_grants():
+    manifest = {
+        "metadata": {"name": "theirs", "namespace": NS, "generation": 2},
+        "spec": {"targetRefs": ON_RECEIVER, "rules": [{}]},
+        "status": {
+            "conditions": [
+                {"type": "WaypointAccepted", "status": "False", "reason": "AncestorNotBound",
+                 "message": "not bound", "observedGeneration": 2},
+                {"type": "ZtunnelAccepted", "status": "False", "reason": "Old",
+                 "observedGeneration": 1},  # about an older version: left out
+                {"type": "WaypointAccepted", "status": "True", "observedGeneration": 2},
+                "not a condition",
+            ]
+        },
+    }  # fmt: skip
+    policy = parse_policy(manifest, OWNER)
+    assert policy.not_enforced == (
+        "Istio says the waypoint does not enforce it: AncestorNotBound: not bound",
+    )
+    (grant,) = build_access_map(model(policy)).grants
+    assert grant.caveats[0] == policy.not_enforced[0]
