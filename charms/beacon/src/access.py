@@ -1218,10 +1218,35 @@ def _waypoint_miss(
             f"{request.target}'s request over relation {refusals[0].relation_id} "
             f"({refusals[0].reason})"
         )
+    other = _other_level(model, request, attrs)
+    if other is not None:
+        return (
+            f"related at the other level only: {other.describe()} lets {who} reach the pods of "
+            f"{request.target} straight (level=unit), not through its Service"
+        )
     return (
         f"no relation between these apps grants access: no policy lets {who} reach "
         f"{request.target} through its Service"
     )
+
+
+def _other_level(model: Model, request: Request, attrs: _Attributes) -> AuthzPolicy | None:
+    """A policy that lets this caller in at the other level (pods for app, Service for unit)."""
+    workload = model.workload(request.target)
+    if workload is None:
+        return None
+    if request.level is Level.app:
+        candidates = ztunnel_policies(model, workload)
+    else:
+        candidates = waypoint_policies(model, workload.service) if workload.service else []
+    for policy in candidates:
+        if policy.action != "ALLOW" or policy.problem or _waypoint_access(policy):
+            continue
+        if any(
+            r.sources and _rule_source_matches(r, attrs, policy.namespace) for r in policy.rules
+        ):
+            return policy
+    return None
 
 
 def _waypoint_access(policy: AuthzPolicy) -> bool:
@@ -1262,10 +1287,14 @@ def _ztunnel_miss(
     for_waypoint = [p for p in allows if p.generated_by or _waypoint_access(p)]
     named = [p.name for p in allows if p not in for_waypoint]
     names = _listing(named)
-    if (bound or for_waypoint) and not named:
+    if (bound or for_waypoint) and not named and not via_waypoint:
+        other = _other_level(model, request, attrs)
+        hint = (
+            f"; {other.describe()} lets {who} in through the Service (level=app)" if other else ""
+        )
         return (
             f"the Service of {request.target} is bound to the waypoint, so its pods accept only "
-            f"the waypoint and what unit policies allow, and no unit policy allows {who}"
+            f"the waypoint and what unit policies allow, and no unit policy allows {who}{hint}"
         )
     if via_waypoint:
         return (
@@ -1277,12 +1306,24 @@ def _ztunnel_miss(
             f"the caller has no mesh identity and the pods of {request.target} only accept "
             f"what {names} allow"
         )
+    return _no_grant_at_pods(model, request, attrs, names)
+
+
+def _no_grant_at_pods(model: Model, request: Request, attrs: _Attributes, names: str) -> str:
+    """Why no policy lets the caller reach the pods: a refusal, the other level, or nothing."""
+    who = _who(attrs.principal, model)
     refusals = [r for r in model.refused if r.app == request.target]
     if refusals:
         return (
             f"no policy lets {who} reach the pods of {request.target}: the beacon refused "
             f"{request.target}'s request over relation {refusals[0].relation_id} "
             f"({refusals[0].reason})"
+        )
+    other = _other_level(model, request, attrs)
+    if other is not None:
+        return (
+            f"related at the other level only: {other.describe()} lets {who} reach "
+            f"{request.target} through its Service (level=app), not its pods straight"
         )
     return (
         f"no relation between these apps grants access: the pods of {request.target} only "

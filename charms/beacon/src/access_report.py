@@ -13,6 +13,7 @@ from typing import Any
 
 from access import Decision, Level, Point
 from access_map import AccessMap, Explanation, Grant
+from charms.istio_beacon_k8s.v0.service_mesh import display_text
 
 FORMATS = ("table", "json", "mermaid", "dot")
 #: The longest text shown for one value (an app name, a reason, a path list).
@@ -20,26 +21,13 @@ MAX_TEXT = 200
 
 
 def safe_text(value: object, limit: int = MAX_TEXT) -> str:
-    """``value`` as one printable line: non-printable characters escaped, at most ``limit`` long.
+    """``value`` as one printable line of at most ``limit`` characters (unquoted).
 
-    The one display-safety helper of the access actions (relation data and foreign objects reach
-    the operator's terminal through it).
+    The library's :func:`display_text` (control, format and invisible characters escaped, long
+    text cut with the count of the rest): relation data and foreign objects reach the operator's
+    terminal through it.
     """
-    text = str(value)
-    out: list[str] = []
-    for char in text:
-        if char == "\\":
-            out.append("\\\\")
-        elif char.isprintable():
-            out.append(char)
-        else:
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    escaped = "".join(out)
-    if len(escaped) > limit:
-        cut = limit - 12
-        return f"{escaped[:cut]}...(+{len(escaped) - cut})"
-    return escaped
+    return display_text(value, limit, quote=False)
 
 
 def _join(values: Sequence[str], empty: str = "*") -> str:

@@ -348,3 +348,24 @@ def test_explain_treats_a_source_off_the_mesh_as_without_identity():
     assert explanation.request.source_principal is None
     assert explanation.decision is Decision.deny
     assert any("carries no mesh identity" in note for note in explanation.notes)
+
+
+def test_a_caller_related_at_the_other_level_is_told_so():
+    m = model(app_policy(source="someone-else"), unit_policy(ports=[9090]))
+    through_service = decide(m, ask(m, port=9090, method="GET"))
+    assert through_service.decision is Decision.deny
+    assert through_service.reason.startswith("related at the other level only:")
+    assert "(level=unit)" in through_service.reason
+    unbound = workload(
+        "receiver",
+        pods={"app.kubernetes.io/name": "receiver", "istio.io/dataplane-mode": "ambient"},
+        service={"app.kubernetes.io/name": "receiver"},
+    )
+    m = model(app_policy(), foreign({"selector": {"matchLabels": {"app.kubernetes.io/name":
+              "receiver"}}, "rules": [{"from": [{"source": {"principals": ["x"]}}]}]}),
+              workloads=(workload("sender"), unbound))  # fmt: skip
+    straight = decide(m, ask(m, level=Level.unit))
+    assert straight.decision is Decision.deny
+    assert "through its Service (level=app), not its pods straight" in straight.reason
+    bound = decide(model(app_policy()), ask(m, level=Level.unit))
+    assert "lets sender in through the Service (level=app)" in bound.reason
