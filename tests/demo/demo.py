@@ -226,6 +226,8 @@ class Processes:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def bring_up_tester(model: JujuModel, charm: Path, app: str) -> str:
