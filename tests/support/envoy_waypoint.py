@@ -308,6 +308,7 @@ def _listener(
     filters: list[dict[str, Any]],
     pki: Pki,
     server: tuple[Path, Path],
+    cluster: str = "backend",
 ) -> dict[str, Any]:
     return {
         "name": name,
@@ -347,7 +348,7 @@ def _listener(
                                         "routes": [
                                             {
                                                 "match": {"prefix": "/"},
-                                                "route": {"cluster": "backend"},
+                                                "route": {"cluster": cluster},
                                             }
                                         ],
                                     }
@@ -370,9 +371,24 @@ def _listener(
     }
 
 
+def _cluster(name: str, address: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": dict(address)}}]}],
+        },
+    }
+
+
 @contextlib.contextmanager
 def run_waypoint(
-    rbac: Mapping[str, Any], ports: Mapping[str, Sequence[int]], startup_timeout: float = 60
+    rbac: Mapping[str, Any],
+    ports: Mapping[str, Sequence[int]],
+    startup_timeout: float = 60,
+    upstreams: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
 ) -> Iterator[Waypoint]:
     """Run Envoy with the RBAC of ``istio-check waypoint`` for each Service of ``ports``.
 
@@ -381,6 +397,9 @@ def run_waypoint(
         ports: Service (``NS/NAME``) to the ports it listens on. A Service with no RBAC filter
             (no policy attached) gets none, as on a waypoint: everything is allowed.
         startup_timeout: seconds to wait for Envoy to be ready.
+        upstreams: where a (Service, port) sends what it allows, as an Envoy address
+            (``{"pipe": {"path": ...}}`` or ``{"socket_address": ...}``): the Service's real
+            workload. Default: the echo backend, for every listener.
     """
     filters_by_service = {entry["service"]: entry["http_filters"] for entry in rbac["services"]}
     subnet = _free_subnet()
@@ -393,6 +412,7 @@ def run_waypoint(
         backend.daemon_threads = True
         threading.Thread(target=backend.serve_forever, daemon=True).start()
         listeners: list[dict[str, Any]] = []
+        clusters: list[dict[str, Any]] = []
         substitutions: dict[str, int] = {}
         for service, service_ports in sorted(ports.items()):
             adapted: list[dict[str, Any]] = []
@@ -403,38 +423,28 @@ def run_waypoint(
                 substitutions[service] += count
             for port in service_ports:
                 name = f"{service.replace('/', '_')}_{port}"
+                cluster = "backend"
+                if upstreams is not None:
+                    cluster = f"upstream_{name}"
+                    clusters.append(_cluster(cluster, upstreams[(service, port)]))
                 listeners.append(
-                    _listener(name, addresses[service], port, adapted, pki, server_cert)
+                    _listener(name, addresses[service], port, adapted, pki, server_cert, cluster)
                 )
         config: dict[str, Any] = {
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "static_resources": {
                 "listeners": listeners,
                 "clusters": [
-                    {
-                        "name": "backend",
-                        "type": "STATIC",
-                        "connect_timeout": "2s",
-                        "load_assignment": {
-                            "cluster_name": "backend",
-                            "endpoints": [
-                                {
-                                    "lb_endpoints": [
-                                        {
-                                            "endpoint": {
-                                                "address": {
-                                                    "socket_address": {
-                                                        "address": "127.0.0.1",
-                                                        "port_value": backend.server_address[1],
-                                                    }
-                                                }
-                                            }
-                                        }
-                                    ]
-                                }
-                            ],
+                    _cluster(
+                        "backend",
+                        {
+                            "socket_address": {
+                                "address": "127.0.0.1",
+                                "port_value": backend.server_address[1],
+                            }
                         },
-                    }
+                    ),
+                    *clusters,
                 ],
             },
         }
