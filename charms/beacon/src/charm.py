@@ -11,8 +11,16 @@ import contextlib
 import logging
 
 import ops
+import ops_tracing
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider
+from metrics import (
+    METRICS_PROXY,
+    METRICS_RELATION,
+    configure_metrics_proxy,
+    publish_scrape_targets,
+    telemetry_label,
+)
 from policies import refusal_message
 from reconciler import BeaconReconciler, Findings
 from waypoint import consumer_labels, waypoint_name
@@ -26,13 +34,20 @@ for _http_logger in ("httpx", "httpcore", "httpx2", "httpcore2"):
 
 MESH_RELATION = "service-mesh"
 PEER_RELATION = "peers"
+TRACING_RELATION = "charm-tracing"
 
 
 class IstioBeaconCharm(ops.CharmBase):
     """Run a waypoint for the model, publish the mesh labels, enforce what related apps request."""
 
+    _stored = ops.StoredState()
+
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
+        # The charm's own traces go to the backend related over charm-tracing, if any.
+        self._tracing = ops_tracing.Tracing(self, tracing_relation_name=TRACING_RELATION)
+        # Whether this unit, as leader, took over what the deployed istio-beacon-k8s left.
+        self._stored.set_default(adopted=False)
         self._config, self._config_error = self._load_config()
         # What this hook's reconcile found, for collect-status (None: no reconcile ran).
         self._findings: Findings | None = None
@@ -71,6 +86,10 @@ class IstioBeaconCharm(ops.CharmBase):
         peers = self.on[PEER_RELATION]
         for event in (peers.relation_joined, peers.relation_departed):
             framework.observe(event, self._reconcile)
+        metrics = self.on[METRICS_RELATION]
+        for event in (metrics.relation_created, metrics.relation_joined, metrics.relation_broken):
+            framework.observe(event, self._reconcile)
+        framework.observe(self.on[METRICS_PROXY].pebble_ready, self._reconcile)
         framework.observe(self.on.remove, self._on_remove)
         framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
 
@@ -81,12 +100,22 @@ class IstioBeaconCharm(ops.CharmBase):
             return None, str(error)
 
     def _reconcile(self, _: ops.EventBase) -> None:
+        # Every unit serves the waypoint's metrics and tells Prometheus where.
+        configure_metrics_proxy(
+            self.unit.get_container(METRICS_PROXY), telemetry_label(self.model.name, self.app.name)
+        )
+        publish_scrape_targets(self)
         if self._config is None or self._mesh is None or not self.unit.is_leader():
             return
         with contextlib.closing(BeaconReconciler(self)) as reconciler:
             self._findings = reconciler.reconcile(
-                self._config, self._mesh, self.app.planned_units()
+                self._config,
+                self._mesh,
+                self.app.planned_units(),
+                adopt=not self._stored.adopted,
             )
+            if reconciler.adopted:
+                self._stored.adopted = True
 
     def _on_remove(self, event: ops.RemoveEvent) -> None:
         if self.app.planned_units() > 0:

@@ -21,9 +21,13 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     label_configmap_name,
     reconcile_charm_labels,
 )
+from adoption import adopt_after, adopt_before
 from kubernetes_client import error_message, make_client, status_code
 from lightkube import ApiError, Client
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Service
+from metrics import metrics_access_manifests, telemetry_label
 from namespace_labels import owner_value, reconcile_namespace_labels
 from policies import (
     Refusal,
@@ -36,6 +40,7 @@ from waypoint import (
     WaypointReadiness,
     consumer_labels,
     delete_waypoint,
+    gateway_resource,
     reconcile_waypoint,
     waypoint_name,
 )
@@ -46,6 +51,12 @@ logger = logging.getLogger(__name__)
 MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
 
 _T = TypeVar("_T")
+
+
+def _authorization_policy_kind() -> Any:
+    return create_namespaced_resource(
+        "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
+    )
 
 
 def ownership_labels(model_name: str, app_name: str) -> dict[str, str]:
@@ -91,6 +102,8 @@ class BeaconReconciler:
         self._labels = ownership_labels(self._namespace, self._app)
         self.waypoint = waypoint_name(self._namespace, self._app)
         self.findings = Findings()
+        #: Whether this reconcile took over what the deployed beacon had left (``adopt=True``).
+        self.adopted = False
 
     def close(self) -> None:
         """Close the client if this reconciler made it: a hook leaves no connection open."""
@@ -98,7 +111,12 @@ class BeaconReconciler:
             self._client.close()
 
     def reconcile(
-        self, config: BeaconConfig, provider: ServiceMeshProvider, planned_units: int
+        self,
+        config: BeaconConfig,
+        provider: ServiceMeshProvider,
+        planned_units: int,
+        *,
+        adopt: bool = False,
     ) -> Findings:
         """Converge everything to the config, the relations and the planned unit count.
 
@@ -108,6 +126,8 @@ class BeaconReconciler:
             config: the validated config.
             provider: the ``service-mesh`` provider, to publish the labels and read requests.
             planned_units: how many units the beacon will have (the waypoint's replicas).
+            adopt: also take over what the deployed istio-beacon-k8s charm left (after a
+                refresh from it): see ``adoption``.
         """
         if planned_units == 0:
             return self.teardown()
@@ -121,8 +141,16 @@ class BeaconReconciler:
         )
         self.findings.waypoint = self._attempt(
             "run the waypoint",
-            lambda: reconcile_waypoint(self._client, self.waypoint, planned_units, self._labels),
+            lambda: reconcile_waypoint(
+                self._client,
+                self.waypoint,
+                planned_units,
+                self._labels,
+                telemetry_label(self._namespace, self._app),
+            ),
         )
+        if adopt:
+            self._adopt_namespace_labels()
         self.findings.namespace_conflict = self._attempt(
             "label the namespace",
             lambda: reconcile_namespace_labels(
@@ -136,7 +164,34 @@ class BeaconReconciler:
         self._attempt(
             "apply the AuthorizationPolicies", lambda: self._reconcile_policies(config, provider)
         )
+        # The deployed beacon's objects go only once ours are all in place: never less access.
+        if adopt and not (self.findings.forbidden or self.findings.api_errors):
+            self.adopted = self._attempt("remove the deployed beacon's objects", self._adopt) is True
         return self.findings
+
+    def _adopt_namespace_labels(self) -> None:
+        owner = owner_value(self._namespace, self._app)
+        try:
+            adopt_before(self._client, self._namespace, self._app, owner)
+        except Exception as error:  # lightkube.ApiError, or an HTTP error
+            if not status_code(error):
+                raise
+            # The namespace step that follows meets the same refusal and reports it.
+            logger.info("cannot look for the deployed beacon's namespace labels: %s", error)
+
+    def _adopt(self, *, keep_own: bool = True) -> bool:
+        own = {
+            ("Gateway", self._namespace, self.waypoint),
+            ("HorizontalPodAutoscaler", self._namespace, self.waypoint),
+        }
+        adopt_after(
+            self._client,
+            self._namespace,
+            self._app,
+            kinds=(gateway_resource(), HorizontalPodAutoscaler, _authorization_policy_kind()),
+            keep=own if keep_own else set(),
+        )
+        return True
 
     def teardown(self) -> Findings:
         """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap."""
@@ -153,6 +208,9 @@ class BeaconReconciler:
             ),
         )
         self._attempt("remove the labels ConfigMap", self._delete_label_configmap)
+        self._attempt(
+            "remove the deployed beacon's objects", lambda: self._adopt(keep_own=False)
+        )
         return self.findings
 
     def _policy_manager(self) -> PolicyResourceManager:
@@ -169,6 +227,10 @@ class BeaconReconciler:
         manifests, unbuildable = build_policy_manifests(accepted)
         if config.model_on_mesh:
             manifests.append(model_operator_policy(self._namespace))
+        # Prometheus, related over metrics-endpoint, may reach the metrics proxy on our pods.
+        manifests.extend(
+            metrics_access_manifests(self._charm.model.relations, self._app, self._namespace)
+        )
         self.findings.refusals = refused + unbuildable
         for refusal in self.findings.refusals:
             logger.warning(
