@@ -61,7 +61,7 @@ def deployed_label(
     text = f"{prefix}{model_name}{separator}{app_name}{suffix}"
     if len(text) <= _MAX:
         return text
-    digest = hashlib.sha1(f"{model_name}{separator}{app_name}".encode()).hexdigest()[:6]  # noqa: S324
+    digest = hashlib.sha1(f"{model_name}{separator}{app_name}".encode()).hexdigest()[:6]
     room = _MAX - len(prefix) - len(suffix) - len(digest) - 2
     model_room = max(1, int(room * len(model_name) / (len(model_name) + len(app_name))))
     app_room = max(1, room - model_room)

@@ -44,9 +44,7 @@ def telemetry_label(model_name: str, app_name: str) -> dict[str, str]:
     uses, so a refreshed beacon and its waypoint pods agree on it. When longer than 63
     characters it is shortened as the deployed charm shortened it (see ``deployed_label``).
     """
-    key = deployed_label(
-        model_name, app_name, prefix="charms.canonical.com/", suffix=".telemetry"
-    )
+    key = deployed_label(model_name, app_name, prefix="charms.canonical.com/", suffix=".telemetry")
     return {key: "aggregated"}
 
 

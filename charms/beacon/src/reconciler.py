@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ops
+from adoption import adopt_after, adopt_before
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshType,
@@ -21,7 +22,6 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     label_configmap_name,
     reconcile_charm_labels,
 )
-from adoption import adopt_after, adopt_before
 from kubernetes_client import error_message, make_client, status_code
 from lightkube import ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
@@ -166,7 +166,9 @@ class BeaconReconciler:
         )
         # The deployed beacon's objects go only once ours are all in place: never less access.
         if adopt and not (self.findings.forbidden or self.findings.api_errors):
-            self.adopted = self._attempt("remove the deployed beacon's objects", self._adopt) is True
+            self.adopted = (
+                self._attempt("remove the deployed beacon's objects", self._adopt) is True
+            )
         return self.findings
 
     def _adopt_namespace_labels(self) -> None:
@@ -208,9 +210,7 @@ class BeaconReconciler:
             ),
         )
         self._attempt("remove the labels ConfigMap", self._delete_label_configmap)
-        self._attempt(
-            "remove the deployed beacon's objects", lambda: self._adopt(keep_own=False)
-        )
+        self._attempt("remove the deployed beacon's objects", lambda: self._adopt(keep_own=False))
         return self.findings
 
     def _policy_manager(self) -> PolicyResourceManager:
