@@ -73,6 +73,11 @@ def test_endpoints_interfaces_and_container_are_the_deployed_charms():
     assert CHARMCRAFT["requires"]["charm-tracing"]["limit"] == 1
     assert CHARMCRAFT["containers"] == {"metrics-proxy": {"resource": "metrics-proxy-image"}}
     assert CHARMCRAFT["resources"]["metrics-proxy-image"]["type"] == "oci-image"
+    assert set(CHARMCRAFT["config"]["options"]) == {
+        "model-on-mesh",
+        "manage-authorization-policies",
+        "ready-timeout",
+    }
     # Juju refuses a refresh on Kubernetes that changes storage or devices: declare none.
     assert "storage" not in CHARMCRAFT
     assert "devices" not in CHARMCRAFT
