@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from adoption import deployed_label, instance_values
+from adoption import adopt_before, deployed_label, instance_values
 from conftest import (
     APP,
     MODEL,
@@ -30,7 +30,10 @@ from conftest import (
 from deployed_beacon import deployed_objects, seed_deployed_beacon
 from fake_kube import FakeKubeServer
 from lightkube.resources.core_v1 import Namespace
+from lightkube.types import PatchType
 from metrics import METRICS_PORT, telemetry_label
+from namespace_labels import OWNER_LABEL as NAMESPACE_OWNER
+from namespace_labels import owner_value
 from ops import testing
 
 CHARMCRAFT = yaml.safe_load(
@@ -290,3 +293,31 @@ def test_a_refusal_keeps_the_deployed_policies_until_ours_are_in_place(
         for p in kube.list("authorizationpolicies")
     )
     assert out.unit_status.name == "blocked"
+
+
+def test_namespace_labels_of_a_long_named_deployed_beacon_become_ours(kube: FakeKubeServer):
+    # Beyond 63 characters the deployed charm and this one shorten the owner value differently.
+    app = "istio-beacon-k8s-" + "x" * 50
+    old_owner = deployed_label(MODEL, app)
+    assert old_owner != owner_value(MODEL, app)
+    client = kube.client()
+    client.patch(
+        Namespace,
+        MODEL,
+        {
+            "metadata": {
+                "labels": {NAMESPACE_OWNER: old_owner, "istio.io/dataplane-mode": "ambient"}
+            }
+        },
+        patch_type=PatchType.MERGE,
+    )
+
+    assert adopt_before(client, MODEL, app, owner_value(MODEL, app)) is True
+
+    namespace = client.get(Namespace, MODEL)
+    assert namespace.metadata is not None
+    labels = namespace.metadata.labels or {}
+    assert labels[NAMESPACE_OWNER] == owner_value(MODEL, app)
+    assert labels["istio.io/dataplane-mode"] == "ambient"
+    # Another owner's labels are never taken.
+    assert adopt_before(client, MODEL, "someone-else", owner_value(MODEL, "someone-else")) is False

@@ -248,6 +248,10 @@ def test_policy_is_deprecated_and_dumps_like_app_policy():
         "service": None,
     }
     assert policy.model_fields_set == {"relation", "endpoints"}
+    # pydantic's model_validate never ran __init__: no warning there.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert DeprecatedPolicy.model_validate(policy.model_dump()) == policy
 
 
 def test_provider_app_data_dump_as_the_deployed_provider_writes_it():

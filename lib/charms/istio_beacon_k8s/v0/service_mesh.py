@@ -65,6 +65,14 @@ Charms that manage policies themselves turn :class:`MeshPolicy` objects into Ist
 AuthorizationPolicies with the pure :func:`build_authorization_policy`, or hand them to a
 :class:`PolicyResourceManager` that owns its objects by label and converges them.
 
+Kubernetes and tests
+====================
+
+The library reaches Kubernetes only as the pod's service account (:func:`in_cluster_client`);
+outside a pod it makes no call and the consumer says so in its app status. Unit tests of a charm
+wrap their ``ops.testing`` runs in :func:`use_kubernetes_client`: ``None`` for no Kubernetes at
+all, or a lightkube ``Client`` of a test API server.
+
 Cost: importing this module imports neither lightkube nor pydantic; lightkube is imported on first
 use of Kubernetes.
 """
@@ -603,9 +611,12 @@ class AppPolicy(_PydanticStyle):
             for item in cast("Sequence[object]", raw)
         ]
         make: Any = cls
-        return make(
-            relation=body.get("relation"), endpoints=endpoints, service=body.get("service")
-        )
+        with warnings.catch_warnings():
+            # pydantic's model_validate never ran Policy.__init__, so it never warned either.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return make(
+                relation=body.get("relation"), endpoints=endpoints, service=body.get("service")
+            )
 
 
 @_records_fields_set
