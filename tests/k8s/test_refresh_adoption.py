@@ -31,6 +31,7 @@ from deployed_beacon import (
 )
 from kube_server import KubeServer, ensure_namespace
 from lightkube import ALL_NS, Client
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Namespace
 from namespace_labels import OWNER_LABEL, owner_value
@@ -103,9 +104,7 @@ def test_first_hook_after_refresh_takes_everything_over(
     assert len(deployed_objects(admin, APP, model)) == 5
     # A marker write: its resourceVersion is where the history of the hook starts.
     marker = admin.apply(
-        ConfigMap.from_dict(
-            {"metadata": {"name": "history-marker", "namespace": model}, "data": {"a": "b"}}
-        ),
+        ConfigMap(metadata=ObjectMeta(name="history-marker", namespace=model), data={"a": "b"}),
         force=True,
     )
     assert marker.metadata is not None
