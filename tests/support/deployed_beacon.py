@@ -7,6 +7,7 @@ lightkube client: the fake API server of the unit tests or the real one of the k
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,21 @@ Gateway = create_namespaced_resource("gateway.networking.k8s.io", "v1", "Gateway
 AuthorizationPolicy = create_namespaced_resource(
     "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
 )
+
+
+def charm_label(model: str, app: str, prefix: str = "", suffix: str = "", sep: str = ".") -> str:
+    """How the deployed charm derives a name from its model and app (its published helper).
+
+    Written here independently of the beacon's own copy, so that the two check each other.
+    """
+    whole = prefix + model + sep + app + suffix
+    if len(whole) <= 63:
+        return whole
+    tail = hashlib.sha1((model + sep + app).encode()).hexdigest()[:6]  # noqa: S324
+    space = 63 - (len(prefix) + len(suffix) + 6 + 2)
+    keep_model = max(1, int(space * len(model) / (len(model) + len(app))))
+    keep_app = max(1, space - keep_model)
+    return prefix + model[:keep_model] + sep + app[:keep_app] + sep + tail + suffix
 
 
 @dataclass
@@ -59,9 +75,9 @@ def seed_deployed_beacon(
         older_revision: label with the older spelling of the instance label (``<app>-<model>``).
     """
     api: Any = client
-    instance = f"{app}-{model}" if older_revision else f"{model}-{app}"
-    waypoint = f"{model}-{app}-waypoint"
-    telemetry = {f"charms.canonical.com/{model}.{app}.telemetry": "aggregated"}
+    instance = f"{app}-{model}" if older_revision else charm_label(model, app, sep="-")
+    waypoint = charm_label(model, app, suffix="-waypoint", sep="-")
+    telemetry = {charm_label(model, app, "charms.canonical.com/", ".telemetry"): "aggregated"}
 
     def labels(scope: str, **more: str) -> dict[str, str]:
         return {**more, INSTANCE: instance, SCOPE: scope}
@@ -121,7 +137,7 @@ def seed_deployed_beacon(
     if foreign_namespace is not None and consumers:
         targets.append((foreign_namespace, consumers[0][0], "victim"))
     for i, (namespace, source, target) in enumerate(targets):
-        name = f"{app}-{model}-policy-{source}-{model}-{target}-{i:08x}"
+        name = f"{app}-{model}-policy-{source}-{model}-{target}-{i:08x}"[-253:].lstrip("-")
         api.apply(
             AuthorizationPolicy.from_dict(
                 {
@@ -178,7 +194,7 @@ def seed_deployed_beacon(
                     "labels": {
                         "istio.io/use-waypoint": waypoint,
                         "istio.io/dataplane-mode": "ambient",
-                        NAMESPACE_OWNER: f"{model}.{app}",
+                        NAMESPACE_OWNER: charm_label(model, app),
                     }
                 }
             },
@@ -208,7 +224,9 @@ def deployed_objects(client: Client, app: str, model: str) -> list[str]:
     """Every object still carrying the deployed beacon's labels, as ``Kind namespace/name``."""
     api: Any = client
     found: list[str] = []
-    for instance in (f"{app}-{model}", f"{model}-{app}"):
+    for instance in {f"{app}-{model}", charm_label(model, app, sep="-")}:
+        if len(instance) > 63:
+            continue
         selector = {INSTANCE: instance}
         for kind in (Gateway, HorizontalPodAutoscaler, AuthorizationPolicy):
             for item in api.list(kind, namespace="*", labels=selector):

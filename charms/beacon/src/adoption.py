@@ -72,10 +72,13 @@ def deployed_label(
 
 
 def instance_values(model_name: str, app_name: str) -> list[str]:
-    """Both spellings of the deployed charm's ``app.kubernetes.io/instance`` label."""
-    return sorted(
-        {f"{app_name}-{model_name}", deployed_label(model_name, app_name, separator="-")}
-    )
+    """Both spellings of the deployed charm's ``app.kubernetes.io/instance`` label.
+
+    The older one (``<app>-<model>``) was never shortened: beyond 63 characters that revision
+    could not write its objects at all, so there is nothing to find under it.
+    """
+    values = {f"{app_name}-{model_name}", deployed_label(model_name, app_name, separator="-")}
+    return sorted(value for value in values if len(value) <= _MAX)
 
 
 def deployed_selector(model_name: str, app_name: str) -> dict[str, Any]:

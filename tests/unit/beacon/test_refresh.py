@@ -321,3 +321,9 @@ def test_namespace_labels_of_a_long_named_deployed_beacon_become_ours(kube: Fake
     assert labels["istio.io/dataplane-mode"] == "ambient"
     # Another owner's labels are never taken.
     assert adopt_before(client, MODEL, "someone-else", owner_value(MODEL, "someone-else")) is False
+
+
+def test_instance_values_are_valid_label_values_for_long_names():
+    values = instance_values("m" * 40, "a" * 40)
+    assert values == [deployed_label("m" * 40, "a" * 40, separator="-")]
+    assert all(len(value) <= 63 for value in values)
