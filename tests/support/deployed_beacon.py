@@ -35,7 +35,7 @@ def charm_label(model: str, app: str, prefix: str = "", suffix: str = "", sep: s
     whole = prefix + model + sep + app + suffix
     if len(whole) <= 63:
         return whole
-    tail = hashlib.sha1((model + sep + app).encode()).hexdigest()[:6]  # noqa: S324
+    tail = hashlib.sha1((model + sep + app).encode()).hexdigest()[:6]
     space = 63 - (len(prefix) + len(suffix) + 6 + 2)
     keep_model = max(1, int(space * len(model) / (len(model) + len(app))))
     keep_app = max(1, space - keep_model)

@@ -37,7 +37,13 @@ from juju_objects import KUBE_MODEL
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap
-from mesh_charms import consumer_context, mesh_relation, provider_databag, state
+from mesh_charms import (
+    consumer_context,
+    mesh_relation,
+    provider_context,
+    provider_databag,
+    state,
+)
 from ops import testing
 
 # -- ServiceMeshConsumer.enabled -------------------------------------------------------------
@@ -377,3 +383,17 @@ def test_dataclass_fields_are_the_pydantic_fields():
     }
     for model, fields in names.items():
         assert [item.name for item in dataclasses.fields(model)] == fields
+
+
+def test_the_provider_republishes_its_labels_on_config_changed():
+    # The deployed provider observes config-changed: a provider whose labels come from its config
+    # (built anew each hook) has them published without calling update_relations() itself.
+    ctx = provider_context({"istio.io/dataplane-mode": "ambient", "from-config": "v2"})
+    relation = testing.Relation(
+        "service-mesh", remote_app_name="consumer", local_app_data=provider_databag()
+    )
+    out = ctx.run(ctx.on.config_changed(), testing.State(leader=True, relations=[relation]))
+    assert json.loads(out.get_relation(relation.id).local_app_data["labels"]) == {
+        "istio.io/dataplane-mode": "ambient",
+        "from-config": "v2",
+    }

@@ -1365,10 +1365,21 @@ class ServiceMeshConsumer(ops.Object):
         fingerprint = json.dumps(wanted, sort_keys=True)
         if fingerprint == self._stored.labels_reconciled and not self._stored.label_error:
             return  # converged already in an earlier hook: no API call
-        app = self._charm.app.name
+        # A client made here for the pod's service account is closed once the labels are done:
+        # the hook leaves no connection open. One given by the charm or a test is left alone.
+        made_here = self._lightkube_client is None and not _client_override
         client = self._label_client(wanted)
         if client is None:
             return
+        try:
+            self._put_labels(client, wanted, fingerprint)
+        finally:
+            if made_here and self._lightkube_client is not None:
+                self._lightkube_client.close()
+                self._lightkube_client = None
+
+    def _put_labels(self, client: Client, wanted: Mapping[str, str], fingerprint: str) -> None:
+        app = self._charm.app.name
         from lightkube import ApiError
 
         try:
@@ -1503,6 +1514,8 @@ class ServiceMeshProvider(ops.Object):
         self.framework.observe(mesh.relation_broken, self._on_relation_broken)
         self.framework.observe(mesh.relation_created, self._on_update)
         self.framework.observe(charm.on.leader_elected, self._on_update)
+        # As the deployed releases do: labels that depend on config are republished at once.
+        self.framework.observe(charm.on.config_changed, self._on_update)
         self.framework.observe(charm.on.update_status, self._on_update_status)
 
     def _on_update(self, _: ops.EventBase) -> None:
