@@ -22,7 +22,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import ConfigMap, Namespace, Service
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, Service
 
 AuthorizationPolicy = create_namespaced_resource(
     "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
@@ -39,6 +39,16 @@ REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
 """Label on an AuthorizationPolicy naming the app whose request it implements."""
 MESH_LABEL_KEYS = (DATAPLANE_MODE, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE)
 MODEL_OPERATOR_SELECTOR = {"juju-modeloperator": "modeloperator"}
+"""The model operator's pod labels in models of older Juju only (see model_operator_selector)."""
+MODEL_OPERATOR_SERVICE = "modeloperator"
+"""The Service Juju creates in front of the model operator, in every model."""
+APP_NAME_LABEL = "app.kubernetes.io/name"
+"""The label Juju puts on the pods of an app, valued with the app's name."""
+REDIRECTION = "ambient.istio.io/redirection"
+"""The annotation that Istio's CNI agent puts on a pod once its traffic is redirected to ztunnel.
+
+A label only asks for ambient; this annotation (value `enabled`) says the pod really is captured.
+"""
 
 
 class KubeconfigNotFoundError(RuntimeError):
@@ -95,6 +105,19 @@ def expected_consumer_labels(model: str, beacon_app: str) -> dict[str, str]:
         USE_WAYPOINT: waypoint_name(model, beacon_app),
         USE_WAYPOINT_NAMESPACE: model,
     }
+
+
+def on_pod_template(labels: Mapping[str, str]) -> dict[str, str]:
+    """The share of published labels a consumer puts on its pod template (Istio reads them there).
+
+    The waypoint labels are read on Services only (the beacon's waypoint is for Services).
+    """
+    return {k: v for k, v in labels.items() if k not in (USE_WAYPOINT, USE_WAYPOINT_NAMESPACE)}
+
+
+def on_service(labels: Mapping[str, str]) -> dict[str, str]:
+    """The share of published labels a consumer puts on its Service (Istio reads them there)."""
+    return {k: v for k, v in labels.items() if k != DATAPLANE_MODE}
 
 
 def expected_namespace_labels(model: str, beacon_app: str) -> dict[str, str]:
@@ -202,14 +225,29 @@ def policy_summary(policy: GenericNamespacedResource) -> str:
     return f"{name} {_labels(metadata)}"
 
 
+def model_operator_selector(client: lightkube.Client, namespace: str) -> dict[str, str]:
+    """The pod selector of Juju's `modeloperator` Service: the model operator's pod labels.
+
+    Which labels those are depends on the Juju that created the model (legacy
+    `juju-modeloperator: modeloperator`, or `operator.juju.is/name: modeloperator` with
+    `operator.juju.is/target: model`); the Service always says.
+    """
+    service = client.get(Service, MODEL_OPERATOR_SERVICE, namespace=namespace)
+    assert service.spec is not None, f"the {MODEL_OPERATOR_SERVICE} Service has no spec"
+    selector = dict(service.spec.selector or {})
+    assert selector, f"the {MODEL_OPERATOR_SERVICE} Service in {namespace} selects nothing"
+    return selector
+
+
 def model_operator_policies(
     client: lightkube.Client, namespace: str
 ) -> list[GenericNamespacedResource]:
-    """AuthorizationPolicies that select Juju's model operator pod."""
+    """AuthorizationPolicies that select Juju's model operator pod (as its Service does)."""
+    wanted = model_operator_selector(client, namespace)
     found: list[GenericNamespacedResource] = []
     for policy in authorization_policies(client, namespace):
         selector = (policy.get("spec") or {}).get("selector") or {}
-        if selector.get("matchLabels") == MODEL_OPERATOR_SELECTOR:
+        if selector.get("matchLabels") == wanted:
             found.append(policy)
     return found
 
@@ -259,18 +297,51 @@ def principal(namespace: str, app: str) -> str:
     return f"cluster.local/ns/{namespace}/sa/{app}"
 
 
-def model_operator_endpoint(client: lightkube.Client, namespace: str) -> tuple[str, int]:
-    """Name and first port of the Service in front of Juju's model operator pod.
-
-    Found by its selector (the pod label `juju-modeloperator: modeloperator`) rather than by a
-    name, so the test does not depend on how Juju names it.
-    """
-    for service in client.list(Service, namespace=namespace):
-        spec = service.spec
-        if spec is None or spec.selector is None or service.metadata is None:
+def pod_redirections(
+    client: lightkube.Client, namespace: str, selector: Mapping[str, str]
+) -> dict[str, str | None]:
+    """Each running, non-terminating pod that `selector` picks, with its redirection annotation."""
+    found: dict[str, str | None] = {}
+    labels: LabelSelector = dict(selector)
+    for pod in client.list(Pod, namespace=namespace, labels=labels):
+        metadata = pod.metadata
+        if metadata is None or metadata.deletionTimestamp is not None:
             continue
-        if all(spec.selector.get(key) == value for key, value in MODEL_OPERATOR_SELECTOR.items()):
-            ports = spec.ports or []
-            assert ports, f"the model operator Service {service.metadata.name} has no port"
-            return str(service.metadata.name), int(ports[0].port)
-    raise AssertionError(f"no Service selects the model operator pod in {namespace}")
+        if pod.status is None or pod.status.phase != "Running":
+            continue
+        found[str(metadata.name)] = (metadata.annotations or {}).get(REDIRECTION)
+    return found
+
+
+def assert_captured(
+    client: lightkube.Client,
+    namespace: str,
+    app: str,
+    *,
+    captured: bool = True,
+    selector: Mapping[str, str] | None = None,
+) -> None:
+    """Assert that every running pod of `app` is (or, with `captured=False`, is not) on ambient.
+
+    `selector` picks the pods instead of the app's name label (Juju's model operator, say).
+
+    Raises:
+        AssertionError: naming the pods that differ (retry it: capture follows labels a moment
+            later, and pods restart when their template's labels change).
+    """
+    pods = pod_redirections(client, namespace, selector or {APP_NAME_LABEL: app})
+    assert pods, f"no running pod of {app} in {namespace}"
+    if captured:
+        wrong = {name: value for name, value in pods.items() if value != "enabled"}
+        assert not wrong, f"{app}: pods not captured by ambient ({REDIRECTION}): {wrong}"
+    else:
+        wrong = {name: value for name, value in pods.items() if value == "enabled"}
+        assert not wrong, f"{app}: pods captured by ambient, expected none: {wrong}"
+
+
+def model_operator_endpoint(client: lightkube.Client, namespace: str) -> tuple[str, int]:
+    """Name and first port of the Service in front of Juju's model operator pod."""
+    service = client.get(Service, MODEL_OPERATOR_SERVICE, namespace=namespace)
+    ports = (service.spec.ports if service.spec else None) or []
+    assert ports, f"the {MODEL_OPERATOR_SERVICE} Service in {namespace} has no port"
+    return MODEL_OPERATOR_SERVICE, int(ports[0].port)

@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-OUTCOMES = frozenset({"response", "refused", "reset", "timeout", "unresolved", "error"})
+OUTCOMES = frozenset(
+    {"response", "connected", "refused", "reset", "timeout", "unresolved", "error"}
+)
 TRAFFIC_TIMEOUT = 240.0
 """Seconds a traffic expectation may take to converge after a change."""
 
@@ -68,14 +70,17 @@ def eventually(
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """One HTTP request for the probe action."""
+    """One request for the probe action: HTTP (`http://` URL and method) or TCP (`tcp://`)."""
 
     url: str
-    method: str = "GET"
+    method: str | None = "GET"
+    """None for a TCP connect (`tcp://host:port`), which has no method."""
     timeout: float = 5.0
 
     def to_dict(self) -> dict[str, Any]:
         """The request as the probe action's `requests` parameter expects it."""
+        if self.method is None:
+            return {"url": self.url, "timeout": self.timeout}
         return {"url": self.url, "method": self.method, "timeout": self.timeout}
 
 
@@ -84,7 +89,7 @@ class ProbeResult:
     """What the tester observed for one request."""
 
     url: str
-    method: str
+    method: str | None
     outcome: str
     status: int | None
     error: str | None
@@ -99,9 +104,10 @@ class ProbeResult:
         status = raw.get("status")
         elapsed = raw.get("elapsed")
         error = raw.get("error")
+        method = raw.get("method")
         return cls(
             url=str(raw["url"]),
-            method=str(raw["method"]).upper(),
+            method=str(method).upper() if method is not None else None,
             outcome=outcome,
             status=int(status) if status is not None else None,
             error=str(error) if error else None,
@@ -148,16 +154,14 @@ REFUSED = Expected(label="connection refused", outcomes=frozenset({"refused", "r
 """Denied at L4 by ztunnel: the connection is refused or reset, there is no HTTP status at all.
 
 ztunnel intercepts the client's connection before the destination decides, so its denial reaches
-the client as a refused connect or as a reset right after it (istio-ambient.md, "Semantics").
+the client as a refused connect or as a reset right after it (docs/traffic-matrix.md).
 """
-DENIED = Expected(
-    label="denied (403 or refused)",
-    outcomes=FORBIDDEN.outcomes | REFUSED.outcomes,
-    statuses=FORBIDDEN.statuses,
-)
-"""Denied at L7 or at L4, where which of the two depends on the path the request takes."""
-REACHABLE = Expected(label="any HTTP response", outcomes=frozenset({"response"}))
-"""Some server answered, whatever the status (used where only reachability matters)."""
+CONNECTED = Expected(label="TCP connection held open", outcomes=frozenset({"connected"}))
+"""A TCP connect (`tcp://`) that the other end kept open (or spoke on) for the probe's hold time.
+
+A bare connect would prove nothing on the mesh (the client's ztunnel accepts it before the
+destination decides); a connection still open after the hold was let through.
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,13 +174,19 @@ class Case:
     expected: Expected
 
     def describe(self) -> str:
-        """`sender1/0 GET http://receiver1:8080/foo`."""
-        return f"{self.source} {self.request.method} {self.request.url}"
+        """`sender1/0 GET http://receiver1:8080/foo`, or `outsider/0 TCP tcp://host:17071`."""
+        return f"{self.source} {self.request.method or 'TCP'} {self.request.url}"
 
 
 def case(source: str, url: str, expected: Expected, method: str = "GET") -> Case:
-    """Shorthand for a `Case`."""
+    """Shorthand for a `Case` of an HTTP request."""
     return Case(source=source, request=Request(url=url, method=method), expected=expected)
+
+
+def tcp_case(source: str, host: str, port: int, expected: Expected) -> Case:
+    """Shorthand for a `Case` of a TCP connect to `host:port` (the probe's `tcp://` mode)."""
+    request = Request(url=f"tcp://{host}:{port}", method=None)
+    return Case(source=source, request=request, expected=expected)
 
 
 def probe(juju: jubilant.Juju, unit: str, requests: Sequence[Request]) -> list[ProbeResult]:

@@ -4,7 +4,8 @@
 the model is on the mesh, Juju's model operator stays reachable from another model.
 
 The model is on the mesh here (namespace labels), with receiver1, sender1 related to its `inbound`
-and sender3 related to nothing; `outsider` is a tester in another model, not on any mesh.
+and sender3 related to nothing (not even the beacon: it is on the mesh through its namespace only);
+`outsider` is a tester in another model, not on any mesh.
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ from mesh_deploy import (
     set_config,
     wait_active,
 )
-from mesh_probe import ALLOWED, FORBIDDEN, REACHABLE, Case, assert_traffic, case, eventually
+from mesh_probe import (
+    ALLOWED,
+    CONNECTED,
+    FORBIDDEN,
+    Case,
+    assert_traffic,
+    case,
+    eventually,
+    tcp_case,
+)
 
 APPS = (RECEIVER, SENDER_APP, STRANGER)
+MEMBERS = (RECEIVER, SENDER_APP)
+"""The apps related to the beacon; sender3 is not."""
 OUTSIDER = "outsider"
 POLICY_TIMEOUT = 180.0
 
@@ -41,7 +53,7 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
     deploy_beacon(juju, charms, config={"model-on-mesh": True})
     for app in APPS:
         deploy_tester(juju, charms, app)
-    join_mesh(juju, *APPS)
+    join_mesh(juju, *MEMBERS)
     juju.integrate(f"{SENDER_APP}:outbound", f"{RECEIVER}:inbound")
     wait_active(juju, BEACON, *APPS)
     return juju
@@ -132,12 +144,15 @@ def test_model_operator_reachable_from_another_model(
         timeout=POLICY_TIMEOUT,
         what="namespace on the mesh with a model-operator allow policy",
     )
-    # The model operator serves TLS: a plain HTTP request gets an HTTP error back, which is
-    # enough to show that the connection is let through.
+    # The model operator serves TLS, so the probe only connects (tcp://): a connection that
+    # ztunnel denied would be closed right after the connect; one let through stays open, the
+    # server waiting for the TLS handshake.
     name, port = mesh_cluster.model_operator_endpoint(kube, model)
-    url = f"http://{name}.{model}.svc.cluster.local:{port}/"
+    host = f"{name}.{model}.svc.cluster.local"
     assert_traffic(
-        outsider, [case(f"{OUTSIDER}/0", url, REACHABLE)], what="model operator reachable"
+        outsider,
+        [tcp_case(f"{OUTSIDER}/0", host, port, CONNECTED)],
+        what="model operator reachable",
     )
     # And Juju itself still drives the model: a new unit comes up and settles.
     juju.add_unit(STRANGER)
@@ -149,3 +164,7 @@ def _assert_namespace_on_mesh(kube: lightkube.Client, model: str) -> None:
     labels = mesh_cluster.namespace_labels(kube, model)
     assert labels.get(mesh_cluster.DATAPLANE_MODE) == "ambient", labels
     assert mesh_cluster.model_operator_policies(kube, model), "no model-operator allow policy"
+    # Otherwise the check below would pass without going through ztunnel at all.
+    mesh_cluster.assert_captured(
+        kube, model, "model operator", selector=mesh_cluster.model_operator_selector(kube, model)
+    )

@@ -32,10 +32,16 @@ def test_beacon_is_itself_on_the_mesh(juju: jubilant.Juju, kube: lightkube.Clien
     def on_mesh() -> None:
         template = mesh_cluster.pod_template_labels(kube, BEACON, model)
         service = mesh_cluster.service_labels(kube, BEACON, model)
-        assert mesh_cluster.mesh_labels_of(template) == expected, f"pod template: {template}"
-        assert mesh_cluster.mesh_labels_of(service) == expected, f"Service: {service}"
+        on_pods, on_service = (
+            mesh_cluster.on_pod_template(expected),
+            mesh_cluster.on_service(expected),
+        )
+        assert mesh_cluster.mesh_labels_of(template) == on_pods, f"pod template: {template}"
+        assert mesh_cluster.mesh_labels_of(service) == on_service, f"Service: {service}"
+        # Labelled is not enough: the restarted pod must really be captured by ambient.
+        mesh_cluster.assert_captured(kube, model, BEACON)
 
-    eventually(on_mesh, timeout=180, what="beacon's own pods and Service on the mesh")
+    eventually(on_mesh, timeout=300, what="beacon's own pods and Service on the mesh")
 
 
 def test_waypoint_gateway(juju: jubilant.Juju, kube: lightkube.Client) -> None:

@@ -3,7 +3,8 @@
 Two rounds in one model: a beacon with the model off the mesh (consumer labels, app and unit
 policies), then a beacon with the model on the mesh (namespace labels, model-operator policy).
 After each removal: no waypoint Gateway, HPA or waypoint Deployment, no AuthorizationPolicy, no
-mesh label on the namespace or on the consumer, and the consumer keeps running.
+mesh label on the namespace or on the consumer, no consumer pod captured by ambient any more, and
+the consumer keeps running.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def _assert_created(kube: lightkube.Client, model: str, beacon: str, *, on_mesh:
         assert namespace == mesh_cluster.expected_namespace_labels(model, beacon), namespace
         assert mesh_cluster.model_operator_policies(kube, model), "no model-operator policy"
     else:
-        assert consumer == mesh_cluster.expected_consumer_labels(model, beacon), consumer
+        expected = mesh_cluster.expected_consumer_labels(model, beacon)
+        assert consumer == mesh_cluster.on_pod_template(expected), consumer
+    for app in APPS:
+        mesh_cluster.assert_captured(kube, model, app)
 
 
 def _assert_cleaned_up(kube: lightkube.Client, model: str, beacon: str) -> None:
@@ -67,6 +71,7 @@ def _assert_cleaned_up(kube: lightkube.Client, model: str, beacon: str) -> None:
         template = mesh_cluster.mesh_labels_of(mesh_cluster.pod_template_labels(kube, app, model))
         service = mesh_cluster.mesh_labels_of(mesh_cluster.service_labels(kube, app, model))
         assert (template, service) == ({}, {}), f"{app} still labelled: {template} {service}"
+        mesh_cluster.assert_captured(kube, model, app, captured=False)
 
 
 @pytest.mark.parametrize(

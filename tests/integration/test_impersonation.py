@@ -1,8 +1,9 @@
 """A consumer that lies about its target does not get its request applied.
 
 `liar` is a tester with `debug-impersonate-app=receiver1`: it publishes its policies with receiver1
-as the target, which would let sender3 (related to liar's `inbound`) reach receiver1. The beacon
-must refuse liar's request, name liar in its status, and keep applying everyone else's.
+as the target, which would let `accomplice` (related to liar's `inbound`) reach receiver1. The
+beacon must refuse liar's request, name liar in its status, and keep applying everyone else's.
+Every app here is related to the beacon, so on the mesh (the model itself is not).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from mesh_deploy import (
     BEACON,
     RECEIVER,
     SENDER_APP,
-    STRANGER,
     Charms,
     Models,
     deploy_beacon,
@@ -26,10 +26,12 @@ from mesh_deploy import (
     set_config,
     wait_active,
 )
-from mesh_probe import ALLOWED, DENIED, FORBIDDEN, assert_traffic, case, eventually
+from mesh_probe import ALLOWED, FORBIDDEN, REFUSED, assert_traffic, case, eventually
 
 LIAR = "liar"
-APPS = (RECEIVER, SENDER_APP, STRANGER, LIAR)
+ACCOMPLICE = "accomplice"
+"""Related to liar's `inbound`: the app the lie would let into receiver1."""
+APPS = (RECEIVER, SENDER_APP, ACCOMPLICE, LIAR)
 STATUS_TIMEOUT = 300.0
 
 
@@ -38,12 +40,12 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
     del istio
     juju = models.new("liar")
     deploy_beacon(juju, charms)
-    for app in (RECEIVER, SENDER_APP, STRANGER):
+    for app in (RECEIVER, SENDER_APP, ACCOMPLICE):
         deploy_tester(juju, charms, app)
     deploy_tester(juju, charms, LIAR, config={"debug-impersonate-app": RECEIVER})
     join_mesh(juju, *APPS)
     juju.integrate(f"{SENDER_APP}:outbound", f"{RECEIVER}:inbound")
-    juju.integrate(f"{STRANGER}:outbound", f"{LIAR}:inbound")
+    juju.integrate(f"{ACCOMPLICE}:outbound", f"{LIAR}:inbound")
     wait_active(juju, *APPS)
     return juju
 
@@ -64,20 +66,20 @@ def test_beacon_status_names_the_liar(juju: jubilant.Juju) -> None:
 
 def test_lie_not_applied(juju: jubilant.Juju, kube: lightkube.Client) -> None:
     model = model_name(juju)
-    stranger = mesh_cluster.principal(model, STRANGER)
+    accomplice = mesh_cluster.principal(model, ACCOMPLICE)
 
-    def receiver_policies_exclude_the_stranger() -> None:
+    def receiver_policies_exclude_the_accomplice() -> None:
         policies = mesh_cluster.policies_for(kube, model, RECEIVER)
         principals = set().union(*(mesh_cluster.policy_principals(p) for p in policies))
         assert mesh_cluster.principal(model, SENDER_APP) in principals, principals
-        assert stranger not in principals, [mesh_cluster.policy_summary(p) for p in policies]
+        assert accomplice not in principals, [mesh_cluster.policy_summary(p) for p in policies]
 
-    eventually(receiver_policies_exclude_the_stranger, timeout=180, what="receiver policies")
+    eventually(receiver_policies_exclude_the_accomplice, timeout=180, what="receiver policies")
     every_policy = mesh_cluster.authorization_policies(kube, model)
     leaked = [
         p
         for p in every_policy
-        if stranger in mesh_cluster.policy_principals(p)
+        if accomplice in mesh_cluster.policy_principals(p)
         or mesh_cluster.labels_of(p).get(mesh_cluster.REQUESTED_BY) == LIAR
     ]
     assert leaked == [], [mesh_cluster.policy_summary(p) for p in leaked]
@@ -92,8 +94,9 @@ def test_everyone_else_unaffected(juju: jubilant.Juju) -> None:
         [
             case(f"{SENDER_APP}/0", f"{service}:8080/foo", ALLOWED),
             case(f"{SENDER_APP}/0", f"{service}:8080/foo", FORBIDDEN, method="DELETE"),
-            case(f"{STRANGER}/0", f"{service}:8080/foo", DENIED),
-            case(f"{STRANGER}/0", f"{pod}:8080/foo", DENIED),
+            # On the mesh but not allowed: 403 at the waypoint, refused at the pod.
+            case(f"{ACCOMPLICE}/0", f"{service}:8080/foo", FORBIDDEN),
+            case(f"{ACCOMPLICE}/0", f"{pod}:8080/foo", REFUSED),
         ],
         what="traffic with a lying consumer around",
     )
@@ -108,16 +111,16 @@ def test_honest_again_is_applied(juju: jubilant.Juju, kube: lightkube.Client) ->
     def liar_policies_applied() -> None:
         policies = mesh_cluster.policies_for(kube, model, LIAR)
         principals = set().union(*(mesh_cluster.policy_principals(p) for p in policies))
-        assert mesh_cluster.principal(model, STRANGER) in principals, principals
+        assert mesh_cluster.principal(model, ACCOMPLICE) in principals, principals
 
     eventually(liar_policies_applied, timeout=180, what="liar's honest policies")
-    # liar's own request now applies: sender3 may reach liar, sender1 may not.
+    # liar's own request now applies: accomplice may reach liar, sender1 may not.
     assert_traffic(
         juju,
         [
-            case(f"{STRANGER}/0", f"http://{LIAR}:8080/foo", ALLOWED),
-            case(f"{SENDER_APP}/0", f"http://{LIAR}:8080/foo", DENIED),
-            case(f"{STRANGER}/0", f"http://{RECEIVER}:8080/foo", DENIED),
+            case(f"{ACCOMPLICE}/0", f"http://{LIAR}:8080/foo", ALLOWED),
+            case(f"{SENDER_APP}/0", f"http://{LIAR}:8080/foo", FORBIDDEN),
+            case(f"{ACCOMPLICE}/0", f"http://{RECEIVER}:8080/foo", FORBIDDEN),
         ],
         what="liar's honest request applied",
     )

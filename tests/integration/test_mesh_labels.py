@@ -5,6 +5,9 @@
 - model on the mesh: the namespace carries them (with the beacon's ownership label), the consumer
   removes its own (the beacon publishes `{}`);
 - auto-join off: the consumer removes the labels it applied, and only those.
+
+Labels only ask for ambient: each step also waits for the consumer's pods to be really captured
+(Istio's `ambient.istio.io/redirection: enabled` annotation), or really released.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from mesh_probe import eventually
 CONSUMER = "consumer"
 FOREIGN_LABEL = ("example.com/owner", "someone-else")
 """A label another owner put on the consumer's Service: the charms must leave it alone."""
-LABEL_TIMEOUT = 180.0
+LABEL_TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +64,10 @@ def _assert_consumer_labels(
 ) -> None:
     template = mesh_cluster.pod_template_labels(kube, CONSUMER, model)
     service = mesh_cluster.service_labels(kube, CONSUMER, model)
-    assert mesh_cluster.mesh_labels_of(template) == expected, f"pod template: {template}"
-    assert mesh_cluster.mesh_labels_of(service) == expected, f"Service: {service}"
+    on_pods = mesh_cluster.on_pod_template(expected)
+    assert mesh_cluster.mesh_labels_of(template) == on_pods, f"pod template: {template}"
+    on_service = mesh_cluster.on_service(expected)
+    assert mesh_cluster.mesh_labels_of(service) == on_service, f"Service: {service}"
     key, value = foreign
     assert service.get(key) == value, f"the label {key} set by another owner was touched"
 
@@ -79,10 +84,13 @@ def _converge(
     namespace: dict[str, str],
     foreign: tuple[str, str],
     what: str,
+    *,
+    captured: bool = True,
 ) -> None:
     def check() -> None:
         _assert_consumer_labels(kube, model, consumer, foreign)
         _assert_namespace_labels(kube, model, namespace)
+        mesh_cluster.assert_captured(kube, model, CONSUMER, captured=captured)
 
     eventually(check, timeout=LABEL_TIMEOUT, what=what)
 
@@ -122,7 +130,7 @@ def test_auto_join_off_removes_consumer_labels(
     model = model_name(juju)
     set_config(juju, BEACON, {"model-on-mesh": False}, CONSUMER)
     set_config(juju, CONSUMER, {"auto-join-mesh": False})
-    _converge(kube, model, {}, {}, foreign_label, "consumer left the mesh")
+    _converge(kube, model, {}, {}, foreign_label, "consumer left the mesh", captured=False)
 
     set_config(juju, CONSUMER, {"auto-join-mesh": True})
     expected = mesh_cluster.expected_consumer_labels(model, BEACON)

@@ -18,6 +18,7 @@ from mesh_deploy import (
     BEACON,
     Charms,
     Models,
+    PersistentError,
     deploy_beacon,
     deploy_tester,
     join_mesh,
@@ -58,7 +59,7 @@ def _scale(juju: jubilant.Juju, app: str, units: int) -> None:
             and jubilant.all_active(status, app)
             and jubilant.all_agents_idle(status, app)
         ),
-        error=lambda status: jubilant.any_error(status, app),
+        error=PersistentError(app),
         timeout=SCALE_TIMEOUT,
     )
 

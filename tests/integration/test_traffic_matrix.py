@@ -1,17 +1,23 @@
-"""The reference traffic matrix of istio-ambient.md, with the model off and on the mesh.
+"""The reference traffic matrix of docs/traffic-matrix.md, with the model off and on the mesh.
 
 receiver1 asks for an app policy on `inbound` and a unit policy on `inbound-unit`; sender1 is
-related to `inbound`, sender2 to `inbound-unit`, sender3 to nothing. Every row of the table is one
-real request sent by the tester's `probe` action.
+related to `inbound`, sender2 to `inbound-unit`. These three are related to the beacon; sender3 is
+related to nothing, not even the beacon, so it is on the mesh only while the whole model is. Every
+row of the table is one real request sent by the tester's `probe` action, once the pods that should
+be on the mesh are captured by ambient (and sender3's are not, while the model is off the mesh).
 """
 
 from __future__ import annotations
 
 import jubilant
+import lightkube
+import mesh_cluster
 import pytest
 from mesh_deploy import (
     BEACON,
+    MESH_MEMBERS,
     REFERENCE_APPS,
+    STRANGER,
     Charms,
     Models,
     deploy_reference_scenario,
@@ -19,7 +25,9 @@ from mesh_deploy import (
     reference_matrix,
     set_config,
 )
-from mesh_probe import assert_traffic
+from mesh_probe import assert_traffic, eventually
+
+CAPTURE_TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +39,24 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
 
 
 @pytest.mark.parametrize("model_on_mesh", [False, True], ids=["model-off-mesh", "model-on-mesh"])
-def test_reference_matrix(juju: jubilant.Juju, model_on_mesh: bool) -> None:
+def test_reference_matrix(
+    juju: jubilant.Juju, kube: lightkube.Client, model_on_mesh: bool
+) -> None:
+    model = model_name(juju)
     set_config(juju, BEACON, {"model-on-mesh": model_on_mesh}, *REFERENCE_APPS)
+
+    def captured_as_expected() -> None:
+        for app in MESH_MEMBERS:
+            mesh_cluster.assert_captured(kube, model, app)
+        mesh_cluster.assert_captured(kube, model, STRANGER, captured=model_on_mesh)
+
+    eventually(
+        captured_as_expected,
+        timeout=CAPTURE_TIMEOUT,
+        what=f"ambient capture (model-on-mesh={model_on_mesh})",
+    )
     assert_traffic(
         juju,
-        reference_matrix(model_name(juju), model_on_mesh=model_on_mesh),
+        reference_matrix(model, model_on_mesh=model_on_mesh),
         what=f"reference matrix (model-on-mesh={model_on_mesh})",
     )

@@ -121,9 +121,11 @@ def namespace_labels(client: Client, model: str) -> dict[str, str]:
 
 
 def not_created_yet(model: str) -> testing.WaitingStatus:
+    """The status while no Istio runs: the Gateway as the Gateway API CRD defaults its status."""
     name = waypoint_name(model, APP)
     return testing.WaitingStatus(
-        f"waiting for the waypoint: Istio has not created the {name} Deployment yet"
+        "waiting for the waypoint: Gateway not Programmed (Pending: Waiting for controller); the "
+        f"Gateway has no address yet; Istio has not created the {name} Deployment yet"
     )
 
 
@@ -176,6 +178,7 @@ def test_model_on_mesh_labels_the_namespace_and_takes_its_labels_back(
         Namespace, model, {"metadata": {"labels": {"team": "blue"}}}, patch_type=PatchType.MERGE
     )
     before = namespace_labels(admin, model)
+    juju_seed.seed_model_operator(admin, model)
 
     out = ctx.run(ctx.on.config_changed(), state(model, model_on_mesh=True))
 
@@ -225,7 +228,8 @@ def test_namespace_labels_of_another_owner_are_left_alone(
     assert after.metadata is not None
     assert after.metadata.resourceVersion == before.metadata.resourceVersion
     assert out.unit_status == testing.BlockedStatus(
-        f"model-on-mesh: namespace {model} {conflict}; leaving its labels alone"
+        f"model-on-mesh: namespace {model} {conflict}; leaving its labels alone, so related apps "
+        "keep their own mesh labels"
     )
 
 
@@ -233,8 +237,15 @@ def test_policies_follow_the_requests_of_several_consumers(
     ctx: testing.Context[IstioBeaconCharm], admin: Client, model: str
 ):
     relations = consumers(admin, model, 3)
+    # A second Service of receiver0, which receiver0 bound to the waypoint itself.
     juju_seed.seed_service(
-        admin, "receiver0-admin", model, {"app.kubernetes.io/name": "receiver0"}
+        admin,
+        "receiver0-admin",
+        model,
+        {
+            "app.kubernetes.io/name": "receiver0",
+            "istio.io/use-waypoint": waypoint_name(model, APP),
+        },
     )
     relations[0] = dataclasses.replace(
         relations[0],
@@ -270,10 +281,12 @@ def test_policies_follow_the_requests_of_several_consumers(
         ),
     )
     after = owned(admin, AuthorizationPolicy, model)
-    receiver1 = [p for p in after.values() if p["metadata"]["labels"][REQUESTED_BY] == "receiver1"]
+    receiver1 = [
+        p for p in after.values() if p["metadata"]["labels"].get(REQUESTED_BY) == "receiver1"
+    ]
     assert [p["spec"]["rules"][0]["to"][0]["operation"]["ports"] for p in receiver1] == [["9090"]]
     untouched = {k: v for k, v in versions.items() if k in after}
-    assert len(untouched) == 5
+    assert len(untouched) == 7 + 3 - 2  # all but receiver1's two (the waypoint's 3 included)
     assert all(after[k]["metadata"]["resourceVersion"] == v for k, v in untouched.items())
 
     # receiver2's relation goes: its policies go with it.
@@ -312,9 +325,11 @@ def test_adversarial_requests_are_refused_and_the_rest_applied(
 def test_not_managing_policies_deletes_them(
     ctx: testing.Context[IstioBeaconCharm], admin: Client, model: str
 ):
+    juju_seed.seed_model_operator(admin, model)
     relations = consumers(admin, model, 2)
     out = ctx.run(ctx.on.config_changed(), state(model, relations, model_on_mesh=True))
-    assert len(owned(admin, AuthorizationPolicy, model)) == 5
+    # 2 requests each, the waypoint's access to each app, the model operator's.
+    assert len(owned(admin, AuthorizationPolicy, model)) == 2 * 2 + 2 + 1
 
     config = {"model-on-mesh": True, "manage-authorization-policies": False}
     ctx.run(ctx.on.config_changed(), dataclasses.replace(out, config=config))
@@ -331,12 +346,13 @@ def test_a_steady_state_reconcile_writes_nothing(
     model: str,
     model_on_mesh: bool,
 ):
+    juju_seed.seed_model_operator(admin, model)
     relations = consumers(admin, model, 3)
     out = ctx.run(
         ctx.on.config_changed(),
         state(model, relations, planned_units=2, model_on_mesh=model_on_mesh),
     )
-    assert len(owned(admin, AuthorizationPolicy, model)) == 6 + model_on_mesh
+    assert len(owned(admin, AuthorizationPolicy, model)) == 3 * 2 + 3 + model_on_mesh
 
     before = kube.request_counts()
     out = ctx.run(ctx.on.update_status(), out)
@@ -377,13 +393,14 @@ def test_removal_deletes_what_the_beacon_created_and_nothing_else(
     ]
     for obj in others:
         admin.create(obj)
+    juju_seed.seed_model_operator(admin, model)
     relations = consumers(admin, model, 2)
     out = ctx.run(
         ctx.on.config_changed(),
         state(model, relations, planned_units=2, model_on_mesh=True),
     )
     assert owned(admin, gateway_resource(), model)
-    assert len(owned(admin, AuthorizationPolicy, model)) == 5
+    assert len(owned(admin, AuthorizationPolicy, model)) == 2 * 2 + 2 + 1
 
     out = ctx.run(ctx.on.remove(), dataclasses.replace(out, planned_units=0))
 
@@ -447,8 +464,9 @@ def test_without_trust_it_says_how_to_trust_it(
 
     out = ctx.run(ctx.on.config_changed(), state(model, [mesh], model_on_mesh=True))
 
+    # The namespace is the first step (it decides what consumers are told), the first refused.
     assert out.unit_status == testing.BlockedStatus(
-        f"run `juju trust {APP} --scope=cluster`: Kubernetes refused to run the waypoint"
+        f"run `juju trust {APP} --scope=cluster`: Kubernetes refused to label the namespace"
     )
     assert owned(admin, gateway_resource(), model) == {}
     assert owned(admin, AuthorizationPolicy, model) == {}
@@ -466,10 +484,12 @@ def test_a_role_over_its_own_namespace_is_enough(
     # Namespace object itself as in that namespace, and the policy manager falls back from its
     # refused cluster-wide list to the namespace. Nothing the beacon does needs more.
     monkeypatch.setenv("KUBECONFIG", str(kube.namespaced_kubeconfig(model, APP)))
+    juju_seed.seed_model_operator(admin, model)
     relations = consumers(admin, model, 1)
 
     out = ctx.run(ctx.on.config_changed(), state(model, relations, model_on_mesh=True))
 
     assert out.unit_status == not_created_yet(model)
     assert namespace_labels(admin, model)[OWNER_LABEL] == owner_value(model, APP)
-    assert len(owned(admin, AuthorizationPolicy, model)) == 3
+    # 2 requests, the waypoint's access to the app, the model operator's.
+    assert len(owned(admin, AuthorizationPolicy, model)) == 4

@@ -17,8 +17,10 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     get_default_labels,
 )
+from juju_seed import MODEL_OPERATOR_LABELS
 from kube_server import KubeServer, ensure_namespace
-from policies import AcceptedPolicy, build_policy_manifests, model_operator_policy
+from model_operator import model_operator_policy
+from policies import AcceptedPolicy, build_policy_manifests, waypoint_allow_policy
 from waypoint import build_autoscaler, build_gateway, waypoint_name
 
 NS = "beacon-model"
@@ -51,8 +53,16 @@ def test_waypoint_gateway_and_autoscaler_accepted(kube: KubeServer, model: str, 
         assert_accepted(kube, build_autoscaler(name, NS, replicas, labels))
 
 
-def test_model_operator_policy_accepted(kube: KubeServer):
-    assert_accepted(kube, model_operator_policy(NS))
+@pytest.mark.parametrize("scheme", sorted(MODEL_OPERATOR_LABELS))
+def test_model_operator_policy_accepted(kube: KubeServer, scheme: str):
+    assert_accepted(kube, model_operator_policy(NS, MODEL_OPERATOR_LABELS[scheme]))
+
+
+def test_waypoint_access_policy_accepted(kube: KubeServer):
+    waypoint = waypoint_name(NS, "istio-beacon-k8s")
+    assert_accepted(
+        kube, waypoint_allow_policy("receiver1", NS, f"cluster.local/ns/{NS}/sa/{waypoint}")
+    )
 
 
 def test_requested_policies_accepted(kube: KubeServer):

@@ -57,7 +57,7 @@ def test_delete_waypoint(kube: KubeServer, namespace: str):
     name = waypoint_name(namespace, APP)
     labels = get_default_labels(APP, namespace, scope="waypoint")
     reconcile_waypoint(client, name, 2, labels)
-    delete_waypoint(client, labels)
+    delete_waypoint(client, name, labels)
     assert owned(client, namespace) == ([], [])
 
 
@@ -76,4 +76,6 @@ def test_delete_waypoint_without_gateway_crd_is_fine(bare_kube: KubeServer):
     namespace = "no-gateway-api-delete"
     client = beacon_client(bare_kube, namespace)
     ensure_namespace(client, namespace)
-    delete_waypoint(client, get_default_labels(APP, namespace, scope="waypoint"))
+    delete_waypoint(
+        client, waypoint_name(namespace, APP), get_default_labels(APP, namespace, scope="waypoint")
+    )

@@ -70,10 +70,17 @@ def test_labels_added_changed_removed_others_untouched(
     client = untrusted(namespace, APP)
     configmap = label_configmap_name(APP)
 
+    # Each mesh label goes only where Istio reads it: the data-plane mode on the pod template,
+    # the waypoint on the Service; a label the library does not know goes on both.
     first = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "wp-a"}
     reconcile_charm_labels(client, APP, namespace, configmap, first)
-    assert pod_labels(admin, namespace) == {**JUJU_LABELS, **OTHERS, **first}
-    assert service_labels(admin, namespace) == {**JUJU_LABELS, **OTHERS, **first}
+    ambient = {"istio.io/dataplane-mode": "ambient"}
+    assert pod_labels(admin, namespace) == {**JUJU_LABELS, **OTHERS, **ambient}
+    assert service_labels(admin, namespace) == {
+        **JUJU_LABELS,
+        **OTHERS,
+        "istio.io/use-waypoint": "wp-a",
+    }
     assert remembered(admin, namespace) == first
 
     # Someone else labels the objects after us: those labels must survive our later changes.
@@ -88,8 +95,20 @@ def test_labels_added_changed_removed_others_untouched(
 
     second = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "wp-b", "extra": "1"}
     reconcile_charm_labels(client, APP, namespace, configmap, second)
-    assert pod_labels(admin, namespace) == {**JUJU_LABELS, **OTHERS, **late, **second}
-    assert service_labels(admin, namespace) == {**JUJU_LABELS, **OTHERS, **late, **second}
+    assert pod_labels(admin, namespace) == {
+        **JUJU_LABELS,
+        **OTHERS,
+        **late,
+        **ambient,
+        "extra": "1",
+    }
+    assert service_labels(admin, namespace) == {
+        **JUJU_LABELS,
+        **OTHERS,
+        **late,
+        "istio.io/use-waypoint": "wp-b",
+        "extra": "1",
+    }
     assert remembered(admin, namespace) == second
 
     third = {"extra": "1"}

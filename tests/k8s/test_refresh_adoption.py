@@ -63,6 +63,7 @@ def model(
     ensure_namespace(admin, name)
     juju_seed.seed_app(admin, APP, name)
     juju_seed.seed_service(admin, "receiver", name)
+    juju_seed.seed_model_operator(admin, name)
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig_path))
     return name
 
@@ -206,6 +207,6 @@ def test_first_hook_after_refresh_takes_everything_over(
     assert len(added(history)) == len(ours_now), history
     assert len(deleted(history)) == len(seeded.policies) + 1, history
     assert max(added(history)) < min(deleted(history)), history
-    assert out.unit_status == testing.WaitingStatus(
-        f"waiting for the waypoint: Istio has not created the {waypoint} Deployment yet"
-    )
+    # Nothing refused, nothing blocked: only Istio, absent here, is awaited.
+    assert isinstance(out.unit_status, testing.WaitingStatus), out.unit_status
+    assert out.unit_status.message.startswith("waiting for the waypoint"), out.unit_status

@@ -603,6 +603,7 @@ class FakeKubeServer:
         self._store: dict[StoreKey, _Entry] = {}
         self._resource_version = 1000
         self._rules: list[ForbidRule] = []
+        self._rejections: list[tuple[ForbidRule, int, str]] = []
         self.requests: list[KubeRequest] = []
         """Every request received, oldest first (see :meth:`reset_requests`)."""
         self._server: _HTTPServer | None = None
@@ -762,10 +763,28 @@ class FakeKubeServer:
         with self._lock:
             self._rules.append(ForbidRule(verb, resource, namespace, name, cluster_wide_only))
 
+    def reject(
+        self,
+        code: int,
+        message: str,
+        verb: str | None = None,
+        resource: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Answer matching requests with ``code`` and ``message``, as admission control would.
+
+        For example 422 from a webhook, or 413 for an object beyond the server's size limit.
+
+        Matching is :class:`ForbidRule`'s; rules add up; :meth:`allow_all` drops them.
+        """
+        with self._lock:
+            self._rejections.append((ForbidRule(verb, resource, None, name), code, message))
+
     def allow_all(self) -> None:
-        """Drop every rule added by :meth:`forbid`."""
+        """Drop every rule added by :meth:`forbid` and :meth:`reject`."""
         with self._lock:
             self._rules.clear()
+            self._rejections.clear()
 
     def write_count(self) -> int:
         """How many POST, PUT, PATCH and DELETE requests were received (failed ones included)."""
@@ -971,6 +990,9 @@ class FakeKubeServer:
     def _authorize(self, verb: str, route: _Route, name: str | None = None) -> None:
         rbac_verb = "patch" if verb == "apply" else verb
         name = name or route.name
+        for rule, code, message in self._rejections:
+            if rule.matches(rbac_verb, route.plural, route.namespace, name):
+                raise _StatusError(code, "Invalid" if code == 422 else "Rejected", message)
         if not any(
             rule.matches(rbac_verb, route.plural, route.namespace, name) for rule in self._rules
         ):

@@ -82,3 +82,39 @@ def seed_app(client: Client, app: str, namespace: str) -> None:
         codecs.from_dict(statefulset_manifest(app, namespace)), field_manager=JUJU_FIELD_MANAGER
     )
     seed_service(client, app, namespace)
+
+
+#: The labels Juju puts on the model operator's pods (and selects them by), by label scheme:
+#: models created by older Juju use the legacy one.
+MODEL_OPERATOR_LABELS = {
+    "legacy": {"juju-modeloperator": "modeloperator"},
+    "current": {"operator.juju.is/name": "modeloperator", "operator.juju.is/target": "model"},
+}
+
+
+def seed_model_operator(client: Client, namespace: str, scheme: str = "current") -> dict[str, str]:
+    """Create the ``modeloperator`` Service Juju makes in a model; returns its pod selector.
+
+    Args:
+        client: any lightkube client.
+        namespace: the model's namespace (created if needed).
+        scheme: ``"current"`` or ``"legacy"``, the label scheme of the Juju that made the model.
+    """
+    selector = MODEL_OPERATOR_LABELS[scheme]
+    seed_namespace(client, namespace)
+    client.create(
+        codecs.from_dict(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "modeloperator", "namespace": namespace, "labels": selector},
+                "spec": {
+                    "selector": selector,
+                    "type": "ClusterIP",
+                    "ports": [{"name": "api", "port": 17071, "protocol": "TCP"}],
+                },
+            }
+        ),
+        field_manager=JUJU_FIELD_MANAGER,
+    )
+    return dict(selector)

@@ -12,12 +12,38 @@
 # from the Go module cache (Go's default module proxy, or whatever GOPROXY says); the throwaway
 # go.mod files live in a scratch folder inside the cache, never in this repository.
 #
-# Usage: tools/kube-tier/build.sh [--print-key]
+# Usage: tools/kube-tier/build.sh [--print-key | -h | --help]
 set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: tools/kube-tier/build.sh [--print-key | -h | --help]
+
+Builds etcd and kube-apiserver from their Go modules and collects the Istio and Gateway API CRDs
+for the real-API-server test tier (tests/k8s), into
+  ${KUBE_TIER_CACHE:-~/.cache/service-mesh-beacon/kube-tier}/<key>/
+and prints that folder on stdout (progress goes to stderr). When the folder is complete already,
+it prints it at once and builds nothing (Go is then not needed). One build at a time per cache:
+a second one waits for the first and reuses its result.
+
+A first build needs Go 1.26 (or GO=/path/to/go), a Go module proxy (GOPROXY), about 4 GiB of disk,
+2.5 GiB of memory and some minutes of CPU (docs/kube-tier.md has the figures).
+
+Options:
+  (none)        build if needed, then print the folder
+  --print-key   print only the <key> (the versions and platform; a CI cache key) and exit
+  -h, --help    print this help and exit
+EOF
+}
 
 # Everything runs inside main(), which bash reads whole before running it: editing or updating this
 # file while a build runs cannot change what that build does.
 main() {
+# Help first: it must never start a build.
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+    usage
+    exit 0
+fi
 KUBERNETES_VERSION=v1.37.2
 STAGING_VERSION=v0.37.2 # k8s.io/<staging> modules are released as v0.<minor>.<patch>
 ETCD_VERSION=v3.6.16
@@ -28,10 +54,18 @@ KEY="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_istio-api-${ISTIO_API_VERSIO
 ROOT="${KUBE_TIER_CACHE:-$HOME/.cache/service-mesh-beacon/kube-tier}"
 OUT="$ROOT/$KEY"
 
-if [[ "${1:-}" == "--print-key" ]]; then
-    echo "$KEY"
-    exit 0
-fi
+case "${1:-}" in
+    --print-key)
+        echo "$KEY"
+        exit 0
+        ;;
+    "") ;;
+    *)
+        echo "kube-tier: unknown argument: $1" >&2
+        usage >&2
+        exit 2
+        ;;
+esac
 
 log() { echo "kube-tier: $*" >&2; }
 

@@ -13,7 +13,7 @@ import logging
 import ops
 import ops_tracing
 from beacon_config import BeaconConfig
-from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider
+from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider, display_text
 from metrics import (
     METRICS_PROXY,
     METRICS_RELATION,
@@ -21,7 +21,8 @@ from metrics import (
     publish_scrape_targets,
     telemetry_label,
 )
-from policies import refusal_message
+from policies import MAX_STATUS_LENGTH, refusal_message
+from policy_status import not_enforced_message
 from reconciler import BeaconReconciler, Findings
 from waypoint import consumer_labels, waypoint_name
 
@@ -46,8 +47,9 @@ class IstioBeaconCharm(ops.CharmBase):
         super().__init__(framework)
         # The charm's own traces go to the backend related over charm-tracing, if any.
         self._tracing = ops_tracing.Tracing(self, tracing_relation_name=TRACING_RELATION)
-        # Whether this unit, as leader, took over what the deployed istio-beacon-k8s left.
-        self._stored.set_default(adopted=False)
+        # adopted: whether this unit, as leader, took over what the deployed istio-beacon-k8s
+        # left (see adoption.py).
+        self._stored.set_default(refusals_logged={}, adopted=False)
         self._config, self._config_error = self._load_config()
         # What this hook's reconcile found, for collect-status (None: no reconcile ran).
         self._findings: Findings | None = None
@@ -55,12 +57,12 @@ class IstioBeaconCharm(ops.CharmBase):
         self._mesh: ServiceMeshProvider | None = None
         if self._config is not None:
             # Without a valid config the beacon cannot know what to publish: it publishes nothing.
+            # Until a reconcile has seen the namespace carry the mesh labels, consumers are told
+            # to keep their own (fail closed): the reconcile publishes "none needed" itself.
             self._mesh = ServiceMeshProvider(
                 self,
                 labels=consumer_labels(
-                    waypoint_name(self.model.name, self.app.name),
-                    self.model.name,
-                    self._config.model_on_mesh,
+                    waypoint_name(self.model.name, self.app.name), self.model.name, False
                 ),
                 mesh_relation_name=MESH_RELATION,
             )
@@ -107,15 +109,21 @@ class IstioBeaconCharm(ops.CharmBase):
         publish_scrape_targets(self)
         if self._config is None or self._mesh is None or not self.unit.is_leader():
             return
-        with contextlib.closing(BeaconReconciler(self)) as reconciler:
+        reconciler = self._reconciler()
+        if reconciler is None:
+            return
+        with contextlib.closing(reconciler):
             self._findings = reconciler.reconcile(
                 self._config,
                 self._mesh,
                 self.app.planned_units(),
+                refusals_logged=dict(self._stored.refusals_logged),
                 adopt=not self._stored.adopted,
             )
             if reconciler.adopted:
                 self._stored.adopted = True
+        if self._findings.refusals_logged != dict(self._stored.refusals_logged):
+            self._stored.refusals_logged = self._findings.refusals_logged
 
     def _on_remove(self, event: ops.RemoveEvent) -> None:
         if self.app.planned_units() > 0:
@@ -123,9 +131,21 @@ class IstioBeaconCharm(ops.CharmBase):
             return
         # The application is going away. Leadership is not reliable this late, so whichever unit
         # gets here cleans up; every deletion tolerates the object being gone already.
-        with contextlib.closing(BeaconReconciler(self)) as reconciler:
+        reconciler = self._reconciler()
+        if reconciler is None:
+            return
+        with contextlib.closing(reconciler):
             self._findings = reconciler.teardown()
         self._torn_down = True
+
+    def _reconciler(self) -> BeaconReconciler | None:
+        """A reconciler, or ``None`` (and a finding) when no Kubernetes client can be made."""
+        try:
+            return BeaconReconciler(self)
+        except Exception as error:  # no usable client (configuration): a status, not a failure
+            self._findings = Findings(unreachable=display_text(str(error), 120, quote=False))
+            logger.error("cannot reach Kubernetes: %s", self._findings.unreachable)
+            return None
 
     def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
         if self._config_error is not None:
@@ -133,6 +153,8 @@ class IstioBeaconCharm(ops.CharmBase):
         findings = self._findings
         if findings is not None:
             for status in self._statuses(findings):
+                # Bounded and printable, whatever the text came from.
+                status.message = display_text(status.message, MAX_STATUS_LENGTH, quote=False)
                 event.add_status(status)
         if self._torn_down:
             event.add_status(ops.MaintenanceStatus("removed the mesh resources"))
@@ -145,6 +167,8 @@ class IstioBeaconCharm(ops.CharmBase):
     def _statuses(self, findings: Findings) -> list[ops.StatusBase]:
         """The statuses for what a reconcile found, most urgent first."""
         statuses: list[ops.StatusBase] = []
+        if findings.unreachable:
+            statuses.append(ops.BlockedStatus(f"cannot reach Kubernetes: {findings.unreachable}"))
         if findings.missing_crds:
             statuses.append(
                 ops.BlockedStatus(
@@ -162,11 +186,16 @@ class IstioBeaconCharm(ops.CharmBase):
         if findings.namespace_conflict:
             statuses.append(
                 ops.BlockedStatus(
-                    f"model-on-mesh: {findings.namespace_conflict}; leaving its labels alone"
+                    f"model-on-mesh: {findings.namespace_conflict}; leaving its labels alone, so "
+                    "related apps keep their own mesh labels"
                 )
             )
+        if findings.model_operator:
+            statuses.append(ops.BlockedStatus(f"model-on-mesh: {findings.model_operator}"))
         if findings.refusals:
             statuses.append(ops.BlockedStatus(refusal_message(findings.refusals)))
+        if findings.unenforced:
+            statuses.append(ops.BlockedStatus(not_enforced_message(findings.unenforced)))
         statuses.extend(ops.BlockedStatus(error) for error in findings.api_errors[:1])
         if findings.waypoint is not None and not findings.waypoint.ready:
             statuses.append(

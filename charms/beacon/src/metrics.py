@@ -167,12 +167,18 @@ def metrics_access_policies(
     """
     if not relations.get(METRICS_RELATION):
         return []
+    # A claim to be an app of this very model is refused: here Juju names the apps itself.
+    claims = {
+        alias: claim
+        for alias, claim in get_data_from_cmr_relation(relations.get(CMR_RELATION, [])).items()
+        if claim.juju_model_name != namespace
+    }
     return build_mesh_policies(
         relations,
         app_name,
         namespace,
         [UnitPolicy(relation=METRICS_RELATION, ports=[METRICS_PORT])],
-        get_data_from_cmr_relation(relations.get(CMR_RELATION, [])),
+        claims,
     )
 
 

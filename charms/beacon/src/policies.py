@@ -7,6 +7,8 @@ a refused request is reported and skipped, and every other request is still appl
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,10 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     RelationRequest,
     build_authorization_policy,
+    display_text,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Label and annotation: the app whose request an AuthorizationPolicy implements.
 REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
@@ -24,8 +29,11 @@ REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
 RELATION_ID = "charms.canonical.com/service-mesh.relation-id"
 #: Label Juju puts on an app's Services and pods.
 APP_NAME_LABEL = "app.kubernetes.io/name"
-#: Name of the policy that keeps Juju's model operator reachable while the model is on the mesh.
-MODEL_OPERATOR_POLICY = "allow-juju-model-operator"
+#: Annotation: the app whose pods a waypoint-access policy opens to the waypoint.
+WAYPOINT_ACCESS_FOR = "charms.canonical.com/service-mesh.waypoint-access-for"
+#: The label that binds a Service (or every Service of a namespace) to a waypoint.
+WAYPOINT_LABEL = "istio.io/use-waypoint"
+_MAX_NAME = 253
 
 
 @dataclass(frozen=True)
@@ -75,20 +83,63 @@ def service_owner_error(app: str, service: str, services: Mapping[str, Mapping[s
         service: the Service its policy names.
         services: the namespace's Services, name to labels.
     """
+    shown = display_text(service)
     if service not in services:
-        return f"Service {service} does not exist"
+        return f"Service {shown} does not exist"
     owner = services[service].get(APP_NAME_LABEL)
     if owner is None:
         if service in (app, f"{app}-endpoints"):
             return ""
-        return f"Service {service} is not labelled {APP_NAME_LABEL}={app}"
+        return f"Service {shown} is not labelled {APP_NAME_LABEL}={app}"
     if owner != app:
-        return f"Service {service} belongs to {owner}"
+        return f"Service {shown} belongs to {owner}"
     return ""
 
 
+@dataclass(frozen=True)
+class WaypointBinding:
+    """Which of the namespace's Services Istio sends through the beacon's waypoint.
+
+    Attributes:
+        waypoint: the waypoint's name.
+        namespace_bound: the beacon labelled the namespace (``model-on-mesh``), so every Service
+            without a waypoint label of its own uses the waypoint.
+    """
+
+    waypoint: str
+    namespace_bound: bool = False
+
+
+def service_binding_error(
+    app: str, service: str, labels: Mapping[str, str], binding: WaypointBinding
+) -> str:
+    """Why an app policy naming Service ``service`` would not be enforced, or ``""``.
+
+    Istio enforces a policy that targets a Service only at the waypoint the Service is bound to;
+    for any other Service it marks the policy not bound and enforces nothing. Service ``<app>``
+    is bound by the labels the beacon publishes to ``app`` (or by the namespace labels); any other
+    Service is bound only if it carries ``istio.io/use-waypoint: <waypoint>`` itself, or the
+    beacon labelled the namespace and the Service does not opt out with a label of its own.
+    """
+    label = labels.get(WAYPOINT_LABEL)
+    if label is not None:
+        if label != binding.waypoint:
+            return f"Service {service} uses waypoint {label!r}, not {binding.waypoint}"
+        return ""
+    if service == app or binding.namespace_bound:
+        return ""
+    return (
+        f"Service {service} is not bound to the waypoint, so Istio would not enforce the policy "
+        f"(label it {WAYPOINT_LABEL}={binding.waypoint}, or use model-on-mesh)"
+    )
+
+
 def policy_error(
-    policy: MeshPolicy, app: str, namespace: str, services: Mapping[str, Mapping[str, str]]
+    policy: MeshPolicy,
+    app: str,
+    namespace: str,
+    services: Mapping[str, Mapping[str, str]],
+    binding: WaypointBinding | None = None,
 ) -> str:
     """Why ``app`` may not have ``policy``, or ``""`` when it may.
 
@@ -97,15 +148,20 @@ def policy_error(
         app: the app on the other side of the relation the request arrived on.
         namespace: the beacon's namespace (model name): the only one it manages.
         services: the namespace's Services, name to labels (for policies naming a Service).
+        binding: which Services use the waypoint; ``None`` skips that check.
     """
     if policy.target_namespace != namespace:
-        return f"targets namespace {policy.target_namespace}, not {namespace}"
+        return f"targets namespace {display_text(policy.target_namespace)}, not {namespace}"
     if policy.target_app_name is not None and policy.target_app_name != app:
-        return f"targets app {policy.target_app_name}"
+        return f"targets app {display_text(policy.target_app_name)}"
     if policy.target_type is PolicyTargetType.app:
-        if policy.target_service:
-            return service_owner_error(app, policy.target_service, services)
-        return ""
+        service = policy.target_service
+        if not service:
+            return ""
+        error = service_owner_error(app, service, services)
+        if error or binding is None:
+            return error
+        return service_binding_error(app, service, services[service], binding)
     return _unit_target_error(policy, app)
 
 
@@ -125,6 +181,7 @@ def check_requests(
     requests: Iterable[RelationRequest],
     namespace: str,
     services: Mapping[str, Mapping[str, str]],
+    binding: WaypointBinding | None = None,
 ) -> tuple[list[AcceptedPolicy], list[Refusal]]:
     """Sort the requested policies into those the beacon applies and those it refuses.
 
@@ -133,6 +190,8 @@ def check_requests(
         namespace: the beacon's namespace (model name).
         services: the namespace's Services, name to labels; only consulted for policies that
             name a Service (see :func:`needs_services`).
+        binding: which Services use the waypoint: an app policy naming a Service that does not
+            is refused (Istio would not enforce it); ``None`` skips that check.
     """
     accepted: list[AcceptedPolicy] = []
     refusals: list[Refusal] = []
@@ -144,7 +203,7 @@ def check_requests(
             refusals.append(Refusal(app, request.relation_id, f"invalid data: {request.error}"))
             continue
         for policy in request.policies:
-            error = policy_error(policy, app, namespace, services)
+            error = policy_error(policy, app, namespace, services, binding)
             if error:
                 refusals.append(Refusal(app, request.relation_id, error))
             else:
@@ -173,29 +232,99 @@ def build_policy_manifests(
                     },
                 )
             )
-        except ValueError as error:
+        except Exception as error:  # MeshDataError, or anything else: that request's refusal
             refusals.append(Refusal(item.app_name, item.relation_id, str(error)))
     return manifests, refusals
 
 
-def model_operator_policy(namespace: str) -> dict[str, Any]:
-    """An ALLOW-all policy for Juju's model operator, reachable while the model is on the mesh."""
+def requested_by(manifest: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The app and relation id an AuthorizationPolicy manifest was built for, or ``None``."""
+    annotations = (manifest.get("metadata") or {}).get("annotations") or {}
+    app, relation_id = annotations.get(REQUESTED_BY), annotations.get(RELATION_ID)
+    if not isinstance(app, str) or not isinstance(relation_id, str) or not relation_id.isdigit():
+        return None
+    return app, int(relation_id)
+
+
+def waypoint_policy_name(app: str) -> str:
+    """The name of the policy that lets the waypoint reach ``app``'s pods (stable, DNS-1123)."""
+    name = f"{app}-from-waypoint"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: _MAX_NAME - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
+def waypoint_allow_policy(app: str, namespace: str, waypoint_principal: str) -> dict[str, Any]:
+    """An L4 ALLOW from the waypoint's identity on ``app``'s pods, enforced by ztunnel.
+
+    Traffic through ``app``'s Service reaches its pods from the waypoint. istio-k8s's
+    ``auto-allow-waypoint-policy`` makes istiod allow that implicitly; this policy makes the same
+    hold when the option is off, so that the app's own unit policies never cut the waypoint off
+    and its pods never accept direct traffic that the waypoint's L7 rules would have refused.
+    """
     return {
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",
-        "metadata": {"name": MODEL_OPERATOR_POLICY, "namespace": namespace},
+        "metadata": {
+            "name": waypoint_policy_name(app),
+            "namespace": namespace,
+            "annotations": {WAYPOINT_ACCESS_FOR: app},
+        },
         "spec": {
-            "selector": {"matchLabels": {"juju-modeloperator": "modeloperator"}},
-            "rules": [{}],
+            "selector": {"matchLabels": {APP_NAME_LABEL: app}},
+            "rules": [{"from": [{"source": {"principals": [waypoint_principal]}}]}],
         },
     }
 
 
+#: The longest status message the beacon sets.
+MAX_STATUS_LENGTH = 400
+
+
 def refusal_message(refusals: Sequence[Refusal]) -> str:
-    """A status message naming the first refused request and counting the others."""
+    """A status message naming the first refused request and counting the others.
+
+    Bounded (:data:`MAX_STATUS_LENGTH`): the first reason is cut so that the count always shows.
+    """
     first = refusals[0]
-    message = f"refused a request from {first.app_name}: {first.reason}"
+    suffix = ""
     if len(refusals) > 1:
-        apps = ", ".join(sorted({refusal.app_name for refusal in refusals}))
-        message += f" (and {len(refusals) - 1} more from {apps}; see juju debug-log)"
-    return message
+        apps = sorted({refusal.app_name for refusal in refusals})
+        named = ", ".join(apps[:3]) + (f" and {len(apps) - 3} other apps" if len(apps) > 3 else "")
+        suffix = f" (and {len(refusals) - 1} more from {named}; see juju debug-log)"
+    head = f"refused a request from {first.app_name}: "
+    room = max(MAX_STATUS_LENGTH - len(head) - len(suffix), 20)
+    return head + display_text(first.reason, room, quote=False) + suffix
+
+
+def log_refusals(refusals: Sequence[Refusal], logged: Mapping[str, str]) -> dict[str, str]:
+    """Log the refusals of each relation once per change: one line per relation that changed.
+
+    Args:
+        refusals: this reconcile's refusals.
+        logged: per relation id, a digest of the refusals logged before.
+
+    Returns:
+        The digests to remember for the next hook.
+    """
+    by_relation: dict[int, list[Refusal]] = {}
+    for refusal in refusals:
+        by_relation.setdefault(refusal.relation_id, []).append(refusal)
+    digests: dict[str, str] = {}
+    for relation_id, items in sorted(by_relation.items()):
+        text = "\n".join(item.reason for item in items)
+        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+        digests[str(relation_id)] = digest
+        if logged.get(str(relation_id)) == digest:
+            continue
+        more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+        logger.warning(
+            "refused %d policies requested by %s (relation %d): %s%s",
+            len(items),
+            items[0].app_name,
+            relation_id,
+            display_text(items[0].reason, 300, quote=False),
+            more,
+        )
+    return digests

@@ -7,7 +7,7 @@ statuses in its collect-status handler.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     MissingCRDError,
     PolicyResourceManager,
     ServiceMeshProvider,
+    display_text,
     label_configmap_name,
     reconcile_charm_labels,
 )
@@ -28,14 +29,20 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Service
 from metrics import metrics_access_manifests, telemetry_label
+from model_operator import ModelOperatorAccess, model_operator_policy, reconcile_model_operator
 from namespace_labels import owner_value, reconcile_namespace_labels
+from ownership import MANAGED_BY, ownership_labels
 from policies import (
     Refusal,
+    WaypointBinding,
     build_policy_manifests,
     check_requests,
-    model_operator_policy,
+    log_refusals,
     needs_services,
+    requested_by,
+    waypoint_allow_policy,
 )
+from policy_status import PolicyCondition, istio_conditions
 from waypoint import (
     WaypointReadiness,
     consumer_labels,
@@ -43,12 +50,12 @@ from waypoint import (
     gateway_resource,
     reconcile_waypoint,
     waypoint_name,
+    waypoint_principal,
 )
 
 logger = logging.getLogger(__name__)
 
-#: Marks every Gateway, autoscaler and AuthorizationPolicy the beacon owns: ``<model>.<app>``.
-MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
+__all__ = ["MANAGED_BY", "BeaconReconciler", "Findings", "ownership_labels"]
 
 _T = TypeVar("_T")
 
@@ -57,11 +64,6 @@ def _authorization_policy_kind() -> Any:
     return create_namespaced_resource(
         "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
     )
-
-
-def ownership_labels(model_name: str, app_name: str) -> dict[str, str]:
-    """The labels that mark the objects a beacon owns (and select them when it lists)."""
-    return {MANAGED_BY: owner_value(model_name, app_name)}
 
 
 @dataclass
@@ -75,6 +77,12 @@ class Findings:
         namespace_conflict: why the namespace was left alone although wanted on the mesh.
         refusals: requests that were not applied, with the reason.
         waypoint: the waypoint's readiness, when it could be checked.
+        model_operator: why Juju's model operator cannot be kept reachable (model-on-mesh).
+        policy_conditions: what Istio reports about each of the beacon's AuthorizationPolicies
+            (see :mod:`policy_status`); those with ``enforced`` false are not enforced.
+        unreachable: why Kubernetes could not be reached (no answer at all), or ``None``.
+        refusals_logged: per relation, a digest of the refusals logged (see
+            :func:`policies.log_refusals`), to log each change once.
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -83,6 +91,15 @@ class Findings:
     namespace_conflict: str | None = None
     refusals: list[Refusal] = field(default_factory=list[Refusal])
     waypoint: WaypointReadiness | None = None
+    model_operator: str | None = None
+    policy_conditions: list[PolicyCondition] = field(default_factory=list[PolicyCondition])
+    unreachable: str | None = None
+    refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
+
+    @property
+    def unenforced(self) -> list[PolicyCondition]:
+        """The conditions by which Istio says it does not enforce a policy."""
+        return [condition for condition in self.policy_conditions if not condition.enforced]
 
 
 class BeaconReconciler:
@@ -115,6 +132,7 @@ class BeaconReconciler:
         config: BeaconConfig,
         provider: ServiceMeshProvider,
         planned_units: int,
+        refusals_logged: Mapping[str, str] | None = None,
         *,
         adopt: bool = False,
     ) -> Findings:
@@ -126,13 +144,38 @@ class BeaconReconciler:
             config: the validated config.
             provider: the ``service-mesh`` provider, to publish the labels and read requests.
             planned_units: how many units the beacon will have (the waypoint's replicas).
+            refusals_logged: what earlier hooks logged about refusals (from
+                ``Findings.refusals_logged``), so that only changes are logged.
             adopt: also take over what the deployed istio-beacon-k8s charm left (after a
                 refresh from it): see ``adoption``.
         """
         if planned_units == 0:
             return self.teardown()
-        labels = consumer_labels(self.waypoint, self._namespace, config.model_on_mesh)
-        provider.update_relations()
+        self.findings.refusals_logged = dict(refusals_logged or {})
+        if adopt:
+            self._adopt_namespace_labels()
+        # The namespace first: consumers are told they need no labels of their own only when the
+        # namespace is known to carry this beacon's. Otherwise (a conflict, or no answer) they
+        # keep theirs: fail closed. A one-item tuple: None from _attempt means the step failed,
+        # (None,) that it converged.
+        labelled = self._attempt(
+            "label the namespace",
+            lambda: (
+                reconcile_namespace_labels(
+                    self._client,
+                    self._namespace,
+                    on_mesh=config.model_on_mesh,
+                    waypoint=self.waypoint,
+                    owner=owner_value(self._namespace, self._app),
+                ),
+            ),
+        )
+        if labelled is not None:
+            self.findings.namespace_conflict = labelled[0]
+        # Whether the namespace now binds its Services to the waypoint through this beacon.
+        namespace_bound = config.model_on_mesh and labelled is not None and labelled[0] is None
+        labels = consumer_labels(self.waypoint, self._namespace, namespace_bound)
+        provider.update_relations(labels=labels)
         self._attempt(
             "label the beacon's pods and Service",
             lambda: reconcile_charm_labels(
@@ -149,20 +192,22 @@ class BeaconReconciler:
                 telemetry_label(self._namespace, self._app),
             ),
         )
-        if adopt:
-            self._adopt_namespace_labels()
-        self.findings.namespace_conflict = self._attempt(
-            "label the namespace",
-            lambda: reconcile_namespace_labels(
+        model_operator = self._attempt(
+            "keep Juju's model operator reachable",
+            lambda: reconcile_model_operator(
                 self._client,
                 self._namespace,
-                on_mesh=config.model_on_mesh,
-                waypoint=self.waypoint,
+                on_mesh=namespace_bound,
                 owner=owner_value(self._namespace, self._app),
             ),
         )
+        if model_operator is not None:
+            self.findings.model_operator = model_operator.problem
         self._attempt(
-            "apply the AuthorizationPolicies", lambda: self._reconcile_policies(config, provider)
+            "apply the AuthorizationPolicies",
+            lambda: self._reconcile_policies(
+                config, provider, namespace_bound, model_operator or ModelOperatorAccess()
+            ),
         )
         # The deployed beacon's objects go only once ours are all in place: never less access.
         if adopt and not (self.findings.forbidden or self.findings.api_errors):
@@ -197,7 +242,10 @@ class BeaconReconciler:
 
     def teardown(self) -> Findings:
         """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap."""
-        self._attempt("remove the waypoint", lambda: delete_waypoint(self._client, self._labels))
+        self._attempt(
+            "remove the waypoint",
+            lambda: delete_waypoint(self._client, self.waypoint, self._labels),
+        )
         self._attempt("remove the AuthorizationPolicies", self._delete_policies)
         self._attempt(
             "remove the namespace labels",
@@ -209,6 +257,15 @@ class BeaconReconciler:
                 owner=owner_value(self._namespace, self._app),
             ),
         )
+        self._attempt(
+            "remove the model operator's Service label",
+            lambda: reconcile_model_operator(
+                self._client,
+                self._namespace,
+                on_mesh=False,
+                owner=owner_value(self._namespace, self._app),
+            ),
+        )
         self._attempt("remove the labels ConfigMap", self._delete_label_configmap)
         self._attempt("remove the deployed beacon's objects", lambda: self._adopt(keep_own=False))
         return self.findings
@@ -216,30 +273,73 @@ class BeaconReconciler:
     def _policy_manager(self) -> PolicyResourceManager:
         return PolicyResourceManager(self._charm, self._client, labels=self._labels, logger=logger)
 
-    def _reconcile_policies(self, config: BeaconConfig, provider: ServiceMeshProvider) -> None:
+    def _reconcile_policies(
+        self,
+        config: BeaconConfig,
+        provider: ServiceMeshProvider,
+        namespace_bound: bool,
+        model_operator: ModelOperatorAccess,
+    ) -> None:
         manager = self._policy_manager()
         if not config.manage_authorization_policies:
             manager.delete()
             return
         requests = provider.relation_requests()
-        services = self._services() if needs_services(requests) else {}
-        accepted, refused = check_requests(requests, self._namespace, services)
+        services: dict[str, dict[str, str]] | None = {}
+        if needs_services(requests):
+            services = self._attempt("list the Services", self._services)
+            if services is None:
+                # Requests naming a Service cannot be checked: change nothing this hook rather
+                # than delete their policies (recorded above; the next hook tries again).
+                return
+        binding = WaypointBinding(self.waypoint, namespace_bound=namespace_bound)
+        accepted, refused = check_requests(requests, self._namespace, services, binding)
         manifests, unbuildable = build_policy_manifests(accepted)
-        if config.model_on_mesh:
-            manifests.append(model_operator_policy(self._namespace))
+        # Whatever auto-allow-waypoint-policy says, the waypoint reaches every related app's pods.
+        principal = waypoint_principal(self._namespace, self.waypoint)
+        related = sorted({request.app_name for request in requests if request.app_name})
+        manifests.extend(waypoint_allow_policy(app, self._namespace, principal) for app in related)
         # Prometheus, related over metrics-endpoint, may reach the metrics proxy on our pods.
         manifests.extend(
             metrics_access_manifests(self._charm.model.relations, self._app, self._namespace)
         )
-        self.findings.refusals = refused + unbuildable
-        for refusal in self.findings.refusals:
-            logger.warning(
-                "refused a policy requested by %s (relation %d): %s",
-                refusal.app_name,
-                refusal.relation_id,
-                refusal.reason,
-            )
-        manager.reconcile([], MeshType.istio, raw_policies=manifests)
+        if config.model_on_mesh and model_operator.selector is not None:
+            manifests.append(model_operator_policy(self._namespace, model_operator.selector))
+        rejected: list[Refusal] = []
+        requester = {
+            f"{m['metadata']['namespace']}/{m['metadata']['name']}": requested_by(m)
+            for m in manifests
+        }
+
+        def on_error(key: str, error: Exception) -> None:
+            code = status_code(error)
+            said = f"{code} {display_text(error_message(error), 120, quote=False)}"
+            asker = requester.get(key)
+            if asker is not None and code and code not in (401, 403, 404, 409, 429) and code < 500:
+                # Kubernetes refused this object (admission, size, schema): the request's refusal.
+                rejected.append(Refusal(*asker, f"Kubernetes refused it: {said}"))
+                return
+            logger.error("cannot write AuthorizationPolicy %s: %s", key, said)
+            if code == 403:
+                self.findings.forbidden.append(f"write AuthorizationPolicy {key}")
+            elif code:
+                self.findings.api_errors.append(f"cannot write AuthorizationPolicy {key}: {said}")
+            else:
+                self.findings.unreachable = self.findings.unreachable or said
+
+        summary = manager.reconcile([], MeshType.istio, raw_policies=manifests, on_error=on_error)
+        # By relation: the status names the same first refusal whatever order Juju lists them.
+        self.findings.refusals = sorted(
+            refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id
+        )
+        self.findings.refusals_logged = log_refusals(
+            self.findings.refusals, self.findings.refusals_logged
+        )
+        self.findings.policy_conditions = istio_conditions(
+            manager.listed, [*summary.created, *summary.updated, *summary.deleted]
+        )
+        for condition in self.findings.unenforced:
+            logger.warning("Istio does not enforce policy %s", condition.describe())
 
     def _delete_policies(self) -> None:
         try:
@@ -265,7 +365,7 @@ class BeaconReconciler:
                 raise
 
     def _attempt(self, what: str, action: Callable[[], _T]) -> _T | None:
-        """Run one step; a Kubernetes failure is recorded and the other steps still run."""
+        """Run one step; any failure is recorded and the other steps still run (no failed hook)."""
         try:
             return action()
         except MissingCRDError as error:
@@ -275,8 +375,13 @@ class BeaconReconciler:
         except Exception as error:  # lightkube.ApiError, or an HTTP error: see status_code
             code = status_code(error)
             if not code:
-                raise  # not an answer from Kubernetes (a bug, or no connection): fail the hook
-            message = error_message(error)
+                # No answer from Kubernetes (no connection, a timeout, a broken configuration):
+                # a status says so and the next hook tries again.
+                said = display_text(str(error) or type(error).__name__, 120, quote=False)
+                logger.error("cannot %s: cannot reach Kubernetes: %s", what, said)
+                self.findings.unreachable = self.findings.unreachable or said
+                return None
+            message = display_text(error_message(error), 120, quote=False)
             logger.error("cannot %s: Kubernetes said %d: %s", what, code, message)
             if code == 403:
                 self.findings.forbidden.append(what)

@@ -17,6 +17,7 @@ from lightkube import ApiError, Client
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from ownership import owns_waypoint_autoscaler
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 GATEWAY_VERSION = "v1"
@@ -36,9 +37,21 @@ def waypoint_name(model_name: str, app_name: str) -> str:
     return f"{name[: _MAX_NAME - len(digest) - 1].rstrip('-')}-{digest}"
 
 
+def waypoint_principal(namespace: str, waypoint: str) -> str:
+    """The waypoint's mesh identity.
+
+    Istio runs a waypoint's Deployment under a ServiceAccount named like its Gateway (the beacon
+    sets no ``gateway.istio.io/service-account`` annotation to change that).
+    """
+    return f"cluster.local/ns/{namespace}/sa/{waypoint}"
+
+
 def consumer_labels(waypoint: str, namespace: str, model_on_mesh: bool) -> dict[str, str]:
     """The labels published to related apps: what puts a pod and Service behind the waypoint.
 
+    This is wire format: deployed consumers put every published label on both their pod template
+    and their Service, and need all three. Istio reads ``istio.io/dataplane-mode`` on pods and the
+    waypoint labels on Services; this library's consumers put each only where it is read.
     Empty when the whole namespace is labelled instead (consumers then remove theirs).
     """
     if model_on_mesh:
@@ -72,7 +85,7 @@ def build_gateway(
                     "name": "mesh",
                     "port": WAYPOINT_PORT,
                     "protocol": "HBONE",
-                    "allowedRoutes": {"namespaces": {"from": "All"}},
+                    "allowedRoutes": {"namespaces": {"from": "Same"}},
                 }
             ],
         },
@@ -103,10 +116,14 @@ def build_autoscaler(
 
 @dataclass(frozen=True)
 class WaypointReadiness:
-    """How far the waypoint Deployment that Istio creates from the Gateway is.
+    """Whether Istio uses the waypoint yet, and what is missing until it does.
+
+    Istio sends traffic through a waypoint only once its Gateway is Programmed and has an
+    address; until then the L7 policies are not enforced.
 
     Attributes:
-        ready: whether every wanted replica is ready.
+        ready: the Gateway is Programmed for its current generation, has an address, and the
+            Deployment Istio made from it has every wanted replica ready.
         detail: what is missing, for a status message (empty when ready).
     """
 
@@ -120,33 +137,8 @@ def gateway_resource() -> type[GenericNamespacedResource]:
     return create_namespaced_resource(GATEWAY_GROUP, GATEWAY_VERSION, "Gateway", GATEWAY_PLURAL)
 
 
-def _list_owned(
-    client: Client, resource: Any, namespace: str, labels: Mapping[str, str]
-) -> dict[str, dict[str, Any]]:
-    """The owned objects of a kind, by name, as plain dicts."""
-    api: Any = client  # lightkube's list overloads are only partly typed
-    items: list[Any] = list(api.list(resource, namespace=namespace, labels=dict(labels)))
-    return {item.metadata.name: cast("dict[str, Any]", item.to_dict()) for item in items}
-
-
-def _converge(
-    client: Client, resource: Any, wanted: dict[str, Any] | None, labels: Mapping[str, str]
-) -> bool:
-    """Make the owned objects of one kind be ``wanted`` (or nothing); returns whether it wrote."""
-    api: Any = client
-    namespace = str(client.namespace)
-    existing = _list_owned(client, resource, namespace, labels)
-    wrote = False
-    if wanted is not None:
-        name = wanted["metadata"]["name"]
-        current = existing.pop(name, None)
-        if current is None or not is_applied(wanted, current):
-            api.apply(resource.from_dict(wanted), force=True)
-            wrote = True
-    for name in existing:
-        _delete(client, resource, name, namespace)
-        wrote = True
-    return wrote
+def _to_dict(item: Any) -> dict[str, Any]:
+    return cast("dict[str, Any]", item.to_dict())
 
 
 def _delete(client: Client, resource: Any, name: str, namespace: str) -> None:
@@ -156,6 +148,59 @@ def _delete(client: Client, resource: Any, name: str, namespace: str) -> None:
     except Exception as error:  # lightkube.ApiError, or an HTTP error if the kind went away
         if status_code(error) != 404:
             raise
+
+
+def _converge_gateway(
+    client: Client, wanted: dict[str, Any] | None, labels: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """Make the beacon's Gateways be ``wanted`` (or none); returns the wanted one as it now is.
+
+    Istio never generates Gateways, so the beacon's are those carrying its ownership labels.
+    """
+    api: Any = client  # lightkube's list overloads are only partly typed
+    namespace = str(client.namespace)
+    resource = gateway_resource()
+    existing = {
+        item.metadata.name: _to_dict(item)
+        for item in api.list(resource, namespace=namespace, labels=dict(labels))
+    }
+    current: dict[str, Any] | None = None
+    if wanted is not None:
+        current = existing.pop(wanted["metadata"]["name"], None)
+        if current is None or not is_applied(wanted, current):
+            current = _to_dict(api.apply(resource.from_dict(wanted), force=True))
+    for name in existing:
+        _delete(client, resource, name, namespace)
+    return current
+
+
+def _converge_autoscaler(
+    client: Client, name: str, wanted: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Make the waypoint's autoscaler be ``wanted`` (or gone), never touching one of Istio's.
+
+    Returns:
+        The autoscaler Istio generated under that name (the beacon then leaves the replicas to
+        it), or ``None``.
+    """
+    api: Any = client
+    namespace = str(client.namespace)
+    try:
+        current: dict[str, Any] | None = _to_dict(
+            api.get(HorizontalPodAutoscaler, name, namespace=namespace)
+        )
+    except ApiError as error:
+        if status_code(error) != 404:
+            raise
+        current = None
+    if current is not None and not owns_waypoint_autoscaler(current, name):
+        return current  # Istio's: never adopted, changed or deleted
+    if wanted is None:
+        if current is not None:
+            _delete(client, HorizontalPodAutoscaler, name, namespace)
+    elif current is None or not is_applied(wanted, current):
+        api.apply(HorizontalPodAutoscaler.from_dict(wanted), force=True)
+    return None
 
 
 def reconcile_waypoint(
@@ -168,7 +213,7 @@ def reconcile_waypoint(
     """Converge the waypoint Gateway and its autoscaler, then report the waypoint's readiness.
 
     With ``replicas`` 0 both are removed (the app is going away). Nothing is written when the
-    objects already are as wanted; every kind costs one list.
+    objects already are as wanted.
 
     Args:
         client: the Kubernetes client; its namespace is the waypoint's.
@@ -182,44 +227,107 @@ def reconcile_waypoint(
         lightkube.ApiError: anything else Kubernetes refused (403: the charm is not trusted).
     """
     namespace = str(client.namespace)
-    gateway = build_gateway(name, namespace, labels, gateway_labels) if replicas > 0 else None
+    wanted = build_gateway(name, namespace, labels, gateway_labels) if replicas > 0 else None
     try:
-        _converge(client, gateway_resource(), gateway, labels)
+        gateway = _converge_gateway(client, wanted, labels)
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
         if is_unserved_kind(error):
             raise MissingCRDError(GATEWAY_CRD, "deploy istio-k8s") from error
         raise
     autoscaler = build_autoscaler(name, namespace, replicas, labels) if replicas > 0 else None
-    _converge(client, HorizontalPodAutoscaler, autoscaler, labels)
+    istio_autoscaler = _converge_autoscaler(client, name, autoscaler)
     if replicas == 0:
         return WaypointReadiness(ready=True)
-    return waypoint_readiness(client, name)
+    return waypoint_readiness(
+        client, name, gateway, None if istio_autoscaler is not None else replicas
+    )
 
 
-def waypoint_readiness(client: Client, name: str) -> WaypointReadiness:
-    """Whether the Deployment Istio made for the waypoint has all its replicas ready."""
+def _condition(manifest: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | None:
+    status = cast("Mapping[str, Any]", (manifest or {}).get("status") or {})
+    for condition in cast("list[Mapping[str, Any]]", status.get("conditions") or []):
+        if condition.get("type") == kind:
+            return condition
+    return None
+
+
+def _short(text: object, limit: int = 80) -> str:
+    """Text written by the cluster, cut short and kept on one line for a status message."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else f"{line[: limit - 3]}..."
+
+
+def gateway_missing(gateway: Mapping[str, Any] | None) -> list[str]:
+    """What keeps Istio from using the waypoint Gateway, from its status (empty: nothing).
+
+    Istio uses a waypoint once its Gateway is ``Programmed`` (for the generation it has now) and
+    has at least one address in ``status.addresses``.
+    """
+    if gateway is None:
+        return ["no Gateway"]
+    missing: list[str] = []
+    generation = cast("Mapping[str, Any]", gateway.get("metadata") or {}).get("generation")
+    programmed = _condition(gateway, "Programmed")
+    if programmed is None:
+        missing.append("Istio has not programmed the Gateway yet")
+    elif programmed.get("status") != "True":
+        reason = _short(programmed.get("reason") or "no reason")
+        message = programmed.get("message")
+        missing.append(
+            f"Gateway not Programmed ({reason}{': ' + _short(message) if message else ''})"
+        )
+    elif generation is not None and programmed.get("observedGeneration") not in (None, generation):
+        missing.append("Istio has not programmed the Gateway's latest change yet")
+    status = cast("Mapping[str, Any]", gateway.get("status") or {})
+    if not status.get("addresses"):
+        missing.append("the Gateway has no address yet")
+    return missing
+
+
+def waypoint_readiness(
+    client: Client,
+    name: str,
+    gateway: Mapping[str, Any] | None,
+    wanted_replicas: int | None,
+) -> WaypointReadiness:
+    """Whether Istio uses the waypoint yet: the Gateway's status, then its Deployment's replicas.
+
+    Args:
+        client: the Kubernetes client; its namespace is the waypoint's.
+        name: the waypoint name (its Gateway's and Deployment's).
+        gateway: the Gateway as it is now (``None`` when absent).
+        wanted_replicas: how many replicas the beacon wants; ``None`` when the replicas are
+            someone else's to decide (an autoscaler Istio generated): then the Deployment's own.
+    """
+    missing = gateway_missing(gateway)
     try:
         deployment = client.get(Deployment, name, namespace=str(client.namespace))
     except ApiError as error:
         if status_code(error) != 404:
             raise
-        return WaypointReadiness(False, f"Istio has not created the {name} Deployment yet")
-    wanted = deployment.spec.replicas if deployment.spec and deployment.spec.replicas else 1
-    ready = (deployment.status.readyReplicas if deployment.status else None) or 0
-    if ready < wanted:
-        return WaypointReadiness(False, f"{ready}/{wanted} {name} replicas ready")
+        missing.append(f"Istio has not created the {name} Deployment yet")
+    else:
+        spec_replicas = deployment.spec.replicas if deployment.spec else None
+        wanted = wanted_replicas if wanted_replicas is not None else (spec_replicas or 1)
+        ready = (deployment.status.readyReplicas if deployment.status else None) or 0
+        if ready < wanted:
+            missing.append(f"{ready}/{wanted} {name} replicas ready")
+    if missing:
+        return WaypointReadiness(False, "; ".join(missing))
     return WaypointReadiness(ready=True)
 
 
-def delete_waypoint(client: Client, labels: Mapping[str, str]) -> None:
-    """Delete every Gateway and autoscaler the beacon owns; a missing Gateway CRD is fine.
+def delete_waypoint(client: Client, name: str, labels: Mapping[str, str]) -> None:
+    """Delete the beacon's Gateways and its waypoint autoscaler; a missing Gateway CRD is fine.
+
+    What Istio generated from the Gateway is left to Kubernetes' garbage collector.
 
     Raises:
         lightkube.ApiError: when Kubernetes refuses (403: the charm is not trusted).
     """
     try:
-        _converge(client, gateway_resource(), None, labels)
+        _converge_gateway(client, None, labels)
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
         if not is_unserved_kind(error):
             raise
-    _converge(client, HorizontalPodAutoscaler, None, labels)
+    _converge_autoscaler(client, name, None)

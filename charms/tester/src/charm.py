@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class ServiceMeshTesterCharm(ops.CharmBase):
-    """Serve HTTP on two ports, join the mesh with the declared policies, probe on demand."""
+    """Serve HTTP on three ports, join the mesh with the declared policies, probe on demand."""
 
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)

@@ -16,6 +16,7 @@ import pytest
 from charm import IstioBeaconCharm
 from fake_kube import ALL_CRDS, FakeKubeServer
 from ops import testing
+from waypoint import build_gateway
 
 MODEL = "mesh-model"
 APP = "istio-beacon-k8s"
@@ -25,6 +26,7 @@ MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
 REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
 RELATION_ID = "charms.canonical.com/service-mesh.relation-id"
 NAMESPACE_OWNER = "charms.canonical.com/istio.io.waypoint.managed-by"
+WAYPOINT_ACCESS_FOR = "charms.canonical.com/service-mesh.waypoint-access-for"
 MESH_LABELS = {
     "istio.io/dataplane-mode": "ambient",
     "istio.io/use-waypoint": WAYPOINT,
@@ -94,6 +96,47 @@ def seed_waypoint_deployment(kube: FakeKubeServer, replicas: int, ready: int) ->
     )
 
 
+def istio_runs_waypoint(
+    kube: FakeKubeServer,
+    replicas: int = 1,
+    ready: int | None = None,
+    *,
+    programmed: bool = True,
+    address: bool = True,
+) -> None:
+    """What Istio does with the beacon's Gateway: programs it, gives it an address, runs it.
+
+    The Gateway is the beacon's (as it would write it) with the status istiod writes; its
+    Deployment has ``replicas`` wanted, ``ready`` of them ready (all by default).
+    """
+    gateway = kube.get("gateways", MODEL, WAYPOINT) or build_gateway(
+        WAYPOINT, MODEL, {MANAGED_BY: OWNER}
+    )
+    generation = gateway["metadata"].get("generation", 1)
+    condition = {
+        "type": "Programmed",
+        "status": "True" if programmed else "False",
+        "reason": "Programmed" if programmed else "Invalid",
+        "message": "" if programmed else "listener mesh:\tport 15008 conflicts",
+        "observedGeneration": generation,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    gateway["status"] = {
+        "conditions": [condition],
+        "addresses": [{"type": "IPAddress", "value": "10.152.183.7"}] if address else [],
+    }
+    stored = kube.put(gateway, field_manager="pilot-discovery")
+    # put() starts the generation over; keep the condition about the stored generation.
+    condition["observedGeneration"] = stored["metadata"].get("generation", generation)
+    kube.put(stored, field_manager="pilot-discovery")
+    seed_waypoint_deployment(kube, replicas, replicas if ready is None else ready)
+
+
+def seed_model_operator(kube: FakeKubeServer, scheme: str = "current") -> dict[str, str]:
+    """Juju's model operator Service (see ``juju_seed.seed_model_operator``); its selector."""
+    return juju_seed.seed_model_operator(kube.client(), MODEL, scheme)
+
+
 def wire_policy(
     source: str, target: str | None, target_type: str = "app", **fields: Any
 ) -> dict[str, Any]:
@@ -151,6 +194,26 @@ def beacon_state(
 def policies_in(kube: FakeKubeServer, namespace: str | None = None) -> dict[str, dict[str, Any]]:
     """The AuthorizationPolicies in the fake, by name."""
     return {p["metadata"]["name"]: p for p in kube.list("authorizationpolicies", namespace)}
+
+
+def request_policies(
+    kube: FakeKubeServer, namespace: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """The AuthorizationPolicies that implement a related app's request, by name."""
+    return {
+        name: policy
+        for name, policy in policies_in(kube, namespace).items()
+        if REQUESTED_BY in (policy["metadata"].get("labels") or {})
+    }
+
+
+def waypoint_access(kube: FakeKubeServer) -> dict[str, dict[str, Any]]:
+    """The policies that let the waypoint reach an app's pods, by app."""
+    return {
+        policy["metadata"]["annotations"][WAYPOINT_ACCESS_FOR]: policy
+        for policy in policies_in(kube).values()
+        if WAYPOINT_ACCESS_FOR in (policy["metadata"].get("annotations") or {})
+    }
 
 
 def requested_by(kube: FakeKubeServer) -> dict[str, set[str]]:

@@ -87,7 +87,8 @@ def test_never_takes_over_mesh_labels_of_another_owner(
 
     assert namespace_labels(kube) == labels
     assert out.unit_status == testing.BlockedStatus(
-        f"model-on-mesh: {reason}; leaving its labels alone"
+        f"model-on-mesh: {reason}; leaving its labels alone, so related apps keep their own "
+        "mesh labels"
     )
 
     out = ctx.run(ctx.on.config_changed(), beacon_state(config={"model-on-mesh": False}))

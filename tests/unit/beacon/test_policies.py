@@ -16,11 +16,13 @@ from conftest import (
     RELATION_ID,
     REQUESTED_BY,
     beacon_state,
+    istio_runs_waypoint,
     mesh_relation,
     policies_in,
+    request_policies,
     requested_by,
+    seed_model_operator,
     seed_service,
-    seed_waypoint_deployment,
     wire_policy,
 )
 from fake_kube import FakeKubeServer
@@ -68,17 +70,17 @@ UNIT = PolicyTargetType.unit
             ),
             "",
         ),
-        (_policy(target_app_name="victim"), "targets app victim"),
-        (_policy(target_namespace="elsewhere"), f"targets namespace elsewhere, not {MODEL}"),
+        (_policy(target_app_name="victim"), 'targets app "victim"'),
+        (_policy(target_namespace="elsewhere"), f'targets namespace "elsewhere", not {MODEL}'),
         (
             _policy(target_app_name=None, target_service="victim-admin"),
-            "Service victim-admin belongs to victim",
+            'Service "victim-admin" belongs to victim',
         ),
-        (_policy(target_service="victim"), "Service victim belongs to victim"),
-        (_policy(target_service="nothing"), "Service nothing does not exist"),
+        (_policy(target_service="victim"), 'Service "victim" belongs to victim'),
+        (_policy(target_service="nothing"), 'Service "nothing" does not exist'),
         (
             _policy(target_service="unlabelled"),
-            "Service unlabelled is not labelled app.kubernetes.io/name=receiver1",
+            'Service "unlabelled" is not labelled app.kubernetes.io/name=receiver1',
         ),
         (
             _policy(target_type=UNIT, target_app_name=None),
@@ -112,7 +114,7 @@ def test_applies_each_request_with_who_asked_for_it(
 
     out = ctx.run(ctx.on.relation_changed(relation), beacon_state(relations=[relation]))
 
-    policies = policies_in(kube, MODEL)
+    policies = request_policies(kube, MODEL)
     assert len(policies) == 2
     for policy in policies.values():
         assert policy["metadata"]["labels"] == {MANAGED_BY: OWNER, REQUESTED_BY: HONEST}
@@ -147,16 +149,16 @@ def test_applies_each_request_with_who_asked_for_it(
 _MALFORMED_POLICY = wire_policy("sender", LIAR, endpoints=[{"ports": ["eighty"]}])
 
 ADVERSARIAL: list[tuple[str, list[dict[str, Any]] | str, str]] = [
-    ("another app", [wire_policy("sender", HONEST)], "targets app receiver1"),
+    ("another app", [wire_policy("sender", HONEST)], 'targets app "receiver1"'),
     (
         "another namespace",
         [wire_policy("sender", LIAR, target_namespace="kube-system")],
-        f"targets namespace kube-system, not {MODEL}",
+        f'targets namespace "kube-system", not {MODEL}',
     ),
     (
         "a Service of another app",
         [wire_policy("sender", LIAR, target_service=HONEST)],
-        "Service receiver1 belongs to receiver1",
+        'Service "receiver1" belongs to receiver1',
     ),
     (
         "a unit policy with no target",
@@ -188,7 +190,7 @@ def test_refuses_a_request_beyond_the_asking_app_and_still_serves_the_others(
     out = ctx.run(ctx.on.relation_changed(liar), beacon_state(relations=[honest, liar]))
 
     assert set(requested_by(kube)) == {HONEST}
-    assert len(policies_in(kube)) == 1
+    assert len(request_policies(kube)) == 1
     assert isinstance(out.unit_status, testing.BlockedStatus)
     assert out.unit_status.message.startswith(f"refused a request from {LIAR}: {reason}")
 
@@ -200,10 +202,10 @@ def test_reports_every_refused_app(ctx: testing.Context[IstioBeaconCharm], kube:
     out = ctx.run(ctx.on.update_status(), beacon_state(relations=[one, two]))
 
     assert out.unit_status == testing.BlockedStatus(
-        "refused a request from liar1: targets app receiver1"
+        'refused a request from liar1: targets app "receiver1"'
         " (and 1 more from liar1, liar2; see juju debug-log)"
     )
-    assert policies_in(kube) == {}
+    assert request_policies(kube) == {}
 
 
 def test_follows_a_changed_request_and_deletes_what_is_no_longer_asked(
@@ -211,7 +213,7 @@ def test_follows_a_changed_request_and_deletes_what_is_no_longer_asked(
 ):
     relation = mesh_relation(HONEST, [wire_policy("sender1", HONEST)])
     out = ctx.run(ctx.on.relation_changed(relation), beacon_state(relations=[relation]))
-    before = set(policies_in(kube))
+    before = set(request_policies(kube))
 
     changed = dataclasses.replace(
         relation,
@@ -219,7 +221,7 @@ def test_follows_a_changed_request_and_deletes_what_is_no_longer_asked(
     )
     ctx.run(ctx.on.relation_changed(changed), dataclasses.replace(out, relations=[changed]))
 
-    after = policies_in(kube)
+    after = request_policies(kube)
     assert len(after) == 1
     assert set(after).isdisjoint(before)
     (policy,) = after.values()
@@ -233,14 +235,14 @@ def test_restores_a_policy_edited_by_hand(
     relation = mesh_relation(HONEST, [wire_policy("sender1", HONEST)])
     state = beacon_state(relations=[relation])
     ctx.run(ctx.on.relation_changed(relation), state)
-    (policy,) = policies_in(kube).values()
+    (policy,) = request_policies(kube).values()
     wanted_spec = json.loads(json.dumps(policy["spec"]))
     policy["spec"]["rules"] = [{}]  # allow everyone
     kube.put(policy, field_manager="kubectl-edit")
 
     ctx.run(ctx.on.update_status(), state)
 
-    (restored,) = policies_in(kube).values()
+    (restored,) = request_policies(kube).values()
     assert restored["spec"] == wanted_spec
 
 
@@ -260,13 +262,15 @@ def test_deletes_the_policies_of_a_removed_relation(
 def test_not_managing_policies_deletes_them_all_and_creates_none(
     ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
 ):
-    seed_waypoint_deployment(kube, replicas=1, ready=1)
+    seed_model_operator(kube)
+    istio_runs_waypoint(kube)
     relation = mesh_relation(HONEST, [wire_policy("sender", HONEST)])
     ctx.run(
         ctx.on.config_changed(),
         beacon_state(relations=[relation], config={"model-on-mesh": True}),
     )
-    assert len(policies_in(kube)) == 2  # the request and the model operator's
+    # The request, the waypoint's access to the app, and the model operator's.
+    assert len(policies_in(kube)) == 3
 
     out = ctx.run(
         ctx.on.config_changed(),
@@ -278,24 +282,6 @@ def test_not_managing_policies_deletes_them_all_and_creates_none(
 
     assert policies_in(kube) == {}
     assert out.unit_status == testing.ActiveStatus("not managing authorization policies")
-
-
-def test_keeps_the_model_operator_reachable_while_the_model_is_on_the_mesh(
-    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
-):
-    ctx.run(ctx.on.config_changed(), beacon_state(config={"model-on-mesh": True}))
-
-    policy = kube.get("authorizationpolicies", MODEL, "allow-juju-model-operator")
-    assert policy is not None
-    assert policy["metadata"]["labels"] == {MANAGED_BY: OWNER}
-    assert policy["spec"] == {
-        "selector": {"matchLabels": {"juju-modeloperator": "modeloperator"}},
-        "rules": [{}],
-    }
-
-    ctx.run(ctx.on.config_changed(), beacon_state(config={"model-on-mesh": False}))
-
-    assert policies_in(kube) == {}
 
 
 def test_leaves_policies_it_does_not_own_alone(

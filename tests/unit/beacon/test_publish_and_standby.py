@@ -8,7 +8,7 @@ import json
 import pytest
 from beacon_config import BeaconConfig
 from charm import IstioBeaconCharm
-from conftest import MESH_LABELS, beacon_state, mesh_relation, seed_waypoint_deployment
+from conftest import MESH_LABELS, beacon_state, istio_runs_waypoint, mesh_relation
 from fake_kube import FakeKubeServer
 from ops import testing
 
@@ -64,7 +64,7 @@ def test_non_leader_stands_by_and_touches_nothing(
 def test_leader_is_active_when_all_is_well(
     ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
 ):
-    seed_waypoint_deployment(kube, replicas=1, ready=1)
+    istio_runs_waypoint(kube)
 
     out = ctx.run(ctx.on.update_status(), beacon_state())
 

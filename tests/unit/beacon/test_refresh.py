@@ -24,6 +24,7 @@ from conftest import (
     WAYPOINT,
     beacon_state,
     mesh_relation,
+    seed_model_operator,
     seed_service,
     wire_policy,
 )
@@ -237,6 +238,7 @@ def test_the_first_reconcile_takes_over_the_deployed_beacons_objects(
     ctx: testing.Context[Any], kube: FakeKubeServer, older_revision: bool
 ):
     seed_service(kube, "receiver")
+    seed_model_operator(kube)
     seeded = seed_deployed_beacon(
         kube.client(field_manager=APP),
         APP,
@@ -327,3 +329,46 @@ def test_instance_values_are_valid_label_values_for_long_names():
     values = instance_values("m" * 40, "a" * 40)
     assert values == [deployed_label("m" * 40, "a" * 40, separator="-")]
     assert all(len(value) <= 63 for value in values)
+
+
+def test_a_cross_model_prometheus_is_allowed_by_its_real_name(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    alias = "remote-2f1e7c9a"
+    metrics = testing.Relation("metrics-endpoint", "prometheus_scrape", remote_app_name=alias)
+    cmr = testing.Relation(
+        "provide-cmr-mesh",
+        "cross_model_mesh",
+        remote_app_name=alias,
+        remote_app_data={
+            "cmr_data": json.dumps({"app_name": "prometheus", "juju_model_name": "cos"})
+        },
+    )
+    ctx.run(ctx.on.relation_created(metrics), beacon_state(relations=[metrics, cmr]))
+    principals = {
+        principal
+        for p in kube.list("authorizationpolicies", MODEL)
+        for rule in p["spec"].get("rules", [])
+        for source in rule.get("from", [])
+        for principal in source["source"].get("principals", [])
+    }
+    assert "cluster.local/ns/cos/sa/prometheus" in principals
+    assert f"cluster.local/ns/{MODEL}/sa/{alias}" not in principals
+
+
+def test_a_claim_of_an_app_of_this_model_is_refused(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    metrics = testing.Relation("metrics-endpoint", "prometheus_scrape", remote_app_name="prom")
+    cmr = testing.Relation(
+        "provide-cmr-mesh",
+        "cross_model_mesh",
+        remote_app_name="prom",
+        remote_app_data={
+            "cmr_data": json.dumps({"app_name": "database", "juju_model_name": MODEL})
+        },
+    )
+    ctx.run(ctx.on.relation_created(metrics), beacon_state(relations=[metrics, cmr]))
+    names = [p["metadata"]["name"] for p in kube.list("authorizationpolicies", MODEL)]
+    assert not any("database" in name for name in names)
+    assert any("from-prom-" in name for name in names)

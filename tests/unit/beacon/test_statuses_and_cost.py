@@ -13,11 +13,13 @@ from conftest import (
     WAYPOINT,
     KubeFactory,
     beacon_state,
+    istio_runs_waypoint,
     mesh_relation,
     namespace_labels,
     policies_in,
+    request_policies,
+    seed_model_operator,
     seed_service,
-    seed_waypoint_deployment,
     wire_policy,
 )
 from fake_kube import AUTHORIZATION_POLICY_CRD, GATEWAY_CRD, FakeKubeServer
@@ -47,7 +49,8 @@ def test_without_istio_it_says_to_deploy_it_and_still_publishes(
     assert out.get_relation(relation.id).local_app_data["labels"]
     service = kube.get("services", MODEL, APP)
     assert service is not None
-    assert MESH_LABELS.items() <= service["metadata"]["labels"].items()
+    waypoint_labels = {key: MESH_LABELS[key] for key in MESH_LABELS if "waypoint" in key}
+    assert waypoint_labels.items() <= service["metadata"]["labels"].items()
 
 
 def test_once_istio_arrives_the_next_event_converges(
@@ -58,19 +61,19 @@ def test_once_istio_arrives_the_next_event_converges(
     out = ctx.run(ctx.on.config_changed(), beacon_state(relations=[relation]))
     kube.install_crd(GATEWAY_CRD)
     kube.install_crd(AUTHORIZATION_POLICY_CRD)
-    seed_waypoint_deployment(kube, replicas=1, ready=1)
+    istio_runs_waypoint(kube)
 
     out = ctx.run(ctx.on.update_status(), out)
 
     assert out.unit_status == testing.ActiveStatus()
     assert kube.get("gateways", MODEL, WAYPOINT) is not None
-    assert len(policies_in(kube)) == 1
+    assert len(request_policies(kube)) == 1
 
 
 @pytest.mark.parametrize(
     ("forbidden", "refused_step"),
     [
-        ({}, "label the beacon's pods and Service"),
+        ({}, "label the namespace"),  # the first step: it decides what consumers are told
         ({"resource": "authorizationpolicies"}, "apply the AuthorizationPolicies"),
         ({"resource": "namespaces", "verb": "patch"}, "label the namespace"),
     ],
@@ -99,7 +102,7 @@ def test_another_kubernetes_error_is_reported_not_swallowed(
     ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
 ):
     kube.delete("statefulsets", MODEL, APP)
-    seed_waypoint_deployment(kube, replicas=1, ready=1)
+    istio_runs_waypoint(kube)
 
     out = ctx.run(ctx.on.config_changed(), beacon_state())
 
@@ -111,11 +114,21 @@ def test_another_kubernetes_error_is_reported_not_swallowed(
 
 
 def _full_setup(kube: FakeKubeServer, consumers: int) -> list[testing.Relation]:
-    seed_waypoint_deployment(kube, replicas=2, ready=2)
+    """Istio running the waypoint, Juju's model operator, and consumers with every kind of policy.
+
+    Each consumer also asks for a policy on a second Service of its own, which it bound to the
+    waypoint itself (so that Istio enforces it).
+    """
+    istio_runs_waypoint(kube, replicas=2)
+    seed_model_operator(kube)
     relations: list[testing.Relation] = []
     for i in range(consumers):
         app = f"receiver{i}"
-        seed_service(kube, f"{app}-admin", labels={"app.kubernetes.io/name": app})
+        seed_service(
+            kube,
+            f"{app}-admin",
+            labels={"app.kubernetes.io/name": app, "istio.io/use-waypoint": WAYPOINT},
+        )
         relations.append(
             mesh_relation(
                 app,
@@ -179,7 +192,8 @@ def test_removing_the_application_deletes_everything_it_created(
         ctx.on.config_changed(),
         beacon_state(relations=relations, config={"model-on-mesh": True}, planned_units=2),
     )
-    assert len(policies_in(kube)) == 7
+    # 3 requests each, the waypoint's access to each app, and the model operator's.
+    assert len(policies_in(kube)) == 2 * 3 + 2 + 1
 
     out = ctx.run(ctx.on.remove(), dataclasses.replace(out, planned_units=0))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 from charm import IstioBeaconCharm
@@ -15,11 +16,12 @@ from conftest import (
     OWNER,
     WAYPOINT,
     beacon_state,
-    seed_waypoint_deployment,
+    istio_runs_waypoint,
 )
 from fake_kube import FakeKubeServer
 from ops import testing
-from waypoint import build_autoscaler, waypoint_name
+from ownership import is_generated_by_istio, owns_waypoint_autoscaler
+from waypoint import build_autoscaler, gateway_missing, waypoint_name
 
 
 def test_waypoint_name_is_model_app_waypoint():
@@ -63,7 +65,7 @@ def test_creates_the_waypoint_gateway_and_autoscaler(
                 "name": "mesh",
                 "port": 15008,
                 "protocol": "HBONE",
-                "allowedRoutes": {"namespaces": {"from": "All"}},
+                "allowedRoutes": {"namespaces": {"from": "Same"}},
             }
         ],
     }
@@ -100,36 +102,63 @@ def test_a_tampered_gateway_is_restored(
     ctx.run(ctx.on.config_changed(), beacon_state())
     gateway = kube.get("gateways", MODEL, WAYPOINT)
     assert gateway is not None
-    gateway["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["from"] = "Same"
+    gateway["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["from"] = "All"
     kube.put(gateway, field_manager="kubectl-edit")
 
     ctx.run(ctx.on.update_status(), beacon_state())
 
     restored = kube.get("gateways", MODEL, WAYPOINT)
     assert restored is not None
-    assert restored["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["from"] == "All"
+    assert restored["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["from"] == "Same"
+
+
+def test_waits_for_istio_to_program_the_gateway_without_blocking_the_hook(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    out = ctx.run(ctx.on.config_changed(), beacon_state(planned_units=2))
+
+    assert out.unit_status == testing.WaitingStatus(
+        "waiting for the waypoint: Istio has not programmed the Gateway yet; the Gateway has no "
+        f"address yet; Istio has not created the {WAYPOINT} Deployment yet"
+    )
 
 
 @pytest.mark.parametrize(
-    ("deployment", "message"),
+    ("istio", "missing"),
     [
-        (None, f"waiting for the waypoint: Istio has not created the {WAYPOINT} Deployment yet"),
-        ((2, 1), f"waiting for the waypoint: 1/2 {WAYPOINT} replicas ready"),
+        (
+            {"programmed": False},
+            "Gateway not Programmed (Invalid: listener mesh: port 15008 conflicts)",
+        ),
+        ({"address": False}, "the Gateway has no address yet"),
+        ({"replicas": 2, "ready": 1}, f"1/2 {WAYPOINT} replicas ready"),
     ],
-    ids=["no deployment yet", "replicas not ready"],
+    ids=["not programmed", "no address", "replicas not ready"],
 )
-def test_waits_for_the_waypoint_without_blocking_the_hook(
+def test_the_waypoint_is_ready_only_once_istio_programmed_its_gateway_and_runs_every_replica(
     ctx: testing.Context[IstioBeaconCharm],
     kube: FakeKubeServer,
-    deployment: tuple[int, int] | None,
-    message: str,
+    istio: dict[str, Any],
+    missing: str,
 ):
-    if deployment is not None:
-        seed_waypoint_deployment(kube, *deployment)
+    istio_runs_waypoint(kube, **{"replicas": 2, **istio})
 
     out = ctx.run(ctx.on.config_changed(), beacon_state(planned_units=2))
 
-    assert out.unit_status == testing.WaitingStatus(message)
+    assert out.unit_status == testing.WaitingStatus(f"waiting for the waypoint: {missing}")
+
+
+def test_readiness_counts_the_replicas_the_beacon_wants_not_those_the_deployment_has_yet(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    # Scaled to 3 units: the Deployment still says 1/1 until the autoscaler acts.
+    istio_runs_waypoint(kube, replicas=1, ready=1)
+
+    out = ctx.run(ctx.on.config_changed(), beacon_state(planned_units=3))
+
+    assert out.unit_status == testing.WaitingStatus(
+        f"waiting for the waypoint: 1/3 {WAYPOINT} replicas ready"
+    )
 
 
 def test_update_status_notices_the_waypoint_became_ready(
@@ -137,11 +166,70 @@ def test_update_status_notices_the_waypoint_became_ready(
 ):
     out = ctx.run(ctx.on.config_changed(), beacon_state())
     assert isinstance(out.unit_status, testing.WaitingStatus)
-    seed_waypoint_deployment(kube, replicas=1, ready=1)
+    istio_runs_waypoint(kube)
 
     out = ctx.run(ctx.on.update_status(), out)
 
     assert out.unit_status == testing.ActiveStatus()
+
+
+def _istio_autoscaler(replicas: int) -> dict[str, Any]:
+    """An autoscaler Istio generated from the Gateway: its labels copied, owned by the Gateway."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": WAYPOINT,
+            "namespace": MODEL,
+            "labels": {
+                MANAGED_BY: OWNER,
+                "istio.io/waypoint-for": "service",
+                "gateway.networking.k8s.io/gateway-name": WAYPOINT,
+                "gateway.istio.io/managed": "istio.io-mesh-controller",
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "kind": "Gateway",
+                    "name": WAYPOINT,
+                    "uid": "6f1c2d9e-0000-4000-8000-000000000001",
+                }
+            ],
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": WAYPOINT},
+            "minReplicas": replicas,
+            "maxReplicas": 5,
+        },
+    }
+
+
+def test_never_adopts_or_deletes_an_autoscaler_istio_generated(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    generated = kube.put(_istio_autoscaler(2), field_manager="pilot-discovery")
+    istio_runs_waypoint(kube, replicas=2)
+
+    out = ctx.run(ctx.on.config_changed(), beacon_state(planned_units=3))
+    assert out.unit_status == testing.ActiveStatus()  # Istio's autoscaler decides: 2/2 ready
+    ctx.run(ctx.on.remove(), beacon_state(planned_units=0))
+
+    kept = kube.get("horizontalpodautoscalers", MODEL, WAYPOINT)
+    assert kept is not None
+    assert kept["spec"] == generated["spec"]
+    assert kept["metadata"]["resourceVersion"] == generated["metadata"]["resourceVersion"]
+
+
+def test_removal_deletes_its_own_autoscaler_by_name(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    ctx.run(ctx.on.config_changed(), beacon_state())
+    assert kube.get("horizontalpodautoscalers", MODEL, WAYPOINT) is not None
+
+    ctx.run(ctx.on.remove(), beacon_state(planned_units=0))
+
+    assert kube.get("horizontalpodautoscalers", MODEL, WAYPOINT) is None
+    assert kube.get("gateways", MODEL, WAYPOINT) is None
 
 
 def _pod_template_labels(kube: FakeKubeServer) -> dict[str, str]:
@@ -159,8 +247,16 @@ def _service_labels(kube: FakeKubeServer) -> dict[str, str]:
 def test_puts_itself_on_the_mesh(ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer):
     ctx.run(ctx.on.config_changed(), beacon_state())
 
-    assert _pod_template_labels(kube) == {"app.kubernetes.io/name": APP, **MESH_LABELS}
-    assert _service_labels(kube) == {"app.kubernetes.io/name": APP, **MESH_LABELS}
+    # Each label only where Istio reads it: the data-plane mode on pods, the waypoint on Services.
+    assert _pod_template_labels(kube) == {
+        "app.kubernetes.io/name": APP,
+        "istio.io/dataplane-mode": "ambient",
+    }
+    assert _service_labels(kube) == {
+        "app.kubernetes.io/name": APP,
+        "istio.io/use-waypoint": WAYPOINT,
+        "istio.io/use-waypoint-namespace": MODEL,
+    }
     configmap = kube.get("configmaps", MODEL, f"juju-service-mesh-{APP}-labels")
     assert configmap is not None
     assert json.loads(configmap["data"]["labels"]) == MESH_LABELS
@@ -175,3 +271,65 @@ def test_with_the_model_on_the_mesh_its_own_labels_give_way_to_the_namespace_lab
 
     assert _pod_template_labels(kube) == {"app.kubernetes.io/name": APP}
     assert _service_labels(kube) == {"app.kubernetes.io/name": APP}
+
+
+def _gateway(generation: int, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": WAYPOINT, "generation": generation}, "status": status}
+
+
+PROGRAMMED = {"type": "Programmed", "status": "True", "reason": "Programmed"}
+ADDRESS = [{"type": "IPAddress", "value": "10.152.183.7"}]
+
+
+@pytest.mark.parametrize(
+    ("gateway", "missing"),
+    [
+        (_gateway(2, conditions=[{**PROGRAMMED, "observedGeneration": 2}], addresses=ADDRESS), []),
+        (
+            _gateway(3, conditions=[{**PROGRAMMED, "observedGeneration": 2}], addresses=ADDRESS),
+            ["Istio has not programmed the Gateway's latest change yet"],
+        ),
+        (
+            _gateway(1, conditions=[{**PROGRAMMED, "status": "Unknown", "reason": "Pending"}]),
+            ["Gateway not Programmed (Pending)", "the Gateway has no address yet"],
+        ),
+        (None, ["no Gateway"]),
+    ],
+    ids=["programmed", "an older generation", "pending without address", "no gateway"],
+)
+def test_istio_uses_the_waypoint_once_its_gateway_is_programmed_with_an_address(
+    gateway: dict[str, Any] | None, missing: list[str]
+):
+    assert gateway_missing(gateway) == missing
+
+
+ISTIO_MARKS: list[dict[str, Any]] = [
+    {"labels": {"gateway.istio.io/managed": "istio.io-mesh-controller"}},
+    {"labels": {"gateway.networking.k8s.io/gateway-name": WAYPOINT}},
+    {
+        "ownerReferences": [
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": WAYPOINT}
+        ]
+    },
+]
+
+
+@pytest.mark.parametrize("marks", ISTIO_MARKS, ids=["managed label", "gateway-name", "owner"])
+def test_an_object_with_any_of_istios_marks_is_istios_whatever_labels_it_copied(
+    marks: dict[str, Any],
+):
+    metadata = {"name": WAYPOINT, "labels": {MANAGED_BY: OWNER}}
+    for key, value in marks.items():
+        metadata[key] = {**metadata.get(key, {}), **value} if key == "labels" else value
+    autoscaler = {"kind": "HorizontalPodAutoscaler", "metadata": metadata}
+
+    assert is_generated_by_istio(autoscaler)
+    assert not owns_waypoint_autoscaler(autoscaler, WAYPOINT)
+
+
+def test_the_beacons_autoscaler_is_known_by_kind_and_name():
+    ours = {"kind": "HorizontalPodAutoscaler", "metadata": {"name": WAYPOINT}}
+
+    assert owns_waypoint_autoscaler(ours, WAYPOINT)
+    assert not owns_waypoint_autoscaler(ours, "another-waypoint")
+    assert not owns_waypoint_autoscaler({**ours, "kind": "PodDisruptionBudget"}, WAYPOINT)

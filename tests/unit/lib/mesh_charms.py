@@ -20,7 +20,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
 )
 from ops import testing
 
-MODEL = "my_model"
+MODEL = "my-model"
 CONSUMER = "consumer-charm"
 PROVIDER = "beacon"
 MESH_LABELS = {
@@ -90,7 +90,7 @@ def provider_databag(labels: Mapping[str, str] = MESH_LABELS) -> dict[str, str]:
 def state(
     *relations: testing.RelationBase, leader: bool = True, model: str = MODEL, **kwargs: Any
 ) -> testing.State:
-    """A state in model ``my_model`` unless told otherwise."""
+    """A state in model ``my-model`` unless told otherwise."""
     return testing.State(
         leader=leader, relations=relations, model=testing.Model(name=model), **kwargs
     )

@@ -111,6 +111,7 @@ def test_cross_model_sources_use_the_announced_names():
         "cross_model_mesh",
         remote_app_name="remote-sender",
         remote_app_data={"cmr_data": '{"app_name": "sender", "juju_model_name": "model-a"}'},
+        remote_model_uuid="0f2c1f3e-6c1a-4e39-8a51-2d5a0c7b9e11",  # Juju: another model
     )
     # A cross-model relation whose sender has not announced itself yet, and one whose
     # announcement is broken: both fall back to the local alias in the local model.

@@ -28,6 +28,10 @@ from mesh_charms import (
 from ops import testing
 
 JUJU = {"app.kubernetes.io/name": CONSUMER}
+# Each mesh label goes only where Istio reads it: the data-plane mode on pods, the waypoint on
+# the Service.
+POD_MESH = {"istio.io/dataplane-mode": MESH_LABELS["istio.io/dataplane-mode"]}
+SERVICE_MESH = {"istio.io/use-waypoint": MESH_LABELS["istio.io/use-waypoint"]}
 CONFIGMAP = f"juju-service-mesh-{CONSUMER}-labels"
 
 
@@ -53,8 +57,8 @@ def test_leader_puts_the_mesh_labels_on_its_pods_and_service(app: FakeKubeServer
     ctx = consumer_context(auto_join=True)
     out = ctx.run(ctx.on.leader_elected(), joined())
 
-    assert pod_template_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
-    assert service_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
+    assert service_labels(app, CONSUMER) == {**JUJU, **SERVICE_MESH}
     assert remembered(app) == MESH_LABELS
     assert out.app_status == testing.UnknownStatus()
 
@@ -90,7 +94,7 @@ def test_untrusted_app_is_blocked_until_trusted(app: FakeKubeServer):
     app.allow_all()
     out = ctx.run(ctx.on.update_status(), out)
     assert not isinstance(out.app_status, testing.BlockedStatus)
-    assert service_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
+    assert service_labels(app, CONSUMER) == {**JUJU, **SERVICE_MESH}
 
 
 def test_untrusted_app_without_labels_to_put_is_not_blocked(app: FakeKubeServer):
@@ -170,7 +174,7 @@ def test_switched_off_kubernetes_puts_nothing_and_reports_nothing(app: FakeKubeS
 def test_switching_auto_join_off_removes_the_labels(app: FakeKubeServer):
     on = consumer_context(auto_join=True)
     out = on.run(on.on.leader_elected(), joined())
-    assert pod_template_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
 
     off = consumer_context(auto_join=False)
     out = off.run(off.on.upgrade_charm(), out)
@@ -246,7 +250,7 @@ def test_kubernetes_requests_are_not_logged_one_by_one(
     ctx = consumer_context(auto_join=True)
     ctx.run(ctx.on.leader_elected(), joined())
 
-    assert pod_template_labels(app, CONSUMER) == {**JUJU, **MESH_LABELS}
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
     requests_logged = [line for line in ctx.juju_log if "HTTP Request" in line.message]
     assert requests_logged == []
 

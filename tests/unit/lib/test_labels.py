@@ -40,8 +40,14 @@ def remembered(kube: FakeKubeServer) -> dict[str, str]:
 
 
 def assert_labels(kube: FakeKubeServer, expected: dict[str, str]) -> None:
-    assert pod_template_labels(kube, APP) == expected
-    assert service_labels(kube, APP) == expected
+    """Each label where Istio reads it: the data-plane mode on pods, the waypoint on Services."""
+    waypoint_keys = ("istio.io/use-waypoint", "istio.io/use-waypoint-namespace")
+    on_pods = {key: value for key, value in expected.items() if key not in waypoint_keys}
+    on_service = {
+        key: value for key, value in expected.items() if key != "istio.io/dataplane-mode"
+    }
+    assert pod_template_labels(kube, APP) == on_pods
+    assert service_labels(kube, APP) == on_service
 
 
 def patch_labels(client: Client, kind: type[StatefulSet | Service], patch: dict[str, Any]) -> None:
@@ -116,14 +122,36 @@ def test_nothing_is_written_when_nothing_changed(kube: FakeKubeServer, client: C
 def test_only_what_differs_is_written(kube: FakeKubeServer, client: Client):
     # The Service already carries the wanted labels (e.g. put there by a previous run that
     # failed before it could patch the pod template and remember them).
-    patch_labels(kube.client(field_manager="juju"), Service, {"metadata": {"labels": AMBIENT}})
+    patch_labels(kube.client(field_manager="juju"), Service, {"metadata": {"labels": WAYPOINT}})
     kube.reset_requests()
 
-    reconcile(client, AMBIENT)
+    reconcile(client, {**AMBIENT, **WAYPOINT})
 
     writes = [(r.verb, r.resource) for r in kube.requests if r.verb not in ("get", "list")]
     assert writes == [("patch", "statefulsets"), ("create", "configmaps")]
-    assert_labels(kube, {**JUJU, **OTHERS, **AMBIENT})
+    assert_labels(kube, {**JUJU, **OTHERS, **AMBIENT, **WAYPOINT})
+
+
+def test_labels_put_on_both_by_an_earlier_version_leave_where_istio_ignores_them(
+    kube: FakeKubeServer, client: Client
+):
+    # Earlier versions (and the deployed library) put every mesh label on both objects.
+    both = {**AMBIENT, **WAYPOINT}
+    patch_labels(client, StatefulSet, {"spec": {"template": {"metadata": {"labels": both}}}})
+    patch_labels(client, Service, {"metadata": {"labels": both}})
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": CONFIGMAP, "namespace": KUBE_MODEL},
+            "data": {"labels": json.dumps(both)},
+        }
+    )
+
+    reconcile(client, both)
+
+    assert pod_template_labels(kube, APP) == {**JUJU, **OTHERS, **AMBIENT}
+    assert service_labels(kube, APP) == {**JUJU, **OTHERS, **WAYPOINT}
 
 
 def test_an_unreadable_memory_starts_over(

@@ -19,6 +19,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     authorization_policy_name,
     build_authorization_policy,
     get_default_labels,
+    http_status_code,
 )
 from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL
@@ -143,7 +144,8 @@ def test_updates_what_differs_and_deletes_what_is_no_longer_wanted(
     assert summary.updated == ["/".join(key(keep))]
     assert summary.deleted == ["/".join(key(drop))]
     assert summary.created == []
-    assert [r.verb for r in kube.requests if r.verb not in ("get", "list")] == ["apply", "delete"]
+    # Revoke first: the deletion comes before the apply.
+    assert [r.verb for r in kube.requests if r.verb not in ("get", "list")] == ["delete", "apply"]
 
 
 def test_objects_with_other_labels_are_never_touched(
@@ -298,3 +300,29 @@ def test_metadata_drift_is_repaired(kube: FakeKubeServer, manager: PolicyResourc
 
     assert summary.updated == [f"{KUBE_MODEL}/{name}"]
     assert stored(kube)[(KUBE_MODEL, name)]["metadata"]["annotations"] == {"requested-by": "x"}
+
+
+def test_a_refused_write_stops_neither_the_other_writes_nor_the_deletions(
+    kube: FakeKubeServer, manager: PolicyResourceManager
+):
+    stale = mesh_policy("stale")
+    manager.reconcile([stale], MeshType.istio)
+    first, second = mesh_policy("aaa"), mesh_policy("zzz")
+    kube.reject(422, "denied by admission", "patch", PLURAL, authorization_policy_name(first))
+
+    errors: list[tuple[str, int | None]] = []
+    summary = manager.reconcile(
+        [first, second],
+        MeshType.istio,
+        on_error=lambda name, error: errors.append((name, http_status_code(error))),
+    )
+
+    assert set(stored(kube)) == {key(second)}
+    assert summary.deleted == ["/".join(key(stale))]
+    assert errors == [("/".join(key(first)), 422)]
+
+    # Without on_error, the same happens and the first failure is raised at the end.
+    manager.reconcile([stale], MeshType.istio)
+    with pytest.raises(ApiError):
+        manager.reconcile([first, second], MeshType.istio)
+    assert set(stored(kube)) == {key(second)}

@@ -1,7 +1,7 @@
 """Byte-level compatibility with the deployed ``service_mesh`` and ``cross_model_mesh`` peers.
 
-The expected strings are copied from the wire-format specification; do not regenerate them from
-the library.
+The expected strings are the bytes the deployed charms exchange, written out by hand; do not
+regenerate them from the library.
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ from ops import testing
 pytestmark = pytest.mark.usefixtures("kube")
 
 APP_POLICY_EXAMPLE = (
-    '[{"source_namespace":"my_model","source_app_name":"remote_a","target_namespace":"my_model",'
+    '[{"source_namespace":"my-model","source_app_name":"remote_a","target_namespace":"my-model",'
     '"target_app_name":"consumer-charm","target_selector_labels":null,"target_service":null,'
     '"target_type":"app","endpoints":[{"hosts":[],"ports":[80],"methods":[],"paths":[]}]}]'
 )
 UNIT_POLICY_EXAMPLE = (
-    '[{"source_namespace":"my_model","source_app_name":"remote_a","target_namespace":"my_model",'
+    '[{"source_namespace":"my-model","source_app_name":"remote_a","target_namespace":"my-model",'
     '"target_app_name":"consumer-charm","target_selector_labels":null,"target_service":null,'
     '"target_type":"unit","endpoints":[{"hosts":null,"ports":[8080],"methods":null,"paths":null}]}]'
 )
 UNIT_POLICY_NO_PORTS = (
-    '[{"source_namespace":"my_model","source_app_name":"remote_a","target_namespace":"my_model",'
+    '[{"source_namespace":"my-model","source_app_name":"remote_a","target_namespace":"my-model",'
     '"target_app_name":"consumer-charm","target_selector_labels":null,"target_service":null,'
     '"target_type":"unit","endpoints":[]}]'
 )
@@ -102,7 +102,7 @@ def test_cmr_data_written_when_require_cmr_mesh_is_created():
     cmr = testing.Relation("require-cmr-mesh", "cross_model_mesh", remote_app_name="receiver")
     out = ctx.run(ctx.on.relation_created(cmr), state(cmr))
     assert out.get_relation(cmr.id).local_app_data == {
-        "cmr_data": '{"app_name": "consumer-charm", "juju_model_name": "my_model"}'
+        "cmr_data": '{"app_name": "consumer-charm", "juju_model_name": "my-model"}'
     }
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -96,3 +97,60 @@ def resetting_port() -> Iterator[int]:
             pass
         thread.join(timeout=5)
         listener.close()
+
+
+def _serve_each_connection(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """Run a loopback server that hands every accepted connection to `handle`; yield its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                handle(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        with contextlib.suppress(OSError), socket.create_connection(listener.getsockname(), 1):
+            pass
+        thread.join(timeout=5)
+        listener.close()
+
+
+@pytest.fixture
+def closing_port() -> Iterator[int]:
+    """A loopback port whose server closes each connection at once, reading nothing (a FIN)."""
+
+    def close(conn: socket.socket) -> None:
+        conn.close()
+
+    yield from _serve_each_connection(close)
+
+
+@pytest.fixture
+def aborting_port() -> Iterator[int]:
+    """A loopback port whose server aborts each connection at once (an RST, linger 0)."""
+
+    def abort(conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    yield from _serve_each_connection(abort)
+
+
+@pytest.fixture
+def greeting_port() -> Iterator[int]:
+    """A loopback port whose server speaks first (a banner), then closes."""
+
+    def greet(conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(b"hello\r\n")
+
+    yield from _serve_each_connection(greet)

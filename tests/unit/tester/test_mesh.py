@@ -228,6 +228,7 @@ def test_impersonation_keeps_cross_model_sources(ctx: testing.Context[ServiceMes
         remote_app_data={
             "cmr_data": json.dumps({"app_name": "client", "juju_model_name": "other-model"})
         },
+        remote_model_uuid="3d2b2c1a-0000-4000-8000-0123456789ab",  # Juju: another model
     )
 
     state_out = ctx.run(
@@ -304,7 +305,8 @@ def test_auto_join_puts_the_mesh_labels_on_the_pods_and_service(
     state_out = ctx.run(ctx.on.relation_changed(mesh), state(mesh))
 
     assert pod_labels(kube) == {"app.kubernetes.io/name": APP, **AMBIENT}
-    assert service_labels(kube) == {"app": APP, **AMBIENT}
+    # The data-plane label is read on pods only: the library leaves it off the Service.
+    assert service_labels(kube) == {"app": APP}
     assert state_out.app_status == testing.UnknownStatus()
 
 

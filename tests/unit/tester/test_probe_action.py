@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import probe
 import pytest
 from charm import ServiceMeshTesterCharm
 from ops import testing
@@ -115,12 +116,97 @@ def test_several_requests_run_in_one_call_in_order(
     assert set(top) == {"results"}
 
 
+def test_tcp_a_connection_still_open_after_the_hold_is_connected(
+    ctx: testing.Context[ServiceMeshTesterCharm], silent_port: int
+):
+    # Like a TLS port: the server waits for the client to speak first.
+    top, results = run_probe(ctx, url=f"tcp://127.0.0.1:{silent_port}", method="DELETE")
+
+    assert results == [
+        {
+            "url": f"tcp://127.0.0.1:{silent_port}",
+            "method": None,
+            "outcome": "connected",
+            "status": None,
+            "error": None,
+            "elapsed": results[0]["elapsed"],
+        }
+    ]
+    assert results[0]["elapsed"] >= probe.TCP_HOLD_SECONDS
+    assert (top["outcome"], top["status"]) == ("connected", "")
+
+
+def test_tcp_the_hold_is_bounded_by_the_timeout(
+    ctx: testing.Context[ServiceMeshTesterCharm], silent_port: int
+):
+    _, results = run_probe(ctx, url=f"tcp://127.0.0.1:{silent_port}/", timeout=0.2)
+
+    assert results[0]["outcome"] == "connected"
+    assert 0.2 <= results[0]["elapsed"] < probe.TCP_HOLD_SECONDS
+
+
+def test_tcp_a_server_that_speaks_first_is_connected(
+    ctx: testing.Context[ServiceMeshTesterCharm], greeting_port: int
+):
+    _, results = run_probe(ctx, url=f"tcp://127.0.0.1:{greeting_port}")
+
+    assert (results[0]["outcome"], results[0]["error"]) == ("connected", None)
+
+
+@pytest.mark.parametrize("server", ["closing_port", "aborting_port"])
+def test_tcp_a_connection_closed_by_the_other_end_at_once_is_a_reset(
+    ctx: testing.Context[ServiceMeshTesterCharm], request: pytest.FixtureRequest, server: str
+):
+    # What a denial by ztunnel looks like: the connect succeeds, then the connection is closed.
+    port: int = request.getfixturevalue(server)
+    _, results = run_probe(ctx, url=f"tcp://127.0.0.1:{port}")
+
+    assert results[0]["outcome"] == "reset"
+    assert results[0]["error"]
+    assert results[0]["elapsed"] < probe.TCP_HOLD_SECONDS
+
+
+def test_tcp_a_closed_port_is_refused(
+    ctx: testing.Context[ServiceMeshTesterCharm], closed_port: int
+):
+    _, results = run_probe(ctx, url=f"tcp://127.0.0.1:{closed_port}")
+
+    assert (results[0]["outcome"], results[0]["method"]) == ("refused", None)
+
+
+def test_tcp_a_name_that_does_not_resolve_is_unresolved(
+    ctx: testing.Context[ServiceMeshTesterCharm],
+):
+    _, results = run_probe(ctx, url="tcp://no-such-host.invalid:443", timeout=2)
+
+    assert results[0]["outcome"] == "unresolved"
+
+
+def test_tcp_and_http_mix_in_one_call(
+    ctx: testing.Context[ServiceMeshTesterCharm], http_server: str, silent_port: int
+):
+    requests = [
+        {"url": f"tcp://127.0.0.1:{silent_port}", "timeout": 0.2},
+        {"url": f"{http_server}/foo", "method": "POST"},
+    ]
+    _, results = run_probe(ctx, requests=json.dumps(requests))
+
+    assert [(r["method"], r["outcome"], r["status"]) for r in results] == [
+        (None, "connected", None),
+        ("POST", "response", 200),
+    ]
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
         ({}, "missing parameter 'url'"),
-        ({"url": "ftp://127.0.0.1/"}, "not an http:// URL"),
-        ({"url": "127.0.0.1:8080/foo"}, "not an http:// URL"),
+        ({"url": "ftp://127.0.0.1/"}, "not an http:// or tcp:// URL"),
+        ({"url": "127.0.0.1:8080/foo"}, "not an http:// or tcp:// URL"),
+        ({"url": "tcp://127.0.0.1"}, "has no port"),
+        ({"url": "tcp://127.0.0.1:443/foo"}, "only tcp://host:port"),
+        ({"url": "tcp://127.0.0.1:443?x=1"}, "only tcp://host:port"),
+        ({"requests": '[{"url": "tcp://a:443", "method": "GET"}]'}, "has no 'method'"),
         ({"url": "http:///foo"}, "has no host"),
         ({"url": "http://127.0.0.1:99999/"}, "not a valid URL"),
         ({"url": "http://127.0.0.1/", "method": "BREW"}, "not a supported method"),

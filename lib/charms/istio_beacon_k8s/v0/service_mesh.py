@@ -87,7 +87,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -105,7 +105,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 10
+LIBPATCH = 12
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -116,12 +116,26 @@ _POLICIES_KEY = "policies"
 _LABELS_KEY = "labels"
 _MESH_TYPE_KEY = "mesh_type"
 _CMR_DATA_KEY = "cmr_data"
+_OWNED_KEY = "owned"
+# Marks, in the provider's memory, a databag that could not be read (never valid JSON).
+_UNREADABLE = "\x00unreadable:"
+#: The only label keys a consumer takes from the provider: those that put a pod on the mesh.
+MESH_LABEL_KEYS = frozenset(
+    ("istio.io/dataplane-mode", "istio.io/use-waypoint", "istio.io/use-waypoint-namespace")
+)
+# How Juju names, on the offering side, an app that relates to an offer from another model.
+_CROSS_MODEL_ALIAS = re.compile(r"remote-[0-9a-f]{32}\Z")
 
 _AUTHZ_GROUP = "security.istio.io"
 _AUTHZ_VERSION = "v1"
 _AUTHZ_KIND = "AuthorizationPolicy"
 _AUTHZ_PLURAL = "authorizationpolicies"
 _TRUST_DOMAIN = "cluster.local"
+# Where Istio reads each mesh label: the data-plane mode on pods, the waypoint on Services. The
+# same label elsewhere does nothing (a waypoint for Services ignores it on pods), so it is not put
+# there; labels Istio reads on both, or that this library does not know, go on both.
+_POD_ONLY_LABELS = frozenset({"istio.io/dataplane-mode"})
+_SERVICE_ONLY_LABELS = frozenset({"istio.io/use-waypoint", "istio.io/use-waypoint-namespace"})
 _MAX_NAME_LENGTH = 253
 _MAX_LABEL_VALUE_LENGTH = 63
 
@@ -192,14 +206,113 @@ def _fail(where: str, message: str) -> MeshDataError:
     return MeshDataError(f"{where}: {message}")
 
 
+# Limits on what one relation may send. Relation data is written by the other side, which may be
+# hostile: each limit is far above what an honest charm sends, and is named in the refusal.
+MAX_POLICIES_BYTES = 1_048_576
+"""Bytes of one ``policies`` value (one consumer's databag); checked before parsing."""
+MAX_SMALL_VALUE_BYTES = 16_384
+"""Bytes of a ``labels``, ``mesh_type`` or ``cmr_data`` value; checked before parsing."""
+MAX_POLICIES_PER_RELATION = 1000
+"""Policies one relation may request."""
+MAX_ENDPOINTS_PER_POLICY = 64
+"""Endpoints of one policy."""
+MAX_ITEMS_PER_FIELD = 64
+"""Hosts, ports, methods or paths of one endpoint."""
+MAX_LABELS = 32
+"""Labels of a selector, or published by a provider."""
+MAX_STRING_LENGTH = 1024
+"""Characters of any one string."""
+MAX_JSON_DEPTH = 12
+"""Nesting of arrays and objects in one value (a policy needs 6)."""
+MAX_NUMBER_LENGTH = 24
+"""Characters of any one number (a port needs 5)."""
+MAX_DISPLAY_LENGTH = 64
+"""Characters of one value of relation data shown in a status, log line or action result."""
+
+_JUJU_APP_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*\Z")
+_JUJU_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
+# What a source name may hold in a MeshPolicy built in code: no ``*`` (a prefix or suffix
+# wildcard in an Istio principal), no ``/`` (another path segment), no space or control.
+_SOURCE_TOKEN = re.compile(r"[^\s*/]+\Z")
+_LABEL_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+_LABEL_PREFIX = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+_LABEL_KEY = re.compile(rf"(?:{_LABEL_PREFIX}/)?{_LABEL_NAME}\Z")
+_LABEL_VALUE = re.compile(rf"(?:{_LABEL_NAME})?\Z")
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def display_text(value: object, limit: int = MAX_DISPLAY_LENGTH, *, quote: bool = True) -> str:
+    """``value`` made safe to show to people: in a status, a log line or an action's result.
+
+    Control, format and unassigned characters (newlines, terminal escapes, bidirectional
+    overrides, lone surrogates) are escaped, the text is cut after ``limit`` characters with the
+    count of the rest, and, with ``quote``, put in double quotes so that it cannot pass for the
+    message around it. The result has at most ``limit`` characters (for a ``limit`` long enough
+    to hold the count). Values that are not strings show their type and, for scalars, their JSON.
+    """
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool) or value is None:
+        text = json.dumps(value)
+    elif isinstance(value, int):
+        text = (
+            str(value) if value.bit_length() < 64 else f"an integer of {value.bit_length()} bits"
+        )
+    elif isinstance(value, float):
+        text = repr(value)
+    else:
+        text = type(value).__name__
+    limit = max(limit, 0)
+    pieces = [_escape_char(char, quote) for char in text[:limit]]
+    # At most ``limit`` characters in all (quotes and the count of what is cut included).
+    room = limit - (2 if quote else 0)
+    if len(text) > limit or sum(map(len, pieces)) > room:
+        room -= len(f"... (+{len(text)} more)")
+        kept = 0
+        used = 0
+        for piece in pieces:
+            if used + len(piece) > room:
+                break
+            used += len(piece)
+            kept += 1
+        body = "".join(pieces[:kept])
+        body = f'"{body}"' if quote else body
+        return f"{body}... (+{len(text) - kept} more)"
+    body = "".join(pieces)
+    return f'"{body}"' if quote else body
+
+
+def _escape_char(char: str, quote: bool) -> str:
+    if char in '"\\' and quote:
+        return "\\" + char
+    if char.isprintable():
+        return char
+    if char == "\n":
+        return "\\n"
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _describe(value: object) -> str:
-    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else None
-    return f"{type(value).__name__} {text}" if text is not None else type(value).__name__
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return f"{type(value).__name__} {display_text(value, quote=isinstance(value, str))}"
+    return type(value).__name__
 
 
 def _str(value: object, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise _fail(where, f"expected a non-empty string, got {_describe(value)}")
+    if len(value) > MAX_STRING_LENGTH:
+        raise _fail(where, f"{len(value)} characters, more than the limit of {MAX_STRING_LENGTH}")
+    if not value.isprintable():
+        raise _fail(
+            where,
+            f"control, format or invalid character in {display_text(value)} (lone surrogates "
+            "are not valid UTF-8)",
+        )
     return value
 
 
@@ -207,22 +320,46 @@ def _opt_str(value: object, where: str) -> str | None:
     return None if value is None else _str(value, where)
 
 
+def _matching(value: object, where: str, pattern: re.Pattern[str], what: str) -> str:
+    text = _str(value, where)
+    if not pattern.match(text):
+        raise _fail(where, f"expected {what}, got {display_text(text)}")
+    return text
+
+
+def _source_token(value: object, where: str) -> str:
+    return _matching(value, where, _SOURCE_TOKEN, "a name without '*', '/' or spaces")
+
+
+def _juju_app_name(value: object, where: str) -> str:
+    return _matching(value, where, _JUJU_APP_NAME, "a Juju application name")
+
+
+def _juju_model_name(value: object, where: str) -> str:
+    return _matching(value, where, _JUJU_MODEL_NAME, "a Juju model name")
+
+
+def _sequence(value: object, where: str, what: str) -> Sequence[object]:
+    if not isinstance(value, (list, tuple)):
+        raise _fail(where, f"expected a list of {what}, got {_describe(value)}")
+    items = cast("Sequence[object]", value)
+    if len(items) > MAX_ITEMS_PER_FIELD:
+        raise _fail(where, f"{len(items)} items, more than the limit of {MAX_ITEMS_PER_FIELD}")
+    return items
+
+
 def _str_list(value: object, where: str) -> list[str] | None:
     if value is None:
         return None
-    if not isinstance(value, (list, tuple)):
-        raise _fail(where, f"expected a list of strings, got {_describe(value)}")
-    items = cast("Sequence[object]", value)
+    items = _sequence(value, where, "strings")
     return [_str(item, f"{where}[{i}]") for i, item in enumerate(items)]
 
 
 def _port_list(value: object, where: str) -> list[int] | None:
     if value is None:
         return None
-    if not isinstance(value, (list, tuple)):
-        raise _fail(where, f"expected a list of port numbers, got {_describe(value)}")
     ports: list[int] = []
-    for i, item in enumerate(cast("Sequence[object]", value)):
+    for i, item in enumerate(_sequence(value, where, "port numbers")):
         if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= 65535:
             raise _fail(f"{where}[{i}]", f"expected a port number 1-65535, got {_describe(item)}")
         ports.append(item)
@@ -232,10 +369,8 @@ def _port_list(value: object, where: str) -> list[int] | None:
 def _method_list(value: object, where: str) -> list[Method] | None:
     if value is None:
         return None
-    if not isinstance(value, (list, tuple)):
-        raise _fail(where, f"expected a list of HTTP methods, got {_describe(value)}")
     methods: list[Method] = []
-    for i, item in enumerate(cast("Sequence[object]", value)):
+    for i, item in enumerate(_sequence(value, where, "HTTP methods")):
         try:
             methods.append(Method(item))
         except ValueError:
@@ -251,10 +386,20 @@ def _labels(value: object, where: str) -> dict[str, str] | None:
         return None
     if not isinstance(value, dict):
         raise _fail(where, f"expected an object of string labels, got {_describe(value)}")
+    items = cast("dict[object, object]", value)
+    if len(items) > MAX_LABELS:
+        raise _fail(where, f"{len(items)} labels, more than the limit of {MAX_LABELS}")
     result: dict[str, str] = {}
-    for key, item in cast("dict[object, object]", value).items():
+    for key, item in items.items():
         if not isinstance(key, str) or not isinstance(item, str):
-            raise _fail(where, f"labels must map strings to strings, got {key!r}: {item!r}")
+            raise _fail(
+                where,
+                f"labels must map strings to strings, got {_describe(key)}: {_describe(item)}",
+            )
+        if len(key) > 317 or not _LABEL_KEY.match(key):
+            raise _fail(where, f"invalid label key {display_text(key)}")
+        if len(item) > _MAX_LABEL_VALUE_LENGTH or not _LABEL_VALUE.match(item):
+            raise _fail(where, f"invalid value {display_text(item)} of label {key}")
         result[key] = item
     return result
 
@@ -717,8 +862,8 @@ class MeshPolicy(_PydanticStyle):
 
     def __post_init__(self) -> None:
         where = "MeshPolicy"
-        _str(self.source_namespace, f"{where}.source_namespace")
-        _str(self.source_app_name, f"{where}.source_app_name")
+        _source_token(self.source_namespace, f"{where}.source_namespace")
+        _source_token(self.source_app_name, f"{where}.source_app_name")
         _str(self.target_namespace, f"{where}.target_namespace")
         _opt_str(self.target_app_name, f"{where}.target_app_name")
         _opt_str(self.target_service, f"{where}.target_service")
@@ -803,17 +948,29 @@ class MeshPolicy(_PydanticStyle):
             raw_endpoints = []
         if not isinstance(raw_endpoints, list):
             raise _fail(f"{where}.endpoints", f"expected a list, got {_describe(raw_endpoints)}")
+        if len(cast("list[object]", raw_endpoints)) > MAX_ENDPOINTS_PER_POLICY:
+            raise _fail(
+                f"{where}.endpoints",
+                f"{len(cast('list[object]', raw_endpoints))} endpoints, more than the limit of "
+                f"{MAX_ENDPOINTS_PER_POLICY}",
+            )
         endpoints = [
             Endpoint.from_dict(item, f"{where}.endpoints[{i}]")
             for i, item in enumerate(cast("list[object]", raw_endpoints))
         ]
         target_type = body.get("target_type")
         if target_type not in ("app", "unit"):
-            raise _fail(f"{where}.target_type", f'expected "app" or "unit", got {target_type!r}')
+            raise _fail(
+                f"{where}.target_type", f'expected "app" or "unit", got {_describe(target_type)}'
+            )
         try:
             return cls(
-                source_namespace=_str(body.get("source_namespace"), f"{where}.source_namespace"),
-                source_app_name=_str(body.get("source_app_name"), f"{where}.source_app_name"),
+                source_namespace=_juju_model_name(
+                    body.get("source_namespace"), f"{where}.source_namespace"
+                ),
+                source_app_name=_juju_app_name(
+                    body.get("source_app_name"), f"{where}.source_app_name"
+                ),
                 target_namespace=_str(body.get("target_namespace"), f"{where}.target_namespace"),
                 target_app_name=_opt_str(body.get("target_app_name"), f"{where}.target_app_name"),
                 target_selector_labels=_labels(
@@ -874,8 +1031,8 @@ class CMRData(_PydanticStyle):
     juju_model_name: str
 
     def __post_init__(self) -> None:
-        _str(self.app_name, "cmr_data.app_name")
-        _str(self.juju_model_name, "cmr_data.juju_model_name")
+        _source_token(self.app_name, "cmr_data.app_name")
+        _source_token(self.juju_model_name, "cmr_data.juju_model_name")
 
     def to_dict(self) -> dict[str, str]:
         """The wire form."""
@@ -890,8 +1047,10 @@ class CMRData(_PydanticStyle):
         """
         body = _mapping(data, "cmr_data")
         return cls(
-            app_name=_str(body.get("app_name"), "cmr_data.app_name"),
-            juju_model_name=_str(body.get("juju_model_name"), "cmr_data.juju_model_name"),
+            app_name=_juju_app_name(body.get("app_name"), "cmr_data.app_name"),
+            juju_model_name=_juju_model_name(
+                body.get("juju_model_name"), "cmr_data.juju_model_name"
+            ),
         )
 
     @classmethod
@@ -951,12 +1110,62 @@ def _json_value(databag: Mapping[str, str], key: str) -> object:
     raw = databag.get(key)
     if raw is None:
         raise MeshDataError(f"{key}: missing")
+    return load_json(raw, key, MAX_SMALL_VALUE_BYTES)
+
+
+def _refuse_number(text: str) -> object:
+    raise MeshDataError(
+        f"a number of {len(text)} characters, more than the limit of {MAX_NUMBER_LENGTH}"
+    )
+
+
+def _int(text: str) -> int:
+    return int(text) if len(text) <= MAX_NUMBER_LENGTH else cast("int", _refuse_number(text))
+
+
+def _float(text: str) -> float:
+    return float(text) if len(text) <= MAX_NUMBER_LENGTH else cast("float", _refuse_number(text))
+
+
+def _constant(text: str) -> object:
+    raise MeshDataError(f"{text} is not a JSON number")
+
+
+def load_json(raw: object, key: str, max_bytes: int) -> object:
+    """Parse one relation data value written by the other side; only MeshDataError escapes.
+
+    The size is checked before parsing (``max_bytes`` bytes of UTF-8), then the nesting depth
+    (:data:`MAX_JSON_DEPTH`) by a linear scan, so that the parser never recurses deeply; numbers
+    are bounded (:data:`MAX_NUMBER_LENGTH`) and ``NaN``/``Infinity`` refused.
+
+    Args:
+        raw: the databag value.
+        key: its key, for messages.
+        max_bytes: the most characters accepted.
+
+    Raises:
+        MeshDataError: naming the key and what is wrong, or the limit exceeded.
+    """
+    if not isinstance(raw, str):
+        raise _fail(key, f"expected JSON text, got {_describe(raw)}")
+    # Characters first: cheap, and never more than the bytes.
+    if len(raw) > max_bytes or len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise _fail(key, f"more than the limit of {max_bytes} bytes")
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.finditer(_JSON_STRING.sub('""', raw)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                raise _fail(key, f"nested deeper than the limit of {MAX_JSON_DEPTH}")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except MeshDataError as error:
+        raise _fail(key, str(error)) from None
     except json.JSONDecodeError as error:
-        raise MeshDataError(
-            f"{key}: not valid JSON ({error.msg} at character {error.pos})"
-        ) from None
+        raise _fail(key, f"not valid JSON ({error.msg} at character {error.pos})") from None
+    except (ValueError, RecursionError) as error:  # pragma: no cover - the checks above bound it
+        raise _fail(key, f"not valid JSON ({type(error).__name__})") from None
 
 
 def _dump_policies(policies: Iterable[MeshPolicy]) -> str:
@@ -969,14 +1178,15 @@ def parse_policies(raw: str) -> list[MeshPolicy]:
     Raises:
         MeshDataError: naming what is wrong, e.g. ``policies[1].endpoints[0].ports[0]: ...``.
     """
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise MeshDataError(
-            f"policies: not valid JSON ({error.msg} at character {error.pos})"
-        ) from None
+    data = load_json(raw, _POLICIES_KEY, MAX_POLICIES_BYTES)
     if not isinstance(data, list):
         raise _fail("policies", f"expected a list of policies, got {_describe(data)}")
+    if len(cast("list[object]", data)) > MAX_POLICIES_PER_RELATION:
+        raise _fail(
+            "policies",
+            f"{len(cast('list[object]', data))} policies, more than the limit of "
+            f"{MAX_POLICIES_PER_RELATION} policies",
+        )
     return [
         MeshPolicy.from_dict(item, f"policies[{i}]")
         for i, item in enumerate(cast("list[object]", data))
@@ -1208,7 +1418,9 @@ class ServiceMeshConsumer(ops.Object):
         self._auto_join = auto_join
         self.policies: list[AppPolicy | UnitPolicy] = list(policies or [])
         self._lightkube_client: Client | None = None
-        self._stored.set_default(labels_reconciled="", label_error="", label_status_shown=False)
+        self._stored.set_default(
+            labels_reconciled="", label_error="", label_status_shown=False, logged=""
+        )
 
         declared = charm.meta.relations
         for policy in self.policies:
@@ -1258,10 +1470,13 @@ class ServiceMeshConsumer(ops.Object):
     def labels(self) -> dict[str, str]:
         """The labels a pod (and Service) needs to join the mesh; empty when there is none.
 
-        Charms that create their own workloads (podspec, custom resources) apply these.
+        Charms that create their own workloads (podspec, custom resources) apply these. Only
+        the mesh's own label keys (:data:`MESH_LABEL_KEYS`) are taken from the provider.
         """
         data = self._provider_data()
-        return dict(data.labels) if data else {}
+        if data is None:
+            return {}
+        return {key: value for key, value in data.labels.items() if key in MESH_LABEL_KEYS}
 
     def mesh_type(self) -> MeshType | None:
         """The type of the related mesh, or ``None`` when there is none."""
@@ -1331,22 +1546,94 @@ class ServiceMeshConsumer(ops.Object):
             self._stored.label_status_shown = False
 
     def _provider_data(self) -> ServiceMeshProviderAppData | None:
+        data, _ = self._read_provider()
+        return data
+
+    def _read_provider(self) -> tuple[ServiceMeshProviderAppData | None, str]:
+        """The provider's data, or why it cannot be used (``""``: no provider, or nothing yet)."""
         relation = self._charm.model.get_relation(self._mesh_relation_name)
         if relation is None or relation.app is None:  # pyright: ignore[reportUnnecessaryComparison]
-            return None
-        databag = relation.data[relation.app]
-        if not databag:
-            return None
+            return None, ""
         try:
-            return ServiceMeshProviderAppData.load(databag)
-        except MeshDataError as error:
-            logger.warning("ignoring invalid data from %s: %s", relation.app.name, error)
-            return None
+            databag = relation.data[relation.app]
+            if not databag:
+                return None, ""
+            return ServiceMeshProviderAppData.load(databag), ""
+        except Exception as error:  # whatever the provider wrote, it fails no hook
+            reason = error if isinstance(error, MeshDataError) else type(error).__name__
+            return None, f"ignoring the data of {relation.app.name}: {reason}"
 
     def _cmr_application_data(self) -> dict[str, CMRData]:
-        return get_data_from_cmr_relation(
-            self._charm.model.relations.get(self._cmr_provides_name, [])
-        )
+        mapping, notes = self._cross_model_sources()
+        self._log_once("cmr", notes)
+        return mapping
+
+    def _cross_model_sources(self) -> tuple[dict[str, CMRData], list[str]]:
+        """Which related apps are who, across models, and what was refused (for the log).
+
+        A claim counts only on a relation that really crosses models; a claim of an identity
+        in this model, or of one that another relation claims too, is refused.
+        """
+        claims: dict[str, CMRData] = {}
+        notes: list[str] = []
+        for relation in self._charm.model.relations.get(self._cmr_provides_name, []):
+            app = relation.app
+            if app is None:  # pyright: ignore[reportUnnecessaryComparison]
+                continue
+            try:
+                raw = relation.data[app].get(_CMR_DATA_KEY)
+                if raw is None:
+                    continue
+                if not self._crosses_models(relation):
+                    notes.append(
+                        f"ignoring cmr_data from {app.name}: it is in this model, where Juju "
+                        "names it"
+                    )
+                    continue
+                claim = CMRData.from_dict(load_json(raw, _CMR_DATA_KEY, MAX_SMALL_VALUE_BYTES))
+            except Exception as error:  # whatever the other side wrote, it fails no hook
+                reason = error if isinstance(error, MeshDataError) else type(error).__name__
+                notes.append(f"ignoring cmr_data from {app.name}: {reason}")
+                continue
+            if claim.juju_model_name == self._charm.model.name:
+                notes.append(
+                    f"refused cmr_data from {app.name}: it claims {claim.app_name} in this model"
+                )
+                continue
+            claims[app.name] = claim
+        by_identity: dict[tuple[str, str], list[str]] = {}
+        for alias, claim in claims.items():
+            by_identity.setdefault((claim.juju_model_name, claim.app_name), []).append(alias)
+        result: dict[str, CMRData] = {}
+        for (model, app_name), aliases in sorted(by_identity.items()):
+            if len(aliases) > 1:
+                notes.append(
+                    f"refused cmr_data: {app_name} in model {model} is claimed by "
+                    f"{', '.join(sorted(aliases))}"
+                )
+                continue
+            result[aliases[0]] = claims[aliases[0]]
+            notes.append(f"cross-model source: {aliases[0]} is {app_name} in model {model}")
+        return result, notes
+
+    def _crosses_models(self, relation: ops.Relation) -> bool:
+        """Whether Juju says the remote app of ``relation`` is in another model."""
+        try:
+            return relation.remote_model.uuid != self._charm.model.uuid
+        except ops.ModelError:
+            # Juju before 3.6.2 cannot tell; an app behind an offer appears under an alias
+            # that no app in this model can have.
+            return bool(_CROSS_MODEL_ALIAS.match(relation.app.name))
+
+    def _log_once(self, topic: str, notes: Sequence[str]) -> None:
+        """Log ``notes`` when they differ from the last ones logged about ``topic``."""
+        logged = cast("dict[str, str]", json.loads(str(self._stored.logged) or "{}"))
+        digest = hashlib.sha256("\n".join(notes).encode("utf-8", "replace")).hexdigest()[:16]
+        if logged.get(topic) == digest:
+            return
+        for note in notes:
+            logger.warning("service mesh: %s", note)
+        self._stored.logged = json.dumps({**logged, topic: digest}, sort_keys=True)
 
     def _publish_cmr_data(self) -> None:
         relations = self._charm.model.relations.get(self._cmr_requires_name, [])
@@ -1361,7 +1648,14 @@ class ServiceMeshConsumer(ops.Object):
     def _reconcile_labels(self) -> None:
         # With auto_join off, the wanted labels are none: labels put earlier (found through the
         # ConfigMap, not through this unit's memory, which a pod restart wipes) are removed.
-        wanted = self.labels() if self._auto_join else {}
+        wanted: dict[str, str] = {}
+        if self._auto_join:
+            data, problem = self._read_provider()
+            self._log_once("provider", [problem] if problem else [])
+            if problem:
+                return  # keep the labels as they are: unusable data must not take the app off
+            if data is not None:
+                wanted = {k: v for k, v in data.labels.items() if k in MESH_LABEL_KEYS}
         fingerprint = json.dumps(wanted, sort_keys=True)
         if fingerprint == self._stored.labels_reconciled and not self._stored.label_error:
             return  # converged already in an earlier hook: no API call
@@ -1399,7 +1693,8 @@ class ServiceMeshConsumer(ops.Object):
                 if code == 403:
                     hint = f"run `juju trust {app} --scope=cluster`"
                 else:
-                    hint = f"Kubernetes said {code}: {error.status.message}"
+                    said = display_text(error.status.message or "", 120, quote=False)
+                    hint = f"Kubernetes said {code}: {said}"
                 self._label_failed(f"cannot put the mesh labels on {app}: {hint}")
                 return
         except Exception as error:
@@ -1410,7 +1705,8 @@ class ServiceMeshConsumer(ops.Object):
             if code is not None:
                 self._label_failed(f"cannot put the mesh labels on {app}: Kubernetes said {code}")
             else:
-                self._label_failed(f"cannot reach Kubernetes to label {app}: {error}")
+                said = display_text(str(error), 120, quote=False)
+                self._label_failed(f"cannot reach Kubernetes to label {app}: {said}")
             return
         self._stored.labels_reconciled = fingerprint
         self._stored.label_error = ""
@@ -1530,7 +1826,13 @@ class ServiceMeshProvider(ops.Object):
             self._stored.requests = {k: v for k, v in cache.items() if k != str(event.relation.id)}
 
     def _read_policies(self, relation: ops.Relation) -> str | None:
-        raw = relation.data[relation.app].get(_POLICIES_KEY)
+        try:
+            raw = relation.data[relation.app].get(_POLICIES_KEY)
+        except Exception as error:  # whatever the consumer wrote, it fails no hook
+            raw = _UNREADABLE + type(error).__name__
+        if raw is not None and len(raw) > MAX_POLICIES_BYTES:
+            # Remember no more than what parsing reads: enough to be refused for its size.
+            raw = raw[: MAX_POLICIES_BYTES + 1]
         cache = cast("dict[str, str | None]", self._stored.requests)
         key = str(relation.id)
         if key not in cache or cache[key] != raw:
@@ -1541,12 +1843,20 @@ class ServiceMeshProvider(ops.Object):
         if self._stored.published and not self._charm.unit.is_leader():
             self._stored.published = {}
 
-    def update_relations(self) -> None:
+    def update_relations(self, labels: Mapping[str, str] | None = None) -> None:
         """Publish the labels and mesh type to every related app (leader only).
 
         What was published is remembered per relation, so a call that would change nothing
         writes nothing.
+
+        Args:
+            labels: labels to publish from now on instead of those given to the constructor,
+                e.g. the per-app labels while the namespace cannot be put on the mesh.
         """
+        if labels is not None:
+            self._app_data = ServiceMeshProviderAppData(
+                labels=dict(labels), mesh_type=self._app_data.mesh_type
+            )
         if not self._charm.unit.is_leader():
             # Forget what was published (also on update-status): when this unit leads again,
             # another leader may have written since, so it must publish everything once.
@@ -1579,9 +1889,12 @@ class ServiceMeshProvider(ops.Object):
                 requests.append(RelationRequest(relation.id, app.name, []))
                 continue
             try:
+                if raw.startswith(_UNREADABLE):
+                    raise MeshDataError(f"policies: cannot be read ({raw[len(_UNREADABLE) :]})")
                 policies = parse_policies(raw)
-            except MeshDataError as error:
-                requests.append(RelationRequest(relation.id, app.name, [], str(error)))
+            except Exception as error:  # parse_policies raises only MeshDataError; be sure
+                reason = str(error) if isinstance(error, MeshDataError) else type(error).__name__
+                requests.append(RelationRequest(relation.id, app.name, [], reason))
                 continue
             requests.append(RelationRequest(relation.id, app.name, policies))
         return requests
@@ -1609,10 +1922,12 @@ def reconcile_charm_labels(
 ) -> None:
     """Converge the labels this function manages on a charm's pod template and Service.
 
-    The labels last set are remembered in a ConfigMap (data key ``labels``, a JSON object), so
-    that a later call removes exactly those it no longer wants. A label whose value someone else
-    changed since is left alone, and labels never set here are never touched. Objects are only
-    written when something differs.
+    Each label goes where Istio reads it: ``istio.io/dataplane-mode`` on the pod template only,
+    ``istio.io/use-waypoint`` and ``istio.io/use-waypoint-namespace`` on the Service only, any
+    other label on both. The labels last set are remembered in a ConfigMap (data key ``labels``,
+    a JSON object), so that a later call removes exactly those it no longer wants (from wherever
+    they still are). A label whose value someone else changed since is left alone, and labels
+    never set here are never touched. Objects are only written when something differs.
 
     Args:
         client: the Kubernetes client.
@@ -1638,16 +1953,16 @@ def reconcile_charm_labels(
         if error.status.code != 404:
             raise
         configmap = None
-    previous: dict[str, str] = {}
-    if configmap is not None and configmap.data and _LABELS_KEY in configmap.data:
-        try:
-            previous = _labels(json.loads(configmap.data[_LABELS_KEY]), "labels") or {}
-        except (json.JSONDecodeError, MeshDataError):
-            logger.warning(
-                "ConfigMap %s holds invalid labels; starting over", label_configmap_name
-            )
+    data: dict[str, str] = dict((configmap.data if configmap is not None else None) or {})
+    previous = _remembered_labels(data, _LABELS_KEY, label_configmap_name)
+    # What each object carries because this function put it there; older records say only
+    # ``labels``, for both objects.
+    owned_before = {
+        kind: _remembered_labels(data, f"{_OWNED_KEY}.{kind}", label_configmap_name, previous)
+        for kind in ("statefulset", "service")
+    }
 
-    if not wanted and not previous:
+    if not wanted and not any(owned_before.values()):
         return  # nothing was put, nothing is wanted
 
     statefulset = api.get(StatefulSet, app_name, namespace=namespace)
@@ -1655,7 +1970,9 @@ def reconcile_charm_labels(
     pod_labels: dict[str, str] = (
         template.metadata.labels if template and template.metadata else None
     ) or {}
-    patch = _label_patch(pod_labels, previous, wanted)
+    patch, owned_pods = _label_patch(
+        pod_labels, owned_before["statefulset"], _without(wanted, _SERVICE_ONLY_LABELS)
+    )
     if patch:
         api.patch(
             StatefulSet,
@@ -1666,7 +1983,9 @@ def reconcile_charm_labels(
         )
     service = api.get(Service, app_name, namespace=namespace)
     service_labels: dict[str, str] = (service.metadata.labels if service.metadata else None) or {}
-    patch = _label_patch(service_labels, previous, wanted)
+    patch, owned_service = _label_patch(
+        service_labels, owned_before["service"], _without(wanted, _POD_ONLY_LABELS)
+    )
     if patch:
         api.patch(
             Service,
@@ -1676,9 +1995,13 @@ def reconcile_charm_labels(
             patch_type=PatchType.MERGE,
         )
 
-    if previous == wanted and configmap is not None:
+    body = {
+        _LABELS_KEY: json.dumps({**owned_service, **owned_pods}, sort_keys=True),
+        f"{_OWNED_KEY}.statefulset": json.dumps(owned_pods, sort_keys=True),
+        f"{_OWNED_KEY}.service": json.dumps(owned_service, sort_keys=True),
+    }
+    if configmap is not None and all(data.get(key) == value for key, value in body.items()):
         return
-    body = {_LABELS_KEY: json.dumps(wanted, sort_keys=True)}
     if configmap is None:
         api.create(
             ConfigMap(
@@ -1696,18 +2019,44 @@ def reconcile_charm_labels(
         )
 
 
+def _remembered_labels(
+    data: Mapping[str, str], key: str, configmap: str, default: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    if key not in data:
+        return dict(default or {})
+    try:
+        return _labels(load_json(data[key], key, MAX_SMALL_VALUE_BYTES), key) or {}
+    except MeshDataError:
+        logger.warning("ConfigMap %s holds invalid %s; starting over", configmap, key)
+        return {}
+
+
+def _without(labels: Mapping[str, str], keys: frozenset[str]) -> dict[str, str]:
+    return {key: value for key, value in labels.items() if key not in keys}
+
+
 def _label_patch(
-    current: Mapping[str, str], previous: Mapping[str, str], wanted: Mapping[str, str]
-) -> dict[str, str | None]:
-    """A merge patch of labels: set what is wanted, remove what was set before and is not."""
-    patch: dict[str, str | None] = {
-        key: value for key, value in wanted.items() if current.get(key) != value
-    }
-    for key, value in previous.items():
-        # Remove only labels still carrying the value we set: a changed value is someone else's.
+    current: Mapping[str, str], owned: Mapping[str, str], wanted: Mapping[str, str]
+) -> tuple[dict[str, str | None], dict[str, str]]:
+    """A merge patch of labels, and the labels owned once it is applied.
+
+    A label is owned when this function put it and it still has the value put. Only owned
+    labels are changed or removed: a label that was there before, or that someone changed
+    since, is theirs, and is neither overwritten nor removed.
+    """
+    patch: dict[str, str | None] = {}
+    now_owned: dict[str, str] = {}
+    for key, value in wanted.items():
+        mine = key in owned and current.get(key) == owned[key]
+        if key in current and not mine:
+            continue  # someone else's label
+        if current.get(key) != value:
+            patch[key] = value
+        now_owned[key] = value
+    for key, value in owned.items():
         if key not in wanted and current.get(key) == value:
             patch[key] = None
-    return patch
+    return patch, now_owned
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1903,6 +2252,9 @@ class PolicyResourceManager:
             dict(labels) if labels else get_default_labels(charm.app.name, charm.model.name)
         )
         self.log = logger or logging.getLogger(__name__)
+        #: The owned policy resources as the last :meth:`reconcile` listed them, before its own
+        #: writes, status included (where Istio reports whether it enforces each one).
+        self.listed: list[dict[str, Any]] = []
         _quiet_http_client_logs()
 
     def reconcile(
@@ -1912,10 +2264,13 @@ class PolicyResourceManager:
         raw_policies: Sequence[Mapping[str, Any] | Any] | None = None,
         force: bool = True,
         ignore_missing: bool = True,
+        on_error: Callable[[str, Exception], None] | None = None,
     ) -> ReconcileSummary:
         """Create what is missing, update what differs, delete what is no longer wanted.
 
-        Nothing is written when everything is already as wanted.
+        Nothing is written when everything is already as wanted. Deletions come first, so that
+        access no longer wanted is revoked before anything else is tried, and a write that
+        Kubernetes refuses (admission, size) does not stop the others.
 
         Args:
             policies: the wanted policies.
@@ -1925,6 +2280,9 @@ class PolicyResourceManager:
                 took) or manifests as dicts, e.g. from :func:`build_authorization_policy`.
             force: take over fields managed by another field manager.
             ignore_missing: do not fail when an object to delete is already gone.
+            on_error: called with ``namespace/name`` and the error for each object that could
+                not be written or deleted; without it, the first such error is raised once
+                every other object was handled.
 
         Raises:
             MissingCRDError: the AuthorizationPolicy CRD is not installed (Istio is missing).
@@ -1940,22 +2298,39 @@ class PolicyResourceManager:
             for manifest in self._wanted(policies, raw_policies or [])
         }
         existing = self._existing(namespaces={namespace for namespace, _ in wanted})
+        self.listed = list(existing.values())
         resource: Any = _authorization_policy_resource()
         client: Any = self._client
         created: list[str] = []
         updated: list[str] = []
+        deleted: list[str] = []
+        failures: list[Exception] = []
         unchanged = 0
+
+        def failed(key: tuple[str, str], error: Exception) -> None:
+            if on_error is None:
+                failures.append(error)
+            else:
+                on_error("/".join(key), error)
+
+        for key in [key for key in existing if key not in wanted]:
+            try:
+                self._delete(key[1], key[0], ignore_missing)
+                deleted.append("/".join(key))
+            except Exception as error:  # lightkube.ApiError, or an HTTP or connection error
+                failed(key, error)
         for key, manifest in wanted.items():
             current = existing.get(key)
             if current is not None and _is_applied(manifest, current):
                 unchanged += 1
                 continue
-            client.apply(resource.from_dict(manifest), force=force)
+            try:
+                client.apply(resource.from_dict(manifest), force=force)
+            except Exception as error:  # lightkube.ApiError, or an HTTP or connection error
+                failed(key, error)
+                continue
             (updated if current is not None else created).append("/".join(key))
-        deleted = [key for key in existing if key not in wanted]
-        for namespace, name in deleted:
-            self._delete(name, namespace, ignore_missing)
-        summary = ReconcileSummary(created, updated, ["/".join(key) for key in deleted], unchanged)
+        summary = ReconcileSummary(created, updated, deleted, unchanged)
         if summary.changed:
             self.log.info(
                 "policies: %d created, %d updated, %d deleted, %d unchanged",
@@ -1964,6 +2339,8 @@ class PolicyResourceManager:
                 len(deleted),
                 unchanged,
             )
+        if failures:
+            raise failures[0]
         return summary
 
     def delete(self, ignore_missing: bool = True) -> None:

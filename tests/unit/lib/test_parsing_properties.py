@@ -1,0 +1,144 @@
+"""Property-based tests of the parsers: whatever the other side writes, only MeshDataError.
+
+Bounded example counts (see ``SETTINGS``) keep the unit tier fast; hypothesis keeps no example
+database in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from charms.istio_beacon_k8s.v0.service_mesh import (
+    MAX_DISPLAY_LENGTH,
+    CMRData,
+    MeshDataError,
+    MeshPolicy,
+    ServiceMeshProviderAppData,
+    display_text,
+    load_json,
+    parse_policies,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+SETTINGS = settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+JUJU_APP = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*\Z")
+JUJU_MODEL = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
+
+HOSTILE_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        ["*", "a*", "*/sa/*", "\ud800", "x\udfff", "\x1b[31m", "a\nb", "\u202e", "victim", ""]
+    ),
+    st.integers(0, 3000).map(lambda n: "v" * n),
+)
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | HOSTILE_TEXT,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(HOSTILE_TEXT, children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+def _valid_policy() -> dict[str, Any]:
+    return {
+        "source_namespace": "model-a",
+        "source_app_name": "sender",
+        "target_namespace": "model-a",
+        "target_app_name": "receiver",
+        "target_selector_labels": None,
+        "target_service": None,
+        "target_type": "app",
+        "endpoints": [{"hosts": None, "ports": [8080], "methods": ["GET"], "paths": ["/a"]}],
+    }
+
+
+@st.composite
+def mutated_policies(draw: st.DrawFn) -> str:
+    """A list of valid policies, some of whose fields (or endpoint fields) are replaced."""
+    policies: list[dict[str, Any]] = []
+    for _ in range(draw(st.integers(1, 3))):
+        policy = _valid_policy()
+        for key in draw(st.sets(st.sampled_from(sorted(policy)), max_size=3)):
+            policy[key] = draw(JSON_VALUES)
+        if draw(st.booleans()):
+            endpoint = {"hosts": None, "ports": [80], "methods": None, "paths": None}
+            for key in draw(st.sets(st.sampled_from(sorted(endpoint)), max_size=2)):
+                endpoint[key] = draw(JSON_VALUES)
+            policy["endpoints"] = [endpoint]
+        if draw(st.booleans()):
+            policy[draw(HOSTILE_TEXT)] = draw(JSON_VALUES)
+        policies.append(policy)
+    return json.dumps(policies)
+
+
+RAW = st.one_of(
+    mutated_policies(),
+    JSON_VALUES.map(json.dumps),
+    st.text(max_size=200),
+    st.integers(0, 5000).map(lambda n: "[" * n + "]" * n),
+    st.integers(0, 6000).map(lambda n: "[" + "9" * n + "]"),
+)
+
+
+@SETTINGS
+@given(RAW)
+def test_parse_policies_raises_only_mesh_data_error(raw: str):
+    try:
+        policies = parse_policies(raw)
+    except MeshDataError as error:
+        display_text(str(error)).encode("utf-8")
+        return
+    for policy in policies:
+        assert isinstance(policy, MeshPolicy)
+        # Sources that reach a principal are Juju names: never a pattern.
+        assert JUJU_APP.match(policy.source_app_name), policy.source_app_name
+        assert JUJU_MODEL.match(policy.source_namespace), policy.source_namespace
+        json.dumps(policy.to_dict()).encode("utf-8")
+        assert all(
+            text.isprintable()
+            for endpoint in policy.endpoints
+            for text in (endpoint.paths or []) + (endpoint.hosts or [])
+        )
+
+
+@SETTINGS
+@given(JSON_VALUES, st.booleans())
+def test_cmr_data_raises_only_mesh_data_error(value: object, as_text: bool):
+    try:
+        claim = CMRData.from_dict(
+            load_json(json.dumps(value), "cmr_data", 16384) if as_text else value
+        )
+    except MeshDataError:
+        return
+    assert JUJU_APP.match(claim.app_name)
+    assert JUJU_MODEL.match(claim.juju_model_name)
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(["labels", "mesh_type", "x"]), RAW, max_size=3))
+def test_provider_data_raises_only_mesh_data_error(databag: dict[str, str]):
+    try:
+        data = ServiceMeshProviderAppData.load(databag)
+    except MeshDataError:
+        return
+    assert all(isinstance(v, str) and v.isprintable() for v in data.labels.values())
+
+
+@SETTINGS
+@given(JSON_VALUES, st.integers(0, 200), st.booleans())
+def test_display_text_is_always_safe(value: object, limit: int, quote: bool):
+    shown = display_text(value, limit, quote=quote)
+    shown.encode("utf-8")
+    assert shown.isprintable()
+    assert len(shown) <= max(limit, 40)
+    assert len(display_text(value)) <= MAX_DISPLAY_LENGTH
