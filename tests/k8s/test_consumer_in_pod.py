@@ -77,8 +77,10 @@ def test_the_consumer_labels_itself_as_the_pods_service_account(
     statefulset = admin.get(StatefulSet, APP, namespace=namespace)
     assert statefulset.spec is not None
     assert statefulset.spec.template.metadata is not None
-    assert LABELS.items() <= (statefulset.spec.template.metadata.labels or {}).items()
+    # Each label where Istio reads it: the data plane on the pods, the waypoint on the Service.
+    pod_labels = statefulset.spec.template.metadata.labels or {}
+    assert pod_labels["istio.io/dataplane-mode"] == "ambient"
     service = admin.get(Service, APP, namespace=namespace)
     assert service.metadata is not None
-    assert LABELS.items() <= (service.metadata.labels or {}).items()
+    assert (service.metadata.labels or {})["istio.io/use-waypoint"] == "w"
     # No kubeconfig existed (KUBECONFIG unset, an empty HOME): the mounted account was the way in.

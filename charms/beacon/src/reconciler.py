@@ -210,7 +210,9 @@ class BeaconReconciler:
             ),
         )
         # The deployed beacon's objects go only once ours are all in place: never less access.
-        if adopt and not (self.findings.forbidden or self.findings.api_errors):
+        if adopt and not (
+            self.findings.forbidden or self.findings.api_errors or self.findings.unreachable
+        ):
             self.adopted = (
                 self._attempt("remove the deployed beacon's objects", self._adopt) is True
             )
@@ -220,11 +222,10 @@ class BeaconReconciler:
         owner = owner_value(self._namespace, self._app)
         try:
             adopt_before(self._client, self._namespace, self._app, owner)
-        except Exception as error:  # lightkube.ApiError, or an HTTP error
-            if not status_code(error):
-                raise
-            # The namespace step that follows meets the same refusal and reports it.
-            logger.info("cannot look for the deployed beacon's namespace labels: %s", error)
+        except Exception as error:  # lightkube.ApiError, an HTTP or a connection error
+            # The namespace step that follows meets the same refusal or outage and reports it;
+            # adoption is tried again on the next hook.
+            logger.warning("cannot look for the deployed beacon's namespace labels: %s", error)
 
     def _adopt(self, *, keep_own: bool = True) -> bool:
         own = {
