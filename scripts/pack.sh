@@ -6,6 +6,8 @@
 # charms/<name>/lib/ (git-ignored) before `charmcraft pack`.
 #
 # Usage:  scripts/pack.sh [beacon|tester ...]      (default: both)
+#         tox -e pack runs it through tools/charmcraft/env.sh, which installs the pinned charmcraft
+#         and packs without LXD on this host (docs/dispatch-tier.md).
 # Env:    CHARMCRAFT_PACK_ARGS  extra arguments for `charmcraft pack`, e.g. --destructive-mode
 #         PACK_OUTPUT_DIR       where the .charm files go (default: <repo>/build/charms)
 # Stdout: one line per packed charm, `<name>=<absolute path>` (e.g. beacon=/…/x.charm); progress
@@ -24,7 +26,7 @@ else
 fi
 
 if ! command -v charmcraft >/dev/null; then
-    echo "pack.sh: charmcraft is not on PATH (sudo snap install charmcraft --classic)" >&2
+    echo "pack.sh: charmcraft is not on PATH (tox -e pack installs the pinned one; or: sudo snap install charmcraft --classic)" >&2
     exit 1
 fi
 if [[ ! -f "$ROOT/lib/$LIBRARY" ]]; then
@@ -45,9 +47,12 @@ for name in "${NAMES[@]}"; do
     mkdir -p "$dir/lib/$(dirname "$LIBRARY")"
     cp "$ROOT/lib/$LIBRARY" "$dir/lib/$LIBRARY"
 
-    rm -f "$dir"/*.charm
+    # --destructive-mode builds in the charm's folder: start from nothing, leave nothing.
+    build_dirs=("$dir/parts" "$dir/stage" "$dir/prime" "$dir/overlay")
+    rm -rf "$dir"/*.charm "${build_dirs[@]}"
     echo "pack.sh: packing charms/$name ($charm_name)" >&2
     (cd "$dir" && charmcraft pack ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}) >&2
+    rm -rf "${build_dirs[@]}"
 
     shopt -s nullglob
     packed=("$dir"/*.charm)

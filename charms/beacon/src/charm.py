@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import ops
 import ops_tracing
+from access_actions import ActionError, access_map_results, explain_results, read
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider, display_text
 from metrics import (
@@ -91,9 +94,13 @@ class IstioBeaconCharm(ops.CharmBase):
         metrics = self.on[METRICS_RELATION]
         for event in (metrics.relation_created, metrics.relation_joined, metrics.relation_broken):
             framework.observe(event, self._reconcile)
-        framework.observe(self.on[METRICS_PROXY].pebble_ready, self._reconcile)
+        # The proxy's layer depends only on the app and model names: set it whenever its
+        # container (re)starts, which is when Pebble is ready again.
+        framework.observe(self.on[METRICS_PROXY].pebble_ready, self._on_metrics_proxy_ready)
         framework.observe(self.on.remove, self._on_remove)
         framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
+        framework.observe(self.on["access-map"].action, self._on_access_map)
+        framework.observe(self.on["explain"].action, self._on_explain)
 
     def _load_config(self) -> tuple[BeaconConfig | None, str | None]:
         try:
@@ -101,11 +108,12 @@ class IstioBeaconCharm(ops.CharmBase):
         except ValueError as error:
             return None, str(error)
 
+    def _on_metrics_proxy_ready(self, event: ops.PebbleReadyEvent) -> None:
+        configure_metrics_proxy(event.workload, telemetry_label(self.model.name, self.app.name))
+        self._reconcile(event)
+
     def _reconcile(self, _: ops.EventBase) -> None:
-        # Every unit serves the waypoint's metrics and tells Prometheus where.
-        configure_metrics_proxy(
-            self.unit.get_container(METRICS_PROXY), telemetry_label(self.model.name, self.app.name)
-        )
+        # Every unit tells Prometheus where to scrape the waypoint's metrics.
         publish_scrape_targets(self)
         if self._config is None or self._mesh is None or not self.unit.is_leader():
             return
@@ -124,6 +132,25 @@ class IstioBeaconCharm(ops.CharmBase):
                 self._stored.adopted = True
         if self._findings.refusals_logged != dict(self._stored.refusals_logged):
             self._stored.refusals_logged = self._findings.refusals_logged
+
+    def _on_access_map(self, event: ops.ActionEvent) -> None:
+        self._answer(event, access_map_results)
+
+    def _on_explain(self, event: ops.ActionEvent) -> None:
+        self._answer(event, explain_results)
+
+    def _answer(self, event: ops.ActionEvent, answer: Callable[..., dict[str, Any]]) -> None:
+        """Read the model, let ``answer`` ask the access engine (see access_actions)."""
+        managing = self._config.manage_authorization_policies if self._config else True
+        requests = self._mesh.relation_requests() if self._mesh else []
+        try:
+            event.set_results(
+                answer(
+                    read(self.app.name, self.model.name, requests, managing=managing), event.params
+                )
+            )
+        except ActionError as error:
+            event.fail(str(error))
 
     def _on_remove(self, event: ops.RemoveEvent) -> None:
         if self.app.planned_units() > 0:
