@@ -68,6 +68,7 @@ def state(
         relations=relations or [],
         config={key.replace("_", "-"): value for key, value in config.items()},
         planned_units=planned_units,
+        containers=[testing.Container("metrics-proxy", can_connect=False)],
     )
 
 
