@@ -87,6 +87,7 @@ def beacon_subject() -> Subject | None:
             charm_type,
             meta=meta,
             config=config,
+            actions=charmcraft.get("actions"),
             app_name="beacon",
             app_trusted=True,
         )

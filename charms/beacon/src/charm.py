@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import ops
+from access_actions import ActionError, access_map_results, explain_results, read
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider, display_text
 from policies import MAX_STATUS_LENGTH, refusal_message
@@ -77,6 +80,8 @@ class IstioBeaconCharm(ops.CharmBase):
             framework.observe(event, self._reconcile)
         framework.observe(self.on.remove, self._on_remove)
         framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
+        framework.observe(self.on["access-map"].action, self._on_access_map)
+        framework.observe(self.on["explain"].action, self._on_explain)
 
     def _load_config(self) -> tuple[BeaconConfig | None, str | None]:
         try:
@@ -99,6 +104,25 @@ class IstioBeaconCharm(ops.CharmBase):
             )
         if self._findings.refusals_logged != dict(self._stored.refusals_logged):
             self._stored.refusals_logged = self._findings.refusals_logged
+
+    def _on_access_map(self, event: ops.ActionEvent) -> None:
+        self._answer(event, access_map_results)
+
+    def _on_explain(self, event: ops.ActionEvent) -> None:
+        self._answer(event, explain_results)
+
+    def _answer(self, event: ops.ActionEvent, answer: Callable[..., dict[str, Any]]) -> None:
+        """Read the model, let ``answer`` ask the access engine (see access_actions)."""
+        managing = self._config.manage_authorization_policies if self._config else True
+        requests = self._mesh.relation_requests() if self._mesh else []
+        try:
+            event.set_results(
+                answer(
+                    read(self.app.name, self.model.name, requests, managing=managing), event.params
+                )
+            )
+        except ActionError as error:
+            event.fail(str(error))
 
     def _on_remove(self, event: ops.RemoveEvent) -> None:
         if self.app.planned_units() > 0:
