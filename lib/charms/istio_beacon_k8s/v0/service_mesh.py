@@ -96,7 +96,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 11
+LIBPATCH = 12
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -395,6 +395,112 @@ def _labels(value: object, where: str) -> dict[str, str] | None:
     return result
 
 
+# What Istio (the waypoint's Envoy, ztunnel, the Kubernetes API) can match. A value outside these
+# is either refused by Istio's admission webhook or accepted and never matched (silent deny), so it
+# is refused here, where the charm author or the provider sees which field to fix.
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_LABEL_NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+# Letters, digits, "-", ".", "_", "~": RFC 3986 unreserved characters, which Envoy decodes.
+_ENCODED_UNRESERVED = re.compile(r"%(?:2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9\-._~%!$&'()+,;:@=]+")  # RFC 3986 pchar, as Istio checks
+_HOST = re.compile(r"[A-Za-z0-9._\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_PATH_FIX = (
+    'use an absolute path ("/api"), a prefix ("/api/*"), a suffix ("*.js"), "*" for any path, '
+    'or a template whose whole segments are {*} or {**} ("/api/{*}/items/{**}", {**} last)'
+)
+_HOST_FIX = (
+    'use a host as sent in the Host header ("app.example.com", "app:8080"), a "*" prefix or '
+    'suffix ("*.example.com"), or "*" for any host'
+)
+
+
+def _http_path(path: str, where: str) -> str:
+    def refuse(problem: str) -> MeshDataError:
+        return _fail(where, f"{problem}; {_PATH_FIX}")
+
+    if any(c <= " " or c >= "\x7f" or c in "?#" for c in path):
+        raise refuse(
+            f"{json.dumps(path)} has a space, a control or non-ASCII character, '?' or '#', "
+            "which a request path never holds (percent-encode it)"
+        )
+    encoded = _ENCODED_UNRESERVED.search(path)
+    if encoded:
+        plain = json.dumps(chr(int(encoded.group()[1:], 16)))
+        raise refuse(
+            f"{json.dumps(path)} percent-encodes {json.dumps(encoded.group())}, which Envoy "
+            f"decodes before matching: write {plain} instead"
+        )
+    if "{" in path or "}" in path:
+        problem = _path_template_problem(path)
+        if problem:
+            raise refuse(f"{json.dumps(path)} {problem}")
+        return path
+    if path == "*":
+        return path
+    stars = path.count("*")
+    if stars > 1 or (stars == 1 and not (path.startswith("*") or path.endswith("*"))):
+        raise refuse(f"{json.dumps(path)} has a '*' that is not its first or last character")
+    if not path.startswith(("/", "*")):
+        raise refuse(f"{json.dumps(path)} does not start with '/'")
+    # The segment a '*' touches is partial ("/a/.*" may match "/a/.well-known"): not checked.
+    segments = path.strip("*").split("/")[path.startswith("*") :]
+    if path.endswith("*"):
+        segments = segments[:-1]
+    if any(segment in (".", "..") for segment in segments):
+        raise refuse(f"{json.dumps(path)} has a '.' or '..' segment, which Envoy normalizes away")
+    return path
+
+
+def _path_template_problem(path: str) -> str:
+    if not path.startswith("/"):
+        return "does not start with '/'"
+    last_seen = False
+    for segment in path.strip("/").split("/"):
+        if last_seen:
+            return "has a segment after {**}"
+        if segment in ("{*}", "{**}"):
+            last_seen = segment == "{**}"
+        elif not _PATH_SEGMENT.fullmatch(segment):
+            return f"has segment {json.dumps(segment)}, not allowed"
+    return ""
+
+
+def _http_host(host: str, where: str) -> str:
+    if host == "*":
+        return host
+    body = host[1:] if host.startswith("*") else host[:-1] if host.endswith("*") else host
+    if not _HOST.fullmatch(body):
+        raise _fail(where, f"{json.dumps(host)} can never match a Host header; {_HOST_FIX}")
+    return host
+
+
+def _checked_list(value: object, where: str, check: Callable[[str, str], str]) -> list[str] | None:
+    items = _str_list(value, where)
+    return (
+        None if items is None else [check(item, f"{where}[{i}]") for i, item in enumerate(items)]
+    )
+
+
+def _check_service_name(name: str, where: str) -> str:
+    if len(name) > _MAX_LABEL_VALUE_LENGTH or not _DNS1035_LABEL.fullmatch(name):
+        raise _fail(
+            where,
+            f"{json.dumps(name)} is not a Kubernetes Service name: use at most 63 lower-case "
+            "letters, digits and '-', starting with a letter and ending with a letter or digit",
+        )
+    return name
+
+
+def _check_label_value(value: str, where: str) -> str:
+    if len(value) > _MAX_LABEL_VALUE_LENGTH or (value and not _LABEL_NAME_PART.fullmatch(value)):
+        raise _fail(
+            where,
+            f"{json.dumps(value)} is not a Kubernetes label value: use at most 63 letters, "
+            "digits, '-', '_' or '.', starting and ending with a letter or digit",
+        )
+    return value
+
+
 def _mapping(value: object, where: str) -> Mapping[str, object]:
     if not isinstance(value, dict):
         raise _fail(where, f"expected an object, got {_describe(value)}")
@@ -413,10 +519,20 @@ class Endpoint:
     Unset (``None``) or empty fields do not restrict anything.
 
     Attributes:
-        hosts: ``Host`` header values, e.g. ``["myapp.example.com"]``.
+        hosts: ``Host`` header values, e.g. ``["myapp.example.com"]``; a ``*`` may start or end
+            one (``"*.example.com"``). A client names the port in the header when it is not the
+            scheme's default (``"myapp:8080"``).
         ports: destination ports.
         methods: HTTP methods; :class:`Method` members or their upper-case names.
-        paths: URL paths; Istio accepts a ``*`` prefix or suffix wildcard, e.g. ``"/api/*"``.
+        paths: URL paths starting with ``/``: exact (``"/api"``), a prefix (``"/api/*"``), a
+            suffix (``"*.js"``), ``"*"`` for any path, or an Istio template whose whole segments
+            are ``{*}`` (one segment) or ``{**}`` (the rest; last), e.g. ``"/api/{*}/items"``.
+            Envoy normalizes a request's path before matching (``.`` and ``..`` segments
+            resolved, percent-encoded letters, digits, ``-._~`` decoded): write paths that way.
+
+    Raises:
+        MeshDataError: a value Istio would refuse or could never match, naming the field and
+            what to write instead.
     """
 
     hosts: list[str] | None
@@ -431,10 +547,10 @@ class Endpoint:
         methods: Sequence[Method | str] | None = None,
         paths: Sequence[str] | None = None,
     ):
-        object.__setattr__(self, "hosts", _str_list(hosts, "Endpoint.hosts"))
+        object.__setattr__(self, "hosts", _checked_list(hosts, "Endpoint.hosts", _http_host))
         object.__setattr__(self, "ports", _port_list(ports, "Endpoint.ports"))
         object.__setattr__(self, "methods", _method_list(methods, "Endpoint.methods"))
-        object.__setattr__(self, "paths", _str_list(paths, "Endpoint.paths"))
+        object.__setattr__(self, "paths", _checked_list(paths, "Endpoint.paths", _http_path))
 
     @property
     def restricts_beyond_ports(self) -> bool:
@@ -459,10 +575,10 @@ class Endpoint:
         """
         body = _mapping(data, where)
         return cls(
-            hosts=_str_list(body.get("hosts"), f"{where}.hosts"),
+            hosts=_checked_list(body.get("hosts"), f"{where}.hosts", _http_host),
             ports=_port_list(body.get("ports"), f"{where}.ports"),
             methods=_method_list(body.get("methods"), f"{where}.methods"),
-            paths=_str_list(body.get("paths"), f"{where}.paths"),
+            paths=_checked_list(body.get("paths"), f"{where}.paths", _http_path),
         )
 
 
@@ -506,7 +622,10 @@ class AppPolicy:
                 )
             checked.append(endpoint)
         object.__setattr__(self, "endpoints", checked)
-        object.__setattr__(self, "service", _opt_str(service, f"{kind}.service"))
+        service = _opt_str(service, f"{kind}.service")
+        if service is not None:
+            _check_service_name(service, f"{kind}.service")
+        object.__setattr__(self, "service", service)
 
 
 class Policy(AppPolicy):
@@ -629,6 +748,12 @@ class MeshPolicy:
                     f"{who}: an app policy targets a Service and cannot have "
                     "target_selector_labels; use a unit policy to select pods"
                 )
+            if self.target_service is not None:
+                _check_service_name(self.target_service, f"{who}: target_service")
+            else:
+                _check_service_name(
+                    str(self.target_app_name), f"{who}: target_app_name (its Service)"
+                )
             return
         if self.target_service is not None:
             raise MeshDataError(
@@ -639,6 +764,14 @@ class MeshPolicy:
             raise MeshDataError(
                 f"{who}: a unit policy takes target_app_name or target_selector_labels, not both"
             )
+        if self.target_app_name is None and not self.target_selector_labels:
+            raise MeshDataError(
+                f"{who}: a unit policy needs target_app_name or non-empty "
+                "target_selector_labels; without them it has no selector, and ztunnel would "
+                "apply it to every pod in the namespace"
+            )
+        if self.target_app_name is not None:
+            _check_label_value(self.target_app_name, f"{who}: target_app_name (a pod label value)")
         for i, endpoint in enumerate(self.endpoints):
             if endpoint.restricts_beyond_ports:
                 raise UnitPolicyError(
