@@ -120,7 +120,7 @@ def test_mesh_relation_exchanges_labels_and_policies(
     )
 
     # Kubernetes after the exchange: the receiver labelled itself, the beacon wrote its policies.
-    # Each label where Istio reads it: the data-plane mode on the pods, the waypoint on the Service.
+    # Each label where Istio reads it: data-plane mode on the pods, the waypoint on the Service.
     problems = [
         f"{run.unit} {run.event}: {line['level']} {line['message']}"
         for run in model.history
