@@ -45,6 +45,7 @@ class Subject:
         make_context: a fresh ``ops.testing.Context`` (a new one per run: it records juju-log).
         app_name: the provider's app name.
         peers: the peer endpoint to add to the state, if the charm declares one.
+        containers: the workload containers the charm declares (in the state, not connectable).
     """
 
     name: str
@@ -52,6 +53,7 @@ class Subject:
     make_context: Callable[[], testing.Context[ops.CharmBase]]
     app_name: str
     peers: str | None
+    containers: tuple[str, ...] = ()
 
 
 def beacon_subject() -> Subject | None:
@@ -98,6 +100,7 @@ def beacon_subject() -> Subject | None:
         make_context=make_context,
         app_name="beacon",
         peers=peers,
+        containers=tuple(charmcraft.get("containers", {})),
     )
 
 
@@ -199,6 +202,7 @@ def build_state(subject: Subject, namespace: str, apps: int, per_app: int) -> te
     return testing.State(
         leader=True,
         relations=relations,
+        containers=[testing.Container(name, can_connect=False) for name in subject.containers],
         model=testing.Model(name=namespace),
         planned_units=1,
     )

@@ -156,7 +156,11 @@ RESOURCE=$(sed -n 's/^[[:space:]]*resource:[[:space:]]*//p' "$ROOT/charms/tester
 # --- 4. Beacon and testers ---------------------------------------------------------------------
 step "Deploying the beacon and three testers in model $MODEL"
 use_model "$MODEL"
-app_exists "$MODEL" beacon || juju deploy -m "$MODEL" "$BEACON_CHARM" beacon --trust
+BEACON_IMAGE=$(sed -n 's/^[[:space:]]*upstream-source:[[:space:]]*//p' "$ROOT/charms/beacon/charmcraft.yaml" | head -n 1)
+BEACON_RESOURCE=$(sed -n 's/^[[:space:]]*resource:[[:space:]]*//p' "$ROOT/charms/beacon/charmcraft.yaml" | head -n 1)
+[[ -n "$BEACON_IMAGE" && -n "$BEACON_RESOURCE" ]] || die "cannot read the beacon's resource from its charmcraft.yaml"
+app_exists "$MODEL" beacon ||
+    juju deploy -m "$MODEL" "$BEACON_CHARM" beacon --trust --resource "$BEACON_RESOURCE=$BEACON_IMAGE"
 for app in "${TESTERS[@]}"; do
     app_exists "$MODEL" "$app" ||
         juju deploy -m "$MODEL" "$TESTER_CHARM" "$app" --trust --resource "$RESOURCE=$IMAGE"

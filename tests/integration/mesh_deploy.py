@@ -52,6 +52,7 @@ class Charms:
     beacon: Path
     tester: Path
     tester_resources: dict[str, str]
+    beacon_resources: dict[str, str]
 
 
 def _packed_by_script(name: str) -> Path:
@@ -101,6 +102,7 @@ def load_charms() -> Charms:
         beacon=charm_path("beacon"),
         tester=charm_path("tester"),
         tester_resources=charm_resources(REPO_ROOT / "charms" / "tester"),
+        beacon_resources=charm_resources(REPO_ROOT / "charms" / "beacon"),
     )
 
 
@@ -193,8 +195,15 @@ def deploy_beacon(
     config: dict[str, jubilant.ConfigValue] | None = None,
     num_units: int = 1,
 ) -> None:
-    """Deploy the beacon charm, trusted (it manages cluster resources)."""
-    juju.deploy(charms.beacon, app, config=config, num_units=num_units, trust=True)
+    """Deploy the beacon charm, trusted (it manages cluster resources), with its metrics proxy."""
+    juju.deploy(
+        charms.beacon,
+        app,
+        config=config,
+        num_units=num_units,
+        resources=charms.beacon_resources,
+        trust=True,
+    )
 
 
 def deploy_tester(

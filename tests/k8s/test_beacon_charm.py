@@ -68,6 +68,7 @@ def state(
         relations=relations or [],
         config={key.replace("_", "-"): value for key, value in config.items()},
         planned_units=planned_units,
+        containers=[testing.Container("metrics-proxy", can_connect=False)],
     )
 
 
@@ -306,7 +307,6 @@ def test_adversarial_requests_are_refused_and_the_rest_applied(
             request(model, "sender", "liar"),  # its own: fine
             request(model, "sender", "victim"),
             request(model, "sender", "liar", target_service="victim-admin"),
-            request(model, "sender", None, target_type=PolicyTargetType.unit),
             {**request(model, "sender", "liar"), "target_namespace": "kube-system"},
         ],
     )

@@ -88,6 +88,7 @@ def _state(model: str, relations: list[testing.Relation], **config: bool) -> tes
         model=testing.Model(name=model),
         relations=relations,
         config={key.replace("_", "-"): value for key, value in config.items()},
+        containers=[testing.Container("metrics-proxy", can_connect=False)],
     )
 
 

@@ -69,9 +69,6 @@ POLICIES = {
         target_type=PolicyTargetType.unit,
         endpoints=[Endpoint(ports=[8080])],
     ),
-    "unit-whole-namespace": _policy(
-        target_type=PolicyTargetType.unit, endpoints=[Endpoint(ports=[8080])]
-    ),
     "unit-no-endpoints": _policy(target_app_name="receiver1", target_type=PolicyTargetType.unit),
     "long-names": _policy(
         source_app_name="s" * 60,

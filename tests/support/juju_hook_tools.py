@@ -50,6 +50,7 @@ TOOLS = (
     "relation-get",
     "relation-ids",
     "relation-list",
+    "relation-model-get",
     "relation-set",
     "state-delete",
     "state-get",
@@ -305,6 +306,17 @@ def relation_list(ctx: Context, argv: list[str], _stdin: str) -> str:
     if args.app:
         return _out(args, ctx.remote_app_of(rel))
     return _out(args, sorted(rel.get("members", {}).get(ctx.unit, [])))
+
+
+def relation_model_get(ctx: Context, argv: list[str], _stdin: str) -> str:
+    """The model of the relation's remote app: ``{"uuid"}`` (this model's, unless it is remote)."""
+    p = _Parser(prog="relation-model-get")
+    p.add_argument("-r", "--relation", dest="relation")
+    _format_arg(p)
+    args = p.parse_args(argv)
+    _rid, rel = ctx.relation(args.relation)
+    remote = ctx.state["apps"].get(ctx.remote_app_of(rel), {})
+    return _out(args, {"uuid": remote.get("model_uuid") or ctx.state["model"]["uuid"]})
 
 
 def config_get(ctx: Context, argv: list[str], _stdin: str) -> str:
@@ -624,6 +636,7 @@ HANDLERS: dict[str, Callable[[Context, list[str], str], str]] = {
     "relation-get": relation_get,
     "relation-ids": relation_ids,
     "relation-list": relation_list,
+    "relation-model-get": relation_model_get,
     "relation-set": relation_set,
     "state-delete": state_delete,
     "state-get": state_get,

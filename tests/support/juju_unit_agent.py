@@ -70,6 +70,7 @@ mount --bind "$1" /charm
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/secrets/kubernetes.io/serviceaccount
 mount --bind "$2" /run/secrets/kubernetes.io/serviceaccount
+if [ -n "$5" ]; then mount --bind "$5" /etc/hosts; fi
 cd "$3"
 exec "$4"
 """
@@ -337,6 +338,16 @@ class JujuModel:
         """The folder of one unit: ``charm/`` (JUJU_CHARM_DIR) and ``charm-root/`` (its /charm)."""
         return self.workdir / "units" / unit.replace("/", "-")
 
+    def set_hosts(self, unit: str, names: Mapping[str, str]) -> None:
+        """Give the unit's hooks their own ``/etc/hosts``: ``names`` maps host names to addresses.
+
+        A pod resolves Service and pod names through the cluster's DNS; here a hook's mount
+        namespace gets this file instead (with ``localhost``), so that a URL such as
+        ``http://receiver:8080/`` in an action's parameters means what it means in a pod.
+        """
+        lines = ["127.0.0.1 localhost", *(f"{address} {name}" for name, address in names.items())]
+        (self.unit_dir(unit) / "etc-hosts").write_text("\n".join(lines) + "\n")
+
     def container_socket(self, unit: str, container: str) -> Path:
         """Where, on this host, the unit's ``/charm/containers/<container>/pebble.socket`` is."""
         return self.unit_dir(unit) / "charm-root" / "containers" / container / "pebble.socket"
@@ -561,6 +572,7 @@ class JujuModel:
             *node, "unshare", "--mount", "--propagation", "private",
             "sh", "-c", _POD_SHELL, "pod-sandbox",
             str(unit_dir / "charm-root"), str(sa_dir), str(charm_dir), "./dispatch",
+            str(hosts) if (hosts := unit_dir / "etc-hosts").is_file() else "",
         ]  # fmt: skip
         started = time.monotonic()
         try:
@@ -801,6 +813,14 @@ class JujuModel:
         status, _, body = out.partition("\n")
         return int(status), body.strip()
 
+    def network_namespace(self, unit: str, container: str) -> Path:
+        """The network namespace of a workload Pebble in its pod, for nsenter."""
+        return Path(f"/proc/{self._pebbles[(unit, container)].pid}/ns/net")
+
+    def node_command(self) -> list[str]:
+        """Command prefix that runs a command where this model's hooks run (the node namespace)."""
+        return self._network.in_node() if self._network is not None else []
+
     def stop_pebble(self, unit: str, container: str) -> None:
         """Stop a workload Pebble (its services stop with it), as when the pod goes."""
         proc = self._pebbles.pop((unit, container), None)
@@ -822,3 +842,134 @@ class JujuModel:
         if self._network is not None:
             self._network.close()
         self.admin.close()
+
+
+class CrossModelRelation:
+    """A relation between apps of two models, as Juju makes one through an offer.
+
+    Each side sees the other app under a local name, as in Juju: the consuming model under the
+    offer's name (``juju consume``), the offering model under ``remote-<hex>``. Each side's hooks
+    read and write their own model's hook-tool state; `sync` carries each side's databags to the
+    other, as the controllers do. One offer may carry several endpoints (one `CrossModelRelation`
+    per endpoint pair, with the same names).
+    """
+
+    def __init__(
+        self,
+        offering: JujuModel,
+        offered: tuple[str, str],
+        consuming: JujuModel,
+        consumer: tuple[str, str],
+        offer_name: str,
+        remote_name: str,
+    ) -> None:
+        self.offering, self.consuming = offering, consuming
+        (self.offered_app, offered_endpoint), (self.consumer_app, consumer_endpoint) = (
+            offered,
+            consumer,
+        )
+        self.offer_name, self.remote_name = offer_name, remote_name
+        offered_spec = offering.state()["apps"][self.offered_app]["endpoints"][offered_endpoint]
+        consumer_spec = consuming.state()["apps"][self.consumer_app]["endpoints"][
+            consumer_endpoint
+        ]
+        _remote_app(consuming, offer_name, offered_endpoint, offered_spec, offering.uuid)
+        _remote_app(offering, remote_name, consumer_endpoint, consumer_spec, consuming.uuid)
+        self.consumer_id = consuming.relate(
+            self.consumer_app, consumer_endpoint, offer_name, offered_endpoint
+        )
+        self.offered_id = offering.relate(
+            self.offered_app, offered_endpoint, remote_name, consumer_endpoint
+        )
+
+    def sync(self) -> None:
+        """Carry each side's app and unit databags to the other side's view of it."""
+        for source, rid, app, target, target_rid, alias in (
+            (self.consuming, self.consumer_id, self.consumer_app,
+             self.offering, self.offered_id, self.remote_name),
+            (self.offering, self.offered_id, self.offered_app,
+             self.consuming, self.consumer_id, self.offer_name),
+        ):  # fmt: skip
+            data = source.state()["relations"][str(rid)]["data"]
+            units = {
+                key.split(":", 1)[1]: bag
+                for key, bag in data.items()
+                if key.startswith(f"unit:{app}/")
+            }
+
+            def put(
+                state: dict[str, Any],
+                data: dict[str, Any] = data,
+                units: dict[str, Any] = units,
+                app: str = app,
+                target_rid: int = target_rid,
+                alias: str = alias,
+            ) -> None:
+                bags = state["relations"][str(target_rid)]["data"]
+                bags[f"app:{alias}"] = dict(data.get(f"app:{app}", {}))
+                for unit, bag in units.items():
+                    bags[f"unit:{alias}/{unit.split('/')[1]}"] = dict(bag)
+
+            target.edit(put)
+
+    def establish(self) -> list[HookRun]:
+        """Run relation-created on both sides, then each side sees the other join, data carried.
+
+        Assumes one unit on each side (``/0``).
+        """
+        consumer_unit, offered_unit = f"{self.consumer_app}/0", f"{self.offered_app}/0"
+        offer_unit, remote_unit = f"{self.offer_name}/0", f"{self.remote_name}/0"
+        consumer_endpoint = self.consuming.endpoint(self.consumer_id, self.consumer_app)
+        offered_endpoint = self.offering.endpoint(self.offered_id, self.offered_app)
+        runs = [
+            self.consuming.run_hook(
+                consumer_unit,
+                f"{consumer_endpoint}-relation-created",
+                relation_id=self.consumer_id,
+            ),
+            self.offering.run_hook(
+                offered_unit, f"{offered_endpoint}-relation-created", relation_id=self.offered_id
+            ),
+        ]
+        self.sync()
+        runs += self.consuming.join(self.consumer_id, consumer_unit, offer_unit)
+        self.sync()
+        runs += self.offering.join(self.offered_id, offered_unit, remote_unit)
+        self.sync()
+        runs.append(self.consuming.changed(self.consumer_id, consumer_unit, offer_unit))
+        self.sync()
+        runs.append(self.offering.changed(self.offered_id, offered_unit, remote_unit))
+        return runs
+
+
+def _remote_app(
+    model: JujuModel, name: str, endpoint: str, spec: Mapping[str, str], model_uuid: str
+) -> None:
+    """Make the other model's app known in ``model`` (no units run here; one planned unit).
+
+    ``model_uuid`` is its own model's, which ``relation-model-get`` answers.
+    """
+
+    def add(state: dict[str, Any]) -> None:
+        app = state["apps"].setdefault(
+            name,
+            {
+                "charm": "",
+                "config": {},
+                "leader": "",
+                "units": [],
+                "planned_units": [f"{name}/0"],
+                "endpoints": {},
+                "containers": [],
+                "actions": {},
+                "status": {"status": "unknown", "message": "", "since": juju_hook_tools.now()},
+                "workload_version": "",
+                "trusted": False,
+                "dir": "",
+                "remote": True,
+                "model_uuid": model_uuid,
+            },
+        )
+        app["endpoints"][endpoint] = dict(spec)
+
+    model.edit(add)

@@ -13,9 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 import ops
+import ops_tracing
 from access_actions import ActionError, access_map_results, explain_results, read
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider, display_text
+from metrics import (
+    METRICS_PROXY,
+    METRICS_RELATION,
+    configure_metrics_proxy,
+    publish_scrape_targets,
+    telemetry_label,
+)
 from policies import MAX_STATUS_LENGTH, refusal_message
 from policy_status import not_enforced_message
 from reconciler import BeaconReconciler, Findings
@@ -30,6 +38,7 @@ for _http_logger in ("httpx", "httpcore", "httpx2", "httpcore2"):
 
 MESH_RELATION = "service-mesh"
 PEER_RELATION = "peers"
+TRACING_RELATION = "charm-tracing"
 
 
 class IstioBeaconCharm(ops.CharmBase):
@@ -39,7 +48,11 @@ class IstioBeaconCharm(ops.CharmBase):
 
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
-        self._stored.set_default(refusals_logged={})
+        # The charm's own traces go to the backend related over charm-tracing, if any.
+        self._tracing = ops_tracing.Tracing(self, tracing_relation_name=TRACING_RELATION)
+        # adopted: whether this unit, as leader, took over what the deployed istio-beacon-k8s
+        # left (see adoption.py).
+        self._stored.set_default(refusals_logged={}, adopted=False)
         self._config, self._config_error = self._load_config()
         # What this hook's reconcile found, for collect-status (None: no reconcile ran).
         self._findings: Findings | None = None
@@ -78,6 +91,12 @@ class IstioBeaconCharm(ops.CharmBase):
         peers = self.on[PEER_RELATION]
         for event in (peers.relation_joined, peers.relation_departed):
             framework.observe(event, self._reconcile)
+        metrics = self.on[METRICS_RELATION]
+        for event in (metrics.relation_created, metrics.relation_joined, metrics.relation_broken):
+            framework.observe(event, self._reconcile)
+        # The proxy's layer depends only on the app and model names: set it whenever its
+        # container (re)starts, which is when Pebble is ready again.
+        framework.observe(self.on[METRICS_PROXY].pebble_ready, self._on_metrics_proxy_ready)
         framework.observe(self.on.remove, self._on_remove)
         framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
         framework.observe(self.on["access-map"].action, self._on_access_map)
@@ -89,7 +108,13 @@ class IstioBeaconCharm(ops.CharmBase):
         except ValueError as error:
             return None, str(error)
 
+    def _on_metrics_proxy_ready(self, event: ops.PebbleReadyEvent) -> None:
+        configure_metrics_proxy(event.workload, telemetry_label(self.model.name, self.app.name))
+        self._reconcile(event)
+
     def _reconcile(self, _: ops.EventBase) -> None:
+        # Every unit tells Prometheus where to scrape the waypoint's metrics.
+        publish_scrape_targets(self)
         if self._config is None or self._mesh is None or not self.unit.is_leader():
             return
         reconciler = self._reconciler()
@@ -101,7 +126,10 @@ class IstioBeaconCharm(ops.CharmBase):
                 self._mesh,
                 self.app.planned_units(),
                 refusals_logged=dict(self._stored.refusals_logged),
+                adopt=not self._stored.adopted,
             )
+            if reconciler.adopted:
+                self._stored.adopted = True
         if self._findings.refusals_logged != dict(self._stored.refusals_logged):
             self._stored.refusals_logged = self._findings.refusals_logged
 

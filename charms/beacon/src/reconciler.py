@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ops
+from adoption import adopt_after, adopt_before
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshType,
@@ -24,7 +25,10 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
 )
 from kubernetes_client import error_message, make_client, status_code
 from lightkube import ApiError, Client
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Service
+from metrics import metrics_access_manifests, telemetry_label
 from model_operator import ModelOperatorAccess, model_operator_policy, reconcile_model_operator
 from namespace_labels import owner_value, reconcile_namespace_labels
 from ownership import MANAGED_BY, ownership_labels
@@ -43,6 +47,7 @@ from waypoint import (
     WaypointReadiness,
     consumer_labels,
     delete_waypoint,
+    gateway_resource,
     reconcile_waypoint,
     waypoint_name,
     waypoint_principal,
@@ -53,6 +58,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["MANAGED_BY", "BeaconReconciler", "Findings", "ownership_labels"]
 
 _T = TypeVar("_T")
+
+
+def _authorization_policy_kind() -> Any:
+    return create_namespaced_resource(
+        "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
+    )
 
 
 @dataclass
@@ -108,6 +119,8 @@ class BeaconReconciler:
         self._labels = ownership_labels(self._namespace, self._app)
         self.waypoint = waypoint_name(self._namespace, self._app)
         self.findings = Findings()
+        #: Whether this reconcile took over what the deployed beacon had left (``adopt=True``).
+        self.adopted = False
 
     def close(self) -> None:
         """Close the client if this reconciler made it: a hook leaves no connection open."""
@@ -120,6 +133,8 @@ class BeaconReconciler:
         provider: ServiceMeshProvider,
         planned_units: int,
         refusals_logged: Mapping[str, str] | None = None,
+        *,
+        adopt: bool = False,
     ) -> Findings:
         """Converge everything to the config, the relations and the planned unit count.
 
@@ -131,10 +146,14 @@ class BeaconReconciler:
             planned_units: how many units the beacon will have (the waypoint's replicas).
             refusals_logged: what earlier hooks logged about refusals (from
                 ``Findings.refusals_logged``), so that only changes are logged.
+            adopt: also take over what the deployed istio-beacon-k8s charm left (after a
+                refresh from it): see ``adoption``.
         """
         if planned_units == 0:
             return self.teardown()
         self.findings.refusals_logged = dict(refusals_logged or {})
+        if adopt:
+            self._adopt_namespace_labels()
         # The namespace first: consumers are told they need no labels of their own only when the
         # namespace is known to carry this beacon's. Otherwise (a conflict, or no answer) they
         # keep theirs: fail closed. A one-item tuple: None from _attempt means the step failed,
@@ -165,7 +184,13 @@ class BeaconReconciler:
         )
         self.findings.waypoint = self._attempt(
             "run the waypoint",
-            lambda: reconcile_waypoint(self._client, self.waypoint, planned_units, self._labels),
+            lambda: reconcile_waypoint(
+                self._client,
+                self.waypoint,
+                planned_units,
+                self._labels,
+                telemetry_label(self._namespace, self._app),
+            ),
         )
         model_operator = self._attempt(
             "keep Juju's model operator reachable",
@@ -184,7 +209,37 @@ class BeaconReconciler:
                 config, provider, namespace_bound, model_operator or ModelOperatorAccess()
             ),
         )
+        # The deployed beacon's objects go only once ours are all in place: never less access.
+        if adopt and not (
+            self.findings.forbidden or self.findings.api_errors or self.findings.unreachable
+        ):
+            self.adopted = (
+                self._attempt("remove the deployed beacon's objects", self._adopt) is True
+            )
         return self.findings
+
+    def _adopt_namespace_labels(self) -> None:
+        owner = owner_value(self._namespace, self._app)
+        try:
+            adopt_before(self._client, self._namespace, self._app, owner)
+        except Exception as error:  # lightkube.ApiError, an HTTP or a connection error
+            # The namespace step that follows meets the same refusal or outage and reports it;
+            # adoption is tried again on the next hook.
+            logger.warning("cannot look for the deployed beacon's namespace labels: %s", error)
+
+    def _adopt(self, *, keep_own: bool = True) -> bool:
+        own = {
+            ("Gateway", self._namespace, self.waypoint),
+            ("HorizontalPodAutoscaler", self._namespace, self.waypoint),
+        }
+        adopt_after(
+            self._client,
+            self._namespace,
+            self._app,
+            kinds=(gateway_resource(), HorizontalPodAutoscaler, _authorization_policy_kind()),
+            keep=own if keep_own else set(),
+        )
+        return True
 
     def teardown(self) -> Findings:
         """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap."""
@@ -213,6 +268,7 @@ class BeaconReconciler:
             ),
         )
         self._attempt("remove the labels ConfigMap", self._delete_label_configmap)
+        self._attempt("remove the deployed beacon's objects", lambda: self._adopt(keep_own=False))
         return self.findings
 
     def _policy_manager(self) -> PolicyResourceManager:
@@ -244,6 +300,10 @@ class BeaconReconciler:
         principal = waypoint_principal(self._namespace, self.waypoint)
         related = sorted({request.app_name for request in requests if request.app_name})
         manifests.extend(waypoint_allow_policy(app, self._namespace, principal) for app in related)
+        # Prometheus, related over metrics-endpoint, may reach the metrics proxy on our pods.
+        manifests.extend(
+            metrics_access_manifests(self._charm.model.relations, self._app, self._namespace)
+        )
         if config.model_on_mesh and model_operator.selector is not None:
             manifests.append(model_operator_policy(self._namespace, model_operator.selector))
         rejected: list[Refusal] = []

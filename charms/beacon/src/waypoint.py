@@ -63,15 +63,20 @@ def consumer_labels(waypoint: str, namespace: str, model_on_mesh: bool) -> dict[
     }
 
 
-def build_gateway(name: str, namespace: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """The waypoint Gateway manifest."""
+def build_gateway(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    extra_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The waypoint Gateway manifest; ``extra_labels`` reach the waypoint pods too (telemetry)."""
     return {
         "apiVersion": f"{GATEWAY_GROUP}/{GATEWAY_VERSION}",
         "kind": "Gateway",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {**labels, "istio.io/waypoint-for": "service"},
+            "labels": {**(extra_labels or {}), **labels, "istio.io/waypoint-for": "service"},
         },
         "spec": {
             "gatewayClassName": WAYPOINT_CLASS,
@@ -199,7 +204,11 @@ def _converge_autoscaler(
 
 
 def reconcile_waypoint(
-    client: Client, name: str, replicas: int, labels: Mapping[str, str]
+    client: Client,
+    name: str,
+    replicas: int,
+    labels: Mapping[str, str],
+    gateway_labels: Mapping[str, str] | None = None,
 ) -> WaypointReadiness:
     """Converge the waypoint Gateway and its autoscaler, then report the waypoint's readiness.
 
@@ -211,13 +220,14 @@ def reconcile_waypoint(
         name: the waypoint name (see :func:`waypoint_name`).
         replicas: how many waypoint replicas (the beacon's planned units).
         labels: the ownership labels that mark the objects as the beacon's.
+        gateway_labels: more labels for the Gateway only (Istio copies them onto the pods).
 
     Raises:
         MissingCRDError: the Gateway CRD is not installed (Istio is missing).
         lightkube.ApiError: anything else Kubernetes refused (403: the charm is not trusted).
     """
     namespace = str(client.namespace)
-    wanted = build_gateway(name, namespace, labels) if replicas > 0 else None
+    wanted = build_gateway(name, namespace, labels, gateway_labels) if replicas > 0 else None
     try:
         gateway = _converge_gateway(client, wanted, labels)
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind

@@ -187,6 +187,7 @@ def beacon_state(
         relations=list(relations),
         config=dict(config or {}),
         planned_units=planned_units,
+        containers=[testing.Container("metrics-proxy", can_connect=False)],
     )
 
 

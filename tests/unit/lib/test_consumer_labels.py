@@ -6,14 +6,17 @@ import dataclasses
 import http.server
 import json
 import logging
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from charms.istio_beacon_k8s.v0.service_mesh import use_kubernetes_client
 from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL, pod_template_labels, seed_app, service_labels
+from lightkube import Client, KubeConfig
 from mesh_charms import (
     CONSUMER,
     MESH_LABELS,
@@ -109,12 +112,63 @@ def test_other_api_errors_are_reported(kube: FakeKubeServer):
     assert "Kubernetes said 404" in out.app_status.message
 
 
-def test_unreachable_kubernetes_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+def test_unreachable_kubernetes_is_reported(tmp_path: Path):
+    # Nothing listens on the address the client points at.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = KubeConfig.from_dict(
+        {
+            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+            "users": [{"name": "u", "user": {}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+    )
     ctx = consumer_context(auto_join=True)
-    out = ctx.run(ctx.on.leader_elected(), joined())
+    with use_kubernetes_client(Client(config)):
+        out = ctx.run(ctx.on.leader_elected(), joined())
     assert isinstance(out.app_status, testing.BlockedStatus)
     assert out.app_status.message.startswith(f"cannot reach Kubernetes to label {CONSUMER}")
+
+
+def test_outside_a_pod_the_consumer_says_so_and_reads_no_kubeconfig(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # A kubeconfig naming a reachable cluster is on hand: the library must not use it. No
+    # service account is mounted here (this is no pod), so nothing is touched.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with FakeKubeServer(namespaces=("default", KUBE_MODEL)) as kube:
+        monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig_path))
+        seed_app(kube, CONSUMER, KUBE_MODEL)
+        kube.reset_requests()
+        ctx = consumer_context(auto_join=True)
+        out = ctx.run(ctx.on.leader_elected(), joined())
+        assert kube.requests == []
+        assert pod_template_labels(kube, CONSUMER) == JUJU
+    assert out.app_status == testing.BlockedStatus(
+        f"cannot put the mesh labels on {CONSUMER}: not running in a Kubernetes pod (no service "
+        "account token at /var/run/secrets/kubernetes.io/serviceaccount/token, or no "
+        "KUBERNETES_SERVICE_HOST); the library only acts as the pod's service account"
+    )
+
+
+def test_outside_a_pod_with_nothing_to_put_the_consumer_stays_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    ctx = consumer_context(auto_join=True)
+    out = ctx.run(ctx.on.leader_elected(), state(model=KUBE_MODEL))
+    assert out.app_status == testing.UnknownStatus()
+
+
+def test_switched_off_kubernetes_puts_nothing_and_reports_nothing(app: FakeKubeServer):
+    ctx = consumer_context(auto_join=True)
+    with use_kubernetes_client(None):
+        out = ctx.run(ctx.on.leader_elected(), joined())
+    assert out.app_status == testing.UnknownStatus()
+    assert app.requests == []
+    assert pod_template_labels(app, CONSUMER) == JUJU
 
 
 def test_switching_auto_join_off_removes_the_labels(app: FakeKubeServer):
@@ -166,10 +220,15 @@ def test_leaving_the_mesh_removes_the_labels(app: FakeKubeServer):
 
 def test_importing_the_library_does_not_import_lightkube():
     root = Path(__file__).resolve().parents[3]
+    # ops itself imports pydantic when ops[tracing] is installed (as for the beacon): what counts
+    # is that the library adds neither lightkube nor pydantic to what ops already loaded.
     code = (
-        "import sys; import charms.istio_beacon_k8s.v0.service_mesh; "
-        "assert 'lightkube' not in sys.modules, 'lightkube imported'; "
-        "assert 'pydantic' not in sys.modules, 'pydantic imported'"
+        "import sys, ops; before = set(sys.modules); "
+        "import charms.istio_beacon_k8s.v0.service_mesh; "
+        "added = set(sys.modules) - before; "
+        "assert not any(m.split('.')[0] == 'lightkube' for m in added), 'lightkube imported'; "
+        "assert not any(m.split('.')[0] == 'pydantic' for m in added), 'pydantic imported'; "
+        "assert 'lightkube' not in sys.modules, 'lightkube imported by ops?'"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -235,9 +294,9 @@ def test_a_non_json_http_error_is_reported_with_its_status(
                 }
             )
         )
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         ctx = consumer_context(auto_join=True)
-        out = ctx.run(ctx.on.leader_elected(), joined())
+        with use_kubernetes_client(Client(KubeConfig.from_file(kubeconfig))):
+            out = ctx.run(ctx.on.leader_elected(), joined())
     finally:
         server.shutdown()
         server.server_close()

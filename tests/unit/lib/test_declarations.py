@@ -166,7 +166,7 @@ def test_unit_mesh_policy_with_l7_restrictions_is_a_unit_policy_error(endpoint: 
     [
         {"target_app_name": "dst"},
         {"target_service": "svc"},
-        {"target_type": "unit"},
+        {"target_type": "unit", "target_app_name": "dst"},
         {"target_type": "unit", "target_selector_labels": {"app": "dst"}},
         {"target_type": "unit", "target_app_name": "dst", "endpoints": [Endpoint(ports=[80])]},
     ],

@@ -155,7 +155,8 @@ def test_consumer_facing_no_usable_provider_data_has_no_mesh(
         consumer = manager.charm.mesh  # type: ignore[attr-defined]
         assert consumer.labels() == {}
         assert consumer.mesh_type() is None
-        assert not consumer.enabled
+        assert consumer.enabled  # the relation exists: what the deployed releases mean by it
+        assert not consumer.mesh_ready
         out = manager.run()
     assert out.app_status == testing.UnknownStatus()
     assert kube.write_count() == 0

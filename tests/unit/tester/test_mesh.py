@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from charm import ServiceMeshTesterCharm
+from charms.istio_beacon_k8s.v0.service_mesh import use_kubernetes_client
 from fake_kube import FakeKubeServer
 from ops import testing
 
@@ -49,7 +50,9 @@ def kube(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKubeServer]:
                 "spec": {"selector": {"app.kubernetes.io/name": APP}},
             }
         )
-        yield server
+        # The library acts only as the pod's service account; tests hand it the fake's client.
+        with use_kubernetes_client(server.client()):
+            yield server
 
 
 def mesh_relation(labels: dict[str, str] | None = None, **kwargs: Any) -> testing.Relation:

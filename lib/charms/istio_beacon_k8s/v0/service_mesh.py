@@ -65,12 +65,21 @@ Charms that manage policies themselves turn :class:`MeshPolicy` objects into Ist
 AuthorizationPolicies with the pure :func:`build_authorization_policy`, or hand them to a
 :class:`PolicyResourceManager` that owns its objects by label and converges them.
 
+Kubernetes and tests
+====================
+
+The library reaches Kubernetes only as the pod's service account (:func:`in_cluster_client`);
+outside a pod it makes no call and the consumer says so in its app status. Unit tests of a charm
+wrap their ``ops.testing`` runs in :func:`use_kubernetes_client`: ``None`` for no Kubernetes at
+all, or a lightkube ``Client`` of a test API server.
+
 Cost: importing this module imports neither lightkube nor pydantic; lightkube is imported on first
 use of Kubernetes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import hashlib
@@ -78,9 +87,9 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import ops
 
@@ -96,7 +105,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 11
+LIBPATCH = 12
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -395,6 +404,112 @@ def _labels(value: object, where: str) -> dict[str, str] | None:
     return result
 
 
+# What Istio (the waypoint's Envoy, ztunnel, the Kubernetes API) can match. A value outside these
+# is either refused by Istio's admission webhook or accepted and never matched (silent deny), so it
+# is refused here, where the charm author or the provider sees which field to fix.
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_LABEL_NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+# Letters, digits, "-", ".", "_", "~": RFC 3986 unreserved characters, which Envoy decodes.
+_ENCODED_UNRESERVED = re.compile(r"%(?:2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9\-._~%!$&'()+,;:@=]+")  # RFC 3986 pchar, as Istio checks
+_HOST = re.compile(r"[A-Za-z0-9._\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_PATH_FIX = (
+    'use an absolute path ("/api"), a prefix ("/api/*"), a suffix ("*.js"), "*" for any path, '
+    'or a template whose whole segments are {*} or {**} ("/api/{*}/items/{**}", {**} last)'
+)
+_HOST_FIX = (
+    'use a host as sent in the Host header ("app.example.com", "app:8080"), a "*" prefix or '
+    'suffix ("*.example.com"), or "*" for any host'
+)
+
+
+def _http_path(path: str, where: str) -> str:
+    def refuse(problem: str) -> MeshDataError:
+        return _fail(where, f"{problem}; {_PATH_FIX}")
+
+    if any(c <= " " or c >= "\x7f" or c in "?#" for c in path):
+        raise refuse(
+            f"{json.dumps(path)} has a space, a control or non-ASCII character, '?' or '#', "
+            "which a request path never holds (percent-encode it)"
+        )
+    encoded = _ENCODED_UNRESERVED.search(path)
+    if encoded:
+        plain = json.dumps(chr(int(encoded.group()[1:], 16)))
+        raise refuse(
+            f"{json.dumps(path)} percent-encodes {json.dumps(encoded.group())}, which Envoy "
+            f"decodes before matching: write {plain} instead"
+        )
+    if "{" in path or "}" in path:
+        problem = _path_template_problem(path)
+        if problem:
+            raise refuse(f"{json.dumps(path)} {problem}")
+        return path
+    if path == "*":
+        return path
+    stars = path.count("*")
+    if stars > 1 or (stars == 1 and not (path.startswith("*") or path.endswith("*"))):
+        raise refuse(f"{json.dumps(path)} has a '*' that is not its first or last character")
+    if not path.startswith(("/", "*")):
+        raise refuse(f"{json.dumps(path)} does not start with '/'")
+    # The segment a '*' touches is partial ("/a/.*" may match "/a/.well-known"): not checked.
+    segments = path.strip("*").split("/")[path.startswith("*") :]
+    if path.endswith("*"):
+        segments = segments[:-1]
+    if any(segment in (".", "..") for segment in segments):
+        raise refuse(f"{json.dumps(path)} has a '.' or '..' segment, which Envoy normalizes away")
+    return path
+
+
+def _path_template_problem(path: str) -> str:
+    if not path.startswith("/"):
+        return "does not start with '/'"
+    last_seen = False
+    for segment in path.strip("/").split("/"):
+        if last_seen:
+            return "has a segment after {**}"
+        if segment in ("{*}", "{**}"):
+            last_seen = segment == "{**}"
+        elif not _PATH_SEGMENT.fullmatch(segment):
+            return f"has segment {json.dumps(segment)}, not allowed"
+    return ""
+
+
+def _http_host(host: str, where: str) -> str:
+    if host == "*":
+        return host
+    body = host[1:] if host.startswith("*") else host[:-1] if host.endswith("*") else host
+    if not _HOST.fullmatch(body):
+        raise _fail(where, f"{json.dumps(host)} can never match a Host header; {_HOST_FIX}")
+    return host
+
+
+def _checked_list(value: object, where: str, check: Callable[[str, str], str]) -> list[str] | None:
+    items = _str_list(value, where)
+    return (
+        None if items is None else [check(item, f"{where}[{i}]") for i, item in enumerate(items)]
+    )
+
+
+def _check_service_name(name: str, where: str) -> str:
+    if len(name) > _MAX_LABEL_VALUE_LENGTH or not _DNS1035_LABEL.fullmatch(name):
+        raise _fail(
+            where,
+            f"{json.dumps(name)} is not a Kubernetes Service name: use at most 63 lower-case "
+            "letters, digits and '-', starting with a letter and ending with a letter or digit",
+        )
+    return name
+
+
+def _check_label_value(value: str, where: str) -> str:
+    if len(value) > _MAX_LABEL_VALUE_LENGTH or (value and not _LABEL_NAME_PART.fullmatch(value)):
+        raise _fail(
+            where,
+            f"{json.dumps(value)} is not a Kubernetes label value: use at most 63 letters, "
+            "digits, '-', '_' or '.', starting and ending with a letter or digit",
+        )
+    return value
+
+
 def _mapping(value: object, where: str) -> Mapping[str, object]:
     if not isinstance(value, dict):
         raise _fail(where, f"expected an object, got {_describe(value)}")
@@ -402,27 +517,254 @@ def _mapping(value: object, where: str) -> Mapping[str, object]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The pydantic-style methods of the releases built on pydantic
+# ---------------------------------------------------------------------------------------------
+
+_Model = TypeVar("_Model", bound="_PydanticStyle")
+
+
+def _filter_entry(spec: object, name: str) -> tuple[bool, object]:
+    """Whether ``spec`` (a pydantic include/exclude argument) names ``name``, and what nested."""
+    if spec is None:
+        return False, None
+    if isinstance(spec, Mapping):
+        entries = cast("Mapping[str, object]", spec)
+        if name not in entries:
+            return False, None
+        nested = entries[name]
+        return True, (None if nested is True or nested is Ellipsis else nested)
+    return name in cast("Iterable[str]", spec), None
+
+
+def _model_field_names(model: type) -> tuple[str, ...]:
+    import dataclasses
+
+    return tuple(item.name for item in dataclasses.fields(cast("Any", model)))
+
+
+def _dump_value(
+    value: object, json_mode: bool, options: Mapping[str, bool], nested: object
+) -> Any:
+    if isinstance(value, _PydanticStyle):
+        return value.dump_fields(json_mode, options, None, nested)
+    if isinstance(value, enum.Enum):
+        return value.value if json_mode else value
+    if isinstance(value, (list, tuple)):
+        items = cast("Sequence[object]", value)
+        every = (
+            cast("Mapping[str, object]", nested).get("__all__")
+            if isinstance(nested, Mapping)
+            else None
+        )
+        return [_dump_value(item, json_mode, options, every) for item in items]
+    if isinstance(value, dict):
+        mapping = cast("dict[object, object]", value)
+        return {key: _dump_value(item, json_mode, options, None) for key, item in mapping.items()}
+    return value
+
+
+class _PydanticStyle:
+    """``model_dump``, ``model_dump_json`` and ``model_validate``, as pydantic's ``BaseModel``.
+
+    The releases of this library built on pydantic exposed these on every data model; charms call
+    them, so they keep their results here: the same keys in the same order, enum members in the
+    default ``python`` mode and their values in ``json`` mode, nested models as dicts, and
+    ``exclude_none`` / ``exclude_unset`` / ``exclude_defaults`` / ``include`` / ``exclude``.
+    """
+
+    # The defaults the pydantic-based releases declared, for ``exclude_defaults``.
+    _model_defaults: ClassVar[Mapping[str, object]] = {}
+    _fields_set: frozenset[str]
+
+    @property
+    def model_fields_set(self) -> set[str]:
+        """The fields given explicitly when this object was made (pydantic's meaning)."""
+        fields_set = getattr(self, "_fields_set", None)
+        return set(_model_field_names(type(self)) if fields_set is None else fields_set)
+
+    def dump_fields(
+        self, json_mode: bool, options: Mapping[str, bool], include: object, exclude: object
+    ) -> dict[str, Any]:
+        """The fields as a dict (what :meth:`model_dump` returns); nested models are dumped too."""
+        fields_set = self.model_fields_set
+        result: dict[str, Any] = {}
+        for name in _model_field_names(type(self)):
+            included, nested_include = _filter_entry(include, name)
+            if include is not None and not included:
+                continue
+            excluded, nested_exclude = _filter_entry(exclude, name)
+            if excluded and nested_exclude is None:
+                continue
+            if options["exclude_unset"] and name not in fields_set:
+                continue
+            value = getattr(self, name)
+            if options["exclude_none"] and value is None:
+                continue
+            if (
+                options["exclude_defaults"]
+                and name in self._model_defaults
+                and value == self._model_defaults[name]
+            ):
+                continue
+            if nested_include is not None and isinstance(value, _PydanticStyle):
+                result[name] = value.dump_fields(
+                    json_mode, options, nested_include, nested_exclude
+                )
+            else:
+                result[name] = _dump_value(value, json_mode, options, nested_exclude)
+        return result
+
+    def model_dump(
+        self,
+        *,
+        mode: str = "python",
+        include: set[str] | frozenset[str] | Mapping[str, Any] | None = None,
+        exclude: set[str] | frozenset[str] | Mapping[str, Any] | None = None,
+        by_alias: bool | None = None,
+        exclude_unset: bool = False,
+        exclude_defaults: bool = False,
+        exclude_none: bool = False,
+        round_trip: bool = False,
+        **_: object,
+    ) -> dict[str, Any]:
+        """The fields as a dict, as pydantic's ``BaseModel.model_dump`` returns them.
+
+        ``mode="python"`` (the default) keeps enum members (they are ``str`` subclasses, so
+        ``json.dumps`` writes their value); ``mode="json"`` gives plain JSON values. No field
+        has an alias, so ``by_alias`` and ``round_trip`` change nothing.
+
+        Raises:
+            ValueError: an unknown ``mode``.
+        """
+        if mode not in ("python", "json"):
+            raise ValueError(f"mode must be 'python' or 'json', got {mode!r}")
+        options = {
+            "exclude_unset": exclude_unset,
+            "exclude_defaults": exclude_defaults,
+            "exclude_none": exclude_none,
+        }
+        return self.dump_fields(mode == "json", options, include, exclude)
+
+    def model_dump_json(
+        self,
+        *,
+        indent: int | None = None,
+        include: set[str] | frozenset[str] | Mapping[str, Any] | None = None,
+        exclude: set[str] | frozenset[str] | Mapping[str, Any] | None = None,
+        by_alias: bool | None = None,
+        exclude_unset: bool = False,
+        exclude_defaults: bool = False,
+        exclude_none: bool = False,
+        round_trip: bool = False,
+        **_: object,
+    ) -> str:
+        """The fields as JSON text, as pydantic writes it: compact, non-ASCII left as is."""
+        data = self.model_dump(
+            mode="json",
+            include=include,
+            exclude=exclude,
+            exclude_unset=exclude_unset,
+            exclude_defaults=exclude_defaults,
+            exclude_none=exclude_none,
+        )
+        if indent is None:
+            return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(data, ensure_ascii=False, indent=indent)
+
+    @classmethod
+    def model_validate(cls: type[_Model], obj: object, **_: object) -> _Model:
+        """Validate a dict (or return an instance as is), as pydantic's ``model_validate``.
+
+        Keys that are not fields are ignored; missing fields take their defaults.
+
+        Raises:
+            MeshDataError: naming the offending field (a ``ValueError``, as pydantic's
+                ``ValidationError`` is).
+        """
+        if isinstance(obj, cls):
+            return obj
+        body = _mapping(obj, cls.__name__)
+        instance = cls.from_model_dict(body)
+        names = set(_model_field_names(cls))
+        object.__setattr__(instance, "_fields_set", frozenset(key for key in body if key in names))
+        return instance
+
+    @classmethod
+    def model_validate_json(cls: type[_Model], json_data: str | bytes, **_: object) -> _Model:
+        """:meth:`model_validate` of JSON text.
+
+        Raises:
+            MeshDataError: the text is not JSON, or does not validate.
+        """
+        try:
+            data = json.loads(json_data)
+        except json.JSONDecodeError as error:
+            raise MeshDataError(
+                f"{cls.__name__}: not valid JSON ({error.msg} at character {error.pos})"
+            ) from None
+        return cls.model_validate(data)
+
+    @classmethod
+    def from_model_dict(cls: type[_Model], body: Mapping[str, object]) -> _Model:
+        """Build from the dict form; each model says how (missing keys take their defaults)."""
+        return cls(**{key: value for key, value in body.items() if key in _model_field_names(cls)})
+
+
+def _records_fields_set(cls: type[_Model]) -> type[_Model]:
+    """Make the constructor remember which fields were given (``model_fields_set``)."""
+    init = cls.__init__
+    names = _model_field_names(cls)
+
+    @functools.wraps(init)
+    def __init__(self: _Model, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        init(self, *args, **kwargs)
+        given = set(names[: len(args)]) | {key for key in kwargs if key in names}
+        object.__setattr__(self, "_fields_set", frozenset(given))
+
+    cls.__init__ = __init__
+    return cls
+
+
+# ---------------------------------------------------------------------------------------------
 # What a charm declares
 # ---------------------------------------------------------------------------------------------
 
 
+@_records_fields_set
 @dataclass(frozen=True, init=False)
-class Endpoint:
+class Endpoint(_PydanticStyle):
     """What a source may reach: any combination of hosts, ports, HTTP methods and paths.
 
     Unset (``None``) or empty fields do not restrict anything.
 
     Attributes:
-        hosts: ``Host`` header values, e.g. ``["myapp.example.com"]``.
+        hosts: ``Host`` header values, e.g. ``["myapp.example.com"]``; a ``*`` may start or end
+            one (``"*.example.com"``). A client names the port in the header when it is not the
+            scheme's default (``"myapp:8080"``).
         ports: destination ports.
         methods: HTTP methods; :class:`Method` members or their upper-case names.
-        paths: URL paths; Istio accepts a ``*`` prefix or suffix wildcard, e.g. ``"/api/*"``.
+        paths: URL paths starting with ``/``: exact (``"/api"``), a prefix (``"/api/*"``), a
+            suffix (``"*.js"``), ``"*"`` for any path, or an Istio template whose whole segments
+            are ``{*}`` (one segment) or ``{**}`` (the rest; last), e.g. ``"/api/{*}/items"``.
+            Envoy normalizes a request's path before matching (``.`` and ``..`` segments
+            resolved, percent-encoded letters, digits, ``-._~`` decoded): write paths that way.
+
+    Raises:
+        MeshDataError: a value Istio would refuse or could never match, naming the field and
+            what to write instead.
     """
 
     hosts: list[str] | None
     ports: list[int] | None
     methods: list[Method] | None
     paths: list[str] | None
+
+    _model_defaults: ClassVar[Mapping[str, object]] = {
+        "hosts": None,
+        "ports": None,
+        "methods": None,
+        "paths": None,
+    }
 
     def __init__(
         self,
@@ -431,10 +773,10 @@ class Endpoint:
         methods: Sequence[Method | str] | None = None,
         paths: Sequence[str] | None = None,
     ):
-        object.__setattr__(self, "hosts", _str_list(hosts, "Endpoint.hosts"))
+        object.__setattr__(self, "hosts", _checked_list(hosts, "Endpoint.hosts", _http_host))
         object.__setattr__(self, "ports", _port_list(ports, "Endpoint.ports"))
         object.__setattr__(self, "methods", _method_list(methods, "Endpoint.methods"))
-        object.__setattr__(self, "paths", _str_list(paths, "Endpoint.paths"))
+        object.__setattr__(self, "paths", _checked_list(paths, "Endpoint.paths", _http_path))
 
     @property
     def restricts_beyond_ports(self) -> bool:
@@ -459,11 +801,16 @@ class Endpoint:
         """
         body = _mapping(data, where)
         return cls(
-            hosts=_str_list(body.get("hosts"), f"{where}.hosts"),
+            hosts=_checked_list(body.get("hosts"), f"{where}.hosts", _http_host),
             ports=_port_list(body.get("ports"), f"{where}.ports"),
             methods=_method_list(body.get("methods"), f"{where}.methods"),
-            paths=_str_list(body.get("paths"), f"{where}.paths"),
+            paths=_checked_list(body.get("paths"), f"{where}.paths", _http_path),
         )
+
+    @classmethod
+    def from_model_dict(cls, body: Mapping[str, object]) -> Endpoint:
+        """Validate the dict form (:meth:`from_dict`)."""
+        return cls.from_dict(body, "Endpoint")
 
 
 def _check_relation_name(relation: object, kind: str) -> str:
@@ -472,8 +819,9 @@ def _check_relation_name(relation: object, kind: str) -> str:
     return relation
 
 
+@_records_fields_set
 @dataclass(frozen=True, init=False)
-class AppPolicy:
+class AppPolicy(_PydanticStyle):
     """Allow apps related over ``relation`` to reach this app through its Kubernetes Service.
 
     Enforced at L7 by the waypoint, so hosts, methods and paths can be restricted as well as
@@ -489,6 +837,8 @@ class AppPolicy:
     relation: str
     endpoints: list[Endpoint]
     service: str | None
+
+    _model_defaults: ClassVar[Mapping[str, object]] = {"service": None}
 
     def __init__(
         self,
@@ -506,9 +856,34 @@ class AppPolicy:
                 )
             checked.append(endpoint)
         object.__setattr__(self, "endpoints", checked)
-        object.__setattr__(self, "service", _opt_str(service, f"{kind}.service"))
+        service = _opt_str(service, f"{kind}.service")
+        if service is not None:
+            _check_service_name(service, f"{kind}.service")
+        object.__setattr__(self, "service", service)
+
+    @classmethod
+    def from_model_dict(cls: type[_Model], body: Mapping[str, object]) -> _Model:
+        """Validate the dict form: relation, endpoints (dicts or Endpoints) and service."""
+        kind = cls.__name__
+        raw = body.get("endpoints")
+        if raw is None:
+            raw = []
+        if not isinstance(raw, (list, tuple)):
+            raise _fail(f"{kind}.endpoints", f"expected a list, got {_describe(raw)}")
+        endpoints = [
+            Endpoint.model_validate(item) if not isinstance(item, Endpoint) else item
+            for item in cast("Sequence[object]", raw)
+        ]
+        make: Any = cls
+        with warnings.catch_warnings():
+            # pydantic's model_validate never ran Policy.__init__, so it never warned either.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return make(
+                relation=body.get("relation"), endpoints=endpoints, service=body.get("service")
+            )
 
 
+@_records_fields_set
 class Policy(AppPolicy):
     """Deprecated: use :class:`AppPolicy`, which this behaves exactly like."""
 
@@ -527,8 +902,9 @@ class Policy(AppPolicy):
         super().__init__(relation=relation, endpoints=endpoints, service=service)
 
 
+@_records_fields_set
 @dataclass(frozen=True, init=False)
-class UnitPolicy:
+class UnitPolicy(_PydanticStyle):
     """Allow apps related over ``relation`` to open connections straight to this app's pods.
 
     Enforced at L4 by ztunnel, which sees connections, not requests: only ports can be
@@ -541,6 +917,8 @@ class UnitPolicy:
 
     relation: str
     ports: list[int] | None
+
+    _model_defaults: ClassVar[Mapping[str, object]] = {"ports": None}
 
     def __init__(
         self,
@@ -564,8 +942,9 @@ class UnitPolicy:
 # ---------------------------------------------------------------------------------------------
 
 
+@_records_fields_set
 @dataclass(frozen=True)
-class MeshPolicy:
+class MeshPolicy(_PydanticStyle):
     """One access rule in mesh-agnostic form: this source may reach this target there.
 
     It is what consumers publish and what providers (and :class:`PolicyResourceManager`) turn
@@ -591,6 +970,14 @@ class MeshPolicy:
     target_service: str | None = None
     target_type: PolicyTargetType = PolicyTargetType.app
     endpoints: list[Endpoint] = field(default_factory=list[Endpoint])
+
+    _model_defaults: ClassVar[Mapping[str, object]] = {
+        "target_app_name": None,
+        "target_selector_labels": None,
+        "target_service": None,
+        "target_type": PolicyTargetType.app,
+        "endpoints": [],
+    }
 
     def __post_init__(self) -> None:
         where = "MeshPolicy"
@@ -629,6 +1016,12 @@ class MeshPolicy:
                     f"{who}: an app policy targets a Service and cannot have "
                     "target_selector_labels; use a unit policy to select pods"
                 )
+            if self.target_service is not None:
+                _check_service_name(self.target_service, f"{who}: target_service")
+            else:
+                _check_service_name(
+                    str(self.target_app_name), f"{who}: target_app_name (its Service)"
+                )
             return
         if self.target_service is not None:
             raise MeshDataError(
@@ -639,6 +1032,14 @@ class MeshPolicy:
             raise MeshDataError(
                 f"{who}: a unit policy takes target_app_name or target_selector_labels, not both"
             )
+        if self.target_app_name is None and not self.target_selector_labels:
+            raise MeshDataError(
+                f"{who}: a unit policy needs target_app_name or non-empty "
+                "target_selector_labels; without them it has no selector, and ztunnel would "
+                "apply it to every pod in the namespace"
+            )
+        if self.target_app_name is not None:
+            _check_label_value(self.target_app_name, f"{who}: target_app_name (a pod label value)")
         for i, endpoint in enumerate(self.endpoints):
             if endpoint.restricts_beyond_ports:
                 raise UnitPolicyError(
@@ -715,23 +1116,48 @@ class MeshPolicy:
         except MeshDataError as error:
             raise MeshDataError(f"{where}: {error}") from None
 
-    # Names kept for charms written against the pydantic-based releases of this library.
-    def model_dump(self, **_: object) -> dict[str, Any]:
-        """Same as :meth:`to_dict` (compatibility with pydantic-style callers)."""
-        return self.to_dict()
-
-    def model_dump_json(self, **_: object) -> str:
-        """The wire form as compact JSON text."""
-        return json.dumps(self.to_dict(), separators=(",", ":"))
-
     @classmethod
-    def model_validate(cls, data: object) -> MeshPolicy:
-        """Same as :meth:`from_dict` (compatibility with pydantic-style callers)."""
-        return cls.from_dict(data)
+    def from_model_dict(cls, body: Mapping[str, object]) -> MeshPolicy:
+        """Validate the dict form; a missing ``target_type`` is ``app``, as it defaults to."""
+        raw_endpoints = body.get("endpoints")
+        endpoints: list[object] = []
+        if isinstance(raw_endpoints, (list, tuple)):
+            endpoints = [
+                item.to_dict() if isinstance(item, Endpoint) else item
+                for item in cast("Sequence[object]", raw_endpoints)
+            ]
+        target_type = body.get("target_type", PolicyTargetType.app)
+        policy = cls.from_dict(
+            {
+                **body,
+                "target_type": target_type.value
+                if isinstance(target_type, PolicyTargetType)
+                else target_type,
+                "endpoints": endpoints
+                if isinstance(raw_endpoints, (list, tuple))
+                else raw_endpoints,
+            },
+            "MeshPolicy",
+        )
+        # Each nested endpoint remembers the keys it was given, as pydantic's nested models do.
+        originals = (
+            list(cast("Sequence[object]", raw_endpoints))
+            if isinstance(raw_endpoints, (list, tuple))
+            else []
+        )
+        for endpoint, original in zip(policy.endpoints, originals, strict=True):
+            if isinstance(original, Endpoint):
+                given = frozenset(original.model_fields_set)
+            else:
+                keys = cast("Mapping[str, object]", original)
+                given = frozenset(keys) & frozenset(_model_field_names(Endpoint))
+            object.__setattr__(endpoint, "_fields_set", given)
+        return policy
 
 
+@_records_fields_set
 @dataclass(frozen=True)
-class CMRData:
+class CMRData(_PydanticStyle):
     """What a sender announces across models: its real app name and model name."""
 
     app_name: str
@@ -760,13 +1186,15 @@ class CMRData:
             ),
         )
 
-    def model_dump(self, **_: object) -> dict[str, str]:
-        """Same as :meth:`to_dict` (compatibility with pydantic-style callers)."""
-        return self.to_dict()
+    @classmethod
+    def from_model_dict(cls, body: Mapping[str, object]) -> CMRData:
+        """Validate the dict form (:meth:`from_dict`)."""
+        return cls.from_dict(body)
 
 
+@_records_fields_set
 @dataclass(frozen=True)
-class ServiceMeshProviderAppData:
+class ServiceMeshProviderAppData(_PydanticStyle):
     """What the provider publishes: the labels that join the mesh, and the mesh type."""
 
     labels: dict[str, str]
@@ -798,6 +1226,17 @@ class ServiceMeshProviderAppData:
             labels=cast("dict[str, str]", _json_value(databag, _LABELS_KEY)),
             mesh_type=cast("MeshType", _json_value(databag, _MESH_TYPE_KEY)),
         )
+
+    @classmethod
+    def from_model_dict(cls, body: Mapping[str, object]) -> ServiceMeshProviderAppData:
+        """Validate the dict form: both ``labels`` and ``mesh_type`` are required."""
+        for key in (_LABELS_KEY, _MESH_TYPE_KEY):
+            if key not in body:
+                raise MeshDataError(f"{key}: missing")
+        labels = _labels(body[_LABELS_KEY], _LABELS_KEY)
+        if labels is None:
+            raise _fail(_LABELS_KEY, "expected an object of string labels, got null")
+        return cls(labels=labels, mesh_type=cast("MeshType", body[_MESH_TYPE_KEY]))
 
 
 def _json_value(databag: Mapping[str, str], key: str) -> object:
@@ -969,13 +1408,110 @@ def _mesh_policy_for(
 
 
 # ---------------------------------------------------------------------------------------------
+# Kubernetes: only through the pod's service account
+# ---------------------------------------------------------------------------------------------
+
+#: Where Kubernetes mounts a pod's service account (token, CA certificate, namespace).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+class KubernetesUnavailableError(RuntimeError):
+    """The library is not running in a Kubernetes pod: it has no service account to act as.
+
+    The library never reads a kubeconfig file: a charm runs in a pod, and outside one (a unit
+    test, a developer's machine) a kubeconfig would point at whatever cluster it names. Tests
+    use :func:`use_kubernetes_client` instead.
+    """
+
+
+# The client that use_kubernetes_client() put in place; [None] means "no Kubernetes at all".
+_client_override: list[Client | None] = []
+
+
+@contextlib.contextmanager
+def use_kubernetes_client(client: Client | None) -> Generator[None, None, None]:
+    """Route the library's own Kubernetes calls through ``client`` while the block runs (tests).
+
+    ``ServiceMeshConsumer`` then uses ``client`` instead of the pod's service account. With
+    ``None`` the library makes no Kubernetes call at all: the consumer publishes its requests as
+    usual but puts no labels and reports nothing about them. Use it around ``ops.testing`` runs::
+
+        with use_kubernetes_client(None):
+            state_out = ctx.run(ctx.on.leader_elected(), state_in)
+
+    Objects given a client explicitly (``PolicyResourceManager``, ``reconcile_charm_labels``,
+    an assigned ``ServiceMeshConsumer._lightkube_client``) keep using it.
+    """
+    _client_override.append(client)
+    try:
+        yield
+    finally:
+        _client_override.pop()
+
+
+def _kubernetes_switched_off() -> bool:
+    return bool(_client_override) and _client_override[-1] is None
+
+
+def in_cluster_client(namespace: str, field_manager: str) -> Client:
+    """A client acting as the pod's service account (or the one :func:`use_kubernetes_client` set).
+
+    Raises:
+        KubernetesUnavailableError: not in a Kubernetes pod (no service account token, or no
+            ``KUBERNETES_SERVICE_HOST``), naming what is missing.
+    """
+    if _client_override and _client_override[-1] is not None:
+        return _client_override[-1]
+    import os
+
+    token = os.path.join(SERVICE_ACCOUNT_DIR, "token")
+    if not os.path.isfile(token) or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        raise KubernetesUnavailableError(
+            f"not running in a Kubernetes pod (no service account token at {token}, or no "
+            "KUBERNETES_SERVICE_HOST); the library only acts as the pod's service account"
+        )
+    from lightkube import Client, KubeConfig
+    from lightkube.core.exceptions import ConfigError
+
+    try:
+        config = KubeConfig.from_service_account(SERVICE_ACCOUNT_DIR)
+    except ConfigError as error:
+        raise KubernetesUnavailableError(
+            f"cannot use the pod's service account: {error}"
+        ) from None
+    return Client(config, namespace=namespace, field_manager=field_manager)
+
+
+# ---------------------------------------------------------------------------------------------
 # Consumer
 # ---------------------------------------------------------------------------------------------
+
+#: The ConfigMap name of the pydantic-based releases, as a template (``app_name``).
+label_configmap_name_template = "juju-service-mesh-{app_name}-labels"
 
 
 def label_configmap_name(app_name: str) -> str:
     """The ConfigMap in which the consumer remembers the labels it put on its objects."""
-    return f"juju-service-mesh-{app_name}-labels"
+    return label_configmap_name_template.format(app_name=app_name)
+
+
+def get_data_from_cmr_relation(cmr_relations: Iterable[ops.Relation]) -> dict[str, CMRData]:
+    """What the remote apps of ``cross_model_mesh`` relations announced, by their local name.
+
+    Relations without ``cmr_data`` are skipped; invalid ``cmr_data`` is logged and skipped.
+    """
+    result: dict[str, CMRData] = {}
+    for relation in cmr_relations:
+        if relation.app is None:  # pyright: ignore[reportUnnecessaryComparison]
+            continue
+        databag = relation.data[relation.app]
+        if _CMR_DATA_KEY not in databag:
+            continue
+        try:
+            result[relation.app.name] = CMRData.from_dict(_json_value(databag, _CMR_DATA_KEY))
+        except MeshDataError as error:
+            logger.warning("ignoring cmr_data from %s: %s", relation.app.name, error)
+    return result
 
 
 class ServiceMeshConsumer(ops.Object):
@@ -1050,7 +1586,18 @@ class ServiceMeshConsumer(ops.Object):
 
     @property
     def enabled(self) -> bool:
-        """Whether a mesh is related and has published what joining it takes."""
+        """Whether the mesh relation exists with a remote app (as the deployed releases say).
+
+        ``True`` from the relation's creation on, before the provider has published anything;
+        ``False`` during and after its relation-broken. :attr:`mesh_ready` also asks for the
+        provider's data.
+        """
+        relation = self._charm.model.get_relation(self._mesh_relation_name)
+        return relation is not None and relation.app is not None  # pyright: ignore[reportUnnecessaryComparison]
+
+    @property
+    def mesh_ready(self) -> bool:
+        """Whether a mesh is related *and* has published valid labels and mesh type."""
         return self._provider_data() is not None
 
     def labels(self) -> dict[str, str]:
@@ -1069,18 +1616,20 @@ class ServiceMeshConsumer(ops.Object):
         data = self._provider_data()
         return data.mesh_type if data else None
 
+    @property
     def lightkube_client(self) -> Client:
-        """The Kubernetes client this object uses (created on first use).
+        """The Kubernetes client this object uses: the pod's service account, made on first use.
 
-        Assign ``_lightkube_client`` before use to inject another one.
+        Tests use :func:`use_kubernetes_client`; assigning ``_lightkube_client`` before the
+        first use also still works, as in the deployed releases.
+
+        Raises:
+            KubernetesUnavailableError: not in a Kubernetes pod.
         """
         if self._lightkube_client is None:
-            from lightkube import Client
-
-            _quiet_http_client_logs()
-
             app, model = self._charm.app.name, self._charm.model.name
-            self._lightkube_client = Client(namespace=model, field_manager=f"{app}-{model}")
+            self._lightkube_client = in_cluster_client(model, f"{app}-{model}")
+            _quiet_http_client_logs()
         return self._lightkube_client
 
     def update_service_mesh(self) -> None:
@@ -1243,12 +1792,26 @@ class ServiceMeshConsumer(ops.Object):
         fingerprint = json.dumps(wanted, sort_keys=True)
         if fingerprint == self._stored.labels_reconciled and not self._stored.label_error:
             return  # converged already in an earlier hook: no API call
+        # A client made here for the pod's service account is closed once the labels are done:
+        # the hook leaves no connection open. One given by the charm or a test is left alone.
+        made_here = self._lightkube_client is None and not _client_override
+        client = self._label_client(wanted)
+        if client is None:
+            return
+        try:
+            self._put_labels(client, wanted, fingerprint)
+        finally:
+            if made_here and self._lightkube_client is not None:
+                self._lightkube_client.close()
+                self._lightkube_client = None
+
+    def _put_labels(self, client: Client, wanted: Mapping[str, str], fingerprint: str) -> None:
         app = self._charm.app.name
         from lightkube import ApiError
 
         try:
             reconcile_charm_labels(
-                self.lightkube_client(),
+                client,
                 app,
                 self._charm.model.name,
                 label_configmap_name(app),
@@ -1280,6 +1843,22 @@ class ServiceMeshConsumer(ops.Object):
             return
         self._stored.labels_reconciled = fingerprint
         self._stored.label_error = ""
+
+    def _label_client(self, wanted: Mapping[str, str]) -> Client | None:
+        """The client to label with; ``None`` when there is none (and why was reported)."""
+        if self._lightkube_client is None and _kubernetes_switched_off():
+            logger.debug("service mesh labels: Kubernetes switched off (use_kubernetes_client)")
+            return None
+        try:
+            return self.lightkube_client
+        except KubernetesUnavailableError as error:
+            if wanted:
+                self._label_failed(
+                    f"cannot put the mesh labels on {self._charm.app.name}: {error}"
+                )
+            else:
+                logger.debug("service mesh labels: none wanted, and %s", error)
+            return None
 
     def _label_failed(self, message: str) -> None:
         logger.error("service mesh labels: %s", message)
@@ -1364,6 +1943,8 @@ class ServiceMeshProvider(ops.Object):
         self.framework.observe(mesh.relation_broken, self._on_relation_broken)
         self.framework.observe(mesh.relation_created, self._on_update)
         self.framework.observe(charm.on.leader_elected, self._on_update)
+        # As the deployed releases do: labels that depend on config are republished at once.
+        self.framework.observe(charm.on.config_changed, self._on_update)
         self.framework.observe(charm.on.update_status, self._on_update_status)
 
     def _on_update(self, _: ops.EventBase) -> None:
@@ -1813,7 +2394,7 @@ class PolicyResourceManager:
         self,
         policies: Sequence[MeshPolicy],
         mesh_type: MeshType,
-        raw_policies: Sequence[Mapping[str, Any]] | None = None,
+        raw_policies: Sequence[Mapping[str, Any] | Any] | None = None,
         force: bool = True,
         ignore_missing: bool = True,
         on_error: Callable[[str, Exception], None] | None = None,
@@ -1827,8 +2408,9 @@ class PolicyResourceManager:
         Args:
             policies: the wanted policies.
             mesh_type: the mesh to build resources for (from ``ServiceMeshConsumer.mesh_type``).
-            raw_policies: more AuthorizationPolicy manifests to own, e.g. built with
-                :func:`build_authorization_policy` and annotations, or written by hand.
+            raw_policies: more AuthorizationPolicies to own: lightkube resource objects (a
+                generic resource or a typed ``AuthorizationPolicy``, as the deployed releases
+                took) or manifests as dicts, e.g. from :func:`build_authorization_policy`.
             force: take over fields managed by another field manager.
             ignore_missing: do not fail when an object to delete is already gone.
             on_error: called with ``namespace/name`` and the error for each object that could
@@ -1838,6 +2420,8 @@ class PolicyResourceManager:
         Raises:
             MissingCRDError: the AuthorizationPolicy CRD is not installed (Istio is missing).
             ValueError: an unsupported mesh type, or a raw manifest without a name.
+            TypeError: a raw policy that is neither a dict nor a lightkube resource, or that is
+                not an AuthorizationPolicy.
             lightkube.ApiError: anything else Kubernetes refused (403: the charm is not trusted).
         """
         if MeshType(mesh_type) is not MeshType.istio:  # pragma: no cover - one mesh type today
@@ -1906,11 +2490,11 @@ class PolicyResourceManager:
         return list(self._existing(namespaces=set()).values())
 
     def _wanted(
-        self, policies: Sequence[MeshPolicy], raw_policies: Sequence[Mapping[str, Any]]
+        self, policies: Sequence[MeshPolicy], raw_policies: Sequence[Mapping[str, Any] | Any]
     ) -> list[dict[str, Any]]:
         manifests = build_authorization_policies(policies, labels=self.labels)
         for raw in raw_policies:
-            manifest = json.loads(json.dumps(dict(raw)))  # a deep, plain copy
+            manifest = json.loads(json.dumps(_raw_policy_manifest(raw)))  # a deep, plain copy
             metadata = manifest.setdefault("metadata", {})
             if not metadata.get("name"):
                 raise ValueError(f"raw policy without metadata.name: {raw!r}")
@@ -1961,6 +2545,34 @@ class PolicyResourceManager:
             raise MissingCRDError(
                 f"{_AUTHZ_PLURAL}.{_AUTHZ_GROUP}", "deploy Istio (the istio-k8s charm)"
             ) from error
+
+
+def _raw_policy_manifest(raw: object) -> dict[str, Any]:
+    """The manifest of a raw policy given as a dict or as a lightkube resource object."""
+    # lightkube's generic resources are dicts too, holding model objects: to_dict() first.
+    to_dict = getattr(raw, "to_dict", None)
+    if callable(to_dict):
+        manifest = cast("dict[str, Any]", to_dict())
+        resource = type(raw)
+        # Generic resources carry their kind on the class; to_dict() may leave it out.
+        info = getattr(resource, "_api_info", None)
+        kind = getattr(getattr(info, "resource", None), "kind", None)
+        if kind and "kind" not in manifest:
+            manifest["kind"] = kind
+    elif isinstance(raw, Mapping):
+        manifest = dict(cast("Mapping[str, Any]", raw))
+    else:
+        raise TypeError(
+            f"raw_policy of type {type(raw).__name__!r} is neither a dict nor a lightkube "
+            f"resource; give an {_AUTHZ_KIND} object or manifest"
+        )
+    kind = manifest.get("kind", _AUTHZ_KIND)
+    if kind != _AUTHZ_KIND:
+        raise TypeError(
+            f"raw_policy of kind {kind!r} is not a supported policy resource: give an "
+            f"{_AUTHZ_KIND}"
+        )
+    return manifest
 
 
 def http_status_code(error: BaseException) -> int | None:

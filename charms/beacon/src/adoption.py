@@ -1,0 +1,192 @@
+"""Take over what the istio-beacon-k8s charm deployed so far left in the cluster, after a refresh.
+
+That charm marked its objects with two labels, ``app.kubernetes.io/instance`` (its app and model
+names, in one of two spellings depending on its revision) and ``kubernetes-resource-handler-scope``
+(what they are for), and named them after its app and model:
+
+- the waypoint ``Gateway`` and its ``HorizontalPodAutoscaler`` (scope ``istio-waypoint``), named
+  ``<model>-<app>-waypoint`` (shortened with a hash beyond 63 characters);
+- the ``AuthorizationPolicy`` objects it made for related apps (scope
+  ``istio-authorization-policy``), in whichever namespace the request named, and the one that lets
+  Juju reach the model operator (scope ``modeloperator-authorization-policy``, or the former in
+  older revisions);
+- the namespace labels of ``model-on-mesh``, owned through
+  ``charms.canonical.com/istio.io.waypoint.managed-by: <model>.<app>``;
+- the label ConfigMap ``juju-service-mesh-<app>-labels``, in the same format as ours.
+
+The beacon takes them over in two steps around its own reconcile, so that access never differs
+from what is requested in between: :func:`adopt_before` renames the namespace owner (nothing
+changes for traffic), the reconcile then creates the beacon's own Gateway, autoscaler and
+policies, and :func:`adopt_after` removes the old ones (or, for an object of the same name that
+the reconcile has just taken over, the old labels). The label ConfigMap needs nothing: the
+format and the name are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from charms.istio_beacon_k8s.v0.service_mesh import http_status_code
+from lightkube import ALL_NS, Client
+from lightkube.operators import in_
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.resources.core_v1 import Namespace
+from lightkube.types import PatchType
+
+logger = logging.getLogger(__name__)
+
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+SCOPE_LABEL = "kubernetes-resource-handler-scope"
+WAYPOINT_SCOPE = "istio-waypoint"
+POLICY_SCOPE = "istio-authorization-policy"
+MODEL_OPERATOR_SCOPE = "modeloperator-authorization-policy"
+SCOPES = (WAYPOINT_SCOPE, POLICY_SCOPE, MODEL_OPERATOR_SCOPE)
+NAMESPACE_OWNER_LABEL = "charms.canonical.com/istio.io.waypoint.managed-by"
+_MAX = 63
+
+
+def deployed_label(
+    model_name: str, app_name: str, *, prefix: str = "", suffix: str = "", separator: str = "."
+) -> str:
+    """A name the deployed charm derived from its model and app names.
+
+    ``<prefix><model><separator><app><suffix>``; beyond 63 characters the model and app names
+    are cut in proportion to their lengths and a 6-character SHA-1 digest of
+    ``<model><separator><app>`` is added before the suffix.
+    """
+    text = f"{prefix}{model_name}{separator}{app_name}{suffix}"
+    if len(text) <= _MAX:
+        return text
+    digest = hashlib.sha1(f"{model_name}{separator}{app_name}".encode()).hexdigest()[:6]
+    room = _MAX - len(prefix) - len(suffix) - len(digest) - 2
+    model_room = max(1, int(room * len(model_name) / (len(model_name) + len(app_name))))
+    app_room = max(1, room - model_room)
+    return (
+        f"{prefix}{model_name[:model_room]}{separator}{app_name[:app_room]}{separator}"
+        f"{digest}{suffix}"
+    )
+
+
+def instance_values(model_name: str, app_name: str) -> list[str]:
+    """Both spellings of the deployed charm's ``app.kubernetes.io/instance`` label.
+
+    The older one (``<app>-<model>``) was never shortened: beyond 63 characters that revision
+    could not write its objects at all, so there is nothing to find under it.
+    """
+    values = {f"{app_name}-{model_name}", deployed_label(model_name, app_name, separator="-")}
+    return sorted(value for value in values if len(value) <= _MAX)
+
+
+def deployed_selector(model_name: str, app_name: str) -> dict[str, Any]:
+    """The label selector of every object the deployed charm owned."""
+    return {
+        INSTANCE_LABEL: in_(instance_values(model_name, app_name)),
+        SCOPE_LABEL: in_(list(SCOPES)),
+    }
+
+
+@dataclass
+class Adoption:
+    """What :func:`adopt_after` did, as ``Kind namespace/name`` lists."""
+
+    deleted: list[str] = field(default_factory=list[str])
+    relabelled: list[str] = field(default_factory=list[str])
+
+
+def adopt_before(client: Client, model_name: str, app_name: str, owner: str) -> bool:
+    """Make the namespace labels the deployed charm put ours (before the reconcile reads them).
+
+    Only the owner label changes, from the deployed charm's value to ``owner``: the mesh labels
+    stay as they are until the reconcile sets them, so traffic is not affected.
+
+    Returns:
+        Whether the namespace was relabelled.
+    """
+    namespace = client.get(Namespace, model_name)
+    labels = (namespace.metadata.labels if namespace.metadata else None) or {}
+    if labels.get(NAMESPACE_OWNER_LABEL) != deployed_label(model_name, app_name):
+        return False
+    if labels[NAMESPACE_OWNER_LABEL] == owner:
+        return False
+    api: Any = client
+    api.patch(
+        Namespace,
+        model_name,
+        {"metadata": {"labels": {NAMESPACE_OWNER_LABEL: owner}}},
+        patch_type=PatchType.MERGE,
+    )
+    logger.info("took over the namespace labels of the deployed beacon")
+    return True
+
+
+def adopt_after(
+    client: Client,
+    model_name: str,
+    app_name: str,
+    *,
+    kinds: Iterable[Any],
+    keep: set[tuple[str, str, str]],
+) -> Adoption:
+    """Remove what the deployed charm owned, now that the beacon's own objects are in place.
+
+    Args:
+        client: the Kubernetes client.
+        model_name: the model (the beacon's namespace).
+        app_name: the beacon's app name.
+        kinds: the resource classes to look through (Gateway, autoscaler, AuthorizationPolicy).
+        keep: ``(kind, namespace, name)`` of the beacon's own objects: one the deployed charm
+            also owned (same name) loses the old labels only.
+
+    Raises:
+        lightkube.ApiError: Kubernetes refused (the other objects are still handled next time).
+    """
+    done = Adoption()
+    selector = deployed_selector(model_name, app_name)
+    api: Any = client
+    for kind in kinds:
+        for item in _list(client, kind, model_name, selector):
+            metadata = item.metadata
+            where = (kind.__name__, metadata.namespace, metadata.name)
+            label = f"{where[0]} {where[1]}/{where[2]}"
+            if where in keep:
+                api.patch(
+                    kind,
+                    metadata.name,
+                    {"metadata": {"labels": {INSTANCE_LABEL: None, SCOPE_LABEL: None}}},
+                    namespace=metadata.namespace,
+                    patch_type=PatchType.MERGE,
+                )
+                done.relabelled.append(label)
+                continue
+            try:
+                api.delete(kind, metadata.name, namespace=metadata.namespace)
+            except Exception as error:  # lightkube.ApiError, or an HTTP error
+                if http_status_code(error) != 404:
+                    raise
+            done.deleted.append(label)
+    if done.deleted or done.relabelled:
+        logger.info(
+            "took over the deployed beacon's objects: deleted %s; relabelled %s",
+            ", ".join(done.deleted) or "none",
+            ", ".join(done.relabelled) or "none",
+        )
+    return done
+
+
+def _list(client: Client, kind: Any, model_name: str, selector: dict[str, Any]) -> list[Any]:
+    """The deployed charm's objects of one kind: cluster-wide, or in the model without rights."""
+    api: Any = client
+    namespace = ALL_NS if kind is not HorizontalPodAutoscaler else model_name
+    try:
+        return list(api.list(kind, namespace=namespace, labels=selector))
+    except Exception as error:  # lightkube.ApiError, or an HTTP error (kind not served)
+        code = http_status_code(error)
+        if code == 404:
+            return []  # the CRD is not installed: nothing of that kind can exist
+        if code != 403 or namespace is not ALL_NS:
+            raise
+    return list(api.list(kind, namespace=model_name, labels=selector))

@@ -1,0 +1,192 @@
+"""The waypoint's metrics for Prometheus: the ``prometheus_scrape`` provider and the metrics proxy.
+
+Istio copies the Gateway's labels onto the waypoint pods. The beacon puts a telemetry label on
+its Gateway; the ``metrics-proxy`` workload container gathers the metrics of every pod carrying it
+and serves them on port 15090 of the beacon's units. Over ``metrics-endpoint`` (interface
+``prometheus_scrape``) the beacon tells Prometheus to scrape that port on each unit, and allows
+the related Prometheus through the mesh to it.
+
+The interface is implemented here from its published specification (there is no maintained
+package of it): the application databag carries ``scrape_jobs``, ``scrape_metadata`` and
+``alert_rules`` (each JSON text), each unit's databag ``prometheus_scrape_unit_address`` and
+``prometheus_scrape_unit_name`` (plain text).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ops
+from adoption import deployed_label
+from charms.istio_beacon_k8s.v0.service_mesh import (
+    MeshPolicy,
+    UnitPolicy,
+    build_authorization_policy,
+    build_mesh_policies,
+    get_data_from_cmr_relation,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS_RELATION = "metrics-endpoint"
+METRICS_PROXY = "metrics-proxy"
+METRICS_PORT = 15090
+CMR_RELATION = "provide-cmr-mesh"
+
+
+def telemetry_label(model_name: str, app_name: str) -> dict[str, str]:
+    """The label that marks the pods whose metrics the metrics proxy gathers.
+
+    ``charms.canonical.com/<model>.<app>.telemetry: aggregated``, the label the deployed beacon
+    uses, so a refreshed beacon and its waypoint pods agree on it. When longer than 63
+    characters it is shortened as the deployed charm shortened it (see ``deployed_label``).
+    """
+    key = deployed_label(model_name, app_name, prefix="charms.canonical.com/", suffix=".telemetry")
+    return {key: "aggregated"}
+
+
+def metrics_proxy_layer(pod_selector: Mapping[str, str]) -> ops.pebble.LayerDict:
+    """The Pebble layer that runs the metrics proxy over the pods matching ``pod_selector``."""
+    selector = ",".join(f"{key}={value}" for key, value in pod_selector.items())
+    return {
+        "summary": "metrics proxy",
+        "description": "Gathers the waypoint pods' metrics for Prometheus",
+        "services": {
+            METRICS_PROXY: {
+                "override": "replace",
+                "summary": "metrics proxy",
+                "command": "metrics-proxy",
+                "startup": "enabled",
+                "environment": {"POD_LABEL_SELECTOR": selector},
+            }
+        },
+    }
+
+
+def configure_metrics_proxy(container: ops.Container, pod_selector: Mapping[str, str]) -> bool:
+    """Run the metrics proxy in ``container``; ``False`` when Pebble is not reachable yet."""
+    if not container.can_connect():
+        return False
+    try:
+        container.add_layer(METRICS_PROXY, metrics_proxy_layer(pod_selector), combine=True)
+        container.replan()
+    except (ops.pebble.ConnectionError, ops.pebble.ChangeError) as error:
+        logger.warning("cannot start the metrics proxy: %s", error)
+        return False
+    return True
+
+
+def scrape_jobs() -> list[dict[str, Any]]:
+    """One job: the metrics proxy's port on every unit (``*`` stands for each unit's address)."""
+    return [{"metrics_path": "/metrics", "static_configs": [{"targets": [f"*:{METRICS_PORT}"]}]}]
+
+
+def alert_rules(topology: Mapping[str, str]) -> dict[str, Any]:
+    """The beacon's alert rules, labelled with its Juju topology (Prometheus adds the matchers)."""
+    labels = {
+        "juju_model": topology["model"],
+        "juju_model_uuid": topology["model_uuid"],
+        "juju_application": topology["application"],
+        "juju_charm": topology["charm_name"],
+    }
+    group = f"{topology['model']}_{topology['model_uuid']}_{topology['application']}_waypoint"
+    return {
+        "groups": [
+            {
+                "name": f"{group}_alerts",
+                "rules": [
+                    {
+                        "alert": "WaypointMetricsDown",
+                        "expr": "up < 1",
+                        "for": "5m",
+                        "labels": {**labels, "severity": "critical"},
+                        "annotations": {
+                            "summary": "The waypoint's metrics cannot be scraped",
+                            "description": "Prometheus cannot reach the metrics proxy of "
+                            "{{ $labels.juju_unit }}: the waypoint is not observed.",
+                        },
+                    }
+                ],
+            }
+        ]
+    }
+
+
+def topology(charm: ops.CharmBase) -> dict[str, str]:
+    """The Juju topology the scrape metadata and the alert rules carry."""
+    return {
+        "model": charm.model.name,
+        "model_uuid": charm.model.uuid,
+        "application": charm.app.name,
+        "unit": charm.unit.name,
+        "charm_name": charm.meta.name,
+    }
+
+
+def publish_scrape_targets(charm: ops.CharmBase) -> None:
+    """Write what Prometheus needs on every ``metrics-endpoint`` relation (only what changed).
+
+    Every unit writes its own address; the leader writes the jobs, metadata and alert rules.
+    """
+    relations = charm.model.relations.get(METRICS_RELATION, [])
+    if not relations:
+        return
+    where = topology(charm)
+    app_data = {
+        "scrape_jobs": json.dumps(scrape_jobs()),
+        "scrape_metadata": json.dumps(where),
+        "alert_rules": json.dumps(alert_rules(where)),
+    }
+    for relation in relations:
+        unit_data = {"prometheus_scrape_unit_name": charm.unit.name}
+        binding = charm.model.get_binding(relation)
+        address = binding.network.ingress_address if binding is not None else None
+        if address is not None:
+            unit_data["prometheus_scrape_unit_address"] = str(address)
+        _update(relation.data[charm.unit], unit_data)
+        if charm.unit.is_leader():
+            _update(relation.data[charm.app], app_data)
+
+
+def _update(databag: ops.RelationDataContent, values: Mapping[str, str]) -> None:
+    for key, value in values.items():
+        if databag.get(key) != value:
+            databag[key] = value
+
+
+def metrics_access_policies(
+    relations: Mapping[str, Sequence[ops.Relation]], app_name: str, namespace: str
+) -> list[MeshPolicy]:
+    """Let the apps related over ``metrics-endpoint`` reach the beacon's pods on the proxy port.
+
+    The beacon's pods are on the mesh; this is the one access they need to grant (cross-model
+    Prometheus apps are named by what they announced over ``provide-cmr-mesh``).
+    """
+    if not relations.get(METRICS_RELATION):
+        return []
+    # A claim to be an app of this very model is refused: here Juju names the apps itself.
+    claims = {
+        alias: claim
+        for alias, claim in get_data_from_cmr_relation(relations.get(CMR_RELATION, [])).items()
+        if claim.juju_model_name != namespace
+    }
+    return build_mesh_policies(
+        relations,
+        app_name,
+        namespace,
+        [UnitPolicy(relation=METRICS_RELATION, ports=[METRICS_PORT])],
+        claims,
+    )
+
+
+def metrics_access_manifests(
+    relations: Mapping[str, Sequence[ops.Relation]], app_name: str, namespace: str
+) -> list[dict[str, Any]]:
+    """The AuthorizationPolicies of :func:`metrics_access_policies`."""
+    return [
+        build_authorization_policy(policy)
+        for policy in metrics_access_policies(relations, app_name, namespace)
+    ]
