@@ -5,36 +5,26 @@ the waypoint must equal what real Envoy answers when it runs the RBAC filter ist
 Service (tools/istio-check), and its decision at the pods must equal istiod's conversion of the
 same policies for ztunnel, read with ztunnel's rules. Every case has its own Service, so one Envoy
 and one istio-check run serve them all.
-
-The tier's own helpers (``istio_check``, ``envoy_waypoint``, the ``istio`` fixture) come with the
-Envoy tier; they are loaded by name so that this module type-checks wherever it is.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 import pytest
 from access_cases import compare_with_envoy, compare_with_istiod, waypoint_cases, ztunnel_cases
+from envoy_waypoint import run_waypoint
+from istio_check import IstioCheck, problems
 
 CASES = 60  # x 24 requests each
 
 
-def _tier(module: str) -> Any:
-    return importlib.import_module(module)
-
-
-def test_generated_policies_pass_istio_validation(istio: Any):
+def test_generated_policies_pass_istio_validation(istio: IstioCheck):
     cases = waypoint_cases(CASES) + ztunnel_cases(CASES, l7_at_pods=True)
     verdicts = istio.check([m for case in cases for m in case.manifests])["objects"]
-    problems = _tier("istio_check").problems
     refused = [p for v in verdicts for p in problems(v) if "refused" in p or ": CRD:" in p]
     assert refused == []
 
 
-def test_the_engine_decides_like_envoy_at_the_waypoint(istio: Any):
-    run_waypoint = _tier("envoy_waypoint").run_waypoint
+def test_the_engine_decides_like_envoy_at_the_waypoint(istio: IstioCheck):
     seen = compare_with_envoy(istio, run_waypoint, waypoint_cases(CASES))
     assert seen.asked == CASES * 24
     assert seen.answers == {"200", "403"}
@@ -42,7 +32,7 @@ def test_the_engine_decides_like_envoy_at_the_waypoint(istio: Any):
 
 
 @pytest.mark.parametrize("l7_at_pods", [False, True])
-def test_the_engine_decides_like_istiods_ztunnel_conversion(istio: Any, l7_at_pods: bool):
+def test_the_engine_decides_like_istiods_ztunnel_conversion(istio: IstioCheck, l7_at_pods: bool):
     seen = compare_with_istiod(istio, ztunnel_cases(CASES, l7_at_pods=l7_at_pods))
     assert seen.asked == CASES * 24
     assert seen.answers == {"allow", "deny"}
