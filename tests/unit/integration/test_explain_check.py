@@ -86,7 +86,9 @@ def test_a_request_to_the_service_is_an_app_level_question_with_its_method_and_p
 
 
 def test_a_request_to_a_pod_address_is_a_unit_level_question():
-    row = case("sender2/0", "http://receiver1-3.receiver1-endpoints.m.svc.cluster.local:8083/", REFUSED)
+    row = case(
+        "sender2/0", "http://receiver1-3.receiver1-endpoints.m.svc.cluster.local:8083/", REFUSED
+    )
     assert question(row) == Question("sender2", "receiver1", 8083, "unit", "GET", "/")
     # The app's name may itself end in -<digits>; the headless Service name must repeat it.
     odd = case("a/0", "http://db-2-0.db-2-endpoints.m.svc.cluster.local:5432/x", ALLOWED)
@@ -137,7 +139,10 @@ def test_an_outcome_that_decides_nothing_fails_the_row(outcome: str, status: int
     with pytest.raises(ValueError, match="neither allow nor deny"):
         observed_verdict(result)
     comparison = compare(ROW, result, {"verdict": "allow", "reason": "r"})
-    assert comparison.mismatch() == f"the probe saw {result.describe()}, which is neither allow nor deny"
+    assert (
+        comparison.mismatch()
+        == f"the probe saw {result.describe()}, which is neither allow nor deny"
+    )
     with pytest.raises(AssertionError, match="neither allow nor deny"):
         assert_predicted([comparison])
 
@@ -152,7 +157,7 @@ def test_a_results_mapping_without_a_verdict_fails():
     assert "no verdict" in (comparison.mismatch() or "")
 
 
-# -- real answers of the beacon's explain ----------------------------------------------------------
+# -- real answers of the beacon's explain ---------------------------------------------------------
 
 
 @pytest.fixture
@@ -269,7 +274,9 @@ def test_explain_predicts_every_row_of_the_reference_matrix(
 ):
     rows = reference_matrix(MODEL, model_on_mesh=model_on_mesh)
     answers = explain_reference(kube, model_on_mesh, [question(row) for row in rows])
-    comparisons = [compare(row, seen(row), answer) for row, answer in zip(rows, answers, strict=True)]
+    comparisons = [
+        compare(row, seen(row), answer) for row, answer in zip(rows, answers, strict=True)
+    ]
     assert_predicted(comparisons)
     # Both verdicts occur, at both levels: the comparison is not one answer repeated.
     assert {(c.question.level, c.verdict) for c in comparisons} == {
