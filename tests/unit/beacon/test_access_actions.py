@@ -176,7 +176,8 @@ def test_explain_names_the_relations_app_policy_for_an_allow_through_the_service
     )
     # The waypoint-to-pod hop is still shown, as a step that supports the verdict.
     steps = results["explanation"].splitlines()[1:3]
-    assert steps[0].startswith(f"  1.* waypoint (L7, the Service's policies): allow: {results['reason']}")
+    waypoint = "  1.* waypoint (L7, the Service's policies): allow: "
+    assert steps[0] == waypoint + results["reason"]
     assert steps[1].startswith("  2. ztunnel (L4, in front of the pods): allow: ")
     assert results["policy"] not in steps[1]
 
@@ -184,7 +185,7 @@ def test_explain_names_the_relations_app_policy_for_an_allow_through_the_service
 @pytest.mark.parametrize(
     ("params", "policy", "reason"),
     [
-        ({**GET_DATA, "method": "POST"}, "no-posts", "no-posts (not made by the beacon) denies it"),
+        ({**GET_DATA, "method": "POST"}, "no-posts", "no-posts (not made by the beacon) denies"),
         ({**GET_DATA, "port": 9000}, "", "opens 8080 and 8081, not 9000"),
         ({"port": 8080, "level": "unit"}, "", "bound to the waypoint"),
     ],
