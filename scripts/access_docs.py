@@ -215,7 +215,9 @@ def generate() -> str:
         for params in EXPLAIN:
             results = _run(ctx, state, "explain", **params)
             parts += ["```", f"$ {_command('explain', params)}"]
-            parts += [f"verdict: {results['verdict']}", "explanation: |"]
+            parts += [f"verdict: {results['verdict']}"]
+            parts += [f"{key}: {results[key] or chr(34) * 2}" for key in ("policy", "reason")]
+            parts += ["explanation: |"]
             parts += [f"  {line}" for line in results["explanation"].splitlines()]
             parts += ["```", ""]
         parts.append(END)

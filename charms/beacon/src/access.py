@@ -686,16 +686,40 @@ class Step:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The answer to a :class:`Request`: the decision, and every step that led to it."""
+    """The answer to a :class:`Request`: the decision, and every step that led to it.
+
+    Attributes:
+        decision: the answer.
+        steps: the chain, in the order the request meets it.
+        notes: what the answer assumes.
+        deciding: the index in ``steps`` of the step that decides for this caller (negative:
+            from the end). For a deny or ``unknown``, the step that says so; for an allow
+            through the waypoint, the waypoint's step: it is the last one that sees the
+            caller's identity (ztunnel then sees only the waypoint's, so its step supports
+            the answer without telling this caller from any other).
+    """
 
     decision: Decision
     steps: tuple[Step, ...]
     notes: tuple[str, ...] = ()
+    deciding: int = -1
+
+    @property
+    def deciding_step(self) -> Step | None:
+        """The step that decides for this caller (``None``: no steps)."""
+        return self.steps[self.deciding] if self.steps else None
 
     @property
     def reason(self) -> str:
         """The deciding step's reason."""
-        return self.steps[-1].reason if self.steps else ""
+        step = self.deciding_step
+        return step.reason if step else ""
+
+    @property
+    def policy(self) -> AuthzPolicy | None:
+        """The deciding step's policy, if one decides there."""
+        step = self.deciding_step
+        return step.policy if step else None
 
 
 @dataclass(frozen=True)
@@ -973,7 +997,7 @@ def _allow_step(
         return Decision.allow, "no ALLOW policy applies here, so everything is allowed", None
     allowed, maybe = _first_match(allows, attrs, point)
     if allowed is not None:
-        return Decision.allow, f"{allowed.describe()} allows it", allowed
+        return Decision.allow, f"{allowed.describe()}{_origin(allowed)} allows it", allowed
     if maybe is not None:
         return Decision.unknown, _unknown_reason(*maybe), maybe[0]
     return Decision.deny, "", None
@@ -1055,6 +1079,9 @@ def decide(model: Model, request: Request) -> Verdict:
             f"{step.decision.value} ({step.reason}); off, {off.decision.value} ({off.reason})",
         )
     steps.append(step)
+    if via_waypoint and step.decision is Decision.allow:
+        # The waypoint's step is the one that saw this caller; the pods saw the waypoint.
+        return Verdict(step.decision, tuple(steps), tuple(notes), deciding=len(steps) - 2)
     return Verdict(step.decision, tuple(steps), tuple(notes))
 
 
@@ -1184,19 +1211,24 @@ def _rule_source_matches(rule: Rule, attrs: _Attributes, namespace: str) -> bool
     )
 
 
-def _explain_owned(policy: AuthzPolicy) -> str:
-    """The policy, and for the beacon's own the relation it answers ("related, but ...")."""
-    if policy.provenance is None or policy.provenance.waypoint_access:
-        return policy.describe()
+def _origin(policy: AuthzPolicy) -> str:
+    """`` (asked for by <app> over relation <id>, <endpoint>)`` for a policy a relation made."""
+    provenance = policy.provenance
+    if provenance is None or provenance.waypoint_access:
+        return ""
     relation = (
-        f"relation {policy.provenance.relation_id}"
-        if policy.provenance.relation_id is not None
+        f"relation {provenance.relation_id}"
+        if provenance.relation_id is not None
         else "a relation"
     )
-    return (
-        f"related, but {policy.describe()} (asked for by {policy.provenance.requested_by} over "
-        f"{relation}, {policy.provenance.endpoint})"
-    )
+    return f" (asked for by {provenance.requested_by} over {relation}, {provenance.endpoint})"
+
+
+def _explain_owned(policy: AuthzPolicy) -> str:
+    """The policy, and for the beacon's own the relation it answers ("related, but ...")."""
+    if not _origin(policy):
+        return policy.describe()
+    return f"related, but {policy.describe()}{_origin(policy)}"
 
 
 def _waypoint_miss(

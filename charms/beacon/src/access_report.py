@@ -260,9 +260,13 @@ def format_explanation(explanation: Explanation) -> str:
         f"{safe_text(explanation.source, 80)} -> {safe_text(request.target, 80)} {how}, "
         f"{', '.join(asked)}: {verdict.decision.value.upper()}",
     ]
+    deciding = verdict.deciding_step
     for index, step in enumerate(verdict.steps, 1):
         reason = safe_text(step.reason, 400)
-        lines.append(f"  {index}. {_POINTS[step.point]}: {step.decision.value}: {reason}")
+        mark = "*" if len(verdict.steps) > 1 and step is deciding else ""
+        lines.append(f"  {index}.{mark} {_POINTS[step.point]}: {step.decision.value}: {reason}")
+    if len(verdict.steps) > 1:
+        lines.append("  *: the step that decides for this caller; the others support it")
     for note in (*explanation.notes, *verdict.notes):
         lines.append(f"  note: {safe_text(note, 400)}")
     if verdict.decision is Decision.unknown:
@@ -273,10 +277,9 @@ def format_explanation(explanation: Explanation) -> str:
 def explanation_results(explanation: Explanation) -> dict[str, Any]:
     """The ``explain`` action's results: verdict, the deciding reason, and the whole text."""
     verdict = explanation.verdict
-    deciding = verdict.steps[-1] if verdict.steps else None
     return {
         "verdict": verdict.decision.value,
         "reason": safe_text(verdict.reason, 400),
-        "policy": safe_text(deciding.policy.name, 80) if deciding and deciding.policy else "",
+        "policy": safe_text(verdict.policy.name, 80) if verdict.policy else "",
         "explanation": format_explanation(explanation),
     }

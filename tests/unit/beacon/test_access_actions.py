@@ -162,6 +162,49 @@ def test_explain(
     assert words in results["explanation"]
 
 
+def test_explain_names_the_relations_app_policy_for_an_allow_through_the_service(
+    ctx: testing.Context[IstioBeaconCharm], mesh: FakeKubeServer
+):
+    relation = receiver_relation()
+    state = reconciled(ctx, relation)
+    results = run_action(ctx, state, "explain", source=SENDER, target=RECEIVER, **GET_DATA)
+    assert results["verdict"] == "allow"
+    assert results["policy"].startswith(f"{RECEIVER}-app-from-{SENDER}-")
+    assert results["reason"] == (
+        f"AuthorizationPolicy {results['policy']} (asked for by {RECEIVER} over relation "
+        f"{relation.id}, service-mesh) allows it"
+    )
+    # The waypoint-to-pod hop is still shown, as a step that supports the verdict.
+    steps = results["explanation"].splitlines()[1:3]
+    waypoint = "  1.* waypoint (L7, the Service's policies): allow: "
+    assert steps[0] == waypoint + results["reason"]
+    assert steps[1].startswith("  2. ztunnel (L4, in front of the pods): allow: ")
+    assert results["policy"] not in steps[1]
+
+
+@pytest.mark.parametrize(
+    ("params", "policy", "reason"),
+    [
+        ({**GET_DATA, "method": "POST"}, "no-posts", "no-posts (not made by the beacon) denies"),
+        ({**GET_DATA, "port": 9000}, "", "opens 8080 and 8081, not 9000"),
+        ({"port": 8080, "level": "unit"}, "", "bound to the waypoint"),
+    ],
+)
+def test_explain_names_the_step_that_denied(
+    ctx: testing.Context[IstioBeaconCharm],
+    mesh: FakeKubeServer,
+    params: dict[str, Any],
+    policy: str,
+    reason: str,
+):
+    state = reconciled(ctx, receiver_relation())
+    results = run_action(ctx, state, "explain", **{"source": SENDER, "target": RECEIVER, **params})
+    assert results["verdict"] == "deny"
+    assert results["policy"] == policy
+    assert reason in results["reason"]
+    assert results["reason"] in results["explanation"].splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [

@@ -103,6 +103,51 @@ def test_an_app_policy_allows_through_the_waypoint_then_the_pods_let_the_waypoin
     assert "auto-allow-waypoint-policy" in verdict.steps[1].reason
 
 
+def test_an_allow_through_the_waypoint_is_decided_by_the_app_policy_not_the_pods_hop():
+    policy = app_policy(ports=[8080], methods=["GET"])
+    m = model(policy, auto_allow_waypoint=True)
+    verdict = decide(m, ask(m, method="GET"))
+    assert verdict.decision is Decision.allow
+    assert verdict.deciding_step is verdict.steps[0]
+    assert verdict.policy == policy
+    assert verdict.reason == (
+        f"AuthorizationPolicy {policy.name} (asked for by receiver over relation 3, "
+        "service-mesh) allows it"
+    )
+    assert verdict.steps[1].point is Point.ztunnel
+    assert verdict.steps[1].decision is Decision.allow
+    assert verdict.steps[1].policy is not None
+    assert verdict.steps[1].policy != policy
+
+
+def test_when_the_pods_refuse_the_waypoint_the_pods_hop_decides():
+    no_waypoint = foreign(
+        {
+            "action": "DENY",
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "receiver"}},
+            "rules": [{"from": [{"source": {"principals": [principal(NS, WAYPOINT)]}}]}],
+        },
+        name="no-waypoint",
+    )
+    m = model(app_policy(ports=[8080], methods=["GET"]), no_waypoint)
+    verdict = decide(m, ask(m, method="GET"))
+    assert verdict.decision is Decision.deny
+    assert [s.decision for s in verdict.steps] == [Decision.allow, Decision.deny]
+    assert verdict.deciding_step is verdict.steps[1]
+    assert verdict.policy == no_waypoint
+    assert verdict.reason == "AuthorizationPolicy no-waypoint (not made by the beacon) denies it"
+
+
+def test_straight_to_the_pods_the_pods_hop_decides_and_names_the_relation():
+    policy = unit_policy()
+    m = model(policy)
+    verdict = decide(m, ask(m, port=9090, level=Level.unit))
+    assert verdict.decision is Decision.allow
+    assert verdict.deciding_step is verdict.steps[-1]
+    assert verdict.policy == policy
+    assert "(asked for by receiver over relation 3, service-mesh) allows it" in verdict.reason
+
+
 @pytest.mark.parametrize(
     ("attrs", "expected", "words"),
     [

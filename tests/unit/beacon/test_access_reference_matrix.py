@@ -146,7 +146,49 @@ def test_the_engine_predicts_the_row(
     verdict = decide(model, request)
     if expected == "200":
         assert verdict.decision is Decision.allow, verdict
+        if request.level is Level.app and request.source_principal is not None:
+            # The pods see only the waypoint: the headline is the app policy the relation made.
+            assert verdict.deciding_step is verdict.steps[0], verdict
+            assert verdict.policy is not None
+            assert verdict.policy.name == app_policy_name(model, sender)
+            assert verdict.steps[-1].point is Point.ztunnel
+            assert verdict.steps[-1].decision is Decision.allow
     else:
         assert verdict.decision is Decision.deny, verdict
         point = Point.waypoint if expected == "403" else Point.ztunnel
         assert verdict.steps[-1].point is point, verdict
+        assert verdict.deciding_step is verdict.steps[-1], verdict
+
+
+def app_policy_name(model: Model, sender: str) -> str:
+    """The name of the app policy the beacon made for ``sender``'s relation."""
+    caller = principal(MODEL, sender)
+    (policy,) = [
+        p
+        for p in model.policies
+        if p.target_refs
+        and p.provenance
+        and any(caller in s.principals for rule in p.rules for s in rule.sources)
+    ]
+    return policy.name
+
+
+@pytest.mark.parametrize("model_on_mesh", [False, True])
+def test_an_allow_through_the_service_names_the_relations_app_policy(model_on_mesh: bool):
+    model = reference_model(model_on_mesh)
+    request = Request(principal(MODEL, "sender1"), "receiver1", 8080, "GET", "/foo", "receiver1")
+    verdict = decide(model, request)
+    assert verdict.decision is Decision.allow
+    assert verdict.policy is not None
+    assert verdict.policy.name == app_policy_name(model, "sender1")
+    assert verdict.policy.name.startswith("receiver1-app-from-sender1")
+    assert verdict.reason == (
+        f"AuthorizationPolicy {verdict.policy.name} (asked for by receiver1 over relation 1, "
+        "service-mesh) allows it"
+    )
+    # The waypoint-to-pod hop stays in the chain, as the step that lets the waypoint through.
+    assert [s.point for s in verdict.steps] == [Point.waypoint, Point.ztunnel]
+    pods = verdict.steps[-1]
+    assert pods.decision is Decision.allow
+    assert pods.policy is not None
+    assert pods.policy.name != verdict.policy.name

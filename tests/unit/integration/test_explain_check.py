@@ -320,3 +320,20 @@ def test_an_explain_that_cannot_decide_fails_with_its_reason(kube: FakeKubeServe
     assert comparison.mismatch() == f"explain cannot decide: {answer['reason']}"
     with pytest.raises(AssertionError, match="explain cannot decide"):
         assert_predicted([comparison])
+
+
+def test_explain_names_the_senders_app_policy_for_every_allowed_service_row(kube: FakeKubeServer):
+    rows = [
+        row
+        for row in reference_matrix(MODEL, model_on_mesh=True)
+        if row.source.startswith(SENDER_APP) and question(row).level == "app"
+    ]
+    answers = explain_reference(kube, True, [question(row) for row in rows])
+    allowed = [a for row, a in zip(rows, answers, strict=True) if row.expected == ALLOWED]
+    assert allowed, "the matrix has no allowed row through the Service"
+    for answer in allowed:
+        assert answer["verdict"] == ALLOW
+        # The app policy the relation made, not the waypoint's own policy at the pods.
+        assert answer["policy"].startswith(f"{RECEIVER}-app-from-{SENDER_APP}-"), answer
+        assert f"(asked for by {RECEIVER} over relation " in answer["reason"], answer
+        assert f"{RECEIVER}-from-waypoint" in answer["explanation"], answer
