@@ -59,10 +59,10 @@ BUILD_SCRIPT = REPO_ROOT / "tools" / "kube-tier" / "build.sh"
 #: Verbs of ``apiserver_request_total`` that change stored state.
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
 
-#: Series of ``apiserver_request_total`` that the apiserver writes itself, on a timer: it renews its
-#: identity Lease (``kube-system/apiserver-...``) with a PUT every 10 s. No client of a test writes
-#: Leases; counting them made "writes nothing" assertions fail whenever the measured window was
-#: long enough (a loaded machine) to include a renewal. `request_counts` leaves them out.
+#: Series of ``apiserver_request_total`` that the apiserver writes itself, on a timer: it renews
+#: its identity Lease (``kube-system/apiserver-...``) with a PUT every 10 s. No client of a test
+#: writes Leases; counting them made "writes nothing" assertions fail whenever the measured window
+#: was long enough (a loaded machine) to include a renewal. `request_counts` leaves them out.
 SERVER_OWN_SERIES = frozenset({("coordination.k8s.io", "leases")})
 
 #: Audit policy of the tier: every write with its request body, nothing else (reads stay cheap).
@@ -138,7 +138,7 @@ class RequestKey:
 
 @dataclass(frozen=True)
 class AuditedWrite:
-    """One write the apiserver audited: who sent it, what and where (see `KubeServer.writes_since`)."""
+    """One write the apiserver audited: who sent what, where (see `KubeServer.writes_since`)."""
 
     user: str
     """The authenticated user, e.g. ``kubernetes-admin`` or ``system:apiserver``."""
