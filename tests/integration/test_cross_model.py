@@ -5,6 +5,7 @@ The two are related through an offer and the `cross_model_mesh` relation.
 Each model has its own beacon (so each side's pods are on the mesh). The receiver offers `inbound`
 and `provide-cmr-mesh`; the sender consumes the offer and relates `outbound` and `require-cmr-mesh`
 to it, announcing its real name and model so the receiver's policy names the right principal.
+The receiver's beacon is asked to `explain` every probed row (`source=sender/<sending model>`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jubilant
 import lightkube
 import mesh_cluster
 import pytest
+from explain_check import assert_predicted, explain_rows
 from mesh_deploy import (
     BEACON,
     Charms,
@@ -73,7 +75,7 @@ def test_receiver_policy_names_the_remote_sender(
 def test_allowed_paths_and_nothing_else(sending: jubilant.Juju, receiving: jubilant.Juju) -> None:
     service = f"http://{RECEIVER}.{model_name(receiving)}.svc.cluster.local"
     sender = f"{SENDER}/0"
-    assert_traffic(
+    observed = assert_traffic(
         sending,
         [
             case(sender, f"{service}:8080/foo", ALLOWED),
@@ -85,3 +87,5 @@ def test_allowed_paths_and_nothing_else(sending: jubilant.Juju, receiving: jubil
         ],
         what="cross-model traffic",
     )
+    predicted = explain_rows(receiving, BEACON, observed, source_model=model_name(sending))
+    assert_predicted(predicted)

@@ -5,6 +5,7 @@ related to `inbound`, sender2 to `inbound-unit`. These three are related to the 
 related to nothing, not even the beacon, so it is on the mesh only while the whole model is. Every
 row of the table is one real request sent by the tester's `probe` action, once the pods that should
 be on the mesh are captured by ambient (and sender3's are not, while the model is off the mesh).
+Then the beacon's `explain` is asked about every row, and its verdict must be what the probe saw.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jubilant
 import lightkube
 import mesh_cluster
 import pytest
+from explain_check import assert_predicted, explain_rows
 from mesh_deploy import (
     BEACON,
     MESH_MEMBERS,
@@ -55,8 +57,9 @@ def test_reference_matrix(
         timeout=CAPTURE_TIMEOUT,
         what=f"ambient capture (model-on-mesh={model_on_mesh})",
     )
-    assert_traffic(
+    observed = assert_traffic(
         juju,
         reference_matrix(model, model_on_mesh=model_on_mesh),
         what=f"reference matrix (model-on-mesh={model_on_mesh})",
     )
+    assert_predicted(explain_rows(juju, BEACON, observed))
