@@ -59,6 +59,23 @@ BUILD_SCRIPT = REPO_ROOT / "tools" / "kube-tier" / "build.sh"
 #: Verbs of ``apiserver_request_total`` that change stored state.
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
 
+#: Series of ``apiserver_request_total`` that the apiserver writes itself, on a timer: it renews
+#: its identity Lease (``kube-system/apiserver-...``) with a PUT every 10 s. No client of a test
+#: writes Leases; counting them made "writes nothing" assertions fail whenever the measured window
+#: was long enough (a loaded machine) to include a renewal. `request_counts` leaves them out.
+SERVER_OWN_SERIES = frozenset({("coordination.k8s.io", "leases")})
+
+#: Audit policy of the tier: every write with its request body, nothing else (reads stay cheap).
+_AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Request", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
+
 #: What an app deployed without ``juju trust`` may do: anything, but only in its own namespace.
 UNTRUSTED_APP_RULES = (PolicyRule(apiGroups=["*"], resources=["*"], verbs=["*"]),)
 
@@ -117,6 +134,22 @@ class RequestKey:
     """Plural resource name, e.g. ``authorizationpolicies``."""
     subresource: str = ""
     """Subresource, e.g. ``status``; ``""`` for the object itself."""
+
+
+@dataclass(frozen=True)
+class AuditedWrite:
+    """One write the apiserver audited: who sent what, where (see `KubeServer.writes_since`)."""
+
+    user: str
+    """The authenticated user, e.g. ``kubernetes-admin`` or ``system:apiserver``."""
+    verb: str
+    """Audit verb: create, update, patch, delete or deletecollection."""
+    uri: str
+    """Request URI with its query, e.g. ``/apis/.../authorizationpolicies/x?fieldManager=...``."""
+    code: int
+    """HTTP status the server answered."""
+    body: Any
+    """The decoded request body (``None`` for a delete without one)."""
 
 
 def count_requests(
@@ -377,6 +410,10 @@ class KubeServer:
                 # No node runs here: the "kubernetes" Service must not point at 127.0.0.1.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                f"--audit-policy-file={self._audit_policy()}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
                 *extra,
             ],
         )
@@ -385,6 +422,59 @@ class KubeServer:
         self._ssl = ctx
         self._wait_for("kube-apiserver", deadline, self._apiserver_ready)
         self._write_kubeconfig()
+
+    def _audit_policy(self) -> Path:
+        path = self.workdir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump(_AUDIT_POLICY))
+        return path
+
+    @property
+    def audit_log(self) -> Path:
+        """The apiserver's audit log: one JSON event per write (see `writes_since`)."""
+        return self.workdir / "audit.log"
+
+    def audit_mark(self) -> int:
+        """A position in the audit log, for `writes_since`."""
+        try:
+            return self.audit_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def writes_since(
+        self, mark: int, *, include_server: bool = False, settle: float = 1.0
+    ) -> list[AuditedWrite]:
+        """The writes audited after ``mark`` (an `audit_mark`), oldest first.
+
+        Args:
+            mark: Where to start reading.
+            include_server: Also return the apiserver's own writes (user ``system:apiserver``).
+            settle: Seconds to wait first: the audit event of a request is written as its
+                response completes, so the last write of a window can reach the log just after
+                its client got the answer.
+        """
+        time.sleep(settle)
+        with self.audit_log.open("rb") as log:
+            log.seek(mark)
+            lines = log.read().decode(errors="replace").splitlines()
+        writes: list[AuditedWrite] = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line still being written
+            user = str(event.get("user", {}).get("username", ""))
+            if user == "system:apiserver" and not include_server:
+                continue
+            writes.append(
+                AuditedWrite(
+                    user=user,
+                    verb=str(event.get("verb", "")),
+                    uri=str(event.get("requestURI", "")),
+                    code=int(event.get("responseStatus", {}).get("code", 0)),
+                    body=event.get("requestObject"),
+                )
+            )
+        return writes
 
     def _wait_for(self, name: str, deadline: float, ready: Any) -> None:
         while True:
@@ -723,6 +813,8 @@ class KubeServer:
 
         Diff two snapshots with `count_requests` / `count_writes`. The counters are the apiserver's
         own accounting, so a request that a client library sent but did not report still shows.
+        The apiserver's own timed writes (`SERVER_OWN_SERIES`) are left out; `writes_since` tells
+        who sent which write.
         """
         status, text = self.raw_request("GET", "/metrics")
         if status != 200 or not isinstance(text, str):
@@ -735,6 +827,8 @@ class KubeServer:
                 resource=labels.get("resource", ""),
                 subresource=labels.get("subresource", ""),
             )
+            if (key.group, key.resource) in SERVER_OWN_SERIES:
+                continue
             counts[key] += int(float(value))
         return dict(counts)
 
