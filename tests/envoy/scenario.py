@@ -29,24 +29,29 @@ REMOTE_B = spiffe_id("model-b", "sender-b")
 IMPOSTOR = spiffe_id(MODEL, "sender-a")
 
 
+def reference_receiver_policies() -> list[AppPolicy | UnitPolicy]:
+    """What the reference scenario's receiver1 declares (docs/traffic-matrix.md)."""
+    return [
+        AppPolicy(
+            relation="inbound",
+            endpoints=[
+                Endpoint(
+                    ports=[8080, 8081],
+                    methods=[Method.get, Method.post],
+                    paths=["/foo", "/bar/"],
+                )
+            ],
+        ),
+        UnitPolicy(relation="inbound-unit", ports=[8080, 8081]),
+    ]
+
+
 def consumers() -> list[Consumer]:
     """Every receiving charm, as it declares its policies, and who is related to it."""
     return [
         Consumer(
             "receiver1",
-            [
-                AppPolicy(
-                    relation="inbound",
-                    endpoints=[
-                        Endpoint(
-                            ports=[8080, 8081],
-                            methods=[Method.get, Method.post],
-                            paths=["/foo", "/bar/"],
-                        )
-                    ],
-                ),
-                UnitPolicy(relation="inbound-unit", ports=[8080, 8081]),
-            ],
+            reference_receiver_policies(),
             {"inbound": ["sender1", "remote-a"], "inbound-unit": ["sender2"]},
             {"remote-a": CMRData(app_name="sender-a", juju_model_name="other-model")},
         ),

@@ -28,6 +28,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
 )
 from istio_check import IstioCheck, problems
 from policies import APP_NAME_LABEL, REQUESTED_BY, waypoint_policy_name
+from scenario import reference_receiver_policies
 
 MODEL = "mesh-model"
 LONG_APP = "r" + "x" * 61 + "1"  # 63 characters: the longest Service name Kubernetes takes
@@ -62,19 +63,7 @@ def corpus_consumers() -> list[Consumer]:
     return [
         Consumer(  # the reference scenario's receiver
             "receiver1",
-            [
-                AppPolicy(
-                    relation="inbound",
-                    endpoints=[
-                        Endpoint(
-                            ports=[8080, 8081],
-                            methods=[Method.get, Method.post],
-                            paths=["/foo", "/bar/"],
-                        )
-                    ],
-                ),
-                UnitPolicy(relation="inbound-unit", ports=[8080, 8081]),
-            ],
+            reference_receiver_policies(),
             {"inbound": ["sender1", "remote"], "inbound-unit": ["sender2"]},
             {"remote": CMRData(app_name="sender-a", juju_model_name="other-model")},
         ),
