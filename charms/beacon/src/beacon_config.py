@@ -3,6 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
+
+
+class AuthorizationMode(str, enum.Enum):
+    """What Istio does with the app-level policies the beacon makes for related apps.
+
+    Attributes:
+        enforce: the waypoint enforces them (denied requests get 403).
+        dry_run: the waypoint only evaluates them (``istio.io/dry-run: "true"``): every request
+            passes, and Envoy counts and logs what the policies would have denied.
+    """
+
+    enforce = "enforce"
+    dry_run = "dry-run"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -12,6 +26,7 @@ class BeaconConfig:
     Attributes:
         model_on_mesh: put the whole namespace on the mesh instead of each related app.
         manage_authorization_policies: turn the related apps' requests into AuthorizationPolicies.
+        authorization_mode: ``enforce`` or ``dry-run`` (see :class:`AuthorizationMode`).
 
     Raises:
         ValueError: from the constructor, naming the option, when a value is invalid.
@@ -19,11 +34,22 @@ class BeaconConfig:
 
     model_on_mesh: bool = False
     manage_authorization_policies: bool = True
+    authorization_mode: str = AuthorizationMode.enforce.value
 
     def __post_init__(self) -> None:
-        """Check the types: Juju checks them too, but a wrong type must never pass silently."""
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
+        """Check the types and values: Juju checks types too, never the values."""
+        for name in ("model_on_mesh", "manage_authorization_policies"):
+            value = getattr(self, name)
             if not isinstance(value, bool):
-                option = field.name.replace("_", "-")
-                raise ValueError(f"{option} must be true or false, not {value!r}")
+                raise ValueError(f"{name.replace('_', '-')} must be true or false, not {value!r}")
+        modes = [mode.value for mode in AuthorizationMode]
+        if not isinstance(self.authorization_mode, str) or self.authorization_mode not in modes:
+            shown = repr(self.authorization_mode)
+            if len(shown) > 40:
+                shown = shown[:37] + "..."
+            raise ValueError(f"authorization-mode must be {' or '.join(modes)}, not {shown}")
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether the app-level policies run in dry-run (observed, not enforced)."""
+        return self.authorization_mode == AuthorizationMode.dry_run.value

@@ -24,7 +24,7 @@ from metrics import (
     publish_scrape_targets,
     telemetry_label,
 )
-from policies import MAX_STATUS_LENGTH, refusal_message
+from policies import MAX_STATUS_LENGTH, dry_run_message, refusal_message
 from policy_status import not_enforced_message
 from reconciler import BeaconReconciler, Findings
 from waypoint import consumer_labels, waypoint_name
@@ -189,6 +189,8 @@ class IstioBeaconCharm(ops.CharmBase):
             event.add_status(ops.ActiveStatus("standby"))
         elif self._config is not None and not self._config.manage_authorization_policies:
             event.add_status(ops.ActiveStatus("not managing authorization policies"))
+        elif findings is not None and self._config is not None and self._config.dry_run:
+            event.add_status(ops.ActiveStatus(dry_run_message(len(findings.dry_run))))
         event.add_status(ops.ActiveStatus())
 
     def _statuses(self, findings: Findings) -> list[ops.StatusBase]:

@@ -33,6 +33,8 @@ APP_NAME_LABEL = "app.kubernetes.io/name"
 WAYPOINT_ACCESS_FOR = "charms.canonical.com/service-mesh.waypoint-access-for"
 #: The label that binds a Service (or every Service of a namespace) to a waypoint.
 WAYPOINT_LABEL = "istio.io/use-waypoint"
+#: Istio's annotation: evaluate the AuthorizationPolicy, log and count verdicts, enforce nothing.
+DRY_RUN_ANNOTATION = "istio.io/dry-run"
 _MAX_NAME = 253
 
 
@@ -212,29 +214,58 @@ def check_requests(
 
 
 def build_policy_manifests(
-    accepted: Sequence[AcceptedPolicy],
+    accepted: Sequence[AcceptedPolicy], *, dry_run: bool = False
 ) -> tuple[list[dict[str, Any]], list[Refusal]]:
     """The AuthorizationPolicy manifests of the accepted policies, saying who asked for each.
 
     A policy the library cannot build (a unit policy restricting more than ports) is refused.
+
+    Args:
+        accepted: the policies that passed the checks.
+        dry_run: annotate the app policies (enforced by the waypoint) ``istio.io/dry-run: "true"``
+            (see :func:`dry_runs`); unit policies are never dry-run.
     """
     manifests: list[dict[str, Any]] = []
     refusals: list[Refusal] = []
     for item in accepted:
+        annotations = {REQUESTED_BY: item.app_name, RELATION_ID: str(item.relation_id)}
+        if dry_run and dry_runs(item.policy):
+            annotations[DRY_RUN_ANNOTATION] = "true"
         try:
             manifests.append(
                 build_authorization_policy(
-                    item.policy,
-                    labels={REQUESTED_BY: item.app_name},
-                    annotations={
-                        REQUESTED_BY: item.app_name,
-                        RELATION_ID: str(item.relation_id),
-                    },
+                    item.policy, labels={REQUESTED_BY: item.app_name}, annotations=annotations
                 )
             )
         except Exception as error:  # MeshDataError, or anything else: that request's refusal
             refusals.append(Refusal(item.app_name, item.relation_id, str(error)))
     return manifests, refusals
+
+
+def dry_runs(policy: MeshPolicy) -> bool:
+    """Whether ``policy`` runs in dry-run when the beacon's ``authorization-mode`` is ``dry-run``.
+
+    Only app policies do: the waypoint turns a dry-run policy into Envoy RBAC shadow rules, which
+    pass every request and count what the policy would deny. Unit policies stay enforced, and so
+    do the waypoint-access policy and the model operator's, because at L4 a dry run would deny:
+    with ``auto-allow-waypoint-policy`` (on in istio-k8s) istiod gives ztunnel an enforced ALLOW
+    from the waypoint on every pod behind it, and any enforced ALLOW on a pod refuses every source
+    it does not name, so the sources a unit policy admits would be refused while it is dry-run.
+    Nor would ztunnel report the would-be denials there: it logs "no allow policies match" only
+    for a pod with no enforced ALLOW at all (and receives dry-run policies only when istiod runs
+    with ``AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY``; ztunnel before 1.29 enforces them).
+    """
+    return policy.target_type is PolicyTargetType.app
+
+
+def is_dry_run(manifest: Mapping[str, Any]) -> bool:
+    """Whether an AuthorizationPolicy manifest carries Istio's dry-run annotation set to true.
+
+    Istio reads the value with Go's ``strconv.ParseBool``: ``1``, ``t``, ``T``, ``TRUE``,
+    ``true`` and ``True`` are true.
+    """
+    annotations = (manifest.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(DRY_RUN_ANNOTATION) in ("1", "t", "T", "TRUE", "true", "True")
 
 
 def requested_by(manifest: Mapping[str, Any]) -> tuple[str, int] | None:
@@ -296,6 +327,15 @@ def refusal_message(refusals: Sequence[Refusal]) -> str:
     head = f"refused a request from {first.app_name}: "
     room = max(MAX_STATUS_LENGTH - len(head) - len(suffix), 20)
     return head + display_text(first.reason, room, quote=False) + suffix
+
+
+def dry_run_message(count: int) -> str:
+    """The status of a beacon whose ``authorization-mode`` is ``dry-run``."""
+    policies = "policy" if count == 1 else "policies"
+    return (
+        f"dry-run: {count} {policies} observed, not enforced (waypoint; unit policies enforced); "
+        "set authorization-mode=enforce when the would-be denials are understood"
+    )
 
 
 def log_refusals(refusals: Sequence[Refusal], logged: Mapping[str, str]) -> dict[str, str]:

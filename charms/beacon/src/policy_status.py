@@ -6,6 +6,12 @@ bound to a waypoint; ``False`` with a reason such as ``AncestorNotBound``, ``Tar
 ``Invalid`` or ``PartiallyInvalid``: not, or not wholly, enforced), and ``ZtunnelAccepted`` for a
 policy that selects pods (``True``: attached to ztunnel; ``False``: ztunnel cannot enforce part of
 it). A policy Istio has not looked at yet has no condition.
+
+A dry-run policy (``istio.io/dry-run: "true"``) that targets a Service also gets
+``ZtunnelAccepted: False``, reason ``UnsupportedValue``, from an istiod without
+``AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY``: istiod checks the annotation before it notices
+that the policy is for a waypoint, not for ztunnel. That condition says nothing about the waypoint,
+which runs the policy in dry-run either way, so it is not a policy Istio fails to enforce.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from policies import REQUESTED_BY
+from policies import REQUESTED_BY, is_dry_run
 
 #: The condition types istiod writes on AuthorizationPolicies in ambient mode.
 ISTIO_CONDITION_TYPES = ("WaypointAccepted", "ZtunnelAccepted")
@@ -38,6 +44,7 @@ class PolicyCondition:
         enforced: the condition's status (``True``: Istio enforces the policy there).
         reason: Istio's reason, e.g. ``Accepted`` or ``AncestorNotBound``.
         message: Istio's message (one printable line, at most 120 characters).
+        dry_run: the policy carries ``istio.io/dry-run: "true"``.
     """
 
     policy: str
@@ -46,6 +53,17 @@ class PolicyCondition:
     enforced: bool
     reason: str
     message: str
+    dry_run: bool = False
+
+    @property
+    def expected(self) -> bool:
+        """Whether the condition is what a dry-run policy gets from istiod (not a problem)."""
+        return (
+            self.dry_run
+            and not self.enforced
+            and self.type == "ZtunnelAccepted"
+            and self.reason == "UnsupportedValue"
+        )
 
     def describe(self) -> str:
         """``<name> (<app>): <reason>: <message>``, for statuses and logs."""
@@ -73,6 +91,7 @@ def istio_conditions(
         if key in skip:
             continue
         labels = cast("Mapping[str, str]", metadata.get("labels") or {})
+        dry_run = is_dry_run(policy)
         generation = metadata.get("generation")
         status = cast("Mapping[str, Any]", policy.get("status") or {})
         for condition in cast("list[Mapping[str, Any]]", status.get("conditions") or []):
@@ -90,6 +109,7 @@ def istio_conditions(
                     enforced=condition.get("status") == "True",
                     reason=_display(condition.get("reason") or "no reason"),
                     message=_display(condition.get("message") or ""),
+                    dry_run=dry_run,
                 )
             )
     return sorted(found, key=lambda item: (item.policy, item.type))
@@ -97,7 +117,7 @@ def istio_conditions(
 
 def not_enforced_message(conditions: Sequence[PolicyCondition]) -> str:
     """A status message naming the first policy Istio does not enforce and counting the rest."""
-    unenforced = [condition for condition in conditions if not condition.enforced]
+    unenforced = [c for c in conditions if not c.enforced and not c.expected]
     first = unenforced[0]
     message = f"Istio does not enforce policy {first.describe()}"
     if len(unenforced) > 1:

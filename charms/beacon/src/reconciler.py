@@ -37,6 +37,7 @@ from policies import (
     WaypointBinding,
     build_policy_manifests,
     check_requests,
+    is_dry_run,
     log_refusals,
     needs_services,
     requested_by,
@@ -83,6 +84,8 @@ class Findings:
         unreachable: why Kubernetes could not be reached (no answer at all), or ``None``.
         refusals_logged: per relation, a digest of the refusals logged (see
             :func:`policies.log_refusals`), to log each change once.
+        dry_run: ``<namespace>/<name>`` of the policies the beacon keeps in dry-run (observed by
+            the waypoint, not enforced: ``authorization-mode=dry-run``).
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -95,11 +98,12 @@ class Findings:
     policy_conditions: list[PolicyCondition] = field(default_factory=list[PolicyCondition])
     unreachable: str | None = None
     refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
+    dry_run: list[str] = field(default_factory=list[str])
 
     @property
     def unenforced(self) -> list[PolicyCondition]:
-        """The conditions by which Istio says it does not enforce a policy."""
-        return [condition for condition in self.policy_conditions if not condition.enforced]
+        """The conditions by which Istio says it does not enforce a policy (as it should)."""
+        return [c for c in self.policy_conditions if not c.enforced and not c.expected]
 
 
 class BeaconReconciler:
@@ -295,7 +299,7 @@ class BeaconReconciler:
                 return
         binding = WaypointBinding(self.waypoint, namespace_bound=namespace_bound)
         accepted, refused = check_requests(requests, self._namespace, services, binding)
-        manifests, unbuildable = build_policy_manifests(accepted)
+        manifests, unbuildable = build_policy_manifests(accepted, dry_run=config.dry_run)
         # Whatever auto-allow-waypoint-policy says, the waypoint reaches every related app's pods.
         principal = waypoint_principal(self._namespace, self.waypoint)
         related = sorted({request.app_name for request in requests if request.app_name})
@@ -307,12 +311,12 @@ class BeaconReconciler:
         if config.model_on_mesh and model_operator.selector is not None:
             manifests.append(model_operator_policy(self._namespace, model_operator.selector))
         rejected: list[Refusal] = []
-        requester = {
-            f"{m['metadata']['namespace']}/{m['metadata']['name']}": requested_by(m)
-            for m in manifests
-        }
+        wanted = {f"{m['metadata']['namespace']}/{m['metadata']['name']}": m for m in manifests}
+        requester = {key: requested_by(manifest) for key, manifest in wanted.items()}
+        failed: set[str] = set()
 
         def on_error(key: str, error: Exception) -> None:
+            failed.add(key)
             code = status_code(error)
             said = f"{code} {display_text(error_message(error), 120, quote=False)}"
             asker = requester.get(key)
@@ -329,6 +333,10 @@ class BeaconReconciler:
                 self.findings.unreachable = self.findings.unreachable or said
 
         summary = manager.reconcile([], MeshType.istio, raw_policies=manifests, on_error=on_error)
+        # The dry-run policies now in the cluster: those written, or already as wanted.
+        self.findings.dry_run = sorted(
+            key for key, manifest in wanted.items() if is_dry_run(manifest) and key not in failed
+        )
         # By relation: the status names the same first refusal whatever order Juju lists them.
         self.findings.refusals = sorted(
             refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id

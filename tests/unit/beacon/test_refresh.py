@@ -77,11 +77,15 @@ def test_endpoints_interfaces_and_container_are_the_deployed_charms():
     assert CHARMCRAFT["requires"]["charm-tracing"]["limit"] == 1
     assert CHARMCRAFT["containers"] == {"metrics-proxy": {"resource": "metrics-proxy-image"}}
     assert CHARMCRAFT["resources"]["metrics-proxy-image"]["type"] == "oci-image"
+    # Every option of the deployed charm, plus this beacon's own (with a default: a refresh
+    # from the deployed charm needs no setting).
     assert set(CHARMCRAFT["config"]["options"]) == {
         "model-on-mesh",
         "manage-authorization-policies",
         "ready-timeout",
+        "authorization-mode",
     }
+    assert CHARMCRAFT["config"]["options"]["authorization-mode"]["default"] == "enforce"
     # Juju refuses a refresh on Kubernetes that changes storage or devices: declare none.
     assert "storage" not in CHARMCRAFT
     assert "devices" not in CHARMCRAFT

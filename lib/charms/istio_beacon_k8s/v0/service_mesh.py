@@ -105,7 +105,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 13
+LIBPATCH = 14
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -2595,12 +2595,24 @@ def http_status_code(error: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+#: Istio's annotation that makes an AuthorizationPolicy evaluated without being enforced.
+_DRY_RUN_ANNOTATION = "istio.io/dry-run"
+
+
 def _is_applied(wanted: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
-    """Whether ``current`` already is what ``wanted`` asks for (extra labels are fine)."""
+    """Whether ``current`` already is what ``wanted`` asks for.
+
+    Extra labels and annotations are fine, except Istio's dry-run annotation: a policy that
+    carries it is not enforced, so it must go when ``wanted`` does not ask for it.
+    """
     if wanted.get("spec") != current.get("spec"):
         return False
     want_meta = cast("Mapping[str, Any]", wanted.get("metadata") or {})
     have_meta = cast("Mapping[str, Any]", current.get("metadata") or {})
+    want_annotations = cast("Mapping[str, str]", want_meta.get("annotations") or {})
+    have_annotations = cast("Mapping[str, str]", have_meta.get("annotations") or {})
+    if _DRY_RUN_ANNOTATION in have_annotations and _DRY_RUN_ANNOTATION not in want_annotations:
+        return False
     for key in ("labels", "annotations"):
         want = cast("Mapping[str, str]", want_meta.get(key) or {})
         have = cast("Mapping[str, str]", have_meta.get(key) or {})

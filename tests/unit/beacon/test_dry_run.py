@@ -1,0 +1,181 @@
+"""authorization-mode=dry-run: app policies observed by the waypoint, not enforced; in place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from beacon_config import BeaconConfig
+from charm import IstioBeaconCharm
+from conftest import (
+    MODEL,
+    WAYPOINT_ACCESS_FOR,
+    beacon_state,
+    istio_runs_waypoint,
+    mesh_relation,
+    policies_in,
+    seed_model_operator,
+    wire_policy,
+)
+from fake_kube import FakeKubeServer
+from ops import testing
+from policies import DRY_RUN_ANNOTATION, dry_run_message, is_dry_run
+
+DRY_RUN = {"authorization-mode": "dry-run"}
+ENFORCE = {"authorization-mode": "enforce"}
+RECEIVER = "receiver1"
+
+
+def _relation() -> testing.Relation:
+    return mesh_relation(
+        RECEIVER,
+        [
+            wire_policy("sender1", RECEIVER),
+            wire_policy("sender2", RECEIVER, target_type="unit"),
+        ],
+    )
+
+
+def _kinds(kube: FakeKubeServer) -> dict[str, dict[str, Any]]:
+    """The beacon's policies by what they are: app, unit, waypoint access, model operator."""
+    found: dict[str, dict[str, Any]] = {}
+    for policy in policies_in(kube).values():
+        annotations = policy["metadata"].get("annotations") or {}
+        spec = policy["spec"]
+        if WAYPOINT_ACCESS_FOR in annotations:
+            found["waypoint access"] = policy
+        elif "targetRefs" in spec:
+            found["app"] = policy
+        elif policy["metadata"]["name"] == "allow-juju-model-operator":
+            found["model operator"] = policy
+        else:
+            found["unit"] = policy
+    return found
+
+
+def _identity(policy: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """What must stay the same across a switch: the uid and the spec."""
+    return policy["metadata"]["uid"], policy["spec"]
+
+
+def test_the_default_is_enforce_and_a_wrong_value_names_the_option():
+    assert BeaconConfig().dry_run is False
+    assert BeaconConfig(authorization_mode="dry-run").dry_run is True
+    with pytest.raises(ValueError, match="authorization-mode must be enforce or dry-run, not 'x"):
+        BeaconConfig(authorization_mode="x" * 100)
+
+
+def test_an_invalid_mode_blocks_and_names_the_fix(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    out = ctx.run(ctx.on.config_changed(), beacon_state(config={"authorization-mode": "audit"}))
+
+    assert out.unit_status == testing.BlockedStatus(
+        "invalid config: authorization-mode must be enforce or dry-run, not 'audit'"
+    )
+    assert policies_in(kube) == {}
+
+
+def test_dry_run_annotates_only_the_app_policies_and_says_how_many(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    seed_model_operator(kube)
+    istio_runs_waypoint(kube)
+    config = {**DRY_RUN, "model-on-mesh": True}
+
+    out = ctx.run(ctx.on.config_changed(), beacon_state(relations=[_relation()], config=config))
+
+    kinds = _kinds(kube)
+    assert set(kinds) == {"app", "unit", "waypoint access", "model operator"}
+    assert kinds["app"]["metadata"]["annotations"][DRY_RUN_ANNOTATION] == "true"
+    for kind in ("unit", "waypoint access", "model operator"):
+        assert not is_dry_run(kinds[kind]), kind
+    assert out.unit_status == testing.ActiveStatus(dry_run_message(1))
+    assert out.unit_status.message.startswith("dry-run: 1 policy observed, not enforced")
+
+
+def test_switching_patches_in_place_and_only_the_annotation_changes(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    istio_runs_waypoint(kube)
+    state = beacon_state(relations=[_relation()])
+    out = ctx.run(ctx.on.config_changed(), state)
+    before = {kind: _identity(policy) for kind, policy in _kinds(kube).items()}
+    assert not any(is_dry_run(policy) for policy in policies_in(kube).values())
+
+    for config, dry in ((DRY_RUN, True), (ENFORCE, False), (DRY_RUN, True), ({}, False)):
+        out = ctx.run(
+            ctx.on.config_changed(), beacon_state(relations=[_relation()], config=config)
+        )
+        kinds = _kinds(kube)
+        assert {kind: _identity(policy) for kind, policy in kinds.items()} == before
+        assert is_dry_run(kinds["app"]) is dry
+        assert DRY_RUN_ANNOTATION in kinds["app"]["metadata"]["annotations"] or not dry
+        assert not is_dry_run(kinds["unit"])
+        expected = testing.ActiveStatus(dry_run_message(1)) if dry else testing.ActiveStatus()
+        assert out.unit_status == expected
+
+
+def test_a_steady_dry_run_writes_nothing(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    istio_runs_waypoint(kube)
+    state = beacon_state(relations=[_relation()], config=DRY_RUN)
+    ctx.run(ctx.on.config_changed(), state)
+    versions = {n: p["metadata"]["resourceVersion"] for n, p in policies_in(kube).items()}
+
+    ctx.run(ctx.on.update_status(), state)
+
+    assert {n: p["metadata"]["resourceVersion"] for n, p in policies_in(kube).items()} == versions
+
+
+def _condition(kube: FakeKubeServer, name: str, condition: dict[str, Any]) -> None:
+    policy = kube.get("authorizationpolicies", MODEL, name)
+    assert policy is not None
+    generation = policy["metadata"].get("generation", 1)
+    policy["status"] = {"conditions": [{"observedGeneration": generation, **condition}]}
+    kube.put(policy, field_manager="pilot-discovery")
+
+
+UNSUPPORTED = {
+    "type": "ZtunnelAccepted",
+    "status": "False",
+    "reason": "UnsupportedValue",
+    "message": f'found policy "{MODEL}/x" using dry-run annotation, but support for ambient '
+    "dry-run authorizationPolicies isn't enabled",
+}
+
+
+def test_istiods_dry_run_condition_on_an_app_policy_is_not_a_problem(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    istio_runs_waypoint(kube)
+    state = beacon_state(relations=[_relation()], config=DRY_RUN)
+    out = ctx.run(ctx.on.config_changed(), state)
+    _condition(kube, _kinds(kube)["app"]["metadata"]["name"], UNSUPPORTED)
+
+    out = ctx.run(ctx.on.update_status(), out)
+
+    assert out.unit_status == testing.ActiveStatus(dry_run_message(1))
+
+
+def test_the_same_condition_on_an_enforced_policy_still_blocks(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    istio_runs_waypoint(kube)
+    out = ctx.run(ctx.on.config_changed(), beacon_state(relations=[_relation()]))
+    name = _kinds(kube)["unit"]["metadata"]["name"]
+    _condition(kube, name, UNSUPPORTED)
+
+    out = ctx.run(ctx.on.update_status(), out)
+
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert out.unit_status.message.startswith(f"Istio does not enforce policy {name}")
+
+
+@pytest.mark.parametrize(
+    ("value", "dry"),
+    [("true", True), ("True", True), ("1", True), ("t", True), ("false", False), ("yes", False)],
+)
+def test_the_annotation_is_read_as_istio_parses_it(value: str, dry: bool):
+    assert is_dry_run({"metadata": {"annotations": {DRY_RUN_ANNOTATION: value}}}) is dry
