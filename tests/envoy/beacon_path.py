@@ -86,6 +86,8 @@ def beacon_manifests(
     consumers: Sequence[Consumer],
     services: Mapping[str, Mapping[str, str]] | None = None,
     model_on_mesh: bool = True,
+    *,
+    dry_run: bool = False,
 ) -> tuple[list[dict[str, Any]], list[Refusal]]:
     """The AuthorizationPolicies the beacon in ``model`` applies for ``consumers``, and refusals.
 
@@ -96,6 +98,7 @@ def beacon_manifests(
             creates them).
         model_on_mesh: whether the beacon labels the namespace (every Service bound to the
             waypoint) and adds the model-operator policy.
+        dry_run: the beacon's ``authorization-mode`` is ``dry-run``.
     """
     if services is None:
         services = {c.app: {APP_NAME_LABEL: c.app} for c in consumers}
@@ -109,7 +112,7 @@ def beacon_manifests(
     waypoint = waypoint_name(model, BEACON)
     binding = WaypointBinding(waypoint, namespace_bound=model_on_mesh)
     accepted, refusals = check_requests(requests, model, services, binding)
-    manifests, unbuildable = build_policy_manifests(accepted)
+    manifests, unbuildable = build_policy_manifests(accepted, dry_run=dry_run)
     principal = waypoint_principal(model, waypoint)
     related = sorted({request.app_name for request in requests if request.app_name})
     manifests.extend(waypoint_allow_policy(app, model, principal) for app in related)

@@ -239,6 +239,31 @@ class Waypoint:
     substitutions: dict[str, int]
     config: dict[str, Any]
     _identities: dict[str, tuple[Path, Path]] = field(default_factory=dict[str, tuple[Path, Path]])
+    #: Envoy's admin address (``HOST:PORT``), once it is ready.
+    admin: str = ""
+
+    def counters(self, contains: str = "") -> dict[str, int]:
+        """Envoy's counters (from its admin ``/stats``) whose name contains ``contains``."""
+        host, _, port = self.admin.rpartition(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            connection.request("GET", "/stats?usedonly")
+            response = connection.getresponse()
+            text = response.read().decode()
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise RuntimeError(f"Envoy's /stats answered {response.status}: {text[:200]}")
+        found: dict[str, int] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            if contains in name and value.strip().isdigit():
+                found[name] = int(value)
+        return found
+
+    def listener_stat_prefix(self, service: str, port: int) -> str:
+        """The HTTP stat prefix of the listener for ``service`` (``NS/NAME``) and ``port``."""
+        return f"http.{service.replace('/', '_')}_{port}."
 
     def request(
         self,
@@ -472,6 +497,7 @@ def run_waypoint(
         waypoint = Waypoint(addresses, pki, process, substitutions, config)
         try:
             _wait_ready(process, admin_path, log_path, startup_timeout)
+            waypoint.admin = admin_path.read_text().strip()
             yield waypoint
         finally:
             waypoint.stop()

@@ -69,9 +69,15 @@ class IstioCheck:
             raise IstioCheckError(f"istio-check printed no JSON:\n{done.stdout[-2000:]}")
         return json.loads(done.stdout[start.start() :])
 
-    def check(self, objects: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        """Istio's validation (CRD + CEL, webhook) and ztunnel translation of every object."""
-        return self.run(["check"], objects)
+    def check(
+        self, objects: Iterable[Mapping[str, Any]], *, ambient_dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Istio's validation (CRD + CEL, webhook) and ztunnel translation of every object.
+
+        With ``ambient_dry_run``, the translation is istiod's when it runs with
+        ``AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY=true``.
+        """
+        return self.run(["check", *(["--ambient-dry-run"] if ambient_dry_run else [])], objects)
 
     def waypoint(
         self,
@@ -111,7 +117,10 @@ def problems(verdict: Mapping[str, Any]) -> list[str]:
         found.append(f"{name}: webhook refused: {'; '.join(webhook['errors'])}")
     found += [f"{name}: webhook warning: {warning}" for warning in webhook["warnings"]]
     ztunnel = verdict.get("ztunnel")
-    if ztunnel and ztunnel["applies"]:
+    # A policy with targetRefs is the waypoint's: whatever istiod says for ztunnel (a dry-run one
+    # gets UnsupportedValue without AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY), ztunnel never
+    # enforces it.
+    if ztunnel and ztunnel["applies"] and not ztunnel.get("for_waypoint"):
         if ztunnel["status"]:
             found.append(f"{name}: ztunnel: {ztunnel['status']['message']}")
         if ztunnel["dropped_rules"]:

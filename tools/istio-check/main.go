@@ -3,7 +3,9 @@
 //   - check: Istio's CRD structural schema and CEL rules (pkg/config/crd over the CRD file shipped in
 //     the istio.io/istio module) and istiod's validating webhook (its real HTTP handler, fed an
 //     AdmissionReview), then istiod's translation of each policy for ztunnel (the ambient
-//     PolicyCollections pipeline, which calls convertAuthorizationPolicy).
+//     PolicyCollections pipeline, which calls convertAuthorizationPolicy). With --ambient-dry-run,
+//     as istiod does when run with AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY=true (dry-run
+//     policies are then sent to ztunnel, marked dry-run, instead of being held back).
 //   - waypoint: the Envoy RBAC HTTP filters istiod gives a waypoint for each Service that policies
 //     attach to (authz.NewBuilderForService(...).BuildHTTP, the call listener_waypoint.go makes, with
 //     the waypoint's own attachment check), as JSON Envoy can load.
@@ -37,6 +39,7 @@ import (
 
 	securityapi "istio.io/api/security/v1beta1"
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
+	"istio.io/istio/pilot/pkg/features"
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pilot/pkg/networking"
 	"istio.io/istio/pilot/pkg/networking/plugin/authz"
@@ -54,14 +57,15 @@ import (
 const usage = `istio-check: ask Istio's own code (istio.io/istio, in-process) about AuthorizationPolicies.
 
 Usage:
-  istio-check check    [--crds FILE] [FILE|-]...
+  istio-check check    [--crds FILE] [--ambient-dry-run] [FILE|-]...
   istio-check waypoint [--waypoint NAME] [--waypoint-namespace NS] [--service NS/NAME]... [FILE|-]...
   istio-check --help
 
 check     For every object: Istio's CRD schema + CEL validation ("crd"), istiod's validating
           webhook ("webhook": allowed, errors, warnings) and, for AuthorizationPolicies, istiod's
           translation for ztunnel ("ztunnel": the Authorization ztunnel receives, istiod's status
-          message, dropped rules, deny_all, namespace_wide).
+          message, dropped rules, deny_all, namespace_wide, dry_run; for_waypoint: the policy
+          has targetRefs, so ztunnel never enforces it whatever it is sent).
 waypoint  For every Service a policy targets (or each --service), the policies attached to it by
           the waypoint's attachment check and the Envoy RBAC HTTP filters istiod builds for it
           ("http_filters", Envoy's JSON with @type).
@@ -71,6 +75,7 @@ Output is one JSON document on stdout. Exit status 0 when the run completed, 2 o
 
 Options:
   --crds FILE              CRD file for "check" (default: crd-all.gen.yaml beside the binary)
+  --ambient-dry-run        "check" as istiod with AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY=true
   --waypoint NAME          the waypoint Gateway's name (default: waypoint)
   --waypoint-namespace NS  the waypoint's namespace (default: each Service's namespace)
   --service NS/NAME        a Service to build for (repeatable; default: every Service targeted)
@@ -195,6 +200,10 @@ type ztunnelResult struct {
 	DenyAll       bool   `json:"deny_all"`
 	NamespaceWide bool   `json:"namespace_wide"`
 	Scope         string `json:"scope"`
+	// DryRun: ztunnel receives the policy marked dry-run (1.29+ logs it; older ztunnel enforces it).
+	DryRun bool `json:"dry_run"`
+	// ForWaypoint: the policy has targetRefs; ztunnel never enforces it, whatever istiod says.
+	ForWaypoint bool `json:"for_waypoint"`
 }
 
 type statusMessage struct {
@@ -221,9 +230,13 @@ func runCheck(args []string) (any, error) {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	crdFile := fs.String("crds", "", "CRD file")
 	rootNS := fs.String("root-namespace", "istio-system", "root namespace")
+	ambientDryRun := fs.Bool("ambient-dry-run", false, "as istiod with AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY=true")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	// istiod reads the variable once at start-up (only with ambient enabled) into this feature flag,
+	// which convertAuthorizationPolicy consults for every policy.
+	features.EnableWdsDryRunAuthzPol = *ambientDryRun
 	if *crdFile == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -255,7 +268,7 @@ func runCheck(args []string) (any, error) {
 		r.Webhook = admit(mux, u)
 		r.Ztunnel = ztunnel[i]
 		r.OK = len(r.CRD) == 0 && r.Webhook.Allowed && len(r.Webhook.Warnings) == 0
-		if z := r.Ztunnel; z != nil && z.Applies {
+		if z := r.Ztunnel; z != nil && z.Applies && !z.ForWaypoint {
 			r.OK = r.OK && z.Status == nil && z.DroppedRules == 0 && !z.DenyAll && !z.NamespaceWide
 		}
 		out.OK = out.OK && r.OK
@@ -333,7 +346,7 @@ func convertForZtunnel(objs []map[string]any, rootNS string) ([]*ztunnelResult, 
 		}
 		index[key] = i
 		policies = append(policies, p)
-		results[i] = &ztunnelResult{SpecRules: len(p.Spec.Rules)}
+		results[i] = &ztunnelResult{SpecRules: len(p.Spec.Rules), ForWaypoint: len(model.GetTargetRefs(&p.Spec)) > 0}
 	}
 	if len(policies) == 0 {
 		return results, nil
@@ -371,6 +384,7 @@ func convertForZtunnel(objs []map[string]any, rootNS string) ([]*ztunnelResult, 
 			r.Groups = len(a.Groups)
 			r.DroppedRules = r.SpecRules - r.Groups
 			r.Scope = a.Scope.String()
+			r.DryRun = a.DryRun
 			r.NamespaceWide = a.Scope != security.Scope_WORKLOAD_SELECTOR
 			// An ALLOW policy with no rule group allows nothing: every workload it selects denies all.
 			r.DenyAll = a.Action == security.Action_ALLOW && len(a.Groups) == 0

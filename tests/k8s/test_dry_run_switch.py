@@ -1,0 +1,178 @@
+"""Switching authorization-mode on a real API server: in place, and no access changes in between.
+
+The beacon reconciles a model (a receiver with an app policy and a unit policy from two senders),
+then ``authorization-mode`` goes to ``dry-run`` and back. The server's audit log shows every write
+the switch made: each is a server-side apply of an existing policy (no create, no delete), the
+uid and spec stay, only ``istio.io/dry-run`` comes and goes. The access engine's verdicts on a grid
+of requests are computed on the policies before, after each single write of the switch, and
+after: what the policies decide never changes (no request gains or loses access), only whether
+the waypoint enforces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from typing import Any
+
+import juju_seed
+import pytest
+from access import Decision, Level, Model, parse_policy
+from access_map import explain
+from access_state import read_model
+from charm import IstioBeaconCharm
+from charms.istio_beacon_k8s.v0.service_mesh import (
+    Endpoint,
+    MeshPolicy,
+    Method,
+    PolicyTargetType,
+)
+from kube_server import AuditedWrite, KubeServer
+from lightkube import Client, codecs
+from namespace_labels import owner_value
+from ops import testing
+from policies import DRY_RUN_ANNOTATION, is_dry_run
+from test_beacon_charm import APP, owned
+from test_beacon_charm import AuthorizationPolicy as Policy
+from waypoint import waypoint_name
+
+SENDERS = ("sender1", "sender2", "sender3")
+RECEIVER = "receiver"
+
+
+@pytest.fixture
+def ctx() -> testing.Context[IstioBeaconCharm]:
+    return testing.Context(IstioBeaconCharm, app_name=APP)
+
+
+@pytest.fixture
+def model(kube: KubeServer, admin: Client, namespace: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    juju_seed.seed_app(admin, APP, namespace)
+    labels = {
+        "istio.io/dataplane-mode": "ambient",
+        "istio.io/use-waypoint": waypoint_name(namespace, APP),
+        "istio.io/use-waypoint-namespace": namespace,
+    }
+    for app in (*SENDERS, RECEIVER):
+        admin.create(
+            codecs.from_dict(juju_seed.statefulset_manifest(app, namespace, **labels)),
+            field_manager=juju_seed.JUJU_FIELD_MANAGER,
+        )
+        juju_seed.seed_service(admin, app, namespace, {**juju_seed.app_labels(app), **labels})
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig_path))
+    return namespace
+
+
+def _relation(model: str) -> testing.Relation:
+    app = MeshPolicy(
+        source_namespace=model,
+        source_app_name="sender1",
+        target_namespace=model,
+        target_app_name=RECEIVER,
+        endpoints=[Endpoint(ports=[8080], methods=[Method.get], paths=["/data/*"])],
+    )
+    unit = MeshPolicy(
+        source_namespace=model,
+        source_app_name="sender2",
+        target_namespace=model,
+        target_app_name=RECEIVER,
+        target_type=PolicyTargetType.unit,
+        endpoints=[Endpoint(ports=[9090])],
+    )
+    return testing.Relation(
+        "service-mesh",
+        remote_app_name=RECEIVER,
+        remote_app_data={"policies": json.dumps([app.to_dict(), unit.to_dict()])},
+    )
+
+
+def _state(model: str, relation: testing.Relation, mode: str) -> testing.State:
+    return testing.State(
+        leader=True,
+        model=testing.Model(name=model),
+        relations=[relation],
+        config={"authorization-mode": mode},
+        planned_units=1,
+        containers=[testing.Container("metrics-proxy", can_connect=False)],
+    )
+
+
+REQUESTS = [
+    (source, port, method, level)
+    for source, port, method, level in itertools.product(
+        SENDERS, (8080, 9090), ("GET", "POST"), (Level.app, Level.unit)
+    )
+    if level is Level.app or method == "GET"
+]
+
+
+def _verdicts(model: Model, policies: list[dict[str, Any]]) -> dict[tuple[Any, ...], Decision]:
+    """What the policies decide for each request of the grid (dry-run ones as if enforced)."""
+    owner = owner_value(model.namespace, APP)
+    parsed = tuple(sorted((parse_policy(p, owner) for p in policies), key=lambda p: p.name))
+    at = dataclasses.replace(model, policies=parsed)
+    return {
+        (source, port, method, level): explain(
+            at, source, RECEIVER, port, method=method, path="/data/1", level=level
+        ).verdict.decision
+        for source, port, method, level in REQUESTS
+    }
+
+
+def _replay(
+    before: dict[str, dict[str, Any]], writes: list[AuditedWrite]
+) -> list[dict[str, dict[str, Any]]]:
+    """The policies after each write of the switch, from the bodies the server audited."""
+    states: list[dict[str, dict[str, Any]]] = []
+    current = {name: dict(policy) for name, policy in before.items()}
+    for write in writes:
+        if "/authorizationpolicies" not in write.uri:
+            continue
+        assert write.verb == "patch", f"{write.verb} {write.uri}: the switch only patches"
+        assert write.code == 200, write
+        body = write.body or {}
+        name = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        assert name in current, f"{name}: a policy that did not exist before"
+        current = {**current, name: body}
+        states.append(current)
+    return states
+
+
+def test_switching_patches_in_place_and_access_never_changes_in_between(
+    ctx: testing.Context[IstioBeaconCharm], kube: KubeServer, admin: Client, model: str
+):
+    relation = _relation(model)
+    ctx.run(ctx.on.config_changed(), _state(model, relation, "enforce"))
+    engine = read_model(admin, model, APP, waypoint_name(model, APP), [])
+    before = owned(admin, Policy, model)
+    assert not any(is_dry_run(policy) for policy in before.values())
+    reference = _verdicts(engine, list(before.values()))
+    # The grid is not trivial: the app policy and the unit policy each allow something.
+    assert reference[("sender1", 8080, "GET", Level.app)] is Decision.allow
+    assert reference[("sender2", 9090, "GET", Level.unit)] is Decision.allow
+    assert reference[("sender3", 8080, "GET", Level.app)] is Decision.deny
+
+    current = before
+    for mode, dry in (("dry-run", True), ("enforce", False)):
+        mark = kube.audit_mark()
+        ctx.run(ctx.on.config_changed(), _state(model, relation, mode))
+        writes = kube.writes_since(mark)
+        after = owned(admin, Policy, model)
+
+        states = _replay(current, writes)
+        assert len(states) == 1  # the one app policy; the unit and waypoint ones stay as they are
+        for state in states:
+            assert _verdicts(engine, list(state.values())) == reference
+        assert _verdicts(engine, list(after.values())) == reference
+        assert set(after) == set(before)
+        for name, policy in after.items():
+            old = before[name]
+            assert policy["metadata"]["uid"] == old["metadata"]["uid"], name
+            assert policy["spec"] == old["spec"], name
+            annotations = dict(policy["metadata"].get("annotations") or {})
+            is_app = "targetRefs" in policy["spec"]
+            assert is_dry_run(policy) is (dry and is_app), name
+            annotations.pop(DRY_RUN_ANNOTATION, None)
+            assert annotations == (old["metadata"].get("annotations") or {}), name
+        current = after
