@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 from beacon_path import BEACON, beacon_manifests
-from envoy_waypoint import Waypoint, run_waypoint
-from istio_check import IstioCheck, problems
 from policies import DRY_RUN_ANNOTATION, is_dry_run
-from scenario import MODEL, SERVICE_PORTS, SERVICES, WAYPOINT_ROWS, Row, consumers
+from support.envoy_waypoint import Waypoint, run_waypoint
+from support.istio_check import IstioCheck, problems
+from traffic_scenario import MODEL, SERVICE_PORTS, SERVICES, WAYPOINT_ROWS, Row, consumers
 from waypoint import waypoint_name
 
 SHADOW_PREFIX = "istio_dry_run_allow_"

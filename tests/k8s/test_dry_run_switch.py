@@ -16,7 +16,6 @@ import itertools
 import json
 from typing import Any
 
-import juju_seed
 import pytest
 from access import Decision, Level, Model, parse_policy
 from access_map import explain
@@ -28,11 +27,12 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     Method,
     PolicyTargetType,
 )
-from kube_server import AuditedWrite, KubeServer
 from lightkube import Client, codecs
 from namespace_labels import owner_value
 from ops import testing
 from policies import DRY_RUN_ANNOTATION, is_dry_run
+from support import juju_seed
+from support.kube_server import AuditedWrite, KubeServer
 from test_beacon_charm import APP, owned
 from test_beacon_charm import AuthorizationPolicy as Policy
 from waypoint import waypoint_name

@@ -17,9 +17,9 @@ from conftest import (
     seed_model_operator,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from ops import testing
 from policies import DRY_RUN_ANNOTATION, dry_run_message, is_dry_run
+from support.fake_kube import FakeKubeServer
 
 DRY_RUN = {"authorization-mode": "dry-run"}
 ENFORCE = {"authorization-mode": "enforce"}
