@@ -111,7 +111,8 @@ def _verdicts(model: Model, policies: list[dict[str, Any]]) -> dict[tuple[Any, .
     """What the policies decide for each request of the grid (dry-run ones as if enforced)."""
     owner = owner_value(model.namespace, APP)
     parsed = tuple(sorted((parse_policy(p, owner) for p in policies), key=lambda p: p.name))
-    at = dataclasses.replace(model, policies=parsed)
+    # As once Istio runs the waypoint (nothing runs Istio here): app policies are enforced there.
+    at = dataclasses.replace(model, policies=parsed, waypoint_ready=True)
     return {
         (source, port, method, level): explain(
             at, source, RECEIVER, port, method=method, path="/data/1", level=level
