@@ -21,6 +21,11 @@ a test (``tox -e demo``, ``tests/demo/test_demo.py``). What happens, all on loop
 5. the observed table, the beacon's own prediction for each row (its ``explain`` action), its
    ``access-map`` and the explanation of a denied row.
 
+Steps 3 and 4 run twice: first with the beacon's ``authorization-mode=dry-run`` (a dry-run pass
+that sends the rows enforcement would deny: each must reach the receiver, and Envoy's shadow
+counters must count each one), then, after ``juju config ... authorization-mode=enforce``, for the
+enforced table.
+
 Everything started is stopped by its process id, and the temporary folder removed, on the way out
 (also on Ctrl-C or SIGTERM).
 """
@@ -124,6 +129,10 @@ EXPECTED: tuple[Row, ...] = (
 )
 #: The denied row whose explanation the demo prints.
 EXPLAINED = Row("sender2", "GET", 8080, "/foo", "403")
+#: The dry-run pass: the rows enforcement denies, each of which must reach the receiver then.
+WOULD_DENY: tuple[Row, ...] = tuple(row for row in EXPECTED if row.expected == "403")
+#: What ``explain`` answers for them during the dry run.
+WOULD_DENY_VERDICT = "would deny (dry-run: allowed now)"
 
 WHAT_IS_REAL = """\
 Real here: both charms as packed by charmcraft, run through their own `dispatch` on Python 3.12
@@ -155,9 +164,21 @@ class Observed:
 
 
 @dataclasses.dataclass
+class DryRunPass:
+    """What the dry-run pass saw."""
+
+    rows: list[Observed]
+    status: str
+    """The beacon's status message during the dry run."""
+    shadow_denied: int
+    """Envoy's ``istio_dry_run_allow_shadow_denied`` over the pass: the would-be denials."""
+
+
+@dataclasses.dataclass
 class DemoResult:
     """What the demo saw."""
 
+    dry_run: DryRunPass
     rows: list[Observed]
     access_map: str
     explanation: dict[str, Any]
@@ -399,11 +420,15 @@ def capture_senders(
         juju.set_hosts(f"{sender}/0", {row.host: capture})
 
 
-def probe_all(units: dict[str, JujuModel], progress: Progress) -> list[Observed]:
+def probe_all(
+    units: dict[str, JujuModel], progress: Progress, wanted: Sequence[Row] = EXPECTED
+) -> list[Observed]:
     """Each sender's ``probe`` action, through its dispatch, with its rows' requests."""
     rows: list[Observed] = []
     for sender, juju in units.items():
-        mine = [row for row in EXPECTED if row.sender == sender]
+        mine = [row for row in wanted if row.sender == sender]
+        if not mine:
+            continue
         progress(f"running {sender}'s probe action ({len(mine)} requests) through dispatch")
         requests = [{"url": row.url, "method": row.method} for row in mine]
         probe = juju.run_action(f"{sender}/0", "probe", {"requests": json.dumps(requests)})
@@ -427,16 +452,22 @@ def run(workdir: Path, progress: Progress) -> DemoResult:
         kube.install_crds()
         model, other = deploy_scenario(kube, workdir, stack, progress)
         beacon = f"{BEACON}/0"
+        istio = IstioCheck.build()
+        units = {**dict.fromkeys(SENDERS, model), REMOTE_SENDER: other}
+
+        progress("dry run: juju config istio-beacon-k8s authorization-mode=dry-run")
+        ok(model.set_config(BEACON, authorization_mode="dry-run"))
+        dry_run = dry_run_pass(model, units, istio, workdir / "dry-run", progress)
+        progress("enforce: juju config istio-beacon-k8s authorization-mode=enforce")
+        ok(model.set_config(BEACON, authorization_mode="enforce"))
 
         progress("reading the AuthorizationPolicies the beacon wrote, asking Istio about them")
         policies = policies_for(model)
         manifests = [_manifest(p) for p in policies.values()]
-        istio = IstioCheck.build()
         found = [p for v in istio.check(manifests)["objects"] for p in problems(v)]
         service = f"{MODEL}/{RECEIVER}"
         rbac = istio.waypoint(manifests, services=[service], waypoint=waypoint(model))
         envoy = start_waypoint(model, rbac, workdir, stack, processes, progress)
-        units = {**dict.fromkeys(SENDERS, model), REMOTE_SENDER: other}
         capture_senders(units, envoy, receiver_ports(model), workdir, processes, progress)
         rows = probe_all(units, progress)
 
@@ -450,6 +481,7 @@ def run(workdir: Path, progress: Progress) -> DemoResult:
         explanation = _explain(model, beacon, EXPLAINED)
         progress("stopping everything")
     return DemoResult(
+        dry_run=dry_run,
         rows=rows,
         access_map=str(access.results["map"]),
         explanation=explanation,
@@ -457,6 +489,48 @@ def run(workdir: Path, progress: Progress) -> DemoResult:
         policies=sorted(policies),
         seconds=time.monotonic() - started,
     )
+
+
+def dry_run_pass(
+    model: JujuModel,
+    units: dict[str, JujuModel],
+    istio: IstioCheck,
+    folder: Path,
+    progress: Progress,
+) -> DryRunPass:
+    """The rows enforcement would deny, sent while the beacon runs its policies in dry-run.
+
+    Its own Envoy (with the RBAC istiod builds from the dry-run policies) and relays, all stopped
+    before the enforced pass starts its own.
+    """
+    status = model.unit_status(f"{BEACON}/0")
+    if status[0] != "active" or not status[1].startswith("dry-run: "):
+        raise DemoError(f"the beacon does not say it runs a dry run: {status}")
+    folder.mkdir()
+    with contextlib.ExitStack() as stack:
+        processes = Processes()
+        stack.callback(processes.stop)
+        manifests = [_manifest(p) for p in policies_for(model).values()]
+        found = [p for v in istio.check(manifests)["objects"] for p in problems(v)]
+        if found:
+            raise DemoError(
+                "Istio reported problems with the dry-run policies:\n" + "\n".join(found)
+            )
+        service = f"{MODEL}/{RECEIVER}"
+        rbac = istio.waypoint(manifests, services=[service], waypoint=waypoint(model))
+        envoy = start_waypoint(model, rbac, folder, stack, processes, progress)
+        capture_senders(units, envoy, receiver_ports(model), folder, processes, progress)
+        rows = probe_all(units, progress, WOULD_DENY)
+        progress("asking the beacon to explain each would-be denial (its explain action)")
+        for item in rows:
+            item.predicted = str(_explain(model, f"{BEACON}/0", item.row)["verdict"])
+        shadow = sum(
+            value
+            for name, value in envoy.counters("rbac.").items()
+            if name.endswith(".rbac.istio_dry_run_allow_shadow_denied")
+        )
+        progress("stopping the dry-run pass's Envoy and relays")
+    return DryRunPass(rows=rows, status=status[1], shadow_denied=shadow)
 
 
 def _manifest(policy: dict[str, Any]) -> dict[str, Any]:
@@ -496,6 +570,30 @@ def verdict(observed: str) -> str:
 def render(result: DemoResult, out: TextIO) -> None:
     """Print the table, the beacon's view, and what is real."""
     w = out.write
+    dry = result.dry_run
+    w(
+        f"\nDry run first (authorization-mode=dry-run; the beacon says: {dry.status}).\n"
+        "The requests enforcement will deny, through real Envoy:\n\n"
+    )
+    _table(
+        w,
+        ("from", "request", "once enforced", "observed now", "beacon's explain"),
+        [
+            (
+                o.row.source,
+                f"{o.row.method} :{o.row.port}{o.row.path}",
+                "403",
+                o.observed,
+                o.predicted,
+            )
+            for o in dry.rows
+        ],
+    )
+    w(
+        f"\nEnvoy's shadow counter istio_dry_run_allow_shadow_denied: {dry.shadow_denied} "
+        f"(the {len(dry.rows)} would-be denials above).\n"
+        "\nThen enforce (authorization-mode=enforce).\n"
+    )
     w(f"\nWho may reach {RECEIVER}'s Service in model {MODEL}, through real Envoy:\n\n")
     head = ("from", "request", "expected", "observed", "beacon's explain")
     table = [
@@ -508,9 +606,7 @@ def render(result: DemoResult, out: TextIO) -> None:
         )
         for o in result.rows
     ]
-    widths = [max(len(str(r[i])) for r in [head, *table]) for i in range(len(head))]
-    for line in [head, tuple("-" * n for n in widths), *table]:
-        w("  " + "  ".join(str(c).ljust(n) for c, n in zip(line, widths, strict=True)) + "\n")
+    _table(w, head, table)
     mismatches = mismatched(result)
     w(
         "\n"
@@ -537,9 +633,30 @@ def render(result: DemoResult, out: TextIO) -> None:
     w(f"\nDemo time: {result.seconds:.0f} s.\n")
 
 
+def _table(
+    w: Callable[[str], object], head: Sequence[str], table: Sequence[Sequence[str]]
+) -> None:
+    widths = [max(len(str(r[i])) for r in [head, *table]) for i in range(len(head))]
+    for line in [tuple(head), tuple("-" * n for n in widths), *table]:
+        w("  " + "  ".join(str(c).ljust(n) for c, n in zip(line, widths, strict=True)) + "\n")
+
+
 def mismatched(result: DemoResult) -> list[str]:
     """Every row where the observed outcome or the beacon's prediction is not the expected one."""
     found: list[str] = []
+    dry = result.dry_run
+    if [o.row for o in dry.rows] != list(WOULD_DENY):
+        found.append("the dry-run rows run are not the would-be denials")
+    for o in dry.rows:
+        row = f"dry run: {o.row.sender} {o.row.method} {o.row.url}"
+        if o.observed != "200":
+            found.append(f"{row}: expected 200 (nothing is enforced), observed {o.observed}")
+        if o.predicted != WOULD_DENY_VERDICT:
+            found.append(f"{row}: expected {WOULD_DENY_VERDICT!r}, explain says {o.predicted!r}")
+    if dry.shadow_denied != len(WOULD_DENY):
+        found.append(
+            f"dry run: Envoy counted {dry.shadow_denied} would-be denials, not {len(WOULD_DENY)}"
+        )
     if [o.row for o in result.rows] != list(EXPECTED):
         found.append("the rows run are not the expected rows")
     for o in result.rows:

@@ -18,6 +18,14 @@ def test_the_demo_observes_the_expected_table():
     with demo.demo_folder() as workdir:
         result = demo.run(workdir, lambda message: print(message, file=sys.stderr))
     demo.render(result, sys.stdout)
+    # The dry-run pass: every request enforcement denies reached the receiver, and Envoy's
+    # shadow counter counted each one as a would-be denial.
+    dry = [(o.row.sender, o.row.method, o.row.url, o.observed) for o in result.dry_run.rows]
+    assert dry == [(r.sender, r.method, r.url, "200") for r in demo.WOULD_DENY]
+    assert len(dry) == 6
+    assert result.dry_run.shadow_denied == len(dry)
+    assert {o.predicted for o in result.dry_run.rows} == {demo.WOULD_DENY_VERDICT}
+    assert result.dry_run.status.startswith("dry-run: ")
     table = [(o.row.sender, o.row.method, o.row.url, o.observed) for o in result.rows]
     expected = [(r.sender, r.method, r.url, r.expected) for r in demo.EXPECTED]
     assert table == expected
