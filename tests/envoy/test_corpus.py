@@ -27,7 +27,8 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     build_authorization_policy,
 )
 from istio_check import IstioCheck, problems
-from policies import APP_NAME_LABEL, REQUESTED_BY, waypoint_policy_name
+from kube_names import APP_NAME_LABEL, REQUESTED_BY
+from policies import waypoint_policy_name
 from scenario import reference_receiver_policies
 
 MODEL = "mesh-model"

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charms.istio_beacon_k8s.v0.service_mesh import http_status_code
+from kube_names import INSTANCE_LABEL, NAMESPACE_OWNER_LABEL, SCOPE_LABEL
 from lightkube import ALL_NS, Client
 from lightkube.operators import in_
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -39,13 +40,10 @@ from lightkube.types import PatchType
 
 logger = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-SCOPE_LABEL = "kubernetes-resource-handler-scope"
 WAYPOINT_SCOPE = "istio-waypoint"
 POLICY_SCOPE = "istio-authorization-policy"
 MODEL_OPERATOR_SCOPE = "modeloperator-authorization-policy"
 SCOPES = (WAYPOINT_SCOPE, POLICY_SCOPE, MODEL_OPERATOR_SCOPE)
-NAMESPACE_OWNER_LABEL = "charms.canonical.com/istio.io.waypoint.managed-by"
 _MAX = 63
 
 

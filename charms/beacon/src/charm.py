@@ -14,7 +14,7 @@ from typing import Any
 
 import ops
 import ops_tracing
-from access_actions import ActionError, access_map_results, explain_results, read
+from access.actions import ActionError, access_map_results, explain_results, read
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider, display_text
 from metrics import (

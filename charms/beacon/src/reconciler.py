@@ -23,15 +23,15 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     label_configmap_name,
     reconcile_charm_labels,
 )
+from kube_names import authorization_policy_resource
 from kubernetes_client import error_message, make_client, status_code
 from lightkube import ApiError, Client
-from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Service
 from metrics import metrics_access_manifests, telemetry_label
 from model_operator import ModelOperatorAccess, model_operator_policy, reconcile_model_operator
 from namespace_labels import owner_value, reconcile_namespace_labels
-from ownership import MANAGED_BY, ownership_labels
+from ownership import ownership_labels
 from policies import (
     Refusal,
     WaypointBinding,
@@ -55,15 +55,9 @@ from waypoint import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MANAGED_BY", "BeaconReconciler", "Findings", "ownership_labels"]
+__all__ = ["BeaconReconciler", "Findings"]
 
 _T = TypeVar("_T")
-
-
-def _authorization_policy_kind() -> Any:
-    return create_namespaced_resource(
-        "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
-    )
 
 
 @dataclass
@@ -236,7 +230,7 @@ class BeaconReconciler:
             self._client,
             self._namespace,
             self._app,
-            kinds=(gateway_resource(), HorizontalPodAutoscaler, _authorization_policy_kind()),
+            kinds=(gateway_resource(), HorizontalPodAutoscaler, authorization_policy_resource()),
             keep=own if keep_own else set(),
         )
         return True

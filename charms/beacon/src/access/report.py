@@ -11,9 +11,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from access import Decision, Level, Point
-from access_map import AccessMap, Explanation, Grant
 from charms.istio_beacon_k8s.v0.service_mesh import display_text
+
+from access.map import AccessMap, Explanation, Grant
+from access.model import Decision, Level, Point
 
 FORMATS = ("table", "json", "mermaid", "dot")
 #: The longest text shown for one value (an app name, a reason, a path list).
