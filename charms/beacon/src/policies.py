@@ -18,8 +18,8 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     RelationRequest,
     build_authorization_policy,
-    display_text,
 )
+from display import display_text
 from kube_names import (
     APP_NAME_LABEL,
     AUTHZ_API_VERSION,

@@ -1,7 +1,7 @@
 """Read what the access engine decides from: the model's Kubernetes objects and its requests.
 
 One list per kind (namespace, StatefulSets, Services, AuthorizationPolicies) and one read of the
-waypoint; everything else is pure (``access``, ``access_map``).
+waypoint; everything else in the package is pure.
 """
 
 from __future__ import annotations

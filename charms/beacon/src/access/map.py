@@ -1,6 +1,6 @@
-"""The model's access map and the answer to "may A reach B", from the engine in ``access``.
+"""The model's access map and the answer to "may A reach B", from ``access.evaluation``.
 
-Pure: a :class:`access.Model` in, frozen dataclasses out; ``access_report`` lays them out.
+Pure: a :class:`access.model.Model` in, frozen dataclasses out; ``access.report`` lays them out.
 """
 
 from __future__ import annotations

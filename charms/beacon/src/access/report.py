@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from charms.istio_beacon_k8s.v0.service_mesh import display_text
+from display import display_text
 
 from access.map import AccessMap, Explanation, Grant
 from access.model import Decision, Level, Point
@@ -24,8 +24,8 @@ MAX_TEXT = 200
 def safe_text(value: object, limit: int = MAX_TEXT) -> str:
     """``value`` as one printable line of at most ``limit`` characters (unquoted).
 
-    The library's :func:`display_text` (control, format and invisible characters escaped, long
-    text cut with the count of the rest): relation data and foreign objects reach the operator's
+    :func:`display.display_text` (control, format and invisible characters escaped, long text
+    cut with the count of the rest): relation data and foreign objects reach the operator's
     terminal through it.
     """
     return display_text(value, limit, quote=False)
