@@ -12,7 +12,6 @@ import json
 import uuid
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import (
@@ -23,7 +22,6 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     label_configmap_name,
 )
 from kube_names import MANAGED_BY, NAMESPACE_OWNER_LABEL
-from kube_server import AuditedWrite, KubeServer, count_requests, count_writes
 from kubernetes_client import is_applied
 from lightkube import ALL_NS, ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
@@ -33,6 +31,8 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace
 from lightkube.types import PatchType
 from namespace_labels import owner_value
 from ops import testing
+from support import juju_seed
+from support.kube_server import AuditedWrite, KubeServer, count_requests, count_writes
 from waypoint import build_gateway, gateway_resource, waypoint_name
 
 APP = "istio-beacon-k8s"
