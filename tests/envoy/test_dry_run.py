@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 from beacon_path import BEACON, beacon_manifests
-from policies import DRY_RUN_ANNOTATION, is_dry_run
+from kube_names import DRY_RUN_ANNOTATION
+from policies import is_dry_run
 from support.envoy_waypoint import Waypoint, run_waypoint
 from support.istio_check import IstioCheck, problems
 from traffic_scenario import MODEL, SERVICE_PORTS, SERVICES, WAYPOINT_ROWS, Row, consumers

@@ -17,9 +17,10 @@ import json
 from typing import Any
 
 import pytest
-from access import Decision, Level, Model, parse_policy
-from access_map import explain
-from access_state import read_model
+from access.cluster import read_model
+from access.map import explain
+from access.model import Decision, Level, Model
+from access.parsing import parse_policy
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import (
     Endpoint,
@@ -27,10 +28,11 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     Method,
     PolicyTargetType,
 )
+from kube_names import DRY_RUN_ANNOTATION
 from lightkube import Client, codecs
 from namespace_labels import owner_value
 from ops import testing
-from policies import DRY_RUN_ANNOTATION, is_dry_run
+from policies import is_dry_run
 from support import juju_seed
 from support.kube_server import AuditedWrite, KubeServer
 from test_beacon_charm import APP, owned

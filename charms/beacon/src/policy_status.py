@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from policies import REQUESTED_BY, is_dry_run
+from kube_names import REQUESTED_BY
+from policies import is_dry_run
 
 #: The condition types istiod writes on AuthorizationPolicies in ambient mode.
 ISTIO_CONDITION_TYPES = ("WaypointAccepted", "ZtunnelAccepted")

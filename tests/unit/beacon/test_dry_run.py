@@ -17,8 +17,9 @@ from conftest import (
     seed_model_operator,
     wire_policy,
 )
+from kube_names import DRY_RUN_ANNOTATION
 from ops import testing
-from policies import DRY_RUN_ANNOTATION, dry_run_message, is_dry_run
+from policies import dry_run_message, is_dry_run
 from support.fake_kube import FakeKubeServer
 
 DRY_RUN = {"authorization-mode": "dry-run"}
