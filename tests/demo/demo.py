@@ -171,7 +171,7 @@ class DryRunPass:
     status: str
     """The beacon's status message during the dry run."""
     shadow_denied: int
-    """Envoy's ``istio_dry_run_allow_shadow_denied`` over the pass: the would-be denials."""
+    """Envoy's ``rbac.istio_dry_run_allow_.shadow_denied`` over the pass: the would-be denials."""
 
 
 @dataclasses.dataclass
@@ -527,7 +527,7 @@ def dry_run_pass(
         shadow = sum(
             value
             for name, value in envoy.counters("rbac.").items()
-            if name.endswith(".rbac.istio_dry_run_allow_shadow_denied")
+            if name.endswith(".rbac.istio_dry_run_allow_.shadow_denied")
         )
         progress("stopping the dry-run pass's Envoy and relays")
     return DryRunPass(rows=rows, status=status[1], shadow_denied=shadow)
@@ -590,7 +590,7 @@ def render(result: DemoResult, out: TextIO) -> None:
         ],
     )
     w(
-        f"\nEnvoy's shadow counter istio_dry_run_allow_shadow_denied: {dry.shadow_denied} "
+        f"\nEnvoy's shadow counter rbac.istio_dry_run_allow_.shadow_denied: {dry.shadow_denied} "
         f"(the {len(dry.rows)} would-be denials above).\n"
         "\nThen enforce (authorization-mode=enforce).\n"
     )

@@ -4,7 +4,7 @@ The beacon's policies for the reference scenario are built the production way wi
 mode on (tests/envoy/beacon_path.py); istiod's own builder turns them into the waypoint's RBAC
 (tools/istio-check), which real Envoy runs in front of the echo backend. Every row of the traffic
 matrix is sent: each one enforcement denies must reach the backend (200), and Envoy's shadow
-counters (``istio_dry_run_allow_shadow_denied`` / ``..._shadow_allowed``, per listener) must count
+counters (``rbac.istio_dry_run_allow_.shadow_denied`` / ``....shadow_allowed``, per listener) must count
 exactly the rows enforcement denies and allows. Switched back to enforce, the 403s return.
 
 The ztunnel side is istiod's translation (no ztunnel runs), recorded with istiod's
@@ -62,7 +62,7 @@ def test_dry_run_only_adds_the_annotation_to_the_app_policies(dry: list[dict[str
         assert is_dry_run(after) is is_app_policy
         annotations.pop(DRY_RUN_ANNOTATION, None)
         assert annotations == (before["metadata"].get("annotations") or {})
-    assert sum(is_dry_run(m) for m in dry) == 4  # one per app policy of the scenario
+    assert sum(is_dry_run(m) for m in dry) == 6  # two app policies per receiver
 
 
 def _by_name(verdicts: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -187,8 +187,9 @@ def test_the_shadow_counters_count_exactly_the_would_be_denials(dry_waypoint: Wa
                 return counters.get(prefix + name, 0) - start.get(prefix + name, 0)
 
             key = (service, port)
-            assert delta(SHADOW_PREFIX + "shadow_denied") == denied[key], key
-            assert delta(SHADOW_PREFIX + "shadow_allowed") == allowed[key], key
+            # Envoy puts a dot after istiod's shadow stat prefix.
+            assert delta(SHADOW_PREFIX + ".shadow_denied") == denied[key], key
+            assert delta(SHADOW_PREFIX + ".shadow_allowed") == allowed[key], key
             assert delta("denied") == 0, key
     assert sum(denied.values()) == sum(1 for row in WAYPOINT_ROWS if row.expected == 403)
 

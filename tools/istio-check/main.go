@@ -351,20 +351,19 @@ func convertForZtunnel(objs []map[string]any, rootNS string) ([]*ztunnelResult, 
 	if len(policies) == 0 {
 		return results, nil
 	}
-	stop := make(chan struct{})
-	defer close(stop)
-	opts := krt.NewOptionsBuilder(stop, "istio-check", nil)
-	meshCfg := mesh.DefaultMeshConfig()
-	meshCfg.RootNamespace = rootNS
-	meshSingleton := krt.NewStatic[ambient.MeshConfig](&ambient.MeshConfig{MeshConfig: meshCfg}, true, opts.WithName("Mesh")...)
-	authz := krt.NewStaticCollection[*securityclient.AuthorizationPolicy](nil, policies, opts.WithName("AuthorizationPolicies")...)
-	peerAuths := krt.NewStaticCollection[*securityclient.PeerAuthentication](nil, nil, opts.WithName("PeerAuthentications")...)
-	waypoints := krt.NewStaticCollection[ambient.Waypoint](nil, nil, opts.WithName("Waypoints")...)
-	converted, _ := ambient.PolicyCollections(authz, peerAuths, meshSingleton, waypoints, opts, ambient.FeatureFlags{})
-	if !converted.WaitUntilSynced(stop) {
-		return nil, errors.New("istiod's policy collection did not sync")
+	// One pipeline per policy: istiod's collection keys its output by the Authorization's name, and a
+	// policy it holds back (a dry-run one without AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY) has no
+	// Authorization, so in one shared collection all such policies would share the key "/" and all
+	// but one would vanish from the answer.
+	var converted []model.WorkloadAuthorization
+	for _, p := range policies {
+		out, err := convertPolicies([]*securityclient.AuthorizationPolicy{p}, rootNS)
+		if err != nil {
+			return nil, err
+		}
+		converted = append(converted, out...)
 	}
-	for _, wa := range converted.List() {
+	for _, wa := range converted {
 		key := types.NamespacedName{Namespace: wa.Source.Namespace, Name: wa.Source.Name}
 		i, ok := index[key]
 		if !ok {
@@ -396,6 +395,24 @@ func convertForZtunnel(objs []map[string]any, rootNS string) ([]*ztunnelResult, 
 		}
 	}
 	return results, nil
+}
+
+// convertPolicies runs istiod's ambient policy pipeline over these policies alone.
+func convertPolicies(policies []*securityclient.AuthorizationPolicy, rootNS string) ([]model.WorkloadAuthorization, error) {
+	stop := make(chan struct{})
+	defer close(stop)
+	opts := krt.NewOptionsBuilder(stop, "istio-check", nil)
+	meshCfg := mesh.DefaultMeshConfig()
+	meshCfg.RootNamespace = rootNS
+	meshSingleton := krt.NewStatic[ambient.MeshConfig](&ambient.MeshConfig{MeshConfig: meshCfg}, true, opts.WithName("Mesh")...)
+	authz := krt.NewStaticCollection[*securityclient.AuthorizationPolicy](nil, policies, opts.WithName("AuthorizationPolicies")...)
+	peerAuths := krt.NewStaticCollection[*securityclient.PeerAuthentication](nil, nil, opts.WithName("PeerAuthentications")...)
+	waypoints := krt.NewStaticCollection[ambient.Waypoint](nil, nil, opts.WithName("Waypoints")...)
+	converted, _ := ambient.PolicyCollections(authz, peerAuths, meshSingleton, waypoints, opts, ambient.FeatureFlags{})
+	if !converted.WaitUntilSynced(stop) {
+		return nil, errors.New("istiod's policy collection did not sync")
+	}
+	return converted.List(), nil
 }
 
 // ---------------------------------------------------------------------------------------------
