@@ -4,7 +4,7 @@ The beacon's policies for the reference scenario are built the production way wi
 mode on (tests/envoy/beacon_path.py); istiod's own builder turns them into the waypoint's RBAC
 (tools/istio-check), which real Envoy runs in front of the echo backend. Every row of the traffic
 matrix is sent: each one enforcement denies must reach the backend (200), and Envoy's shadow
-counters (``rbac.istio_dry_run_allow_.shadow_denied`` / ``....shadow_allowed``, per listener) must count
+counters (per listener ``rbac.istio_dry_run_allow_.shadow_denied`` and ``...shadow_allowed``) count
 exactly the rows enforcement denies and allows. Switched back to enforce, the 403s return.
 
 The ztunnel side is istiod's translation (no ztunnel runs), recorded with istiod's

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import pytest
+from access.map import DRY_RUN_CAVEAT_WAYPOINT, build_access_map, explain
+from access.model import Decision, Level
+from access.parsing import AuthzPolicy, parse_policy
+from access.report import explanation_results, format_map, format_table
 from beacon_config import BeaconConfig
 from charm import IstioBeaconCharm
 from conftest import (
@@ -21,6 +27,8 @@ from kube_names import DRY_RUN_ANNOTATION
 from ops import testing
 from policies import dry_run_message, is_dry_run
 from support.fake_kube import FakeKubeServer
+from test_access_decide import NS, app_policy, unit_policy
+from test_access_decide import model as engine_model
 
 DRY_RUN = {"authorization-mode": "dry-run"}
 ENFORCE = {"authorization-mode": "enforce"}
@@ -180,3 +188,91 @@ def test_the_same_condition_on_an_enforced_policy_still_blocks(
 )
 def test_the_annotation_is_read_as_istio_parses_it(value: str, dry: bool):
     assert is_dry_run({"metadata": {"annotations": {DRY_RUN_ANNOTATION: value}}}) is dry
+
+
+# --- what the access engine says during a dry run ------------------------------------------
+
+
+def _dry(policy: AuthzPolicy) -> AuthzPolicy:
+    return dataclasses.replace(policy, dry_run=True)
+
+
+def test_the_engine_reads_the_annotation_and_drops_istiods_dry_run_condition():
+    manifest = {
+        "metadata": {
+            "name": "p",
+            "namespace": NS,
+            "generation": 1,
+            "annotations": {DRY_RUN_ANNOTATION: "true"},
+        },
+        "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "receiver"}]},
+        "status": {"conditions": [{**UNSUPPORTED, "observedGeneration": 1}]},
+    }
+    policy = parse_policy(manifest, "m.beacon")
+    assert policy.dry_run is True
+    assert policy.not_enforced == ()
+    enforced = parse_policy(
+        {**manifest, "metadata": {**manifest["metadata"], "annotations": {}}}, ""
+    )
+    assert enforced.dry_run is False
+    assert len(enforced.not_enforced) == 1
+
+
+def test_access_map_marks_the_dry_run_grants_and_says_where_they_are_observed():
+    m = engine_model(_dry(app_policy(ports=[8080], methods=["GET"])), unit_policy(ports=[9090]))
+    access = build_access_map(m)
+    by_level = {g.level: g for g in access.grants}
+    assert by_level["app"].dry_run is True
+    assert by_level["unit"].dry_run is False
+    assert by_level["app"].caveats == (DRY_RUN_CAVEAT_WAYPOINT,)
+    assert access.dry_run.startswith(
+        "dry-run: 1 of 2 grants observed, not enforced (waypoint: yes"
+    )
+    assert "AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY and ztunnel 1.29+" in access.dry_run
+    table = format_table(access)
+    assert access.dry_run in table
+    lines = table.splitlines()
+    header = lines.index("Granted access") + 1
+    assert lines[header].split()[-1] == "MODE"
+    assert [line.split()[-1] for line in lines[header + 1 : header + 3]] == ["dry-run", "enforced"]
+    assert json.loads(format_map(access, "json"))["grants"][0]["dry_run"] is True
+    assert "(dry-run)" in format_map(access, "mermaid")
+
+
+def test_without_dry_run_the_map_has_no_mode_column():
+    table = format_table(build_access_map(engine_model(app_policy(ports=[8080]))))
+    lines = table.splitlines()
+    assert lines[lines.index("Granted access") + 1].split()[-2:] == ["GRANTED", "BY"]
+    assert "dry-run" not in table
+
+
+@pytest.mark.parametrize(
+    ("request_", "verdict"),
+    [
+        ({"port": 8080, "method": "GET", "path": "/x"}, "allow"),
+        ({"port": 8080, "method": "POST", "path": "/x"}, "would deny (dry-run: allowed now)"),
+        ({"port": 9000, "method": "GET", "path": "/x"}, "would deny (dry-run: allowed now)"),
+        ({"port": 9090, "level": Level.unit}, "allow"),  # the unit policy is enforced
+        ({"port": 9000, "level": Level.unit}, "deny"),  # so is the pods' restriction
+    ],
+)
+def test_explain_says_would_deny_and_what_happens_now(request_: dict[str, Any], verdict: str):
+    m = engine_model(_dry(app_policy(ports=[8080], methods=["GET"])), unit_policy(ports=[9090]))
+    params = dict(request_)
+    explanation = explain(m, "sender", "receiver", params.pop("port"), **params)
+    results = explanation_results(explanation)
+    assert results["verdict"] == verdict
+    if verdict.startswith("would"):
+        assert explanation.decision is Decision.deny
+        assert results["explanation"].splitlines()[0].endswith("WOULD DENY (DRY-RUN: ALLOWED NOW)")
+        assert (
+            "is allowed now; the chain above is what enforcement will do"
+            in (results["explanation"])
+        )
+
+
+def test_in_enforce_mode_explain_is_unchanged():
+    m = engine_model(app_policy(ports=[8080], methods=["GET"]))
+    explanation = explain(m, "sender", "receiver", 8080, method="POST", path="/x")
+    assert explanation.now is None
+    assert explanation_results(explanation)["verdict"] == "deny"

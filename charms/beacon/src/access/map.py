@@ -5,6 +5,7 @@ Pure: a :class:`access.model.Model` in, frozen dataclasses out; ``access.report`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ class Grant:
         endpoint: the beacon's endpoint of that relation.
         caveats: what limits or voids the grant, in words.
         waypoint_access: the beacon made it so that the waypoint reaches ``requested_by``.
+        dry_run: the policy is in dry-run (``istio.io/dry-run``): observed, not enforced.
     """
 
     source: str
@@ -69,6 +71,7 @@ class Grant:
     endpoint: str | None
     caveats: tuple[str, ...] = ()
     waypoint_access: bool = False
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class AccessMap:
         apps: the apps and their enrolment.
         foreign: the policies the beacon did not make.
         waypoint: the waypoint's name and readiness, in words.
+        dry_run: what runs in dry-run and where it is observed, in words (empty: nothing).
     """
 
     model: str
@@ -137,6 +141,7 @@ class AccessMap:
     apps: tuple[AppEnrolment, ...]
     foreign: tuple[ForeignPolicy, ...]
     waypoint: str
+    dry_run: str = ""
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,8 @@ def _caveats(
     model: Model, attached: Attachment, policy: AuthzPolicy, rule: Rule, target: Workload
 ) -> list[str]:
     caveats: list[str] = []
+    if policy.dry_run:
+        caveats.append(DRY_RUN_CAVEAT_WAYPOINT if policy.target_refs else DRY_RUN_CAVEAT_ZTUNNEL)
     caveats.extend(policy.not_enforced)
     if not on_mesh(model, target):
         caveats.append(f"not enforced: {target.name} is not on the mesh (anyone may reach it)")
@@ -306,6 +313,7 @@ def grants_of(model: Model, index: int, attached: Attachment | None = None) -> l
                             endpoint=provenance.endpoint if provenance else None,
                             waypoint_access=bool(provenance and provenance.waypoint_access),
                             caveats=caveats,
+                            dry_run=policy.dry_run,
                         )
                     )
     return grants
@@ -391,6 +399,31 @@ def build_access_map(model: Model, app: str | None = None) -> AccessMap:
         tuple(apps),
         tuple(foreign),
         waypoint,
+        _dry_run_summary(grants),
+    )
+
+
+#: The caveat of a grant whose policy is in dry-run, by where it would be enforced.
+DRY_RUN_CAVEAT_WAYPOINT = (
+    "dry-run: not enforced; the waypoint observes it (Envoy shadow rules: counters "
+    "rbac.istio_dry_run_allow_.shadow_allowed / .shadow_denied, rbac debug log)"
+)
+DRY_RUN_CAVEAT_ZTUNNEL = (
+    "dry-run: not enforced; ztunnel observes it only when istiod runs with "
+    "AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY and ztunnel is 1.29+ (an older ztunnel enforces "
+    "it), otherwise nothing does"
+)
+
+
+def _dry_run_summary(grants: list[Grant]) -> str:
+    dry = [grant for grant in grants if grant.dry_run]
+    if not dry:
+        return ""
+    return (
+        f"dry-run: {len(dry)} of {len(grants)} grants observed, not enforced (waypoint: yes, "
+        "shadow counters and logs; ztunnel: only with istiod's "
+        "AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY and ztunnel 1.29+); what they would deny "
+        "is allowed now"
     )
 
 
@@ -409,11 +442,17 @@ class Explanation:
     request: Request
     verdict: Verdict
     notes: tuple[str, ...]
+    now: Verdict | None = None
 
     @property
     def decision(self) -> Decision:
         """The decision."""
         return self.verdict.decision
+
+    @property
+    def dry_run_differs(self) -> bool:
+        """Whether policies in dry-run make what happens now differ from what they decide."""
+        return self.now is not None and self.now.decision is not self.verdict.decision
 
 
 def explain(
@@ -446,4 +485,9 @@ def explain(
     else:
         notes.append(f"{app} is in model {source_model}: assuming it is on the mesh there")
     request = Request(source_principal, target, port, method, path, host, level)
-    return Explanation(source, request, decide(model, request), tuple(notes))
+    now: Verdict | None = None
+    if any(policy.dry_run for policy in model.policies):
+        # What happens now: Istio enforces no dry-run policy (the waypoint only evaluates it).
+        enforced = tuple(policy for policy in model.policies if not policy.dry_run)
+        now = decide(dataclasses.replace(model, policies=enforced), request)
+    return Explanation(source, request, decide(model, request), tuple(notes), now)

@@ -10,7 +10,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from kube_names import MANAGED_BY, RELATION_ID, REQUESTED_BY, WAYPOINT_ACCESS_FOR
+from kube_names import (
+    DRY_RUN_ANNOTATION,
+    MANAGED_BY,
+    RELATION_ID,
+    REQUESTED_BY,
+    WAYPOINT_ACCESS_FOR,
+)
+
+#: What Go's ``strconv.ParseBool`` (istiod's reader of ``istio.io/dry-run``) takes for true.
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 
 #: The beacon's relation endpoint over which apps request access.
 MESH_ENDPOINT = "service-mesh"
@@ -141,6 +150,8 @@ class AuthzPolicy:
         problem: why it cannot be read at all (it is then never evaluated, only reported).
         generated_by: for a policy no object holds (istiod's own), what makes it.
         not_enforced: what Istio's own status conditions say where it does not enforce it.
+        dry_run: it carries ``istio.io/dry-run: "true"``: istiod evaluates it without enforcing
+            it (the waypoint counts and logs its verdicts as shadow rules).
     """
 
     name: str
@@ -154,6 +165,7 @@ class AuthzPolicy:
     problem: str = ""
     generated_by: str = ""
     not_enforced: tuple[str, ...] = ()
+    dry_run: bool = False
 
     @property
     def foreign(self) -> bool:
@@ -276,6 +288,9 @@ def parse_policy(manifest: Mapping[str, Any], owner: str) -> AuthzPolicy:
     labels = cast("dict[str, Any]", labels) if isinstance(labels, dict) else {}
     owned = labels.get(MANAGED_BY) == owner
     provenance = _provenance(metadata) if owned else None
+    annotations = metadata.get("annotations")
+    annotations = cast("dict[str, Any]", annotations) if isinstance(annotations, dict) else {}
+    dry_run = annotations.get(DRY_RUN_ANNOTATION) in _TRUE
     try:
         spec = _object(manifest.get("spec"), "spec")
         action = spec.get("action") or "ALLOW"
@@ -303,14 +318,29 @@ def parse_policy(manifest: Mapping[str, Any], owner: str) -> AuthzPolicy:
             rules=rules,
             owned=owned,
             provenance=provenance,
-            not_enforced=_not_enforced(manifest, metadata),
+            not_enforced=_not_enforced(manifest, metadata, dry_run),
+            dry_run=dry_run,
         )
     except _MalformedError as error:
-        return AuthzPolicy(name, namespace, owned=owned, provenance=provenance, problem=str(error))
+        return AuthzPolicy(
+            name,
+            namespace,
+            owned=owned,
+            provenance=provenance,
+            problem=str(error),
+            dry_run=dry_run,
+        )
 
 
-def _not_enforced(manifest: Mapping[str, Any], metadata: Mapping[str, Any]) -> tuple[str, ...]:
-    """Istio's conditions that say it does not enforce the policy (current generation only)."""
+def _not_enforced(
+    manifest: Mapping[str, Any], metadata: Mapping[str, Any], dry_run: bool = False
+) -> tuple[str, ...]:
+    """Istio's conditions that say it does not enforce the policy (current generation only).
+
+    A dry-run policy's ``ZtunnelAccepted: False, UnsupportedValue`` (istiod without
+    ``AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY`` holds dry-run policies back from ztunnel) is
+    left out: the policy's dry-run mark says it already.
+    """
     status = manifest.get("status")
     conditions = (
         cast("dict[str, Any]", status).get("conditions") if isinstance(status, dict) else None
@@ -323,6 +353,12 @@ def _not_enforced(manifest: Mapping[str, Any], metadata: Mapping[str, Any]) -> t
         observed = item.get("observedGeneration")
         if observed not in (None, 0, metadata.get("generation")):
             continue  # about an older version of the policy
+        if (
+            dry_run
+            and item.get("type") == "ZtunnelAccepted"
+            and item.get("reason") == "UnsupportedValue"
+        ):
+            continue
         if item.get("type") in ISTIO_CONDITIONS and item.get("status") == "False":
             where = "the waypoint" if item["type"] == "WaypointAccepted" else "ztunnel"
             found.append(

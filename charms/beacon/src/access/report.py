@@ -66,6 +66,8 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 def format_table(access: AccessMap) -> str:
     """The access map as text tables, for a terminal."""
     lines = [f"model {safe_text(access.model)}, waypoint {safe_text(access.waypoint)}", ""]
+    if access.dry_run:
+        lines += [safe_text(access.dry_run, 400), ""]
     lines.append("Granted access")
     if access.grants:
         rows: list[list[str]] = []
@@ -83,10 +85,12 @@ def format_table(access: AccessMap) -> str:
                     _join(grant.hosts),
                     safe_text(grant.policy, 80),
                     _granted_by(grant),
+                    *(["dry-run" if grant.dry_run else "enforced"] if access.dry_run else []),
                 ]
             )
         headers = ["#", "SOURCE", "MODEL", "TARGET", "LEVEL", "PORTS", "METHODS", "PATHS", "HOSTS"]
-        lines += _table([*headers, "POLICY", "GRANTED BY"], rows)
+        mode = ["MODE"] if access.dry_run else []
+        lines += _table([*headers, "POLICY", "GRANTED BY", *mode], rows)
         notes = [
             f"  #{index}: {safe_text(text)}"
             for index, grant in enumerate(access.grants, 1)
@@ -169,6 +173,8 @@ def _edges(access: AccessMap) -> dict[tuple[str, str, bool], list[str]]:
         label = _edge_label(grant)
         if grant.foreign:
             label += f" ({grant.policy}, not made by the beacon)"
+        if grant.dry_run:
+            label += " (dry-run)"
         labels = edges.setdefault(key, [])
         if label not in labels:
             labels.append(label)
@@ -259,7 +265,7 @@ def format_explanation(explanation: Explanation) -> str:
     verdict = explanation.verdict
     lines = [
         f"{safe_text(explanation.source, 80)} -> {safe_text(request.target, 80)} {how}, "
-        f"{', '.join(asked)}: {verdict.decision.value.upper()}",
+        f"{', '.join(asked)}: {verdict_text(explanation).upper()}",
     ]
     deciding = verdict.deciding_step
     for index, step in enumerate(verdict.steps, 1):
@@ -272,14 +278,36 @@ def format_explanation(explanation: Explanation) -> str:
         lines.append(f"  note: {safe_text(note, 400)}")
     if verdict.decision is Decision.unknown:
         lines.append("  the beacon cannot tell: the reason above says what it cannot evaluate")
+    if explanation.dry_run_differs and explanation.now is not None:
+        lines.append(
+            "  dry-run: the deciding policies are observed, not enforced (authorization-mode="
+            f"dry-run), so it is {_PAST[explanation.now.decision]} now; the chain above is what "
+            "enforcement will do"
+        )
     return "\n".join(lines)
+
+
+_PAST = {Decision.allow: "allowed", Decision.deny: "denied", Decision.unknown: "undecided"}
+
+
+def verdict_text(explanation: Explanation) -> str:
+    """The verdict in words: ``allow``, ``deny`` or ``unknown``.
+
+    When policies in dry-run make what happens now differ: ``would deny (dry-run: allowed now)``
+    and the like.
+    """
+    decision = explanation.verdict.decision.value
+    now = explanation.now
+    if not explanation.dry_run_differs or now is None:
+        return decision
+    return f"would {decision} (dry-run: {_PAST[now.decision]} now)"
 
 
 def explanation_results(explanation: Explanation) -> dict[str, Any]:
     """The ``explain`` action's results: verdict, the deciding reason, and the whole text."""
     verdict = explanation.verdict
     return {
-        "verdict": verdict.decision.value,
+        "verdict": verdict_text(explanation),
         "reason": safe_text(verdict.reason, 400),
         "policy": safe_text(verdict.policy.name, 80) if verdict.policy else "",
         "explanation": format_explanation(explanation),
