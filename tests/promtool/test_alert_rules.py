@@ -33,7 +33,7 @@ POD2 = {
 MIB = 1024 * 1024
 
 
-def series(name: str, values: str, unit: int = 0, **labels: str) -> dict[str, str]:
+def series(name: str, values: str, unit: int = 0, /, **labels: str) -> dict[str, str]:
     """One input series, as scraped through beacon unit ``unit``."""
     return {"series": selector(name, {**labels, **target_labels(unit)}), "values": values}
 
@@ -84,7 +84,7 @@ def shadow(action: str, result: str, port: int, values: str, unit: int = 0) -> d
     )
 
 
-def up(values: str, unit: int = 0, **labels: str) -> dict[str, str]:
+def up(values: str, unit: int = 0, /, **labels: str) -> dict[str, str]:
     return series("up", values, unit, **labels)
 
 
@@ -161,10 +161,10 @@ CASES: list[dict[str, Any]] = [
     case(
         "a beacon unit Prometheus cannot scrape for 5 minutes, then can again",
         [
-            up("1 0 0 0 0 0 0 0 1 1 1 1", unit=0),
-            up("1x11", unit=1),
+            up("1 0 0 0 0 0 0 0 1 1 1 1", 0),
+            up("1x11", 1),
             # The proxy of unit 1 still reads the pod: a pod's series is not the unit's scrape.
-            up("1x11", unit=1, **POD),
+            up("1x11", 1, **POD),
         ],
         {
             "5m": {"WaypointMetricsNotScraped": []},  # down since 1m: not 5 minutes yet
@@ -185,11 +185,11 @@ CASES: list[dict[str, Any]] = [
     case(
         "a waypoint pod no proxy can read for 5 minutes, reported once, then back",
         [
-            up("1x12", unit=0),
-            up("1x12", unit=1),
-            up("1 0 0 0 0 0 0 0 1 1 1 1 1", unit=0, **POD),
-            up("1 0 0 0 0 0 0 0 1 1 1 1 1", unit=1, **POD),
-            up("1x12", unit=0, **POD2),
+            up("1x12", 0),
+            up("1x12", 1),
+            up("1 0 0 0 0 0 0 0 1 1 1 1 1", 0, **POD),
+            up("1 0 0 0 0 0 0 0 1 1 1 1 1", 1, **POD),
+            up("1x12", 0, **POD2),
         ],
         {
             "5m": {"WaypointPodNotScraped": []},
@@ -209,16 +209,16 @@ CASES: list[dict[str, Any]] = [
     ),
     case(
         "a waypoint pod that one of two proxies can read is not down",
-        [up("0x10", unit=0, **POD), up("1x10", unit=1, **POD)],
+        [up("0x10", 0, **POD), up("1x10", 1, **POD)],
         {"8m": {"WaypointPodNotScraped": []}},
     ),
     # -- WaypointAbsent ------------------------------------------------------------------------
     case(
         "proxies scraped fine but no waypoint pod at all, for 10 minutes, until one appears",
         [
-            up("1x20", unit=0),
-            up("1x20", unit=1),
-            up("_x12 1x7", unit=0, **POD),
+            up("1x20", 0),
+            up("1x20", 1),
+            up("_x12 1x7", 0, **POD),
         ],
         {
             "9m": {"WaypointAbsent": []},
@@ -228,12 +228,12 @@ CASES: list[dict[str, Any]] = [
     ),
     case(
         "a waypoint pod that is down is not absent; an unscraped unit is not either",
-        [up("1x15", **POD), up("0x15", unit=0), up("1x15", unit=1), up("0x15", unit=1, **POD2)],
+        [up("1x15", **POD), up("0x15", 0), up("1x15", 1), up("0x15", 1, **POD2)],
         {"12m": {"WaypointAbsent": []}},
     ),
     case(
         "no beacon unit scraped: WaypointAbsent stays quiet (WaypointMetricsNotScraped speaks)",
-        [up("0x15", unit=0)],
+        [up("0x15", 0)],
         {"12m": {"WaypointAbsent": []}},
     ),
     # -- WaypointHighErrorRate -----------------------------------------------------------------
