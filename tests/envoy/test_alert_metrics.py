@@ -35,10 +35,10 @@ from typing import Any
 
 import pytest
 from beacon_path import BEACON, beacon_manifests
-from envoy_waypoint import Waypoint, run_waypoint
-from istio_check import IstioCheck, istio_module_dir, istio_stats_config
 from metrics import alert_rules
-from promtool import (
+from support.envoy_waypoint import Waypoint, run_waypoint
+from support.istio_check import IstioCheck, istio_module_dir, istio_stats_config
+from support.promtool import (
     RULE_LABELS,
     Promtool,
     beacon_topology,
@@ -48,7 +48,7 @@ from promtool import (
     series_from_exposition,
     target_labels,
 )
-from scenario import MODEL, SENDER1, SENDER2, SENDER3, SERVICE_PORTS, SERVICES, consumers
+from traffic_scenario import MODEL, SENDER1, SENDER2, SENDER3, SERVICE_PORTS, SERVICES, consumers
 from waypoint import waypoint_name
 
 DRY_RUN_ANNOTATION = "istio.io/dry-run"

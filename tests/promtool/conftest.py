@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from metrics import alert_rules
-from promtool import Promtool, beacon_topology
+from support.promtool import Promtool, beacon_topology
 
 
 @pytest.fixture(scope="session")

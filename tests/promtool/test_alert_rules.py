@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from promtool import RULE_LABELS, Promtool, selector, target_labels
+from support.promtool import RULE_LABELS, Promtool, selector, target_labels
 
 POD = {
     "k8s_pod_name": "istio-beacon-k8s-mesh-model-waypoint-7d9f-abcde",

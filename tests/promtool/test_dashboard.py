@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from cosl import LZMABase64
 from dashboards import dashboard_templates
-from promtool import Promtool, PromtoolError, beacon_topology, metric_names
+from support.promtool import Promtool, PromtoolError, beacon_topology, metric_names
 
 SOURCES = {
     "envoy_http_rbac": "real Envoy, Istio's stats naming",

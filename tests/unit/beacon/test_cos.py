@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 from conftest import APP, MODEL, beacon_state
-from fake_kube import FakeKubeServer
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 SRC = Path(__file__).parents[3] / "charms" / "beacon" / "src"
 CHARM = "istio-beacon-k8s"
