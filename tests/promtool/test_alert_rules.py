@@ -16,6 +16,8 @@ the agent's process metrics that the proxy's merged endpoint serves).
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -105,9 +107,10 @@ CASES: list[dict[str, Any]] = [
         {
             "1m": {"WaypointRequestsDenied": []},
             "3m": {"WaypointRequestsDenied": [DENIED]},
-            # The last denial was at 4m: the 5-minute window still holds it at 8m, not at 10m.
-            "8m": {"WaypointRequestsDenied": [DENIED]},
-            "10m": {"WaypointRequestsDenied": []},
+            # The last denials were scraped at 4m: the 5-minute window (3m, 8m] no longer sees
+            # the counter grow at 8m; (2m, 7m] still does at 7m.
+            "7m": {"WaypointRequestsDenied": [DENIED]},
+            "9m": {"WaypointRequestsDenied": []},
         },
     ),
     case(
@@ -356,7 +359,7 @@ CASES: list[dict[str, Any]] = [
             "14m": {"WaypointAgentHighCPU": []},
             "20m": {
                 "WaypointAgentHighCPU": [
-                    alert(**{"k8s_pod_name": POD["k8s_pod_name"]}, severity="warning")
+                    alert(**POD, severity="warning")
                 ]
             },
             "30m": {"WaypointAgentHighCPU": []},
@@ -379,7 +382,7 @@ CASES: list[dict[str, Any]] = [
             "14m": {"WaypointAgentHighMemory": []},
             "16m": {
                 "WaypointAgentHighMemory": [
-                    alert(**{"k8s_pod_name": POD["k8s_pod_name"]}, severity="warning")
+                    alert(**POD, severity="warning")
                 ]
             },
             "22m": {"WaypointAgentHighMemory": []},
@@ -403,12 +406,114 @@ def test_the_published_rules_parse(promtool: Promtool, published_rules: dict[str
     promtool.check_rules(published_rules)
 
 
+def without_annotations(rules: Mapping[str, Any]) -> dict[str, Any]:
+    """The rules with no annotations: the cases above are about when and with which labels."""
+    stripped = copy.deepcopy(dict(rules))
+    for group in stripped["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    return stripped
+
+
 @pytest.mark.parametrize("test", CASES, ids=[c["name"] for c in CASES])
 def test_rule_case(promtool: Promtool, published_rules: dict[str, Any], test: dict[str, Any]):
+    promtool.test_rules(without_annotations(published_rules), [test])
+
+
+def render(template: str, labels: Mapping[str, str], value: str) -> str:
+    """What Prometheus renders for the templates used here: labels, and the value formatted."""
+    text = re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", lambda m: labels[m.group(1)], template)
+    return re.sub(r"\{\{\s*\$value(\s*\|\s*\w+)?\s*\}\}", value, text)
+
+
+#: For each alert: series at a steady rate, when to look, the alert's labels, and its value as
+#: Prometheus formats it in the annotations (rate 1/s is "1", 0.2 as a percentage "20%", ...).
+ANNOTATED: dict[str, tuple[list[dict[str, str]], str, dict[str, str], str]] = {
+    "WaypointRequestsDenied": (
+        [rbac("denied", 8080, "0+60x10")],
+        "5m",
+        {**RULE_LABELS, "port": "8080"},
+        "1",
+    ),
+    "WaypointDryRunWouldDeny": (
+        [shadow("allow", "denied", 9999, "0+120x10")],
+        "5m",
+        {**RULE_LABELS, "port": "9999", "authz_dry_run_action": "allow"},
+        "2",
+    ),
+    "WaypointMetricsNotScraped": ([up("0x10")], "6m", target_labels(0), ""),
+    "WaypointPodNotScraped": (
+        [up("1x10"), up("0x10", 0, **POD)],
+        "6m",
+        {**RULE_LABELS, **POD},
+        "",
+    ),
+    "WaypointAbsent": ([up("1x15")], "11m", RULE_LABELS, ""),
+    "WaypointHighErrorRate": (
+        [
+            series(
+                "istio_requests_total",
+                "0+80x15",
+                reporter="waypoint",
+                response_code="200",
+                destination_service_namespace="mesh-model",
+                destination_service_name="api",
+                **POD,
+            ),
+            series(
+                "istio_requests_total",
+                "0+20x15",
+                reporter="waypoint",
+                response_code="503",
+                destination_service_namespace="mesh-model",
+                destination_service_name="api",
+                **POD,
+            ),
+        ],
+        "8m",
+        {
+            **RULE_LABELS,
+            "destination_service_namespace": "mesh-model",
+            "destination_service_name": "api",
+        },
+        "20%",
+    ),
+    "WaypointAgentHighCPU": (
+        [series("istio_agent_process_cpu_seconds_total", "0+60x20", **POD)],
+        "18m",
+        {**RULE_LABELS, **POD},
+        "1",
+    ),
+    "WaypointAgentHighMemory": (
+        [series("istio_agent_process_resident_memory_bytes", f"{300 * MIB}x20", **POD)],
+        "16m",
+        {**RULE_LABELS, **POD},
+        "300Mi",
+    ),
+}
+
+
+@pytest.mark.parametrize("alertname", sorted(ANNOTATED))
+def test_the_annotations_render(
+    promtool: Promtool, published_rules: dict[str, Any], alertname: str
+):
+    """Each alert's summary and description, as Prometheus renders them, name what they say."""
+    input_series, at, labels, value = ANNOTATED[alertname]
+    [rule] = [
+        r for g in published_rules["groups"] for r in g["rules"] if r.get("alert") == alertname
+    ]
+    expected = {
+        "exp_labels": {**labels, **rule["labels"]},
+        "exp_annotations": {
+            key: render(text, labels, value) for key, text in rule["annotations"].items()
+        },
+    }
+    test = case(alertname, input_series, {at: {alertname: [expected]}})
     promtool.test_rules(published_rules, [test])
 
 
 def test_every_alert_has_a_firing_and_a_quiet_case(published_rules: dict[str, Any]):
+    assert set(ANNOTATED) == set(alert_names(published_rules))
     fires: set[str] = set()
     quiet: set[str] = set()
     for test in CASES:
@@ -425,7 +530,7 @@ def test_a_failing_expectation_fails(promtool: Promtool, published_rules: dict[s
         "wrong", [rbac("denied", 8080, "0x10")], {"5m": {"WaypointRequestsDenied": [DENIED]}}
     )
     with pytest.raises(RuntimeError, match="FAILED"):
-        promtool.test_rules(published_rules, [wrong])
+        promtool.test_rules(without_annotations(published_rules), [wrong])
 
 
 def test_every_rule_tells_what_to_do(published_rules: dict[str, Any]):
@@ -433,7 +538,8 @@ def test_every_rule_tells_what_to_do(published_rules: dict[str, Any]):
         for rule in group["rules"]:
             assert rule["annotations"]["summary"], rule["alert"]
             description = rule["annotations"]["description"]
-            assert "juju run" in description or "juju status" in description, rule["alert"]
+            commands = ("juju run", "juju status", "kubectl -n")
+            assert any(command in description for command in commands), rule["alert"]
             assert {k: rule["labels"][k] for k in RULE_LABELS} == RULE_LABELS, rule["alert"]
             assert rule["labels"]["severity"] in {"warning", "critical"}
     denial_rules = {"WaypointRequestsDenied", "WaypointDryRunWouldDeny"}
