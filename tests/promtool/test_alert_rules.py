@@ -357,11 +357,7 @@ CASES: list[dict[str, Any]] = [
         [series("istio_agent_process_cpu_seconds_total", "0+60x20 1200x15", **POD)],
         {
             "14m": {"WaypointAgentHighCPU": []},
-            "20m": {
-                "WaypointAgentHighCPU": [
-                    alert(**POD, severity="warning")
-                ]
-            },
+            "20m": {"WaypointAgentHighCPU": [alert(**POD, severity="warning")]},
             "30m": {"WaypointAgentHighCPU": []},
         },
     ),
@@ -380,11 +376,7 @@ CASES: list[dict[str, Any]] = [
         ],
         {
             "14m": {"WaypointAgentHighMemory": []},
-            "16m": {
-                "WaypointAgentHighMemory": [
-                    alert(**POD, severity="warning")
-                ]
-            },
+            "16m": {"WaypointAgentHighMemory": [alert(**POD, severity="warning")]},
             "22m": {"WaypointAgentHighMemory": []},
         },
     ),
