@@ -16,13 +16,18 @@ the agent's process metrics that the proxy's merged endpoint serves).
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from support.promtool import RULE_LABELS, Promtool, selector, target_labels
+from support.promtool import (
+    RULE_LABELS,
+    Promtool,
+    selector,
+    target_labels,
+    without_annotations,
+)
 
 POD = {
     "k8s_pod_name": "istio-beacon-k8s-mesh-model-waypoint-7d9f-abcde",
@@ -396,15 +401,6 @@ def alert_names(rules: Mapping[str, Any]) -> list[str]:
 
 def test_the_published_rules_parse(promtool: Promtool, published_rules: dict[str, Any]):
     promtool.check_rules(published_rules)
-
-
-def without_annotations(rules: Mapping[str, Any]) -> dict[str, Any]:
-    """The rules with no annotations: the cases above are about when and with which labels."""
-    stripped = copy.deepcopy(dict(rules))
-    for group in stripped["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    return stripped
 
 
 @pytest.mark.parametrize("test", CASES, ids=[c["name"] for c in CASES])
