@@ -4,7 +4,7 @@ The beacon's policies for the reference scenario are built the production way wi
 mode on (tests/envoy/beacon_path.py); istiod's own builder turns them into the waypoint's RBAC
 (tools/istio-check), which real Envoy runs in front of the echo backend. Every row of the traffic
 matrix is sent: each one enforcement denies must reach the backend (200), and Envoy's shadow
-counters (per listener ``rbac.istio_dry_run_allow_.shadow_denied`` and ``...shadow_allowed``) count
+counters (per port ``rbac.istio_dry_run_allow_.shadow_denied`` and ``...shadow_allowed``) count
 exactly the rows enforcement denies and allows. Switched back to enforce, the 403s return.
 
 The ztunnel side is istiod's translation (no ztunnel runs), recorded with istiod's
@@ -21,7 +21,7 @@ import pytest
 from beacon_path import BEACON, beacon_manifests
 from kube_names import DRY_RUN_ANNOTATION
 from policies import is_dry_run
-from support.envoy_waypoint import Waypoint, run_waypoint
+from support.envoy_waypoint import Waypoint, run_waypoint, waypoint_stat_prefix
 from support.istio_check import IstioCheck, problems
 from traffic_scenario import MODEL, SERVICE_PORTS, SERVICES, WAYPOINT_ROWS, Row, consumers
 from waypoint import waypoint_name
@@ -152,10 +152,6 @@ def test_the_dry_run_rbac_has_shadow_rules_and_no_enforced_rules(
         assert len(config["shadowRules"]["policies"]) >= len(entry["policies"])
 
 
-def _listener(row: Row) -> tuple[str, int]:
-    return f"{MODEL}/{row.service}", row.port
-
-
 @pytest.mark.parametrize("row", WAYPOINT_ROWS, ids=[row.id for row in WAYPOINT_ROWS])
 def test_every_row_reaches_the_backend(dry_waypoint: Waypoint, row: Row):
     reply = dry_waypoint.request(
@@ -173,24 +169,23 @@ def test_the_shadow_counters_count_exactly_the_would_be_denials(dry_waypoint: Wa
         )
         assert reply.status == 200, row.id
     counters = dry_waypoint.counters("rbac.")
-    denied: Counter[tuple[str, int]] = Counter()
-    allowed: Counter[tuple[str, int]] = Counter()
+    # As on Istio's waypoint, the HTTP stats are per port (every Service on a port shares them).
+    denied: Counter[int] = Counter()
+    allowed: Counter[int] = Counter()
     for row in WAYPOINT_ROWS:
         if row.service == "bystander":
             continue  # no policy, no RBAC filter: nothing to observe
-        (denied if row.expected == 403 else allowed)[_listener(row)] += 1
-    for service, ports in SERVICE_PORTS.items():
-        for port in ports:
-            prefix = dry_waypoint.listener_stat_prefix(service, port) + "rbac."
+        (denied if row.expected == 403 else allowed)[row.port] += 1
+    for port in sorted({port for ports in SERVICE_PORTS.values() for port in ports}):
+        prefix = f"http.{waypoint_stat_prefix(port)}.rbac."
 
-            def delta(name: str, prefix: str = prefix) -> int:
-                return counters.get(prefix + name, 0) - start.get(prefix + name, 0)
+        def delta(name: str, prefix: str = prefix) -> int:
+            return counters.get(prefix + name, 0) - start.get(prefix + name, 0)
 
-            key = (service, port)
-            # Envoy puts a dot after istiod's shadow stat prefix.
-            assert delta(SHADOW_PREFIX + ".shadow_denied") == denied[key], key
-            assert delta(SHADOW_PREFIX + ".shadow_allowed") == allowed[key], key
-            assert delta("denied") == 0, key
+        # Envoy puts a dot after istiod's shadow stat prefix.
+        assert delta(SHADOW_PREFIX + ".shadow_denied") == denied[port], port
+        assert delta(SHADOW_PREFIX + ".shadow_allowed") == allowed[port], port
+        assert delta("denied") == 0, port
     assert sum(denied.values()) == sum(1 for row in WAYPOINT_ROWS if row.expected == 403)
 
 

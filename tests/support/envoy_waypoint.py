@@ -264,10 +264,6 @@ class Waypoint:
                 found[name] = int(value)
         return found
 
-    def listener_stat_prefix(self, service: str, port: int) -> str:
-        """The HTTP stat prefix of the listener for ``service`` (``NS/NAME``) and ``port``."""
-        return f"http.{service.replace('/', '_')}_{port}."
-
     def prometheus_stats(self) -> str:
         """Envoy's stats in Prometheus's text format (its admin's ``/stats/prometheus``)."""
         connection = http.client.HTTPConnection(*self.admin, timeout=10)
