@@ -89,7 +89,9 @@ def explain_results(model: Model, params: Mapping[str, Any]) -> dict[str, Any]:
         # Istio matches them so: ``get`` means GET.
         method = str(method).upper()
         if not (set(method) <= _METHOD_CHARS):
-            raise ActionError(f"method must be an HTTP method such as GET, not {safe_text(method, 40)}")
+            raise ActionError(
+                f"method must be an HTTP method such as GET, not {safe_text(method, 40)}"
+            )
     level = str(params.get("level") or "app")
     if level not in ("app", "unit"):
         raise ActionError(f"level must be app or unit, not {safe_text(level, 40)}")

@@ -247,9 +247,10 @@ def requested_by(manifest: Mapping[str, Any]) -> tuple[str, int] | None:
 
 
 def as_written(manifest: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
-    """``manifest`` as the beacon writes it: ``action: ALLOW`` set (so server-side apply owns the
-    field and the next hook reverts a tampered action) and ``labels`` added (see
-    ``adoption.rollback_labels``).
+    """``manifest`` as the beacon writes it: ``action: ALLOW`` set, ``labels`` added.
+
+    Written, the action is owned by the beacon's server-side apply: the next hook reverts a
+    tampered one. The labels are those the deployed charm selects on (``adoption``).
     """
     metadata = dict(manifest.get("metadata") or {})
     metadata["labels"] = {**(metadata.get("labels") or {}), **labels}

@@ -211,7 +211,10 @@ def test_explain_names_the_step_that_denied(
     ("params", "message"),
     [
         ({"source": "a", "target": "b", "port": 0}, "port must be a port number"),
-        ({"source": "a", "target": "b", "port": 80, "method": "g3t"}, "an HTTP method such as GET"),
+        (
+            {"source": "a", "target": "b", "port": 80, "method": "g3t"},
+            "an HTTP method such as GET",
+        ),
         ({"source": "a", "target": "b", "port": 80, "level": "pod"}, "level must be app or unit"),
         ({"source": "", "target": "b", "port": 80}, "give source="),
     ],
@@ -275,7 +278,7 @@ def test_actions_fail_cleanly_when_kubernetes_cannot_be_reached(
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     params = {"source": "a", "target": "b", "port": 80} if action == "explain" else {}
 
-    with pytest.raises(testing.ActionFailed, match="^cannot reach Kubernetes: ") as failed:
+    with pytest.raises(testing.ActionFailed, match=r"^cannot reach Kubernetes: ") as failed:
         ctx.run(ctx.on.action(action, params=params), beacon_state())
 
     assert "Traceback" not in failed.value.message

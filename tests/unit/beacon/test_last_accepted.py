@@ -12,6 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
+import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import MAX_POLICIES_BYTES
@@ -77,7 +78,9 @@ def _applied(
     out = ctx.run(ctx.on.update_status(), beacon_state(relations=[relation]))
     before = _objects(kube)
     assert len(before) == 1
-    return out, out.get_relation(relation.id), before
+    applied = out.get_relation(relation.id)
+    assert isinstance(applied, testing.Relation)
+    return out, applied, before
 
 
 @pytest.mark.parametrize("raw", list(INVALID.values()), ids=list(INVALID))
@@ -102,7 +105,8 @@ def test_invalid_data_keeps_the_last_accepted_policies_until_valid_data_replaces
     out = _change(ctx, out, relation, json.dumps(REPLACEMENT))
 
     after = _objects(kube)
-    assert len(after) == 1 and set(after) != set(before)
+    assert len(after) == 1
+    assert set(after) != set(before)
     [spec] = after.values()
     assert spec["rules"][0]["from"][0]["source"]["principals"] == [
         f"cluster.local/ns/{MODEL}/sa/other-sender"
@@ -186,12 +190,12 @@ def test_the_unprotected_relation_is_named_first(
     """Among several refusals, the one that leaves an app open is the one the status names."""
     held = mesh_relation("aaa-held", [wire_policy("sender", "aaa-held")])
     out = ctx.run(ctx.on.update_status(), beacon_state(relations=[held]))
-    held = out.get_relation(held.id)
+    out = _change(ctx, out, held, INVALID["garbage"])
+    assert "aaa-held" in out.unit_status.message
     fresh = mesh_relation("zzz-open", INVALID["garbage"])
-    state = _with_data(out, held, INVALID["garbage"])
-    out = ctx.run(
-        ctx.on.update_status(), dataclasses.replace(state, relations=[*state.relations, fresh])
-    )
+    state = dataclasses.replace(out, relations=[*out.relations, fresh])
+    out = ctx.run(ctx.on.relation_changed(fresh), state)
+    assert "1 more from aaa-held, zzz-open" in out.unit_status.message
     assert isinstance(out.unit_status, testing.BlockedStatus)
     assert out.unit_status.message.startswith("refused a request from zzz-open: ")
     assert "zzz-open is not protected" in out.unit_status.message
@@ -215,3 +219,48 @@ def test_a_tampered_action_is_reverted_by_the_next_hook(
     ctx.run(ctx.on.update_status(), out)
 
     assert _objects(kube)[name]["action"] == "ALLOW"
+
+
+def _access_map(ctx: testing.Context[IstioBeaconCharm], state: testing.State) -> dict[str, Any]:
+    ctx.run(ctx.on.action("access-map", params={"format": "json"}), state)
+    assert ctx.action_results is not None
+    return json.loads(ctx.action_results["map"])
+
+
+def test_access_map_lists_a_first_refused_request_as_open_with_the_reason(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    relation = mesh_relation(RECEIVER, INVALID["garbage"])
+    out = ctx.run(ctx.on.update_status(), beacon_state(relations=[relation]))
+
+    [refused] = _access_map(ctx, out)["refused"]
+
+    assert refused["app"] == RECEIVER
+    assert refused["reason"].startswith("invalid data: ")
+    assert refused["in_force"].startswith(
+        f"{RECEIVER} is not protected until its request is valid"
+    )
+    ctx.run(ctx.on.action("access-map"), out)
+    assert ctx.action_results is not None
+    assert f"{RECEIVER}: {RECEIVER} is not protected" in ctx.action_results["map"]
+
+
+def test_access_map_says_the_last_accepted_policies_hold(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    for app in (RECEIVER, "sender"):
+        juju_seed.seed_app(kube.client(), app, MODEL)
+    out, relation, _ = _applied(ctx, kube)
+    out = _change(ctx, out, relation, INVALID["targets-another-app"])
+
+    access = _access_map(ctx, out)
+
+    [refused] = access["refused"]
+    assert refused["in_force"] == (
+        "its last accepted policies (1) stay in force until its data is valid"
+    )
+    assert access["pending"] == []
+    granted = access["grants"]
+    assert [
+        g["source"] for g in granted if g["requested_by"] == RECEIVER and not g["waypoint_access"]
+    ] == ["sender"]

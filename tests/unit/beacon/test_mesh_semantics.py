@@ -13,18 +13,20 @@ from typing import Any
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import MeshPolicy
-from conftest import POLICY_ROLLBACK, UNPROTECTED, rollback_labels
 from conftest import (
     MANAGED_BY,
     MODEL,
     NAMESPACE_OWNER,
     OWNER,
+    POLICY_ROLLBACK,
+    UNPROTECTED,
     WAYPOINT,
     beacon_state,
     istio_runs_waypoint,
     mesh_relation,
     policies_in,
     request_policies,
+    rollback_labels,
     seed_model_operator,
     seed_service,
     waypoint_access,

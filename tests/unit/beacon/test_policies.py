@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import MeshPolicy, PolicyTargetType
-from conftest import POLICY_ROLLBACK, UNPROTECTED
 from conftest import (
     MANAGED_BY,
     MODEL,
     OWNER,
+    POLICY_ROLLBACK,
     RELATION_ID,
     REQUESTED_BY,
+    UNPROTECTED,
     beacon_state,
     istio_runs_waypoint,
     mesh_relation,

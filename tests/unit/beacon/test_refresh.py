@@ -288,7 +288,9 @@ def test_a_rollback_to_the_deployed_charm_removes_every_policy_of_ours(
         mesh_relation("receiver", [wire_policy("sender", "receiver")]),
         metrics_relation(),
     ]
-    ctx.run(ctx.on.config_changed(), beacon_state(relations=relations, config={"model-on-mesh": True}))
+    ctx.run(
+        ctx.on.config_changed(), beacon_state(relations=relations, config={"model-on-mesh": True})
+    )
     ours = {
         f"AuthorizationPolicy {p['metadata']['namespace']}/{p['metadata']['name']}"
         for p in kube.list("authorizationpolicies")

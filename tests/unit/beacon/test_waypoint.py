@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from charm import IstioBeaconCharm
-from conftest import rollback_labels
 from conftest import (
     APP,
     MANAGED_BY,
@@ -18,6 +17,7 @@ from conftest import (
     WAYPOINT,
     beacon_state,
     istio_runs_waypoint,
+    rollback_labels,
 )
 from fake_kube import FakeKubeServer
 from ops import testing
@@ -74,7 +74,10 @@ def test_creates_the_waypoint_gateway_and_autoscaler(
     }
     autoscaler = kube.get("horizontalpodautoscalers", MODEL, WAYPOINT)
     assert autoscaler is not None
-    assert autoscaler["metadata"]["labels"] == {MANAGED_BY: OWNER, **rollback_labels("istio-waypoint")}
+    assert autoscaler["metadata"]["labels"] == {
+        MANAGED_BY: OWNER,
+        **rollback_labels("istio-waypoint"),
+    }
     assert autoscaler["spec"] == {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": WAYPOINT},
         "minReplicas": 2,
