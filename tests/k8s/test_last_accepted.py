@@ -1,4 +1,4 @@
-"""The last accepted request holds, action ALLOW is owned, a rollback is clean: on a real API server.
+"""The last accepted request holds, action ALLOW is owned, a rollback is clean (real API server).
 
 The beacon runs through ops.testing against the real kube-apiserver of this tier; the record
 of what was last accepted is on the objects, so every step here can be a fresh charm (a new
