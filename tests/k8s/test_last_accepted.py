@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from typing import Any
 
 import juju_seed
@@ -20,8 +21,8 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshPolicy,
     Method,
 )
-from deployed_beacon import AuthorizationPolicy, Gateway, roll_back
-from kube_server import KubeServer
+from deployed_beacon import AuthorizationPolicy, Gateway, charm_label, roll_back
+from kube_server import KubeServer, ensure_namespace
 from lightkube import Client
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.types import PatchType
@@ -191,10 +192,20 @@ def test_a_merge_patched_deny_is_allow_again_after_the_next_hook(admin: Client, 
         )
 
 
+@pytest.mark.parametrize("names", ["short", "long"])
 def test_a_rollback_to_the_deployed_charm_removes_every_policy_of_ours(
-    kube: KubeServer, admin: Client, model: str
+    kube: KubeServer, admin: Client, namespace: str, monkeypatch: pytest.MonkeyPatch, names: str
 ):
-    """Its reconcile, modelled from its source, finds ours by its labels and removes them."""
+    """Its reconcile, modelled from its source, finds ours by its labels and removes them.
+
+    ``short``: the waypoint has the same name in both charms. ``long`` (a model name long enough
+    that each charm shortens the waypoint's name with its own hash): it deletes our waypoint too.
+    """
+    model = f"rollback-{uuid.uuid4().hex[:8]}" if names == "short" else namespace
+    ensure_namespace(admin, model)
+    juju_seed.seed_app(admin, APP, model)
+    juju_seed.seed_app(admin, RECEIVER, model)
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig_path))
     juju_seed.seed_model_operator(admin, model)
     _run(_state(model, _policy(model, "sender"), **{"model-on-mesh": True}), "config_changed")
     api: Any = admin
@@ -207,13 +218,22 @@ def test_a_rollback_to_the_deployed_charm_removes_every_policy_of_ours(
     with kube.admin_client(field_manager=APP) as deployed:
         deleted = roll_back(deployed, APP, model, consumers=[("sender", RECEIVER)])
 
-    assert set(deleted) == ours
+    waypoint = waypoint_name(model, APP)
+    theirs = charm_label(model, APP, suffix="-waypoint", sep="-")
+    assert (waypoint == theirs) is (names == "short")
+    if names == "short":
+        assert set(deleted) == ours
+    else:
+        assert set(deleted) == {
+            *ours,
+            f"Gateway {model}/{waypoint}",
+            f"HorizontalPodAutoscaler {model}/{waypoint}",
+        }
     left = list(api.list(AuthorizationPolicy, namespace=model, labels={MANAGED_BY: None}))
     assert [item.metadata.name for item in left] == []
-    # The Gateway and autoscaler have the deployed charm's names: it keeps them as its own.
-    waypoint = waypoint_name(model, APP)
-    assert admin.get(Gateway, waypoint, namespace=model) is not None
-    assert admin.get(HorizontalPodAutoscaler, waypoint, namespace=model) is not None
+    # Its own waypoint is in place, under its name (ours, when the names match, taken over).
+    assert admin.get(Gateway, theirs, namespace=model) is not None
+    assert admin.get(HorizontalPodAutoscaler, theirs, namespace=model) is not None
 
 
 def test_the_state_is_not_needed_between_hooks(admin: Client, model: str):
