@@ -12,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
-from kube_server import KubeServer
 from lightkube import ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, DeploymentStatus
@@ -24,6 +22,8 @@ from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
 from namespace_labels import OWNER_LABEL, owner_value
 from ops import testing
+from support import juju_seed
+from support.kube_server import KubeServer
 from test_beacon_charm import APP, owned, relation, request, requested_by, state
 from waypoint import gateway_resource, waypoint_name
 
@@ -119,7 +119,6 @@ def test_the_model_operator_is_selected_by_its_own_service_and_kept_off_the_wayp
 
     policy = admin.get(AuthorizationPolicy, "allow-juju-model-operator", namespace=model)
     assert policy.to_dict()["spec"] == {
-        "action": "ALLOW",
         "action": "ALLOW",
         "selector": {"matchLabels": selector},
         "rules": [{}],

@@ -12,7 +12,6 @@ import json
 import uuid
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import (
@@ -21,13 +20,14 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshPolicy,
     Method,
 )
-from deployed_beacon import AuthorizationPolicy, Gateway, charm_label, roll_back
-from kube_server import KubeServer, ensure_namespace
 from lightkube import Client
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.types import PatchType
 from ops import testing
 from reconciler import MANAGED_BY
+from support import juju_seed
+from support.deployed_beacon import AuthorizationPolicy, Gateway, charm_label, roll_back
+from support.kube_server import KubeServer, ensure_namespace
 from waypoint import waypoint_name
 
 APP = "istio-beacon-k8s"

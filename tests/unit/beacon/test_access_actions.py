@@ -7,7 +7,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from conftest import (
@@ -19,9 +18,10 @@ from conftest import (
     mesh_relation,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from lightkube import codecs
 from ops import testing
+from support import juju_seed
+from support.fake_kube import FakeKubeServer
 
 SENDER, RECEIVER, LEGACY = "sender", "receiver", "legacy"
 

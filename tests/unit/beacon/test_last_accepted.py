@@ -12,7 +12,6 @@ import dataclasses
 import json
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import MAX_POLICIES_BYTES
@@ -25,10 +24,11 @@ from conftest import (
     request_policies,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
 from ops import testing
+from support import juju_seed
+from support.fake_kube import FakeKubeServer
 
 AuthorizationPolicy = create_namespaced_resource(
     "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
