@@ -20,11 +20,11 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshPolicy,
     Method,
 )
+from kube_names import MANAGED_BY
 from lightkube import Client
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.types import PatchType
 from ops import testing
-from reconciler import MANAGED_BY
 from support import juju_seed
 from support.deployed_beacon import AuthorizationPolicy, Gateway, charm_label, roll_back
 from support.kube_server import KubeServer, ensure_namespace
