@@ -276,3 +276,21 @@ def test_in_enforce_mode_explain_is_unchanged():
     explanation = explain(m, "sender", "receiver", 8080, method="POST", path="/x")
     assert explanation.now is None
     assert explanation_results(explanation)["verdict"] == "deny"
+
+
+def test_a_refused_relation_keeps_its_policies_in_the_current_mode(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    istio_runs_waypoint(kube)
+    relation = _relation()
+    ctx.run(ctx.on.config_changed(), beacon_state(relations=[relation], config=DRY_RUN))
+    app = _kinds(kube)["app"]
+    # The same relation, whose request is refused from now on.
+    broken = dataclasses.replace(relation, remote_app_data={"policies": "not json"})
+
+    for config, dry in ((DRY_RUN, True), (ENFORCE, False), (DRY_RUN, True)):
+        out = ctx.run(ctx.on.config_changed(), beacon_state(relations=[broken], config=config))
+        kept = _kinds(kube)["app"]
+        assert _identity(kept) == _identity(app)  # held as it was: same object, same spec
+        assert is_dry_run(kept) is dry
+        assert isinstance(out.unit_status, testing.BlockedStatus)
