@@ -41,7 +41,7 @@ import juju_hook_tools
 import juju_seed
 import pod_network
 import yaml
-from kube_server import UNTRUSTED_APP_RULES, KubeServer, ensure_namespace
+from kube_server import NAMESPACE_ADMIN_RULES, KubeServer, ensure_namespace
 from lightkube import Client
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
@@ -376,7 +376,7 @@ class JujuModel:
             self.admin.apply(
                 Role(
                     metadata=ObjectMeta(name=app, namespace=self.name),
-                    rules=list(UNTRUSTED_APP_RULES),
+                    rules=list(NAMESPACE_ADMIN_RULES),
                 ),
                 force=True,
             )

@@ -187,6 +187,8 @@ class IstioBeaconCharm(ops.CharmBase):
             event.add_status(ops.MaintenanceStatus("removed the mesh resources"))
         elif not self.unit.is_leader():
             event.add_status(ops.ActiveStatus("standby"))
+        elif findings is not None and findings.adoption_note:
+            event.add_status(ops.ActiveStatus(findings.adoption_note))
         elif self._config is not None and not self._config.manage_authorization_policies:
             event.add_status(ops.ActiveStatus("not managing authorization policies"))
         event.add_status(ops.ActiveStatus())
@@ -206,7 +208,8 @@ class IstioBeaconCharm(ops.CharmBase):
         if findings.forbidden:
             statuses.append(
                 ops.BlockedStatus(
-                    f"run `juju trust {self.app.name} --scope=cluster`: Kubernetes refused to "
+                    f"run `juju trust {self.app.name} --scope=cluster` or bind the Role in "
+                    f"charms/beacon/rbac (docs/beacon.md): Kubernetes refused to "
                     f"{findings.forbidden[0]}"
                 )
             )

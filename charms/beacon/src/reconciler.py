@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ops
-from adoption import adopt_after, adopt_before
+from adoption import (
+    adopt_after,
+    adopt_before,
+    foreign_leftovers,
+    leftovers_command,
+    refresh_evidence,
+)
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshType,
@@ -83,6 +89,8 @@ class Findings:
         unreachable: why Kubernetes could not be reached (no answer at all), or ``None``.
         refusals_logged: per relation, a digest of the refusals logged (see
             :func:`policies.log_refusals`), to log each change once.
+        adoption_note: what taking over the deployed beacon's objects left unchecked or
+            untouched (outside this model), for the status of the hook that did it.
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -95,6 +103,7 @@ class Findings:
     policy_conditions: list[PolicyCondition] = field(default_factory=list[PolicyCondition])
     unreachable: str | None = None
     refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
+    adoption_note: str | None = None
 
     @property
     def unenforced(self) -> list[PolicyCondition]:
@@ -152,8 +161,23 @@ class BeaconReconciler:
         if planned_units == 0:
             return self.teardown()
         self.findings.refusals_logged = dict(refusals_logged or {})
+        evidence: str | None = None
         if adopt:
-            self._adopt_namespace_labels()
+            # Only a refresh from the deployed charm leaves its waypoint Gateway in this model:
+            # without it there is nothing to take over, and nothing is ever looked for again.
+            try:
+                evidence = refresh_evidence(
+                    self._client, self._namespace, self._app, gateway_resource(), self._labels
+                )
+            except Exception as error:  # lightkube.ApiError, an HTTP or a connection error
+                # The steps below meet the same refusal or outage and report it; adoption waits
+                # for a later hook.
+                logger.warning("cannot look for the deployed beacon's waypoint: %s", error)
+            else:
+                self.adopted = evidence is None  # nothing to take over: never looked for again
+                if evidence is not None:
+                    logger.info("refreshed from the deployed beacon (found its %s)", evidence)
+                    self._adopt_namespace_labels()
         # The namespace first: consumers are told they need no labels of their own only when the
         # namespace is known to carry this beacon's. Otherwise (a conflict, or no answer) they
         # keep theirs: fail closed. A one-item tuple: None from _attempt means the step failed,
@@ -210,12 +234,14 @@ class BeaconReconciler:
             ),
         )
         # The deployed beacon's objects go only once ours are all in place: never less access.
-        if adopt and not (
+        if evidence is not None and not (
             self.findings.forbidden or self.findings.api_errors or self.findings.unreachable
         ):
             self.adopted = (
                 self._attempt("remove the deployed beacon's objects", self._adopt) is True
             )
+            if self.adopted:
+                self._report_foreign_leftovers()
         return self.findings
 
     def _adopt_namespace_labels(self) -> None:
@@ -227,7 +253,7 @@ class BeaconReconciler:
             # adoption is tried again on the next hook.
             logger.warning("cannot look for the deployed beacon's namespace labels: %s", error)
 
-    def _adopt(self, *, keep_own: bool = True) -> bool:
+    def _adopt(self) -> bool:
         own = {
             ("Gateway", self._namespace, self.waypoint),
             ("HorizontalPodAutoscaler", self._namespace, self.waypoint),
@@ -237,12 +263,51 @@ class BeaconReconciler:
             self._namespace,
             self._app,
             kinds=(gateway_resource(), HorizontalPodAutoscaler, _authorization_policy_kind()),
-            keep=own if keep_own else set(),
+            keep=own,
+            own_labels=self._labels,
         )
         return True
 
+    def _report_foreign_leftovers(self) -> None:
+        """Say what of the deployed beacon may be left in other namespaces: never touched."""
+        try:
+            found = foreign_leftovers(
+                self._client, self._namespace, self._app, _authorization_policy_kind()
+            )
+        except Exception as error:  # lightkube.ApiError, an HTTP or a connection error
+            found = None
+            logger.warning("cannot look for the deployed beacon's policies elsewhere: %s", error)
+        command = leftovers_command(self._namespace, self._app)
+        if found is None:
+            logger.warning(
+                "took over the deployed beacon's objects in this model; could not check other "
+                "namespaces for its AuthorizationPolicies (no right to list them across "
+                "namespaces): check by hand with %s",
+                command,
+            )
+            self.findings.adoption_note = (
+                "took over the deployed beacon in this model; other namespaces not checked "
+                "(no cluster-wide read): see the log"
+            )
+        elif found:
+            logger.warning(
+                "left alone %d AuthorizationPolicies outside this model that carry the deployed "
+                "beacon's labels (another model's beacon can carry the same): %s; delete those "
+                "that are the deployed beacon's by hand (%s)",
+                len(found),
+                ", ".join(found),
+                command,
+            )
+            self.findings.adoption_note = (
+                f"took over the deployed beacon in this model; left alone {len(found)} "
+                "policies in other namespaces: see the log"
+            )
+
     def teardown(self) -> Findings:
-        """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap."""
+        """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap.
+
+        Only what carries the beacon's own ownership marks, in its own namespace.
+        """
         self._attempt(
             "remove the waypoint",
             lambda: delete_waypoint(self._client, self.waypoint, self._labels),
@@ -268,11 +333,15 @@ class BeaconReconciler:
             ),
         )
         self._attempt("remove the labels ConfigMap", self._delete_label_configmap)
-        self._attempt("remove the deployed beacon's objects", lambda: self._adopt(keep_own=False))
+        # Nothing of the deployed charm: what was adopted is gone already, and what was not was
+        # never proven ours (adoption.py).
         return self.findings
 
     def _policy_manager(self) -> PolicyResourceManager:
-        return PolicyResourceManager(self._charm, self._client, labels=self._labels, logger=logger)
+        # Every policy of the beacon is in its namespace: no cluster-wide list (and no 403).
+        return PolicyResourceManager(
+            self._charm, self._client, labels=self._labels, logger=logger, cluster_wide=False
+        )
 
     def _reconcile_policies(
         self,

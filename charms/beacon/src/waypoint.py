@@ -174,8 +174,14 @@ def _converge_gateway(
     return current
 
 
+def _carries(manifest: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    metadata = cast("Mapping[str, Any]", manifest.get("metadata") or {})
+    have = cast("Mapping[str, str]", metadata.get("labels") or {})
+    return all(have.get(key) == value for key, value in labels.items())
+
+
 def _converge_autoscaler(
-    client: Client, name: str, wanted: dict[str, Any] | None
+    client: Client, name: str, wanted: dict[str, Any] | None, labels: Mapping[str, str]
 ) -> dict[str, Any] | None:
     """Make the waypoint's autoscaler be ``wanted`` (or gone), never touching one of Istio's.
 
@@ -196,7 +202,9 @@ def _converge_autoscaler(
     if current is not None and not owns_waypoint_autoscaler(current, name):
         return current  # Istio's: never adopted, changed or deleted
     if wanted is None:
-        if current is not None:
+        if current is not None and _carries(current, labels):
+            # Only one the beacon wrote: a same-named autoscaler of the deployed charm that was
+            # never adopted, or anyone else's, is not the beacon's to remove.
             _delete(client, HorizontalPodAutoscaler, name, namespace)
     elif current is None or not is_applied(wanted, current):
         api.apply(HorizontalPodAutoscaler.from_dict(wanted), force=True)
@@ -235,7 +243,7 @@ def reconcile_waypoint(
             raise MissingCRDError(GATEWAY_CRD, "deploy istio-k8s") from error
         raise
     autoscaler = build_autoscaler(name, namespace, replicas, labels) if replicas > 0 else None
-    istio_autoscaler = _converge_autoscaler(client, name, autoscaler)
+    istio_autoscaler = _converge_autoscaler(client, name, autoscaler, labels)
     if replicas == 0:
         return WaypointReadiness(ready=True)
     return waypoint_readiness(
@@ -330,4 +338,4 @@ def delete_waypoint(client: Client, name: str, labels: Mapping[str, str]) -> Non
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
         if not is_unserved_kind(error):
             raise
-    _converge_autoscaler(client, name, None)
+    _converge_autoscaler(client, name, None, labels)

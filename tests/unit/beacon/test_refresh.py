@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -253,8 +254,13 @@ def test_the_first_reconcile_takes_over_the_deployed_beacons_objects(
 
     out = ctx.run(ctx.on.upgrade_charm(), state)
 
-    assert deployed_objects(kube.client(), APP, MODEL) == []
-    names = {p["metadata"]["name"] for p in kube.list("authorizationpolicies")}
+    # Everything in the model is taken over; the policy in another namespace carries labels
+    # another model's beacon could write too: it is left alone (and reported).
+    foreign = [(ns, name) for ns, name in seeded.policies if ns != MODEL]
+    assert deployed_objects(kube.client(), APP, MODEL) == [
+        f"AuthorizationPolicy {ns}/{name}" for ns, name in foreign
+    ]
+    names = {p["metadata"]["name"] for p in kube.list("authorizationpolicies", MODEL)}
     assert not names & {name for _, name in seeded.policies}
     assert seeded.model_operator_policy not in names
     assert "allow-juju-model-operator" in names
@@ -272,6 +278,122 @@ def test_the_first_reconcile_takes_over_the_deployed_beacons_objects(
     kube.reset_requests()
     ctx.run(ctx.on.update_status(), out)
     assert not any("kubernetes-resource-handler-scope" in r.path for r in kube.requests)
+
+
+def ambiguous_policy(kube: FakeKubeServer, namespace: str, instance: str) -> str:
+    """A policy another model's deployed beacon wrote in ``namespace`` under ``instance``."""
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace},
+        }
+    )
+    name = f"{instance}-policy-guard"
+    kube.put(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {
+                    "app.kubernetes.io/instance": instance,
+                    "kubernetes-resource-handler-scope": "istio-authorization-policy",
+                },
+            },
+            "spec": {
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "guarded"}},
+                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/istio/sa/a"]}}]}],
+            },
+        }
+    )
+    return name
+
+
+def test_another_models_policy_under_an_ambiguous_label_survives_install_and_removal(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    # A deployed beacon named beacon-k8s-mesh-model in model istio labels its policies
+    # istio-beacon-k8s-mesh-model: what the deployed charm's older spelling gives for our app
+    # istio-beacon-k8s in our model mesh-model. Nothing was refreshed here.
+    instance = "istio-beacon-k8s-mesh-model"
+    assert f"{APP}-{MODEL}" == instance
+    name = ambiguous_policy(kube, "istio", instance)
+    relation = mesh_relation("receiver", [wire_policy("sender", "receiver")])
+    seed_service(kube, "receiver")
+
+    kube.reset_requests()
+    out = ctx.run(ctx.on.install(), beacon_state(relations=[relation]))
+    out = ctx.run(ctx.on.upgrade_charm(), out)
+    out = ctx.run(ctx.on.leader_elected(), out)
+    ctx.run(ctx.on.remove(), dataclasses.replace(out, planned_units=0))
+
+    assert kube.get("authorizationpolicies", "istio", name) is not None
+    # Not even looked at: no request reached outside the model's namespace.
+    assert not [r for r in kube.requests if "/namespaces/istio" in r.path]
+    assert not [
+        r
+        for r in kube.requests
+        if "authorizationpolicies" in r.path and "/namespaces/" not in r.path
+    ]
+
+
+def test_with_a_refresh_another_models_policy_is_still_left_alone(
+    ctx: testing.Context[Any], kube: FakeKubeServer, caplog: pytest.LogCaptureFixture
+):
+    seed_service(kube, "receiver")
+    seed_deployed_beacon(
+        kube.client(field_manager=APP), APP, MODEL, consumers=[("sender", "receiver")]
+    )
+    name = ambiguous_policy(kube, "istio", f"{APP}-{MODEL}")
+    relation = mesh_relation("receiver", [wire_policy("sender", "receiver")])
+
+    out = ctx.run(ctx.on.upgrade_charm(), beacon_state(relations=[relation]))
+
+    assert kube.get("authorizationpolicies", "istio", name) is not None
+    assert deployed_objects(kube.client(), APP, MODEL) == [f"AuthorizationPolicy istio/{name}"]
+    assert f"istio/{name}" in caplog.text
+    assert "kubectl get authorizationpolicies -A" in caplog.text
+    assert out.unit_status.name != "blocked", out.unit_status
+
+
+def test_without_cluster_rights_the_log_says_other_namespaces_were_not_checked(
+    ctx: testing.Context[Any], kube: FakeKubeServer, caplog: pytest.LogCaptureFixture
+):
+    seed_service(kube, "receiver")
+    seed_deployed_beacon(
+        kube.client(field_manager=APP), APP, MODEL, consumers=[("sender", "receiver")]
+    )
+    kube.forbid("list", "authorizationpolicies", cluster_wide_only=True)
+    relation = mesh_relation("receiver", [wire_policy("sender", "receiver")])
+
+    out = ctx.run(ctx.on.upgrade_charm(), beacon_state(relations=[relation]))
+
+    assert not [
+        item
+        for plural in ("gateways", "horizontalpodautoscalers", "authorizationpolicies")
+        for item in kube.list(plural)
+        if "kubernetes-resource-handler-scope" in (item["metadata"].get("labels") or {})
+    ]
+    assert "could not check other namespaces" in caplog.text
+    assert "kubectl get authorizationpolicies -A" in caplog.text
+    assert out.unit_status.name != "blocked", out.unit_status
+
+
+def test_removal_never_deletes_what_was_not_adopted(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    seeded = seed_deployed_beacon(
+        kube.client(field_manager=APP), APP, MODEL, consumers=[("sender", "receiver")]
+    )
+    before = deployed_objects(kube.client(), APP, MODEL)
+    assert before
+
+    ctx.run(ctx.on.remove(), beacon_state(planned_units=0))
+
+    assert deployed_objects(kube.client(), APP, MODEL) == before
+    assert kube.get("gateways", MODEL, seeded.waypoint) is not None
 
 
 def test_a_refusal_keeps_the_deployed_policies_until_ours_are_in_place(

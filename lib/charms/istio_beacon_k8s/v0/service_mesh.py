@@ -105,7 +105,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 13
+LIBPATCH = 14
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -2370,6 +2370,10 @@ class PolicyResourceManager:
         labels: the labels that mark the objects this manager owns; they are put on every object
             it writes and select the objects it lists. Defaults to :func:`get_default_labels`.
         logger: where to log; defaults to this module's logger.
+        cluster_wide: look for owned objects across every namespace first (a cluster-wide
+            list, which needs a ClusterRole; refused, it falls back to the namespaces written
+            to). ``False`` lists only the model's namespace and those of the wanted objects:
+            what a namespaced Role allows, and never a request Kubernetes refuses.
     """
 
     def __init__(
@@ -2378,9 +2382,12 @@ class PolicyResourceManager:
         lightkube_client: Client,
         labels: Mapping[str, str] | None = None,
         logger: logging.Logger | None = None,
+        *,
+        cluster_wide: bool = True,
     ):
         self._charm = charm
         self._client = lightkube_client
+        self._cluster_wide = cluster_wide
         self.labels: dict[str, str] = (
             dict(labels) if labels else get_default_labels(charm.app.name, charm.model.name)
         )
@@ -2511,20 +2518,25 @@ class PolicyResourceManager:
         resource = _authorization_policy_resource()
         client: Any = self._client  # lightkube's overloads are only partly typed
         selector: dict[str, Any] = dict(self.labels)
-        try:
-            items: list[Any] = list(client.list(resource, namespace=ALL_NS, labels=selector))
-        except Exception as error:  # lightkube.ApiError, or an HTTP error: see http_status_code
-            self._raise_if_missing_crd(error)
-            if http_status_code(error) != 403:
-                raise
-            # Without cluster-wide list rights, look where this manager can write.
-            items = []
-            for namespace in sorted(namespaces | {self._charm.model.name}):
-                try:
-                    items.extend(client.list(resource, namespace=namespace, labels=selector))
-                except Exception as inner:
-                    self._raise_if_missing_crd(inner)
+        if self._cluster_wide:
+            try:
+                return self._by_key(client.list(resource, namespace=ALL_NS, labels=selector))
+            except Exception as error:  # lightkube.ApiError, or an HTTP error: http_status_code
+                self._raise_if_missing_crd(error)
+                if http_status_code(error) != 403:
                     raise
+        # Not asked to, or not allowed to list across namespaces: look where it can write.
+        items: list[Any] = []
+        for namespace in sorted(namespaces | {self._charm.model.name}):
+            try:
+                items.extend(client.list(resource, namespace=namespace, labels=selector))
+            except Exception as inner:
+                self._raise_if_missing_crd(inner)
+                raise
+        return self._by_key(items)
+
+    @staticmethod
+    def _by_key(items: Iterable[Any]) -> dict[tuple[str, str], dict[str, Any]]:
         result: dict[tuple[str, str], dict[str, Any]] = {}
         for item in items:
             manifest = cast("dict[str, Any]", item.to_dict())
