@@ -148,6 +148,22 @@ def refresh_evidence(
     return f"Gateway {model_name}/{name}"
 
 
+def is_deployed_charms(manifest: Mapping[str, Any], model_name: str, app_name: str) -> bool:
+    """Whether an object of the model's namespace carries the deployed charm's labels.
+
+    For the waypoint's Gateway and autoscaler only, whose name the deployed charm derived from
+    this model and app: in this namespace, name and labels together are that charm's.
+    """
+    metadata: Mapping[str, Any] = manifest.get("metadata") or {}
+    labels: Mapping[str, str] = metadata.get("labels") or {}
+    return (
+        metadata.get("namespace") == model_name
+        and metadata.get("name") == deployed_waypoint_name(model_name, app_name)
+        and labels.get(INSTANCE_LABEL) in instance_values(model_name, app_name)
+        and labels.get(SCOPE_LABEL) == WAYPOINT_SCOPE
+    )
+
+
 @dataclass
 class Adoption:
     """What :func:`adopt_after` did, as ``Kind namespace/name`` lists."""

@@ -76,7 +76,9 @@ def service_owner_error(app: str, service: str, services: Mapping[str, Mapping[s
 
     A Service belongs to an app when it exists and carries ``app.kubernetes.io/name: <app>``
     (Juju labels the Services it creates so), or when it carries no such label at all and is named
-    ``<app>`` or ``<app>-endpoints``.
+    ``<app>`` or ``<app>-endpoints``. Never, whatever its labels, when it is another Juju app's by
+    name: ``<other>`` next to an ``<other>-endpoints``, or ``<other>-endpoints`` next to
+    ``<other>``.
 
     Args:
         app: the app that asks.
@@ -86,6 +88,9 @@ def service_owner_error(app: str, service: str, services: Mapping[str, Mapping[s
     shown = display_text(service)
     if service not in services:
         return f"Service {shown} does not exist"
+    by_name = _other_apps_by_name(app, service, services)
+    if by_name:
+        return by_name
     owner = services[service].get(APP_NAME_LABEL)
     if owner is None:
         if service in (app, f"{app}-endpoints"):
@@ -93,6 +98,21 @@ def service_owner_error(app: str, service: str, services: Mapping[str, Mapping[s
         return f"Service {shown} is not labelled {APP_NAME_LABEL}={app}"
     if owner != app:
         return f"Service {shown} belongs to {owner}"
+    return ""
+
+
+def _other_apps_by_name(app: str, service: str, services: Mapping[str, Mapping[str, str]]) -> str:
+    """Why Service ``service`` is another Juju app's by its name alone, or ``""``.
+
+    Juju makes ``<app>`` and ``<app>-endpoints`` for every app, and any app of the model may
+    relabel a Service, so a label never makes another app's Service this one's.
+    """
+    shown = display_text(service)
+    if service != app and f"{service}-endpoints" in services:
+        return f"Service {shown} is app {shown}'s (Juju made {shown}-endpoints for it)"
+    base = service.removesuffix("-endpoints")
+    if service not in (f"{app}-endpoints", base) and base in services:
+        return f"Service {shown} is app {display_text(base)}'s headless Service"
     return ""
 
 

@@ -16,6 +16,7 @@ from adoption import (
     adopt_after,
     adopt_before,
     foreign_leftovers,
+    is_deployed_charms,
     leftovers_command,
     refresh_evidence,
 )
@@ -32,6 +33,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
 from kubernetes_client import error_message, make_client, status_code
 from lightkube import ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Service
 from metrics import metrics_access_manifests, telemetry_label
@@ -39,6 +41,7 @@ from model_operator import ModelOperatorAccess, model_operator_policy, reconcile
 from namespace_labels import owner_value, reconcile_namespace_labels
 from ownership import MANAGED_BY, ownership_labels
 from policies import (
+    APP_NAME_LABEL,
     Refusal,
     WaypointBinding,
     build_policy_manifests,
@@ -50,6 +53,7 @@ from policies import (
 )
 from policy_status import PolicyCondition, istio_conditions
 from waypoint import (
+    NotOwnedError,
     WaypointReadiness,
     consumer_labels,
     delete_waypoint,
@@ -214,6 +218,7 @@ class BeaconReconciler:
                 planned_units,
                 self._labels,
                 telemetry_label(self._namespace, self._app),
+                take_over=lambda found: is_deployed_charms(found, self._namespace, self._app),
             ),
         )
         model_operator = self._attempt(
@@ -390,14 +395,22 @@ class BeaconReconciler:
                 rejected.append(Refusal(*asker, f"Kubernetes refused it: {said}"))
                 return
             logger.error("cannot write AuthorizationPolicy %s: %s", key, said)
-            if code == 403:
+            if code == 409:
+                # Created, not applied (take_over=False): one of that name is someone else's.
+                self.findings.api_errors.append(
+                    f"AuthorizationPolicy {key} exists and is not the beacon's: remove or "
+                    "rename it"
+                )
+            elif code == 403:
                 self.findings.forbidden.append(f"write AuthorizationPolicy {key}")
             elif code:
                 self.findings.api_errors.append(f"cannot write AuthorizationPolicy {key}: {said}")
             else:
                 self.findings.unreachable = self.findings.unreachable or said
 
-        summary = manager.reconcile([], MeshType.istio, raw_policies=manifests, on_error=on_error)
+        summary = manager.reconcile(
+            [], MeshType.istio, raw_policies=manifests, on_error=on_error, take_over=False
+        )
         # By relation: the status names the same first refusal whatever order Juju lists them.
         self.findings.refusals = sorted(
             refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id
@@ -418,11 +431,22 @@ class BeaconReconciler:
             logger.info("no AuthorizationPolicy CRD: no policy to delete")
 
     def _services(self) -> dict[str, dict[str, str]]:
+        """The namespace's Services, name to labels, with each Juju app's owned by name.
+
+        Any app of the model may relabel a Service (Juju's default Role lets it patch every
+        Service), so ``app.kubernetes.io/name`` is overridden by what the names prove: Services
+        ``<app>`` and ``<app>-endpoints`` are app ``<app>``'s when its StatefulSet exists.
+        """
         api: Any = self._client  # lightkube's list overloads are only partly typed
         services: dict[str, dict[str, str]] = {}
         for service in api.list(Service, namespace=self._namespace):
             metadata = service.metadata
             services[metadata.name] = dict(metadata.labels or {})
+        for statefulset in api.list(StatefulSet, namespace=self._namespace):
+            app = statefulset.metadata.name
+            for name in (app, f"{app}-endpoints"):
+                if name in services:
+                    services[name][APP_NAME_LABEL] = app
         return services
 
     def _delete_label_configmap(self) -> None:
@@ -442,6 +466,9 @@ class BeaconReconciler:
             logger.error("cannot %s: %s", what, error)
             if error.resource not in self.findings.missing_crds:
                 self.findings.missing_crds.append(error.resource)
+        except NotOwnedError as error:
+            logger.error("cannot %s: %s", what, error)
+            self.findings.api_errors.append(f"cannot {what}: {error}")
         except Exception as error:  # lightkube.ApiError, or an HTTP error: see status_code
             code = status_code(error)
             if not code:

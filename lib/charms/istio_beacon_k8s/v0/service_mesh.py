@@ -2405,6 +2405,8 @@ class PolicyResourceManager:
         force: bool = True,
         ignore_missing: bool = True,
         on_error: Callable[[str, Exception], None] | None = None,
+        *,
+        take_over: bool = True,
     ) -> ReconcileSummary:
         """Create what is missing, update what differs, delete what is no longer wanted.
 
@@ -2423,6 +2425,10 @@ class PolicyResourceManager:
             on_error: called with ``namespace/name`` and the error for each object that could
                 not be written or deleted; without it, the first such error is raised once
                 every other object was handled.
+            take_over: write a wanted object this manager does not own yet with a server-side
+                apply, which takes over a same-named object someone else made (as every release
+                did). ``False`` creates it instead: a same-named object that is not this
+                manager's is left as it is and its write fails with 409 (``AlreadyExists``).
 
         Raises:
             MissingCRDError: the AuthorizationPolicy CRD is not installed (Istio is missing).
@@ -2465,7 +2471,10 @@ class PolicyResourceManager:
                 unchanged += 1
                 continue
             try:
-                client.apply(resource.from_dict(manifest), force=force)
+                if current is None and not take_over:
+                    client.create(resource.from_dict(manifest))
+                else:
+                    client.apply(resource.from_dict(manifest), force=force)
             except Exception as error:  # lightkube.ApiError, or an HTTP or connection error
                 failed(key, error)
                 continue
