@@ -113,9 +113,11 @@ def refresh_evidence(
 ) -> str | None:
     """The deployed charm's waypoint Gateway in this model, if there is one: proof of a refresh.
 
-    One GET by name in the model's namespace (never a list, never another namespace). The
-    Gateway counts only with the deployed charm's labels for this model and app, and without this
-    beacon's ownership labels (an object of ours that also carries the deployed labels is ours).
+    One list in the model's namespace (never another namespace), by the deployed charm's labels
+    for this model and app; the Gateway counts only under the name that charm derives from them,
+    and without this beacon's ownership labels (an object of ours that also carries the deployed
+    labels is ours). A list, not a get by name: a Role may fix the names it lets the beacon get,
+    and in a model with a long name the deployed charm's differs from the beacon's.
 
     Args:
         client: the Kubernetes client.
@@ -131,21 +133,18 @@ def refresh_evidence(
         lightkube.ApiError: Kubernetes refused (403) or failed: adoption waits for a later hook.
     """
     name = deployed_waypoint_name(model_name, app_name)
-    api: Any = client
-    try:
-        item = api.get(gateway, name, namespace=model_name)
-    except Exception as error:  # lightkube.ApiError, or an HTTP error (kind not served)
-        if http_status_code(error) == 404:
-            return None  # no such Gateway, or no Gateway CRD: nothing was deployed here
-        raise
-    labels: Mapping[str, str] = (item.metadata.labels if item.metadata else None) or {}
-    if labels.get(INSTANCE_LABEL) not in instance_values(model_name, app_name):
-        return None
-    if labels.get(SCOPE_LABEL) != WAYPOINT_SCOPE:
-        return None
-    if own_labels and all(labels.get(key) == value for key, value in own_labels.items()):
-        return None
-    return f"Gateway {model_name}/{name}"
+    selector = {
+        INSTANCE_LABEL: in_(instance_values(model_name, app_name)),
+        SCOPE_LABEL: WAYPOINT_SCOPE,
+    }
+    for item in _list(client, gateway, model_name, selector):
+        labels: Mapping[str, str] = item.metadata.labels or {}
+        if item.metadata.name != name:
+            continue
+        if own_labels and all(labels.get(key) == value for key, value in own_labels.items()):
+            continue
+        return f"Gateway {model_name}/{name}"
+    return None
 
 
 def is_deployed_charms(manifest: Mapping[str, Any], model_name: str, app_name: str) -> bool:

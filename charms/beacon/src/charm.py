@@ -196,6 +196,8 @@ class IstioBeaconCharm(ops.CharmBase):
     def _statuses(self, findings: Findings) -> list[ops.StatusBase]:
         """The statuses for what a reconcile found, most urgent first."""
         statuses: list[ops.StatusBase] = []
+        if findings.root_namespace:
+            statuses.append(ops.BlockedStatus(findings.root_namespace))
         if findings.unreachable:
             statuses.append(ops.BlockedStatus(f"cannot reach Kubernetes: {findings.unreachable}"))
         if findings.missing_crds:

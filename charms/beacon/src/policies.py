@@ -228,7 +228,42 @@ def check_requests(
                 refusals.append(Refusal(app, request.relation_id, error))
             else:
                 accepted.append(AcceptedPolicy(policy, app, request.relation_id))
-    return accepted, refusals
+    return _capped(accepted, refusals)
+
+
+#: The most policies the beacon applies for one app, over all its relations. istiod sends every
+#: policy to every ztunnel of the mesh (and each app policy to the waypoint): one app must not
+#: be able to flood them. A consumer gets one policy per source app and endpoint set, so this
+#: fits an app that hundreds of apps reach (logs, metrics); an operator who wants a tighter
+#: bound for the whole namespace sets a ResourceQuota (docs/beacon.md).
+MAX_POLICIES_PER_APP = 500
+
+
+def _capped(
+    accepted: list[AcceptedPolicy], refusals: list[Refusal]
+) -> tuple[list[AcceptedPolicy], list[Refusal]]:
+    """Keep at most :data:`MAX_POLICIES_PER_APP` per app, in the order they were requested."""
+    kept: list[AcceptedPolicy] = []
+    counts: dict[str, int] = {}
+    over: dict[str, tuple[int, int]] = {}
+    for item in accepted:
+        counts[item.app_name] = counts.get(item.app_name, 0) + 1
+        if counts[item.app_name] <= MAX_POLICIES_PER_APP:
+            kept.append(item)
+        else:
+            first, extra = over.get(item.app_name, (item.relation_id, 0))
+            over[item.app_name] = (first, extra + 1)
+    for app, (relation_id, extra) in over.items():
+        refusals.append(
+            Refusal(
+                app,
+                relation_id,
+                f"asks for {MAX_POLICIES_PER_APP + extra} policies, more than the "
+                f"{MAX_POLICIES_PER_APP} the beacon applies for one app: the last {extra} are "
+                "refused",
+            )
+        )
+    return kept, refusals
 
 
 def build_policy_manifests(

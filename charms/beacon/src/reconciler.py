@@ -69,6 +69,10 @@ __all__ = ["MANAGED_BY", "BeaconReconciler", "Findings", "ownership_labels"]
 
 _T = TypeVar("_T")
 
+#: Istio's root namespace as istiod has it by default (``meshConfig.rootNamespace``): policies
+#: there apply to every namespace of the mesh.
+ISTIO_ROOT_NAMESPACE = "istio-system"
+
 
 def _authorization_policy_kind() -> Any:
     return create_namespaced_resource(
@@ -95,6 +99,7 @@ class Findings:
             :func:`policies.log_refusals`), to log each change once.
         adoption_note: what taking over the deployed beacon's objects left unchecked or
             untouched (outside this model), for the status of the hook that did it.
+        root_namespace: why the beacon does nothing in Istio's root namespace, or ``None``.
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -108,6 +113,7 @@ class Findings:
     unreachable: str | None = None
     refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
     adoption_note: str | None = None
+    root_namespace: str | None = None
 
     @property
     def unenforced(self) -> list[PolicyCondition]:
@@ -164,6 +170,14 @@ class BeaconReconciler:
         """
         if planned_units == 0:
             return self.teardown()
+        if self._namespace == ISTIO_ROOT_NAMESPACE:
+            # A selector policy there is mesh-wide: every related app's policy would apply to
+            # every namespace's pods with the same labels. Nothing is written.
+            self.findings.root_namespace = (
+                f"this model is Istio's root namespace ({ISTIO_ROOT_NAMESPACE}), where a policy "
+                "applies to the whole mesh: deploy the beacon in the model of the apps it serves"
+            )
+            return self.findings
         self.findings.refusals_logged = dict(refusals_logged or {})
         evidence: str | None = None
         if adopt:
@@ -376,7 +390,9 @@ class BeaconReconciler:
         manifests.extend(waypoint_allow_policy(app, self._namespace, principal) for app in related)
         # Prometheus, related over metrics-endpoint, may reach the metrics proxy on our pods.
         manifests.extend(
-            metrics_access_manifests(self._charm.model.relations, self._app, self._namespace)
+            metrics_access_manifests(
+                self._charm.model.relations, self._app, self._namespace, self._charm.model.uuid
+            )
         )
         if config.model_on_mesh and model_operator.selector is not None:
             manifests.append(model_operator_policy(self._namespace, model_operator.selector))

@@ -485,3 +485,20 @@ def test_the_model_operator_service_labels_are_planned_like_the_namespace_labels
     plan = plan_service_labels(current, off_waypoint=off_waypoint, owner=OWNER)
 
     assert (plan.patch, plan.conflict) == (patch, conflict)
+
+
+def test_in_istios_root_namespace_it_writes_nothing_and_says_why(kube: FakeKubeServer):
+    juju_seed.seed_app(kube.client(), "istio-beacon-k8s", "istio-system")
+    ctx = testing.Context(IstioBeaconCharm, app_name="istio-beacon-k8s")
+    state = dataclasses.replace(
+        beacon_state(config=ON_MESH), model=testing.Model(name="istio-system")
+    )
+    kube.reset_requests()
+
+    out = ctx.run(ctx.on.config_changed(), state)
+
+    assert kube.write_count() == 0
+    assert out.unit_status == testing.BlockedStatus(
+        "this model is Istio's root namespace (istio-system), where a policy applies to the whole "
+        "mesh: deploy the beacon in the model of the apps it serves"
+    )

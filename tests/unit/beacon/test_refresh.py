@@ -42,6 +42,7 @@ CHARMCRAFT = yaml.safe_load(
     (Path(__file__).parents[3] / "charms" / "beacon" / "charmcraft.yaml").read_text()
 )
 TELEMETRY = f"charms.canonical.com/{MODEL}.{APP}.telemetry"
+OTHER_MODEL_UUID = "6c0f3f2e-1b7a-4d8e-9a51-2d5a0c7b9e11"
 
 
 def metrics_relation(**kwargs: Any) -> testing.Relation:
@@ -465,6 +466,7 @@ def test_a_cross_model_prometheus_is_allowed_by_its_real_name(
         remote_app_data={
             "cmr_data": json.dumps({"app_name": "prometheus", "juju_model_name": "cos"})
         },
+        remote_model_uuid=OTHER_MODEL_UUID,  # Juju: another model
     )
     ctx.run(ctx.on.relation_created(metrics), beacon_state(relations=[metrics, cmr]))
     principals = {
@@ -476,6 +478,59 @@ def test_a_cross_model_prometheus_is_allowed_by_its_real_name(
     }
     assert "cluster.local/ns/cos/sa/prometheus" in principals
     assert f"cluster.local/ns/{MODEL}/sa/{alias}" not in principals
+
+
+def test_a_claim_on_a_relation_inside_the_model_is_ignored(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    # An app of this model claims to be cos's Prometheus: Juju names it here, the claim is not
+    # believed (the same rule as the library's consumers), and only its own name is allowed.
+    metrics = testing.Relation("metrics-endpoint", "prometheus_scrape", remote_app_name="prom")
+    cmr = testing.Relation(
+        "provide-cmr-mesh",
+        "cross_model_mesh",
+        remote_app_name="prom",
+        remote_app_data={
+            "cmr_data": json.dumps({"app_name": "prometheus", "juju_model_name": "cos"})
+        },
+    )
+    ctx.run(ctx.on.relation_created(metrics), beacon_state(relations=[metrics, cmr]))
+    principals = metrics_principals(kube)
+    assert "cluster.local/ns/cos/sa/prometheus" not in principals
+    assert f"cluster.local/ns/{MODEL}/sa/prom" in principals
+
+
+def test_an_identity_claimed_by_two_relations_is_believed_for_neither(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    relations: list[testing.RelationBase] = []
+    for alias in ("remote-" + "a" * 32, "remote-" + "b" * 32):
+        relations.append(
+            testing.Relation("metrics-endpoint", "prometheus_scrape", remote_app_name=alias)
+        )
+        relations.append(
+            testing.Relation(
+                "provide-cmr-mesh",
+                "cross_model_mesh",
+                remote_app_name=alias,
+                remote_app_data={
+                    "cmr_data": json.dumps({"app_name": "prometheus", "juju_model_name": "cos"})
+                },
+                remote_model_uuid=OTHER_MODEL_UUID,
+            )
+        )
+    ctx.run(ctx.on.update_status(), beacon_state(relations=relations))
+    assert "cluster.local/ns/cos/sa/prometheus" not in metrics_principals(kube)
+
+
+def metrics_principals(kube: FakeKubeServer) -> set[str]:
+    return {
+        principal
+        for p in kube.list("authorizationpolicies", MODEL)
+        for rule in p["spec"].get("rules", [])
+        for source in rule.get("from", [])
+        for principal in source["source"].get("principals", [])
+    }
 
 
 def test_a_claim_of_an_app_of_this_model_is_refused(

@@ -123,6 +123,32 @@ _UNREADABLE = "\x00unreadable:"
 MESH_LABEL_KEYS = frozenset(
     ("istio.io/dataplane-mode", "istio.io/use-waypoint", "istio.io/use-waypoint-namespace")
 )
+# The one data-plane mode a consumer accepts: any other value ("none") takes its pods off the mesh.
+_AMBIENT = "ambient"
+
+
+def _mesh_label_problem(labels: Mapping[str, str], model_name: str) -> str:
+    """Why a consumer must not put the provider's mesh labels on its objects, or ``""``.
+
+    ``istio.io/dataplane-mode`` must be ``ambient``, and the waypoint must be in this model's
+    namespace: the beacon serves its own model only, so a waypoint elsewhere is not one that
+    enforces this app's policies.
+    """
+    mode = labels.get("istio.io/dataplane-mode")
+    if mode is not None and mode != _AMBIENT:
+        return (
+            f"ignoring the mesh labels: istio.io/dataplane-mode is {display_text(mode)}, "
+            "not ambient"
+        )
+    namespace = labels.get("istio.io/use-waypoint-namespace")
+    if namespace is not None and namespace != model_name:
+        return (
+            f"ignoring the mesh labels: the waypoint is in namespace {display_text(namespace)}, "
+            f"not this model's ({model_name})"
+        )
+    return ""
+
+
 # How Juju names, on the offering side, an app that relates to an offer from another model.
 _CROSS_MODEL_ALIAS = re.compile(r"remote-[0-9a-f]{32}\Z")
 
@@ -1789,6 +1815,10 @@ class ServiceMeshConsumer(ops.Object):
                 return  # keep the labels as they are: unusable data must not take the app off
             if data is not None:
                 wanted = {k: v for k, v in data.labels.items() if k in MESH_LABEL_KEYS}
+                problem = _mesh_label_problem(wanted, self._charm.model.name)
+                self._log_once("provider-labels", [problem] if problem else [])
+                if problem:
+                    return  # keep the labels as they are (see _read_provider)
         fingerprint = json.dumps(wanted, sort_keys=True)
         if fingerprint == self._stored.labels_reconciled and not self._stored.label_error:
             return  # converged already in an earlier hook: no API call
