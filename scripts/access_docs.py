@@ -7,7 +7,7 @@ the actions answer; everything else in the file is left alone.
 
 Run it from the repository root (after ``tox -e unit`` has made its environment)::
 
-    PYTHONPATH=lib:tests/support:charms/beacon/src .tox/unit/bin/python scripts/access_docs.py
+    PYTHONPATH=lib:tests:charms/beacon/src .tox/unit/bin/python scripts/access_docs.py
 
 ``--check`` exits 1 when docs/access.md differs from what the actions answer now (a unit test
 runs it that way).
@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import juju_seed
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import (
     Endpoint,
@@ -30,10 +29,11 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     Method,
     PolicyTargetType,
 )
-from fake_kube import FakeKubeServer
 from lightkube import codecs
 from ops import testing
 from ownership import ownership_labels
+from support import juju_seed
+from support.fake_kube import FakeKubeServer
 from waypoint import build_gateway, waypoint_name
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "access.md"

@@ -12,7 +12,6 @@ import json
 import uuid
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import (
@@ -22,7 +21,6 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     label_configmap_name,
 )
-from kube_server import AuditedWrite, KubeServer, count_requests, count_writes
 from kubernetes_client import is_applied
 from lightkube import ALL_NS, ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
@@ -33,6 +31,8 @@ from lightkube.types import PatchType
 from namespace_labels import OWNER_LABEL, owner_value
 from ops import testing
 from reconciler import MANAGED_BY
+from support import juju_seed
+from support.kube_server import AuditedWrite, KubeServer, count_requests, count_writes
 from waypoint import build_gateway, gateway_resource, waypoint_name
 
 APP = "istio-beacon-k8s"

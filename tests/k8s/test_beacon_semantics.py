@@ -12,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
-from kube_server import KubeServer
 from lightkube import ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, DeploymentStatus
@@ -24,6 +22,8 @@ from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
 from namespace_labels import OWNER_LABEL, owner_value
 from ops import testing
+from support import juju_seed
+from support.kube_server import KubeServer
 from test_beacon_charm import APP, owned, relation, request, requested_by, state
 from waypoint import gateway_resource, waypoint_name
 

@@ -20,7 +20,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import juju_seed
 import pytest
 import yaml
 from charm import IstioBeaconCharm
@@ -31,8 +30,6 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     label_configmap_name,
 )
-from deployed_beacon import deployed_objects, seed_deployed_beacon
-from kube_server import JUJU_DEFAULT_CLUSTER_RULES, KubeServer, juju_default_app_rules
 from lightkube import Client, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, DeploymentStatus
@@ -42,6 +39,9 @@ from lightkube.types import PatchType
 from namespace_labels import OWNER_LABEL, owner_value
 from ops import testing
 from reconciler import MANAGED_BY
+from support import juju_seed
+from support.deployed_beacon import deployed_objects, seed_deployed_beacon
+from support.kube_server import JUJU_DEFAULT_CLUSTER_RULES, KubeServer, juju_default_app_rules
 from waypoint import gateway_resource, waypoint_name
 
 APP = "istio-beacon-k8s"

@@ -16,7 +16,6 @@ import json
 import uuid
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import (
@@ -25,14 +24,6 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     Method,
     label_configmap_name,
 )
-from deployed_beacon import (
-    SCOPE,
-    AuthorizationPolicy,
-    Gateway,
-    deployed_objects,
-    seed_deployed_beacon,
-)
-from kube_server import KubeServer, ensure_namespace
 from lightkube import ALL_NS, Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -40,6 +31,15 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace
 from namespace_labels import OWNER_LABEL, owner_value
 from ops import testing
 from reconciler import MANAGED_BY
+from support import juju_seed
+from support.deployed_beacon import (
+    SCOPE,
+    AuthorizationPolicy,
+    Gateway,
+    deployed_objects,
+    seed_deployed_beacon,
+)
+from support.kube_server import KubeServer, ensure_namespace
 from waypoint import waypoint_name
 
 APP = "istio-beacon-k8s"

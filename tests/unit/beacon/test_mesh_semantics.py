@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import MeshPolicy
@@ -30,10 +29,11 @@ from conftest import (
     waypoint_access,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from model_operator import plan_service_labels
 from ops import testing
 from policies import WaypointBinding, policy_error
+from support import juju_seed
+from support.fake_kube import FakeKubeServer
 
 APP = "receiver1"
 WAYPOINT_PRINCIPAL = f"cluster.local/ns/{MODEL}/sa/{WAYPOINT}"

@@ -29,14 +29,14 @@ from conftest import (
     seed_service,
     wire_policy,
 )
-from deployed_beacon import deployed_objects, seed_deployed_beacon
-from fake_kube import FakeKubeServer
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 from metrics import METRICS_PORT, telemetry_label
 from namespace_labels import OWNER_LABEL as NAMESPACE_OWNER
 from namespace_labels import owner_value
 from ops import testing
+from support.deployed_beacon import deployed_objects, seed_deployed_beacon
+from support.fake_kube import FakeKubeServer
 
 CHARMCRAFT = yaml.safe_load(
     (Path(__file__).parents[3] / "charms" / "beacon" / "charmcraft.yaml").read_text()

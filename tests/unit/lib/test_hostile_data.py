@@ -21,7 +21,6 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     display_text,
     parse_policies,
 )
-from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL, pod_template_labels, seed_app, service_labels
 from mesh_charms import (
     CONSUMER,
@@ -34,6 +33,7 @@ from mesh_charms import (
     state,
 )
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 # Istio reads the waypoint labels on the Service and the dataplane mode on the pods.
 ON_SERVICE = {k: v for k, v in MESH_LABELS.items() if k != "istio.io/dataplane-mode"}

@@ -21,10 +21,10 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     get_default_labels,
     http_status_code,
 )
-from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL
 from lightkube import ApiError
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 PLURAL = "authorizationpolicies"
 OWNER = "owner"
