@@ -43,7 +43,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from charms.istio_beacon_k8s.v0.service_mesh import http_status_code
+from kube_names import INSTANCE_LABEL, NAMESPACE_OWNER_LABEL, SCOPE_LABEL
+from kubernetes_client import status_code
 from lightkube import ALL_NS, Client
 from lightkube.models.authorization_v1 import ResourceAttributes, SelfSubjectAccessReviewSpec
 from lightkube.operators import in_
@@ -53,13 +54,10 @@ from lightkube.types import PatchType
 
 logger = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-SCOPE_LABEL = "kubernetes-resource-handler-scope"
 WAYPOINT_SCOPE = "istio-waypoint"
 POLICY_SCOPE = "istio-authorization-policy"
 MODEL_OPERATOR_SCOPE = "modeloperator-authorization-policy"
 SCOPES = (WAYPOINT_SCOPE, POLICY_SCOPE, MODEL_OPERATOR_SCOPE)
-NAMESPACE_OWNER_LABEL = "charms.canonical.com/istio.io.waypoint.managed-by"
 _MAX = 63
 
 
@@ -248,7 +246,7 @@ def adopt_after(
             try:
                 api.delete(kind, metadata.name, namespace=metadata.namespace)
             except Exception as error:  # lightkube.ApiError, or an HTTP error
-                if http_status_code(error) != 404:
+                if status_code(error) != 404:
                     raise
             done.deleted.append(label)
     if done.deleted or done.relabelled:
@@ -284,7 +282,7 @@ def foreign_leftovers(
             api.list(policy_kind, namespace=ALL_NS, labels=deployed_selector(model_name, app_name))
         )
     except Exception as error:  # lightkube.ApiError, or an HTTP error
-        code = http_status_code(error)
+        code = status_code(error)
         if code == 403:
             return None
         if code == 404:
@@ -332,6 +330,6 @@ def _list(client: Client, kind: Any, model_name: str, selector: dict[str, Any]) 
     try:
         return list(api.list(kind, namespace=model_name, labels=selector))
     except Exception as error:  # lightkube.ApiError, or an HTTP error (kind not served)
-        if http_status_code(error) == 404:
+        if status_code(error) == 404:
             return []  # the CRD is not installed: nothing of that kind can exist
         raise
