@@ -30,15 +30,16 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     label_configmap_name,
 )
+from kube_names import MANAGED_BY
+from kube_names import NAMESPACE_OWNER_LABEL as OWNER_LABEL
 from lightkube import Client, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, DeploymentStatus
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Namespace
 from lightkube.types import PatchType
-from namespace_labels import OWNER_LABEL, owner_value
+from namespace_labels import owner_value
 from ops import testing
-from reconciler import MANAGED_BY
 from support import juju_seed
 from support.deployed_beacon import deployed_objects, seed_deployed_beacon
 from support.kube_server import JUJU_DEFAULT_CLUSTER_RULES, KubeServer, juju_default_app_rules
