@@ -1,7 +1,8 @@
 """What a hook costs: the beacon (and the library) as related apps grow.
 
-A benchmark, not a test: it reports figures and whether each target is met, and exits non-zero
-only when the charm itself failed (an exception in a hook), never for a missed target.
+A benchmark, not a test: it reports figures and whether each target is met. It exits non-zero
+when a run did not do the work it measures (a hook raised, the charm did not end active with the
+expected AuthorizationPolicies, or the do-nothing "floor" charm failed), never for a missed target.
 
 For N related consumer apps, each requesting K app policies of 3 endpoints, it runs the provider
 charm with ops.testing through a config-changed twice: against an empty namespace ("first") and
@@ -54,6 +55,7 @@ from workload import (
     Subject,
     beacon_subject,
     build_state,
+    check_outcome,
     juju_objects,
     library_subject,
     null_context,
@@ -451,6 +453,69 @@ class Matrix:
         """The cell of (N, K, phase), created empty."""
         return self.cells.setdefault((apps, per_app, phase), Cell(apps, per_app, phase))
 
+    def fail(self, where: str, error: str | None) -> bool:
+        """Record and print ``error`` (a run that did not do its work); whether there was one."""
+        if error is None:
+            return False
+        self.failed = True
+        print(f"bench: FAILED {where}: {error}", file=sys.stderr)
+        return True
+
+
+def settle(
+    subject: Subject,
+    backend: KubeBackend,
+    counter: HookToolCounter,
+    state: testing.State,
+    apps: int,
+    per_app: int,
+) -> tuple[testing.State, str | None]:
+    """Istio programs the waypoint, then one unmeasured hook sees it: the steady state's input.
+
+    Returns the state after that hook, and why it did not end active with the expected objects
+    (``None`` when it did).
+    """
+    backend.play_istio(state.model.name)
+    figures, out = run_hook(subject, backend, counter, state)
+    if figures.error is not None or out is None:
+        return state, figures.error or "no output state"
+    return out, check_outcome(subject, out, apps, per_app)
+
+
+def run_pair(
+    matrix: Matrix,
+    subject: Subject,
+    backend: KubeBackend,
+    counter: HookToolCounter,
+    where: tuple[int, int, int],
+) -> testing.State | None:
+    """One repeat of (N, K): first in a fresh namespace, Istio's part, settle, then steady.
+
+    Every measured hook must do its work (`check_outcome`); the state after steady, or ``None``.
+    """
+    apps, per_app, rep = where
+    namespace = f"bench-n{apps}-k{per_app}-r{rep}"
+    backend.create_namespace(namespace)
+    backend.seed(juju_objects(subject.app_name, namespace, apps))
+    out = build_state(subject, namespace, apps, per_app)
+    for phase in ("first", "steady"):
+        cell = matrix.cell(apps, per_app, phase)
+        if phase == "steady":
+            out, error = settle(subject, backend, counter, out, apps, per_app)
+            if matrix.fail(f"N={apps} K={per_app} settle", error):
+                return None
+        floor, _ = run_hook(subject, None, counter, out, null_context(subject))
+        figures, out_next = run_hook(subject, backend, counter, out)
+        if figures.error is None and out_next is not None:
+            figures.error = check_outcome(subject, out_next, apps, per_app, first=phase == "first")
+        cell.runs.append(figures)
+        cell.floor_cpu_s.append(floor.cpu_s)
+        matrix.fail(f"N={apps} K={per_app} floor", floor.error)
+        if matrix.fail(f"N={apps} K={per_app} {phase}", figures.error) or out_next is None:
+            return None
+        out = out_next
+    return out
+
 
 def run_matrix(
     args: argparse.Namespace, subject: Subject, backend: KubeBackend, started: float
@@ -464,42 +529,29 @@ def run_matrix(
         backend.seed(juju_objects(subject.app_name, "bench-warmup", 1))
         state = build_state(subject, "bench-warmup", 1, 1)
         warm, out = run_hook(subject, backend, counter, state)
-        matrix.failed |= warm.error is not None
-        if out is not None:
-            run_hook(subject, backend, counter, out)
+        if warm.error is None and out is not None:
+            warm.error = check_outcome(subject, out, 1, 1, first=True)
+            if warm.error is None:
+                _, warm.error = settle(subject, backend, counter, out, 1, 1)
+        matrix.fail("warm-up", warm.error)
         for per_app in args.policies:
             for apps in args.apps:
-                first, steady = (
-                    matrix.cell(apps, per_app, "first"),
-                    matrix.cell(apps, per_app, "steady"),
-                )
                 for rep in range(args.repeat):
-                    namespace = f"bench-n{apps}-k{per_app}-r{rep}"
-                    backend.create_namespace(namespace)
-                    backend.seed(juju_objects(subject.app_name, namespace, apps))
-                    out = build_state(subject, namespace, apps, per_app)
-                    for cell in (first, steady):
-                        floor, _ = run_hook(subject, None, counter, out, null_context(subject))
-                        figures, out_next = run_hook(subject, backend, counter, out)
-                        cell.runs.append(figures)
-                        cell.floor_cpu_s.append(floor.cpu_s)
-                        matrix.failed |= figures.error is not None
-                        if out_next is None:
-                            break
-                        out = out_next
-                    else:
-                        if rep == 0 and args.profile == [apps, per_app]:
-                            matrix.profile = _profile(subject, backend, counter, out)
+                    out = run_pair(matrix, subject, backend, counter, (apps, per_app, rep))
+                    if out is not None and rep == 0 and args.profile == [apps, per_app]:
+                        matrix.profile = _profile(subject, backend, counter, out)
                 print(
-                    f"bench: N={apps:<3} K={per_app}  first {_cpu_ms(first)} ms, "
-                    f"steady {_cpu_ms(steady)} ms  ({time.monotonic() - started:.0f} s)",
+                    f"bench: N={apps:<3} K={per_app}  "
+                    f"first {_cpu_ms(matrix.cell(apps, per_app, 'first'))} ms, "
+                    f"steady {_cpu_ms(matrix.cell(apps, per_app, 'steady'))} ms  "
+                    f"({time.monotonic() - started:.0f} s)",
                     file=sys.stderr,
                 )
     return matrix.cells, matrix.failed, matrix.profile
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 1 if a hook failed, else 0."""
+    """Run the benchmark; 1 if a run failed or did not do its work, else 0."""
     args = parse_args(argv)
     started = time.monotonic()
     logging.getLogger("ops-scenario").setLevel(logging.ERROR)
@@ -557,7 +609,10 @@ def main(argv: list[str] | None = None) -> int:
     print(render(result))
     print(f"\nJSON: {args.output}")
     if failed:
-        print("bench: the charm FAILED in at least one hook (see the tracebacks above)")
+        print(
+            "bench: FAILED: at least one run raised or did not end active with the expected "
+            "objects (see the FAILED lines above); its figures measure nothing"
+        )
         return 1
     return 0
 
