@@ -182,8 +182,11 @@ def source_app(index: int) -> str:
     return f"client{index}"
 
 
-def consumer_policies(app: str, namespace: str, per_app: int) -> str:
-    """The ``policies`` value consumer ``app`` writes: ``per_app`` app policies, 3 endpoints."""
+def consumer_policies(app: str, namespace: str, per_app: int, revision: int = 0) -> str:
+    """The ``policies`` value consumer ``app`` writes: ``per_app`` app policies, 3 endpoints.
+
+    Another ``revision`` changes every path: what a consumer writes when its API changed.
+    """
     policies = [
         MeshPolicy(
             source_namespace=namespace,
@@ -195,7 +198,7 @@ def consumer_policies(app: str, namespace: str, per_app: int) -> str:
                 Endpoint(
                     ports=[8080 + e],
                     methods=[Method.get, Method.post],
-                    paths=[f"/v{k}/api-{e}/*"],
+                    paths=[f"/v{k}/api-{e}/*" if not revision else f"/r{revision}/v{k}/api-{e}/*"],
                 )
                 for e in range(ENDPOINTS_PER_POLICY)
             ],

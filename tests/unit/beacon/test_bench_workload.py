@@ -13,6 +13,7 @@ import dataclasses
 import pytest
 from charms.istio_beacon_k8s.v0.service_mesh import MeshDataError, RelationRequest, parse_policies
 from kube_backends import FakeBackend
+from ops import testing
 from policies import check_requests
 from workload import (
     beacon_subject,
@@ -100,7 +101,11 @@ def test_a_refused_request_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> N
         backend.seed(juju_objects(subject.app_name, MODEL, 2))
         state = build_state(subject, MODEL, 2, 1)
         # The second app asks for a policy that targets another app: the beacon refuses it.
-        relation = state.get_relations("service-mesh")[1]
+        relation = next(
+            r
+            for r in state.get_relations("service-mesh")
+            if isinstance(r, testing.Relation) and r.remote_app_name == consumer_app(1)
+        )
         bad = consumer_policies(consumer_app(0), MODEL, 1)
         state = dataclasses.replace(
             state,
