@@ -9,9 +9,10 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import dataclasses
+import re
 
 import pytest
-from charms.istio_beacon_k8s.v0.service_mesh import MeshDataError, RelationRequest, parse_policies
+from charms.istio_beacon_k8s.v0.service_mesh import RelationRequest, parse_policies
 from kube_backends import FakeBackend
 from ops import testing
 from policies import check_requests
@@ -51,12 +52,16 @@ def test_names_are_distinct_for_a_thousand_apps() -> None:
     assert len({consumer_app(i) for i in range(1000)}) == 1000
 
 
-def test_the_old_dash_digit_names_are_refused_by_the_library() -> None:
-    # What the generator must never go back to: `client-0` has a part without a letter.
-    raw = consumer_policies(consumer_app(0), MODEL, 1).replace(source_app(0), "client-0")
+#: Juju's rule for an application name: lowercase letters, digits and dashes, starting with a
+#: letter, and every dash-separated part holding a letter (so `app-000` is not one).
+JUJU_APP_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*\Z")
 
-    with pytest.raises(MeshDataError, match="source_app_name"):
-        parse_policies(raw)
+
+def test_generated_names_are_juju_application_names() -> None:
+    names = [consumer_app(i) for i in range(1000)] + [source_app(k) for k in range(10)]
+
+    assert [name for name in names if not JUJU_APP_NAME.match(name)] == []
+    assert not JUJU_APP_NAME.match("app-000")  # the rule itself rejects what Juju rejects
 
 
 @contextlib.contextmanager
