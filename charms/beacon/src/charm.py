@@ -1,9 +1,5 @@
 #!/usr/bin/env python3
-"""The Istio beacon charm: event wiring and status only.
-
-Kubernetes logic lives in ``reconciler`` (the one reconcile path) and the modules it uses:
-``waypoint``, ``namespace_labels`` and ``policies``.
-"""
+"""The Istio beacon charm: event wiring and status only (docs/architecture.md maps the rest)."""
 
 from __future__ import annotations
 
@@ -14,9 +10,10 @@ from typing import Any
 
 import ops
 import ops_tracing
-from access_actions import ActionError, access_map_results, explain_results, read
+from access.actions import ActionError, access_map_results, explain_results, read
 from beacon_config import BeaconConfig
-from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider, display_text
+from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider
+from display import display_text
 from metrics import (
     METRICS_PROXY,
     METRICS_RELATION,
@@ -140,7 +137,7 @@ class IstioBeaconCharm(ops.CharmBase):
         self._answer(event, explain_results)
 
     def _answer(self, event: ops.ActionEvent, answer: Callable[..., dict[str, Any]]) -> None:
-        """Read the model, let ``answer`` ask the access engine (see access_actions)."""
+        """Read the model, let ``answer`` ask the access engine (see ``access.actions``)."""
         managing = self._config.manage_authorization_policies if self._config else True
         requests = self._mesh.relation_requests() if self._mesh else []
         try:

@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 import pytest
-from access import parse_policy
+from access.parsing import parse_policy
 from support.access_cases import (
     CALLERS,
     Ask,

@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from charms.istio_beacon_k8s.v0.service_mesh import http_status_code
+from charms.istio_beacon_k8s.v0.service_mesh import _http_status_code
 from lightkube import ApiError, Client, operators
 from lightkube.core.client import LabelSelector as Selector
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
@@ -163,7 +163,7 @@ def test_missing_crd_answers_a_plain_text_404_like_the_real_server():
             with pytest.raises(Exception) as raised:  # noqa: PT011 (the HTTP library's error)
                 call()
             assert not isinstance(raised.value, ApiError)
-            assert http_status_code(raised.value) == 404
+            assert _http_status_code(raised.value) == 404
         for path in (
             "/apis/security.istio.io/v1/namespaces/default/authorizationpolicies",
             "/apis/security.istio.io/v1/authorizationpolicies",

@@ -28,10 +28,10 @@ from conftest import (
     seed_service,
     wire_policy,
 )
+from kube_names import NAMESPACE_OWNER_LABEL as NAMESPACE_OWNER
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 from metrics import METRICS_PORT, telemetry_label
-from namespace_labels import OWNER_LABEL as NAMESPACE_OWNER
 from namespace_labels import owner_value
 from ops import testing
 from support.deployed_beacon import deployed_objects, seed_deployed_beacon
