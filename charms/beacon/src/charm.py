@@ -225,7 +225,11 @@ class IstioBeaconCharm(ops.CharmBase):
         if findings.model_operator:
             statuses.append(ops.BlockedStatus(f"model-on-mesh: {findings.model_operator}"))
         if findings.refusals:
-            statuses.append(ops.BlockedStatus(refusal_message(findings.refusals)))
+            statuses.append(
+                ops.BlockedStatus(
+                    refusal_message(findings.refusals, findings.held, findings.unprotected)
+                )
+            )
         if findings.unenforced:
             statuses.append(ops.BlockedStatus(not_enforced_message(findings.unenforced)))
         statuses.extend(ops.BlockedStatus(error) for error in findings.api_errors[:1])
