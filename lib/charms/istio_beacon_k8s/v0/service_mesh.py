@@ -1,3 +1,4 @@
+# Licensed under the Apache License, Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0).
 """Join a Kubernetes charm to the Istio ambient mesh and say, per relation, who may reach it.
 
 This library implements both sides of the ``service_mesh`` interface and the ``cross_model_mesh``
@@ -114,7 +115,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 15
+LIBPATCH = 16
 
 PYDEPS = ["lightkube>=0.15"]
 
