@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jubilant
 import lightkube
+import mesh_checks
 import mesh_cluster
 import pytest
 from explain_check import assert_predicted, explain_rows
@@ -65,9 +66,9 @@ def test_receiver_policy_names_the_remote_sender(
     expected = mesh_cluster.principal(model_name(sending), SENDER)
 
     def check() -> None:
-        policies = mesh_cluster.policies_for(kube, receiver_model, RECEIVER)
-        principals = set().union(*(mesh_cluster.policy_principals(p) for p in policies))
-        assert expected in principals, [mesh_cluster.policy_summary(p) for p in policies]
+        mesh_checks.assert_policies_for_target(
+            kube, receiver_model, BEACON, RECEIVER, allowed=[expected]
+        )
 
     eventually(check, timeout=180, what="receiver policy allows the remote sender")
 
