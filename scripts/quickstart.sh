@@ -3,11 +3,12 @@
 #
 # Usage: bash scripts/quickstart.sh [-h|--help]
 #
-# Supported: Ubuntu 22.04 and 24.04 only (checked first). Runs as root, or as a user with sudo.
+# Supported: Ubuntu 22.04 and 24.04 only (checked first). Runs as root, or as a user with sudo
+# (not through sudo: it calls sudo itself where it needs root, and refuses `sudo bash ...`).
 # Needs about 8 GB of free memory and 20 GB of disk.
 #
-# 1. installs concierge and prepares MicroK8s + a Juju 3.6 controller (`concierge prepare -p microk8s`),
-#    unless a Juju controller is already reachable;
+# 1. installs concierge and prepares MicroK8s 1.32 + a Juju 3.6 controller (`concierge prepare -p
+#    microk8s`), unless a Juju controller is already reachable;
 # 2. deploys istio-k8s (ambient mode) in its own model;
 # 3. packs the beacon and the tester charms (scripts/pack.sh), unless BEACON_CHARM_PATH and
 #    TESTER_CHARM_PATH name packed charms already;
@@ -16,13 +17,15 @@
 #    and `stranger`, related to nothing, not even the beacon (on the mesh only with the beacon's
 #    model-on-mesh);
 # 5. sends real requests with the tester's `probe` action and prints what was allowed and denied
-#    (docs/traffic-matrix.md says why); exits 1 if the traffic still differs after three minutes.
+#    (docs/traffic-matrix.md says why); exits 1 if the traffic still differs after three minutes,
+#    or if any expected row did not come back.
 #
 # Every model it uses gets automatically-retry-hooks=true (concierge's MicroK8s preset turns it off,
 # and the charms' hooks restart their own pod, so a hook may fail once and must be retried).
 # Re-running is safe: what exists is kept, and the table is printed again.
 # Env:   QUICKSTART_MODEL (mesh-demo), ISTIO_MODEL (istio-system), ISTIO_K8S_CHANNEL (2/edge),
-#        JUJU_CHANNEL (3.6/stable), BEACON_CHARM_PATH, TESTER_CHARM_PATH.
+#        JUJU_CHANNEL (3.6/stable), MICROK8S_CHANNEL (1.32-strict/stable), BEACON_CHARM_PATH,
+#        TESTER_CHARM_PATH.
 # Clean up: juju destroy-model mesh-demo --no-prompt --destroy-storage
 #           juju destroy-model istio-system --no-prompt --destroy-storage
 set -euo pipefail

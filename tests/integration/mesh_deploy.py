@@ -408,3 +408,18 @@ def reference_matrix(model: str, *, model_on_mesh: bool) -> list[Case]:
         case(sender3, f"{service}:8080/foo", FORBIDDEN if model_on_mesh else REFUSED),
         case(sender3, f"{pod}:8080/foo", REFUSED),
     ]
+
+
+def cross_model_matrix(sender_unit: str, service: str) -> list[Case]:
+    """What a sender related to receiver's `inbound` from another model may do on `service`.
+
+    `service` is the receiver's Service as the sender names it (`http://<app>.<model>.svc...`).
+    """
+    return [
+        case(sender_unit, f"{service}:8080/foo", ALLOWED),
+        case(sender_unit, f"{service}:8081/foo", ALLOWED),
+        case(sender_unit, f"{service}:8080/bar/", ALLOWED),
+        case(sender_unit, f"{service}:8080/foo", ALLOWED, method="POST"),
+        case(sender_unit, f"{service}:8080/nonexistent", FORBIDDEN),
+        case(sender_unit, f"{service}:8080/foo", FORBIDDEN, method="DELETE"),
+    ]

@@ -220,9 +220,10 @@ def assert_ready_for_actions(status: jubilant.Status, unit: str) -> None:
     traffic deadline on one probe. Checked first, the unit is retried every few seconds instead.
     """
     app = status.apps.get(unit.partition("/")[0])
-    assert app is not None and unit in app.units, f"no unit {unit} in the model"
-    agent = app.units[unit].juju_status
-    workload = app.units[unit].workload_status
+    units = app.units if app is not None else {}
+    assert unit in units, f"no unit {unit} in the model"
+    agent = units[unit].juju_status
+    workload = units[unit].workload_status
     assert (agent.current, workload.current) == ("idle", "active"), (
         f"{unit} is not ready for an action: agent {agent.current} {agent.message!r}, "
         f"workload {workload.current} {workload.message!r}"

@@ -38,9 +38,13 @@ def declared_policies(
     - ``peers`` (unit policy, L4), only with peer communication: ports 8080 and 8081.
     """
     inbound = [
-        Endpoint(ports=list(POLICY_PORTS), methods=list(INBOUND_METHODS), paths=list(INBOUND_PATHS))
+        Endpoint(
+            ports=list(POLICY_PORTS), methods=list(INBOUND_METHODS), paths=list(INBOUND_PATHS)
+        )
     ]
-    policies: list[AppPolicy | UnitPolicy] = [AppPolicy(relation=INBOUND_RELATION, endpoints=inbound)]
+    policies: list[AppPolicy | UnitPolicy] = [
+        AppPolicy(relation=INBOUND_RELATION, endpoints=inbound)
+    ]
     if inbound_extra_service:
         policies.append(
             AppPolicy(relation=INBOUND_RELATION, endpoints=inbound, service=inbound_extra_service)

@@ -1,4 +1,4 @@
-"""The integration tier's waits: transient API errors, units not ready, istio-k8s settings, teardown.
+"""The integration tier's waits: transient API errors, unready units, istio-k8s settings, teardown.
 
 Kubernetes answers come from the fake API server (tests/support/fake_kube.py) through a real
 lightkube client, so the errors `eventually` sees are the `ApiError`s lightkube raises.
@@ -128,7 +128,7 @@ def status(agent: str, workload: str, unit: str = "sender1/0") -> jubilant.Statu
         juju_status=StatusInfo(current=agent),
     )
     model = ModelStatus(name="m", type="caas", controller="c", cloud="k8s", version="3.6.0")
-    return jubilant.Status(model=model, machines={}, apps={unit.split("/")[0]: app})
+    return jubilant.Status(model=model, machines={}, apps={unit.split("/", maxsplit=1)[0]: app})
 
 
 def test_a_unit_idle_and_active_is_ready_for_a_probe():
@@ -137,10 +137,17 @@ def test_a_unit_idle_and_active_is_ready_for_a_probe():
 
 @pytest.mark.parametrize(
     ("agent", "workload"),
-    [("executing", "active"), ("lost", "active"), ("allocating", "waiting"), ("idle", "maintenance")],
+    [
+        ("executing", "active"),
+        ("lost", "active"),
+        ("allocating", "waiting"),
+        ("idle", "maintenance"),
+    ],
 )
 def test_a_unit_busy_or_restarting_is_not_ready(agent: str, workload: str):
-    with pytest.raises(AssertionError, match=f"sender1/0 is not ready for an action: agent {agent}"):
+    with pytest.raises(
+        AssertionError, match=f"sender1/0 is not ready for an action: agent {agent}"
+    ):
         assert_ready_for_actions(status(agent, workload), "sender1/0")
 
 
@@ -155,7 +162,7 @@ def test_a_unit_that_does_not_exist_is_not_ready():
 def put_istiod(
     kube: FakeKubeServer, env: dict[str, str], *, behind: int = 0, ready: int = 1
 ) -> None:
-    """istiod's Deployment, its status `behind` generations behind its spec."""
+    """Istiod's Deployment, its status `behind` generations behind its spec."""
     manifest = istiod(env, observed=0, ready=ready)
     generation = kube.put(manifest)["metadata"]["generation"]
     manifest["status"]["observedGeneration"] = generation - behind
@@ -178,7 +185,9 @@ def istiod(env: dict[str, str], *, observed: int, ready: int) -> Any:
                             "name": "discovery",
                             "image": "pilot",
                             "env": [{"name": k, "value": v} for k, v in env.items()]
-                            + [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}],
+                            + [
+                                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}
+                            ],
                         }
                     ]
                 },
@@ -236,7 +245,9 @@ def test_hardened_mode_is_in_force_once_both_policies_exist(kube: FakeKubeServer
 
 def test_auto_allow_off_is_in_force_once_istiod_rolled_out_without_it(kube: FakeKubeServer):
     put_istiod(kube, {}, behind=1)
-    with pytest.raises(AssertionError, match=r"istiod not rolled out: generation \d+ not observed"):
+    with pytest.raises(
+        AssertionError, match=r"istiod not rolled out: generation \d+ not observed"
+    ):
         check(kube.client(), hardened=False, auto_allow=False)
     put_istiod(kube, {}, ready=0)
     with pytest.raises(AssertionError, match=r"replicas/updated/ready \(1, 0, 0\)"):

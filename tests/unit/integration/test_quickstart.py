@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[3]
 REPORT = REPO / "scripts" / "quickstart_report.py"
 CASES = [
@@ -79,7 +77,9 @@ def test_under_sudo_the_quick_start_refuses_and_says_what_to_run(tmp_path: Path)
     copy.write_text(script.replace("/etc/os-release", str(release)))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "id").write_text('#!/bin/sh\n[ "$1" = -u ] && echo 0 && exit 0\nexec /usr/bin/id "$@"\n')
+    (bin_dir / "id").write_text(
+        '#!/bin/sh\n[ "$1" = -u ] && echo 0 && exit 0\nexec /usr/bin/id "$@"\n'
+    )
     (bin_dir / "id").chmod(0o755)
     done = subprocess.run(
         ["bash", "scripts/quickstart.sh"],
