@@ -19,10 +19,10 @@ import sys
 import demo
 import mesh_checks
 import mesh_cluster
-from juju_unit_agent import JujuModel
 from mesh_deploy import cross_model_matrix, reference_matrix
 from mesh_probe import Case, ProbeResult
 from mesh_steps import BEACON
+from support.juju_unit_agent import JujuModel
 
 
 def test_the_demo_observes_the_expected_table():

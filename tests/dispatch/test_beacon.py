@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-from juju_unit_agent import JujuModel
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.config.models import Cluster, User
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -35,6 +34,7 @@ from mesh_steps import (
     service_labels,
     waypoint,
 )
+from support.juju_unit_agent import JujuModel
 
 
 def test_beacon_alone_installs_and_waits_for_istio(model: JujuModel, beacon_charm: Path):

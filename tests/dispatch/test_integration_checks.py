@@ -12,7 +12,6 @@ from pathlib import Path
 
 import mesh_checks
 import mesh_cluster
-from juju_unit_agent import JujuModel
 from mesh_steps import (
     BEACON,
     deploy_beacon,
@@ -22,6 +21,7 @@ from mesh_steps import (
     relate_inbound,
     relate_mesh,
 )
+from support.juju_unit_agent import JujuModel
 
 
 def test_the_integration_checks_hold_with_the_model_off_the_mesh(

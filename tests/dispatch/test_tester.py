@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from juju_unit_agent import JujuModel
 from mesh_steps import (
     BEACON,
     MESH_LABELS,
@@ -25,6 +24,7 @@ from mesh_steps import (
     service_labels,
     waypoint,
 )
+from support.juju_unit_agent import JujuModel
 
 CONTAINER = "workload"
 SERVING = ("active", "serving on 8080, 8081, 8083")

@@ -30,7 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from charms.istio_beacon_k8s.v0.service_mesh import http_status_code
+from kube_names import INSTANCE_LABEL, NAMESPACE_OWNER_LABEL, SCOPE_LABEL
+from kubernetes_client import status_code
 from lightkube import ALL_NS, Client
 from lightkube.operators import in_
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -39,13 +40,10 @@ from lightkube.types import PatchType
 
 logger = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-SCOPE_LABEL = "kubernetes-resource-handler-scope"
 WAYPOINT_SCOPE = "istio-waypoint"
 POLICY_SCOPE = "istio-authorization-policy"
 MODEL_OPERATOR_SCOPE = "modeloperator-authorization-policy"
 SCOPES = (WAYPOINT_SCOPE, POLICY_SCOPE, MODEL_OPERATOR_SCOPE)
-NAMESPACE_OWNER_LABEL = "charms.canonical.com/istio.io.waypoint.managed-by"
 _MAX = 63
 
 
@@ -165,7 +163,7 @@ def adopt_after(
             try:
                 api.delete(kind, metadata.name, namespace=metadata.namespace)
             except Exception as error:  # lightkube.ApiError, or an HTTP error
-                if http_status_code(error) != 404:
+                if status_code(error) != 404:
                     raise
             done.deleted.append(label)
     if done.deleted or done.relabelled:
@@ -184,7 +182,7 @@ def _list(client: Client, kind: Any, model_name: str, selector: dict[str, Any]) 
     try:
         return list(api.list(kind, namespace=namespace, labels=selector))
     except Exception as error:  # lightkube.ApiError, or an HTTP error (kind not served)
-        code = http_status_code(error)
+        code = status_code(error)
         if code == 404:
             return []  # the CRD is not installed: nothing of that kind can exist
         if code != 403 or namespace is not ALL_NS:

@@ -18,21 +18,20 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     RelationRequest,
     build_authorization_policy,
-    display_text,
+)
+from display import display_text
+from kube_names import (
+    APP_NAME_LABEL,
+    AUTHZ_API_VERSION,
+    AUTHZ_KIND,
+    RELATION_ID,
+    REQUESTED_BY,
+    USE_WAYPOINT_LABEL,
+    WAYPOINT_ACCESS_FOR,
 )
 
 logger = logging.getLogger(__name__)
 
-#: Label and annotation: the app whose request an AuthorizationPolicy implements.
-REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
-#: Annotation: the id of the relation the request arrived on.
-RELATION_ID = "charms.canonical.com/service-mesh.relation-id"
-#: Label Juju puts on an app's Services and pods.
-APP_NAME_LABEL = "app.kubernetes.io/name"
-#: Annotation: the app whose pods a waypoint-access policy opens to the waypoint.
-WAYPOINT_ACCESS_FOR = "charms.canonical.com/service-mesh.waypoint-access-for"
-#: The label that binds a Service (or every Service of a namespace) to a waypoint.
-WAYPOINT_LABEL = "istio.io/use-waypoint"
 _MAX_NAME = 253
 
 
@@ -121,7 +120,7 @@ def service_binding_error(
     Service is bound only if it carries ``istio.io/use-waypoint: <waypoint>`` itself, or the
     beacon labelled the namespace and the Service does not opt out with a label of its own.
     """
-    label = labels.get(WAYPOINT_LABEL)
+    label = labels.get(USE_WAYPOINT_LABEL)
     if label is not None:
         if label != binding.waypoint:
             return f"Service {service} uses waypoint {label!r}, not {binding.waypoint}"
@@ -130,7 +129,7 @@ def service_binding_error(
         return ""
     return (
         f"Service {service} is not bound to the waypoint, so Istio would not enforce the policy "
-        f"(label it {WAYPOINT_LABEL}={binding.waypoint}, or use model-on-mesh)"
+        f"(label it {USE_WAYPOINT_LABEL}={binding.waypoint}, or use model-on-mesh)"
     )
 
 
@@ -264,8 +263,8 @@ def waypoint_allow_policy(app: str, namespace: str, waypoint_principal: str) -> 
     and its pods never accept direct traffic that the waypoint's L7 rules would have refused.
     """
     return {
-        "apiVersion": "security.istio.io/v1",
-        "kind": "AuthorizationPolicy",
+        "apiVersion": AUTHZ_API_VERSION,
+        "kind": AUTHZ_KIND,
         "metadata": {
             "name": waypoint_policy_name(app),
             "namespace": namespace,

@@ -11,11 +11,11 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
-from fake_kube import ALL_CRDS, FakeKubeServer
 from ops import testing
+from support import juju_seed
+from support.fake_kube import ALL_CRDS, FakeKubeServer
 from waypoint import build_gateway
 
 MODEL = "mesh-model"

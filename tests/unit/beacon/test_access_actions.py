@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from conftest import (
@@ -17,9 +16,10 @@ from conftest import (
     mesh_relation,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from lightkube import codecs
 from ops import testing
+from support import juju_seed
+from support.fake_kube import FakeKubeServer
 
 SENDER, RECEIVER, LEGACY = "sender", "receiver", "legacy"
 

@@ -29,10 +29,10 @@ from conftest import (
     waypoint_access,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from model_operator import plan_service_labels
 from ops import testing
 from policies import WaypointBinding, policy_error
+from support.fake_kube import FakeKubeServer
 
 APP = "receiver1"
 WAYPOINT_PRINCIPAL = f"cluster.local/ns/{MODEL}/sa/{WAYPOINT}"

@@ -25,9 +25,9 @@ from conftest import (
     seed_service,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from ops import testing
 from policies import policy_error
+from support.fake_kube import FakeKubeServer
 
 HONEST = "receiver1"
 LIAR = "liar"

@@ -18,9 +18,9 @@ from conftest import (
     beacon_state,
     istio_runs_waypoint,
 )
-from fake_kube import FakeKubeServer
 from ops import testing
 from ownership import is_generated_by_istio, owns_waypoint_autoscaler
+from support.fake_kube import FakeKubeServer
 from waypoint import build_autoscaler, gateway_missing, waypoint_name
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from charms.istio_beacon_k8s.v0.service_mesh import use_kubernetes_client
-from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL, pod_template_labels, seed_app, service_labels
 from lightkube import Client, KubeConfig
 from mesh_charms import (
@@ -26,6 +25,7 @@ from mesh_charms import (
     state,
 )
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 JUJU = {"app.kubernetes.io/name": CONSUMER}
 # Each mesh label goes only where Istio reads it: the data-plane mode on pods, the waypoint on

@@ -32,7 +32,6 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     label_configmap_name_template,
 )
 from charms.istio_beacon_k8s.v0.service_mesh import Policy as DeprecatedPolicy
-from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
@@ -45,6 +44,7 @@ from mesh_charms import (
     state,
 )
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 # -- ServiceMeshConsumer.enabled -------------------------------------------------------------
 

@@ -11,13 +11,13 @@ import re
 from typing import Any
 
 from charms.istio_beacon_k8s.v0.service_mesh import (
-    MAX_DISPLAY_LENGTH,
+    _MAX_DISPLAY_LENGTH,
     CMRData,
     MeshDataError,
     MeshPolicy,
     ServiceMeshProviderAppData,
-    display_text,
-    load_json,
+    _display_text,
+    _load_json,
     parse_policies,
 )
 from hypothesis import HealthCheck, given, settings
@@ -96,7 +96,7 @@ def test_parse_policies_raises_only_mesh_data_error(raw: str):
     try:
         policies = parse_policies(raw)
     except MeshDataError as error:
-        display_text(str(error)).encode("utf-8")
+        _display_text(str(error)).encode("utf-8")
         return
     for policy in policies:
         assert isinstance(policy, MeshPolicy)
@@ -116,7 +116,7 @@ def test_parse_policies_raises_only_mesh_data_error(raw: str):
 def test_cmr_data_raises_only_mesh_data_error(value: object, as_text: bool):
     try:
         claim = CMRData.from_dict(
-            load_json(json.dumps(value), "cmr_data", 16384) if as_text else value
+            _load_json(json.dumps(value), "cmr_data", 16384) if as_text else value
         )
     except MeshDataError:
         return
@@ -137,8 +137,8 @@ def test_provider_data_raises_only_mesh_data_error(databag: dict[str, str]):
 @SETTINGS
 @given(JSON_VALUES, st.integers(0, 200), st.booleans())
 def test_display_text_is_always_safe(value: object, limit: int, quote: bool):
-    shown = display_text(value, limit, quote=quote)
+    shown = _display_text(value, limit, quote=quote)
     shown.encode("utf-8")
     assert shown.isprintable()
     assert len(shown) <= max(limit, 40)
-    assert len(display_text(value)) <= MAX_DISPLAY_LENGTH
+    assert len(_display_text(value)) <= _MAX_DISPLAY_LENGTH

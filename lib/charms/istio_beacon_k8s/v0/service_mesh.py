@@ -75,6 +75,15 @@ all, or a lightkube ``Client`` of a test API server.
 
 Cost: importing this module imports neither lightkube nor pydantic; lightkube is imported on first
 use of Kubernetes.
+
+Public surface and compatibility
+================================
+
+``__all__`` lists the public names; everything else may change in any patch. Some of them exist
+only so that charms written against the deployed pydantic-based releases keep working: the
+section "The pydantic-style methods of the releases built on pydantic" (``model_dump``,
+``model_validate`` and the like on every data type), the deprecated :class:`Policy`,
+and ``label_configmap_name_template``. New code needs none of them.
 """
 
 from __future__ import annotations
@@ -105,9 +114,54 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 13
+LIBPATCH = 14
 
 PYDEPS = ["lightkube>=0.15"]
+
+__all__ = [
+    "MAX_ENDPOINTS_PER_POLICY",
+    "MAX_ITEMS_PER_FIELD",
+    "MAX_JSON_DEPTH",
+    "MAX_LABELS",
+    "MAX_NUMBER_LENGTH",
+    "MAX_POLICIES_BYTES",
+    "MAX_POLICIES_PER_RELATION",
+    "MAX_SMALL_VALUE_BYTES",
+    "MAX_STRING_LENGTH",
+    "MESH_LABEL_KEYS",
+    "SERVICE_ACCOUNT_DIR",
+    "AppPolicy",
+    "CMRData",
+    "Endpoint",
+    "KubernetesUnavailableError",
+    "MeshDataError",
+    "MeshPolicy",
+    "MeshType",
+    "Method",
+    "MissingCRDError",
+    "Policy",
+    "PolicyResourceManager",
+    "PolicyTargetType",
+    "ReconcileSummary",
+    "RelationRequest",
+    "ServiceMeshConsumer",
+    "ServiceMeshProvider",
+    "ServiceMeshProviderAppData",
+    "UnitPolicy",
+    "UnitPolicyError",
+    "authorization_policy_name",
+    "build_authorization_policies",
+    "build_authorization_policy",
+    "build_mesh_policies",
+    "get_data_from_cmr_relation",
+    "get_default_labels",
+    "in_cluster_client",
+    "label_configmap_name",
+    "label_configmap_name_template",
+    "parse_policies",
+    "reconcile_charm_labels",
+    "use_kubernetes_client",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +280,7 @@ MAX_JSON_DEPTH = 12
 """Nesting of arrays and objects in one value (a policy needs 6)."""
 MAX_NUMBER_LENGTH = 24
 """Characters of any one number (a port needs 5)."""
-MAX_DISPLAY_LENGTH = 64
+_MAX_DISPLAY_LENGTH = 64
 """Characters of one value of relation data shown in a status, log line or action result."""
 
 _JUJU_APP_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*\Z")
@@ -242,7 +296,7 @@ _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _JSON_BRACKETS = re.compile(r"[\[\]{}]")
 
 
-def display_text(value: object, limit: int = MAX_DISPLAY_LENGTH, *, quote: bool = True) -> str:
+def _display_text(value: object, limit: int = _MAX_DISPLAY_LENGTH, *, quote: bool = True) -> str:
     """``value`` made safe to show to people: in a status, a log line or an action's result.
 
     Control, format and unassigned characters (newlines, terminal escapes, bidirectional
@@ -298,7 +352,7 @@ def _escape_char(char: str, quote: bool) -> str:
 
 def _describe(value: object) -> str:
     if isinstance(value, (str, int, float, bool, type(None))):
-        return f"{type(value).__name__} {display_text(value, quote=isinstance(value, str))}"
+        return f"{type(value).__name__} {_display_text(value, quote=isinstance(value, str))}"
     return type(value).__name__
 
 
@@ -310,7 +364,7 @@ def _str(value: object, where: str) -> str:
     if not value.isprintable():
         raise _fail(
             where,
-            f"control, format or invalid character in {display_text(value)} (lone surrogates "
+            f"control, format or invalid character in {_display_text(value)} (lone surrogates "
             "are not valid UTF-8)",
         )
     return value
@@ -323,7 +377,7 @@ def _opt_str(value: object, where: str) -> str | None:
 def _matching(value: object, where: str, pattern: re.Pattern[str], what: str) -> str:
     text = _str(value, where)
     if not pattern.match(text):
-        raise _fail(where, f"expected {what}, got {display_text(text)}")
+        raise _fail(where, f"expected {what}, got {_display_text(text)}")
     return text
 
 
@@ -397,9 +451,9 @@ def _labels(value: object, where: str) -> dict[str, str] | None:
                 f"labels must map strings to strings, got {_describe(key)}: {_describe(item)}",
             )
         if len(key) > 317 or not _LABEL_KEY.match(key):
-            raise _fail(where, f"invalid label key {display_text(key)}")
+            raise _fail(where, f"invalid label key {_display_text(key)}")
         if len(item) > _MAX_LABEL_VALUE_LENGTH or not _LABEL_VALUE.match(item):
-            raise _fail(where, f"invalid value {display_text(item)} of label {key}")
+            raise _fail(where, f"invalid value {_display_text(item)} of label {key}")
         result[key] = item
     return result
 
@@ -1243,7 +1297,7 @@ def _json_value(databag: Mapping[str, str], key: str) -> object:
     raw = databag.get(key)
     if raw is None:
         raise MeshDataError(f"{key}: missing")
-    return load_json(raw, key, MAX_SMALL_VALUE_BYTES)
+    return _load_json(raw, key, MAX_SMALL_VALUE_BYTES)
 
 
 def _refuse_number(text: str) -> object:
@@ -1264,7 +1318,7 @@ def _constant(text: str) -> object:
     raise MeshDataError(f"{text} is not a JSON number")
 
 
-def load_json(raw: object, key: str, max_bytes: int) -> object:
+def _load_json(raw: object, key: str, max_bytes: int) -> object:
     """Parse one relation data value written by the other side; only MeshDataError escapes.
 
     The size is checked before parsing (``max_bytes`` bytes of UTF-8), then the nesting depth
@@ -1311,7 +1365,7 @@ def parse_policies(raw: str) -> list[MeshPolicy]:
     Raises:
         MeshDataError: naming what is wrong, e.g. ``policies[1].endpoints[0].ports[0]: ...``.
     """
-    data = load_json(raw, _POLICIES_KEY, MAX_POLICIES_BYTES)
+    data = _load_json(raw, _POLICIES_KEY, MAX_POLICIES_BYTES)
     if not isinstance(data, list):
         raise _fail("policies", f"expected a list of policies, got {_describe(data)}")
     if len(cast("list[object]", data)) > MAX_POLICIES_PER_RELATION:
@@ -1723,7 +1777,7 @@ class ServiceMeshConsumer(ops.Object):
                         "names it"
                     )
                     continue
-                claim = CMRData.from_dict(load_json(raw, _CMR_DATA_KEY, MAX_SMALL_VALUE_BYTES))
+                claim = CMRData.from_dict(_load_json(raw, _CMR_DATA_KEY, MAX_SMALL_VALUE_BYTES))
             except Exception as error:  # whatever the other side wrote, it fails no hook
                 reason = error if isinstance(error, MeshDataError) else type(error).__name__
                 notes.append(f"ignoring cmr_data from {app.name}: {reason}")
@@ -1826,7 +1880,7 @@ class ServiceMeshConsumer(ops.Object):
                 if code == 403:
                     hint = f"run `juju trust {app} --scope=cluster`"
                 else:
-                    said = display_text(error.status.message or "", 120, quote=False)
+                    said = _display_text(error.status.message or "", 120, quote=False)
                     hint = f"Kubernetes said {code}: {said}"
                 self._label_failed(f"cannot put the mesh labels on {app}: {hint}")
                 return
@@ -1834,11 +1888,11 @@ class ServiceMeshConsumer(ops.Object):
             # Connection or configuration problems: report them and retry on update-status
             # rather than failing the charm's hook.
             logger.exception("service mesh labels")
-            code = http_status_code(error)
+            code = _http_status_code(error)
             if code is not None:
                 self._label_failed(f"cannot put the mesh labels on {app}: Kubernetes said {code}")
             else:
-                said = display_text(str(error), 120, quote=False)
+                said = _display_text(str(error), 120, quote=False)
                 self._label_failed(f"cannot reach Kubernetes to label {app}: {said}")
             return
         self._stored.labels_reconciled = fingerprint
@@ -2158,7 +2212,7 @@ def _remembered_labels(
     if key not in data:
         return dict(default or {})
     try:
-        return _labels(load_json(data[key], key, MAX_SMALL_VALUE_BYTES), key) or {}
+        return _labels(_load_json(data[key], key, MAX_SMALL_VALUE_BYTES), key) or {}
     except MeshDataError:
         logger.warning("ConfigMap %s holds invalid %s; starting over", configmap, key)
         return {}
@@ -2513,9 +2567,9 @@ class PolicyResourceManager:
         selector: dict[str, Any] = dict(self.labels)
         try:
             items: list[Any] = list(client.list(resource, namespace=ALL_NS, labels=selector))
-        except Exception as error:  # lightkube.ApiError, or an HTTP error: see http_status_code
+        except Exception as error:  # lightkube.ApiError, or an HTTP error: see _http_status_code
             self._raise_if_missing_crd(error)
-            if http_status_code(error) != 403:
+            if _http_status_code(error) != 403:
                 raise
             # Without cluster-wide list rights, look where this manager can write.
             items = []
@@ -2536,12 +2590,12 @@ class PolicyResourceManager:
         try:
             client.delete(_authorization_policy_resource(), name, namespace=namespace)
         except Exception as error:
-            if not (ignore_missing and http_status_code(error) == 404):
+            if not (ignore_missing and _http_status_code(error) == 404):
                 raise
 
     @staticmethod
     def _raise_if_missing_crd(error: Exception) -> None:
-        if http_status_code(error) == 404:
+        if _http_status_code(error) == 404:
             raise MissingCRDError(
                 f"{_AUTHZ_PLURAL}.{_AUTHZ_GROUP}", "deploy Istio (the istio-k8s charm)"
             ) from error
@@ -2575,7 +2629,7 @@ def _raw_policy_manifest(raw: object) -> dict[str, Any]:
     return manifest
 
 
-def http_status_code(error: BaseException) -> int | None:
+def _http_status_code(error: BaseException) -> int | None:
     """The HTTP status of a failed Kubernetes request, whatever lightkube raised for it.
 
     lightkube raises ``lightkube.ApiError`` when the API server answers with a JSON status, but

@@ -14,12 +14,12 @@ import jubilant
 import lightkube
 import mesh_cluster
 import pytest
-from fake_kube import FakeKubeServer
 from jubilant.statustypes import AppStatus, ModelStatus, StatusInfo, UnitStatus
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Service
 from mesh_deploy import destroy_model
 from mesh_probe import assert_ready_for_actions, eventually, transient_api_error
+from support.fake_kube import FakeKubeServer
 
 NAMESPACE = "istio-system"
 ISTIO_APP = "istio-k8s"

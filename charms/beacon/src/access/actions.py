@@ -10,13 +10,14 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from access import Level, Model
-from access_map import build_access_map, explain
-from access_report import FORMATS, explanation_results, format_map, safe_text
-from access_state import read_model
 from charms.istio_beacon_k8s.v0.service_mesh import MissingCRDError, RelationRequest
 from kubernetes_client import error_message, make_client, status_code
 from waypoint import waypoint_name
+
+from access.cluster import read_model
+from access.map import build_access_map, explain
+from access.model import Level, Model
+from access.report import FORMATS, explanation_results, format_map, safe_text
 
 _METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 

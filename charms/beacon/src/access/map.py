@@ -1,6 +1,6 @@
-"""The model's access map and the answer to "may A reach B", from the engine in ``access``.
+"""The model's access map and the answer to "may A reach B", from ``access.evaluation``.
 
-Pure: a :class:`access.Model` in, frozen dataclasses out; ``access_report`` lays them out.
+Pure: a :class:`access.model.Model` in, frozen dataclasses out; ``access.report`` lays them out.
 """
 
 from __future__ import annotations
@@ -8,27 +8,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from access import (
-    AuthzPolicy,
+from access.evaluation import decide
+from access.matching import http_parts
+from access.model import (
     Decision,
     Level,
     Model,
-    Operation,
     Request,
-    Rule,
-    Source,
     Verdict,
     Workload,
     attaches,
     bound_waypoint,
-    decide,
-    http_parts,
     on_mesh,
     principal,
     selects,
     split_principal,
     uses_beacon_waypoint,
 )
+from access.parsing import AuthzPolicy, Operation, Rule, Source
 
 ANYONE = "anyone"
 
