@@ -19,7 +19,7 @@ like the model; figures are medians. Per run it measures:
 Separately, it measures the CPU time of a fresh process that imports ops and the library and builds
 a typical consumer's declarations, against one that imports ops alone (``import_cost.py``).
 
-Run it with ``tox -e bench`` (see docs/benchmark.md); ``--help`` for the options.
+Run it with ``tox -e bench`` (see docs/contributing/benchmark.md); ``--help`` for the options.
 """
 
 from __future__ import annotations

@@ -119,7 +119,11 @@ def test_the_model_operator_is_selected_by_its_own_service_and_kept_off_the_wayp
     out = ctx.run(ctx.on.update_status(), out)
 
     policy = admin.get(AuthorizationPolicy, "allow-juju-model-operator", namespace=model)
-    assert policy.to_dict()["spec"] == {"selector": {"matchLabels": selector}, "rules": [{}]}
+    assert policy.to_dict()["spec"] == {
+        "action": "ALLOW",
+        "selector": {"matchLabels": selector},
+        "rules": [{}],
+    }
     assert service_labels(admin, model, "modeloperator") == {
         **juju_labels,
         "istio.io/use-waypoint": "none",
@@ -227,6 +231,7 @@ def test_the_waypoint_identity_reaches_every_related_apps_pods(
     policy = admin.get(AuthorizationPolicy, "receiver1-from-waypoint", namespace=model)
     principal = f"cluster.local/ns/{model}/sa/{waypoint_name(model, APP)}"
     assert policy.to_dict()["spec"] == {
+        "action": "ALLOW",
         "selector": {"matchLabels": {"app.kubernetes.io/name": "receiver1"}},
         "rules": [{"from": [{"source": {"principals": [principal]}}]}],
     }

@@ -1,9 +1,10 @@
 """A real Kubernetes API server (etcd + kube-apiserver) on loopback, for tests.
 
-The binaries and CRDs come from ``tools/kube-tier/build.sh`` (see ``docs/kube-tier.md``); no
-kubelet, scheduler or controller-manager runs, so nothing is scheduled, namespaces never finish
-terminating and nothing is garbage-collected. What you get is the API itself: schemas (including
-CRD schemas with strict field validation), server-side apply, resourceVersions, RBAC and its 403s.
+The binaries and CRDs come from ``tools/kube-tier/build.sh`` (see
+``docs/contributing/kube-tier.md``); no kubelet, scheduler or controller-manager runs, so nothing
+is scheduled, namespaces never finish terminating and nothing is garbage-collected. What you get
+is the API itself: schemas (including CRD schemas with strict field validation), server-side
+apply, resourceVersions, RBAC and its 403s.
 
 Typical use::
 
@@ -113,7 +114,8 @@ def ensure_built(timeout: float = 90 * 60) -> Path:
     if result.returncode != 0:
         raise KubeServerError(
             f"{BUILD_SCRIPT} failed (exit {result.returncode}); its message is above. "
-            "The kube tier needs Go and a Go module proxy for its first build (docs/kube-tier.md)."
+            "The kube tier needs Go and a Go module proxy for its first build "
+            "(docs/contributing/kube-tier.md)."
         )
     folder = Path(result.stdout.strip().splitlines()[-1])
     for needed in ("bin/etcd", "bin/kube-apiserver", "crds"):

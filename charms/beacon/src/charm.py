@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""The Istio beacon charm: event wiring and status only (docs/architecture.md maps the rest)."""
+"""The Istio beacon charm: event wiring and status only.
+
+docs/contributing/architecture.md maps the rest.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ from waypoint import consumer_labels, waypoint_name
 logger = logging.getLogger(__name__)
 # lightkube's HTTP client logs each request at INFO (httpx) and a dozen lines per request at DEBUG
 # (httpcore); ops sends every line to juju-log, one hook tool run each: 6,752 juju-log runs in a
-# first reconcile with 200 related apps (docs/benchmark.md). Warnings and errors still go through.
+# first reconcile with 200 related apps (docs/contributing/benchmark.md). Warnings and errors
+# still go through.
 for _http_logger in ("httpx", "httpcore", "httpx2", "httpcore2"):
     logging.getLogger(_http_logger).setLevel(logging.WARNING)
 
@@ -221,7 +225,11 @@ class IstioBeaconCharm(ops.CharmBase):
         if findings.model_operator:
             statuses.append(ops.BlockedStatus(f"model-on-mesh: {findings.model_operator}"))
         if findings.refusals:
-            statuses.append(ops.BlockedStatus(refusal_message(findings.refusals)))
+            statuses.append(
+                ops.BlockedStatus(
+                    refusal_message(findings.refusals, findings.held, findings.unprotected)
+                )
+            )
         if findings.unenforced:
             statuses.append(ops.BlockedStatus(not_enforced_message(findings.unenforced)))
         statuses.extend(ops.BlockedStatus(error) for error in findings.api_errors[:1])

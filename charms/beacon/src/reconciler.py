@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import ops
-from adoption import adopt_after, adopt_before
+from adoption import (
+    MODEL_OPERATOR_SCOPE,
+    POLICY_SCOPE,
+    WAYPOINT_SCOPE,
+    adopt_after,
+    adopt_before,
+    rollback_labels,
+)
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshType,
@@ -35,8 +42,10 @@ from ownership import ownership_labels
 from policies import (
     Refusal,
     WaypointBinding,
+    as_written,
     build_policy_manifests,
     check_requests,
+    last_accepted,
     log_refusals,
     needs_services,
     requested_by,
@@ -91,6 +100,10 @@ class Findings:
         unreachable: why Kubernetes could not be reached (no answer at all), or ``None``.
         refusals_logged: per relation, a digest of the refusals logged (see
             :func:`policies.log_refusals`), to log each change once.
+        held: per relation whose request is refused, how many of the policies last applied
+            for it stay in force (see ``BeaconReconciler._hold_last_accepted``).
+        unprotected: the relations whose request is refused and that have no policy at all:
+            their app has no ALLOW policy from the beacon, so Istio lets anyone reach it.
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -103,6 +116,8 @@ class Findings:
     policy_conditions: list[PolicyCondition] = field(default_factory=list[PolicyCondition])
     unreachable: str | None = None
     refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
+    held: dict[int, int] = field(default_factory=dict[int, int])
+    unprotected: list[int] = field(default_factory=list[int])
 
     @property
     def unenforced(self) -> list[PolicyCondition]:
@@ -197,6 +212,7 @@ class BeaconReconciler:
                 planned_units,
                 self._labels,
                 telemetry_label(self._namespace, self._app),
+                rollback_labels(self._namespace, self._app, WAYPOINT_SCOPE),
             ),
         )
         self.findings.waypoint = waypoint.value if isinstance(waypoint, Done) else None
@@ -303,6 +319,7 @@ class BeaconReconciler:
         binding = WaypointBinding(self.waypoint, namespace_bound=namespace_bound)
         accepted, refused = check_requests(requests, self._namespace, services, binding)
         manifests, unbuildable = build_policy_manifests(accepted)
+        manifests = self._hold_last_accepted(manager, manifests, refused + unbuildable)
         # Whatever auto-allow-waypoint-policy says, the waypoint reaches every related app's pods.
         principal = waypoint_principal(self._namespace, self.waypoint)
         related = sorted({request.app_name for request in requests if request.app_name})
@@ -311,8 +328,15 @@ class BeaconReconciler:
         manifests.extend(
             metrics_access_manifests(self._charm.model.relations, self._app, self._namespace)
         )
+        scope = rollback_labels(self._namespace, self._app, POLICY_SCOPE)
+        manifests = [as_written(manifest, scope) for manifest in manifests]
         if config.model_on_mesh and model_operator.selector is not None:
-            manifests.append(model_operator_policy(self._namespace, model_operator.selector))
+            manifests.append(
+                as_written(
+                    model_operator_policy(self._namespace, model_operator.selector),
+                    rollback_labels(self._namespace, self._app, MODEL_OPERATOR_SCOPE),
+                )
+            )
         rejected: list[Refusal] = []
         requester = {
             f"{m['metadata']['namespace']}/{m['metadata']['name']}": requested_by(m)
@@ -341,13 +365,41 @@ class BeaconReconciler:
             refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id
         )
         self.findings.refusals_logged = log_refusals(
-            self.findings.refusals, self.findings.refusals_logged
+            self.findings.refusals, self.findings.refusals_logged, self.findings.held
         )
         self.findings.policy_conditions = istio_conditions(
             manager.listed, [*summary.created, *summary.updated, *summary.deleted]
         )
         for condition in self.findings.unenforced:
             logger.warning("Istio does not enforce policy %s", condition.describe())
+
+    def _hold_last_accepted(
+        self,
+        manager: PolicyResourceManager,
+        manifests: list[dict[str, Any]],
+        refusals: list[Refusal],
+    ) -> list[dict[str, Any]]:
+        """The policies to apply, where a relation whose request is refused keeps its last ones.
+
+        A refused request replaces nothing: removing what was applied for it would leave its
+        app without an ALLOW policy, which Istio reads as "allow everyone". The relation's
+        objects in the cluster (they say which relation they were made for) are wanted as they
+        are, until a valid request replaces them or the relation goes. A relation with nothing
+        in the cluster (its first request) gets what of its request could be accepted, if any.
+        """
+        refused = {(refusal.app_name, refusal.relation_id) for refusal in refusals}
+        if not refused:
+            return manifests
+        kept = last_accepted(manager.get_deployed_resources(), refused)
+        self.findings.held = {relation_id: len(items) for relation_id, items in kept.items()}
+        wanted = [m for m in manifests if (requested_by(m) or ("", -1))[1] not in kept]
+        for items in kept.values():
+            wanted.extend(items)
+        served = {asker[1] for asker in map(requested_by, wanted) if asker is not None}
+        self.findings.unprotected = sorted(
+            {relation_id for _, relation_id in refused if relation_id not in served}
+        )
+        return wanted
 
     def _delete_policies(self) -> None:
         try:

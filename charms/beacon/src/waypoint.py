@@ -215,6 +215,7 @@ def reconcile_waypoint(
     replicas: int,
     labels: Mapping[str, str],
     gateway_labels: Mapping[str, str] | None = None,
+    rollback_labels: Mapping[str, str] | None = None,
 ) -> WaypointReadiness:
     """Converge the waypoint Gateway and its autoscaler, then report the waypoint's readiness.
 
@@ -227,20 +228,27 @@ def reconcile_waypoint(
         replicas: how many waypoint replicas (the beacon's planned units).
         labels: the ownership labels that mark the objects as the beacon's.
         gateway_labels: more labels for the Gateway only (Istio copies them onto the pods).
+        rollback_labels: more labels for the Gateway and the autoscaler: those by which the
+            deployed charm recognises them after a rollback (``adoption.rollback_labels``).
 
     Raises:
         MissingCRDError: the Gateway CRD is not installed (Istio is missing).
         lightkube.ApiError: anything else Kubernetes refused (403: the charm is not trusted).
     """
     namespace = str(client.namespace)
-    wanted = build_gateway(name, namespace, labels, gateway_labels) if replicas > 0 else None
+    extra = {**(gateway_labels or {}), **(rollback_labels or {})}
+    wanted = build_gateway(name, namespace, labels, extra) if replicas > 0 else None
     try:
         gateway = _converge_gateway(client, wanted, labels)
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
         if is_unserved_kind(error):
             raise MissingCRDError(GATEWAY_CRD, "deploy istio-k8s") from error
         raise
-    autoscaler = build_autoscaler(name, namespace, replicas, labels) if replicas > 0 else None
+    autoscaler = (
+        build_autoscaler(name, namespace, replicas, {**(rollback_labels or {}), **labels})
+        if replicas > 0
+        else None
+    )
     istio_autoscaler = _converge_autoscaler(client, name, autoscaler)
     if replicas == 0:
         return WaypointReadiness(ready=True)

@@ -1,6 +1,6 @@
 """Relation data written to hurt the beacon: no failed hook, no wider access, no lost revocation.
 
-Each test names the class of failure of issue 12 it proves (see docs/security.md).
+Each test names the class of failure of issue 12 it proves (see docs/contributing/security.md).
 """
 
 from __future__ import annotations

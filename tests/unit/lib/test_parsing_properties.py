@@ -26,8 +26,24 @@ from hypothesis import strategies as st
 SETTINGS = settings(
     max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
-JUJU_APP = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*\Z")
-JUJU_MODEL = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
+# What can be a Kubernetes service account (DNS-1123 subdomain) and namespace (DNS-1123 label),
+# written here independently of the library's patterns.
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+SERVICE_ACCOUNT = re.compile(rf"{_LABEL}(\.{_LABEL})*\Z")
+NAMESPACE = re.compile(rf"{_LABEL}\Z")
+
+
+def _is_service_account(name: str) -> bool:
+    return (
+        bool(SERVICE_ACCOUNT.match(name))
+        and len(name) <= 253
+        and all(len(part) <= 63 for part in name.split("."))
+    )
+
+
+def _is_namespace(name: str) -> bool:
+    return bool(NAMESPACE.match(name)) and len(name) <= 63
+
 
 HOSTILE_TEXT = st.one_of(
     st.text(max_size=40),
@@ -100,9 +116,9 @@ def test_parse_policies_raises_only_mesh_data_error(raw: str):
         return
     for policy in policies:
         assert isinstance(policy, MeshPolicy)
-        # Sources that reach a principal are Juju names: never a pattern.
-        assert JUJU_APP.match(policy.source_app_name), policy.source_app_name
-        assert JUJU_MODEL.match(policy.source_namespace), policy.source_namespace
+        # Sources that reach a principal are Kubernetes names: never a pattern, a path, a space.
+        assert _is_service_account(policy.source_app_name), policy.source_app_name
+        assert _is_namespace(policy.source_namespace), policy.source_namespace
         json.dumps(policy.to_dict()).encode("utf-8")
         assert all(
             text.isprintable()
@@ -120,8 +136,8 @@ def test_cmr_data_raises_only_mesh_data_error(value: object, as_text: bool):
         )
     except MeshDataError:
         return
-    assert JUJU_APP.match(claim.app_name)
-    assert JUJU_MODEL.match(claim.juju_model_name)
+    assert _is_service_account(claim.app_name)
+    assert _is_namespace(claim.juju_model_name)
 
 
 @SETTINGS

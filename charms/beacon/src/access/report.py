@@ -102,6 +102,8 @@ def format_table(access: AccessMap) -> str:
             ["APP", "RELATION", "REASON"],
             [[safe_text(r.app), str(r.relation_id), safe_text(r.reason)] for r in access.refused],
         )
+        # What holds meanwhile: the last accepted policies, or nothing (the app is open).
+        lines += [f"  {safe_text(r.app)}: {safe_text(r.in_force)}" for r in access.refused]
     else:
         lines.append("  (none)")
     if access.pending:

@@ -1,3 +1,4 @@
+# Licensed under the Apache License, Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0).
 """Join a Kubernetes charm to the Istio ambient mesh and say, per relation, who may reach it.
 
 This library implements both sides of the ``service_mesh`` interface and the ``cross_model_mesh``
@@ -114,7 +115,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 14
+LIBPATCH = 15
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -283,8 +284,14 @@ MAX_NUMBER_LENGTH = 24
 _MAX_DISPLAY_LENGTH = 64
 """Characters of one value of relation data shown in a status, log line or action result."""
 
-_JUJU_APP_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*\Z")
-_JUJU_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
+# The names a source may carry in relation data: what can be a Kubernetes service account
+# (a DNS-1123 subdomain) and namespace (a DNS-1123 label), as the deployed library accepted
+# (``app1-1`` is no Juju application name, yet a valid service account). Neither can hold a
+# pattern (``*``, ``?``), a ``/`` (another segment of the principal), a space or a control
+# character: the principal ``cluster.local/ns/<namespace>/sa/<name>`` names one identity.
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_SERVICE_ACCOUNT_NAME = re.compile(rf"(?=.{{1,253}}\Z){_DNS_LABEL}(?:\.{_DNS_LABEL})*\Z")
+_NAMESPACE_NAME = re.compile(rf"{_DNS_LABEL}\Z")
 # What a source name may hold in a MeshPolicy built in code: no ``*`` (a prefix or suffix
 # wildcard in an Istio principal), no ``/`` (another path segment), no space or control.
 _SOURCE_TOKEN = re.compile(r"[^\s*/]+\Z")
@@ -385,12 +392,14 @@ def _source_token(value: object, where: str) -> str:
     return _matching(value, where, _SOURCE_TOKEN, "a name without '*', '/' or spaces")
 
 
-def _juju_app_name(value: object, where: str) -> str:
-    return _matching(value, where, _JUJU_APP_NAME, "a Juju application name")
+def _service_account_name(value: object, where: str) -> str:
+    return _matching(
+        value, where, _SERVICE_ACCOUNT_NAME, "an application (Kubernetes service account) name"
+    )
 
 
-def _juju_model_name(value: object, where: str) -> str:
-    return _matching(value, where, _JUJU_MODEL_NAME, "a Juju model name")
+def _namespace_name(value: object, where: str) -> str:
+    return _matching(value, where, _NAMESPACE_NAME, "a model (Kubernetes namespace) name")
 
 
 def _sequence(value: object, where: str, what: str) -> Sequence[object]:
@@ -1152,10 +1161,10 @@ class MeshPolicy(_PydanticStyle):
             )
         try:
             return cls(
-                source_namespace=_juju_model_name(
+                source_namespace=_namespace_name(
                     body.get("source_namespace"), f"{where}.source_namespace"
                 ),
-                source_app_name=_juju_app_name(
+                source_app_name=_service_account_name(
                     body.get("source_app_name"), f"{where}.source_app_name"
                 ),
                 target_namespace=_str(body.get("target_namespace"), f"{where}.target_namespace"),
@@ -1234,8 +1243,8 @@ class CMRData(_PydanticStyle):
         """
         body = _mapping(data, "cmr_data")
         return cls(
-            app_name=_juju_app_name(body.get("app_name"), "cmr_data.app_name"),
-            juju_model_name=_juju_model_name(
+            app_name=_service_account_name(body.get("app_name"), "cmr_data.app_name"),
+            juju_model_name=_namespace_name(
                 body.get("juju_model_name"), "cmr_data.juju_model_name"
             ),
         )
@@ -1522,7 +1531,8 @@ def in_cluster_client(namespace: str, field_manager: str) -> Client:
     if not os.path.isfile(token) or not os.environ.get("KUBERNETES_SERVICE_HOST"):
         raise KubernetesUnavailableError(
             f"not running in a Kubernetes pod (no service account token at {token}, or no "
-            "KUBERNETES_SERVICE_HOST); the library only acts as the pod's service account"
+            "KUBERNETES_SERVICE_HOST); the library only acts as the pod's service account "
+            "(in unit tests, wrap the run in use_kubernetes_client(None))"
         )
     from lightkube import Client, KubeConfig
     from lightkube.core.exceptions import ConfigError
@@ -1583,7 +1593,8 @@ class ServiceMeshConsumer(ops.Object):
             (needs ``juju trust``). Turning it off later removes the labels it had put.
 
     Raises:
-        MeshDataError: when a policy names a relation that the charm does not declare.
+        MeshDataError: when the charm does not declare ``mesh_relation_name``, or a policy
+            names a relation that it does not declare.
     """
 
     _stored = ops.StoredState()
@@ -1610,6 +1621,12 @@ class ServiceMeshConsumer(ops.Object):
         )
 
         declared = charm.meta.relations
+        if mesh_relation_name not in declared:
+            raise MeshDataError(
+                f"ServiceMeshConsumer needs relation {mesh_relation_name!r} (requires, interface "
+                "service_mesh, limit 1), which charmcraft.yaml does not declare (declared: "
+                f"{', '.join(sorted(declared)) or 'none'})"
+            )
         for policy in self.policies:
             if policy.relation not in declared:
                 raise MeshDataError(
