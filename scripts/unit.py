@@ -42,7 +42,7 @@ class Suite:
 
 SUITES = (
     Suite("lib"),
-    Suite("beacon", ("charms/beacon/src",)),
+    Suite("beacon", ("charms/beacon/src", "bench")),
     Suite("tester", ("charms/tester/src",)),
     # The integration tier's helpers (tests/integration), tested without Juju; not shipped code.
     Suite("integration_helpers", ("tests/integration", "charms/beacon/src"), covered=False),
