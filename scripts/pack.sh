@@ -7,7 +7,7 @@
 #
 # Usage:  scripts/pack.sh [beacon|tester ...]      (default: both)
 #         tox -e pack runs it through tools/charmcraft/env.sh, which installs the pinned charmcraft
-#         and packs without LXD on this host (docs/dispatch-tier.md).
+#         and packs without LXD on this host (docs/contributing/dispatch-tier.md).
 # Env:    CHARMCRAFT_PACK_ARGS  extra arguments for `charmcraft pack`, e.g. --destructive-mode
 #         PACK_OUTPUT_DIR       where the .charm files go (default: <repo>/build/charms)
 # Stdout: one line per packed charm, `<name>=<absolute path>` (e.g. beacon=/…/x.charm); progress
