@@ -135,9 +135,21 @@ def _replay(
         assert write.verb == "patch", f"{write.verb} {write.uri}: the switch only patches"
         assert write.code == 200, write
         body = write.body or {}
-        name = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        parts = write.uri.split("?", 1)[0].split("/")
+        name = f"{parts[parts.index('namespaces') + 1]}/{parts[-1]}"
         assert name in current, f"{name}: a policy that did not exist before"
-        current = {**current, name: body}
+        if "spec" in body:  # a server-side apply: the whole object as the beacon wants it
+            state = body
+        else:  # a merge patch that takes the dry-run mark off
+            old = current[name]
+            annotations = dict(old["metadata"].get("annotations") or {})
+            for key, value in body["metadata"]["annotations"].items():
+                if value is None:
+                    annotations.pop(key, None)
+                else:
+                    annotations[key] = value
+            state = {**old, "metadata": {**old["metadata"], "annotations": annotations}}
+        current = {**current, name: state}
         states.append(current)
     return states
 
@@ -164,7 +176,11 @@ def test_switching_patches_in_place_and_access_never_changes_in_between(
         after = owned(admin, Policy, model)
 
         states = _replay(current, writes)
-        assert len(states) == 1  # the one app policy; the unit and waypoint ones stay as they are
+        # Only the one app policy is written (an apply; back to enforce, also a merge patch that
+        # takes the mark off); the unit and waypoint ones stay as they are.
+        touched = {w.uri.split("?", 1)[0] for w in writes if "/authorizationpolicies" in w.uri}
+        assert len(touched) == 1
+        assert 1 <= len(states) <= 2
         for state in states:
             assert _verdicts(engine, list(state.values())) == reference
         assert _verdicts(engine, list(after.values())) == reference
@@ -179,3 +195,22 @@ def test_switching_patches_in_place_and_access_never_changes_in_between(
             annotations.pop(DRY_RUN_ANNOTATION, None)
             assert annotations == (old["metadata"].get("annotations") or {}), name
         current = after
+
+
+def test_a_policy_created_in_dry_run_is_enforced_after_the_switch(
+    ctx: testing.Context[IstioBeaconCharm], admin: Client, model: str
+):
+    # Created (not applied) in dry-run: its annotation is not an applied field that a later
+    # server-side apply would drop; the switch must still take it off.
+    relation = _relation(model)
+    ctx.run(ctx.on.config_changed(), _state(model, relation, "dry-run"))
+    before = owned(admin, Policy, model)
+    assert sum(is_dry_run(policy) for policy in before.values()) == 1
+
+    ctx.run(ctx.on.config_changed(), _state(model, relation, "enforce"))
+
+    after = owned(admin, Policy, model)
+    assert not any(is_dry_run(policy) for policy in after.values())
+    assert {n: p["metadata"]["uid"] for n, p in after.items()} == {
+        n: p["metadata"]["uid"] for n, p in before.items()
+    }

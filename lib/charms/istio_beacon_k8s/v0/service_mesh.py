@@ -2546,8 +2546,6 @@ class PolicyResourceManager:
         }
         existing = self._existing(namespaces={namespace for namespace, _ in wanted})
         self.listed = list(existing.values())
-        resource: Any = _authorization_policy_resource()
-        client: Any = self._client
         created: list[str] = []
         updated: list[str] = []
         deleted: list[str] = []
@@ -2572,10 +2570,7 @@ class PolicyResourceManager:
                 unchanged += 1
                 continue
             try:
-                if current is None and not take_over:
-                    client.create(resource.from_dict(manifest))
-                else:
-                    client.apply(resource.from_dict(manifest), force=force)
+                self._write(key, manifest, current, take_over=take_over, force=force)
             except Exception as error:  # lightkube.ApiError, or an HTTP or connection error
                 failed(key, error)
                 continue
@@ -2592,6 +2587,35 @@ class PolicyResourceManager:
         if failures:
             raise failures[0]
         return summary
+
+    def _write(
+        self,
+        key: tuple[str, str],
+        manifest: Mapping[str, Any],
+        current: Mapping[str, Any] | None,
+        *,
+        take_over: bool,
+        force: bool,
+    ) -> None:
+        """Create or server-side apply one policy; take off a dry-run mark it no longer wants."""
+        from lightkube.types import PatchType
+
+        resource: Any = _authorization_policy_resource()
+        client: Any = self._client
+        if current is None and not take_over:
+            client.create(resource.from_dict(manifest))
+        else:
+            client.apply(resource.from_dict(manifest), force=force)
+        if current is not None and _stale_dry_run(manifest, current):
+            # A server-side apply removes only the fields its own earlier applies set; a dry-run
+            # mark written by a create stays: remove it by name.
+            client.patch(
+                resource,
+                key[1],
+                {"metadata": {"annotations": {_DRY_RUN_ANNOTATION: None}}},
+                namespace=key[0],
+                patch_type=PatchType.MERGE,
+            )
 
     def delete(self, ignore_missing: bool = True) -> None:
         """Delete every policy resource this manager owns.
@@ -2721,6 +2745,15 @@ def _http_status_code(error: BaseException) -> int | None:
 _DRY_RUN_ANNOTATION = "istio.io/dry-run"
 
 
+def _stale_dry_run(wanted: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """Whether ``current`` carries Istio's dry-run annotation and ``wanted`` does not."""
+    want_meta = cast("Mapping[str, Any]", wanted.get("metadata") or {})
+    have_meta = cast("Mapping[str, Any]", current.get("metadata") or {})
+    want = cast("Mapping[str, str]", want_meta.get("annotations") or {})
+    have = cast("Mapping[str, str]", have_meta.get("annotations") or {})
+    return _DRY_RUN_ANNOTATION in have and _DRY_RUN_ANNOTATION not in want
+
+
 def _is_applied(wanted: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
     """Whether ``current`` already is what ``wanted`` asks for.
 
@@ -2731,9 +2764,7 @@ def _is_applied(wanted: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
         return False
     want_meta = cast("Mapping[str, Any]", wanted.get("metadata") or {})
     have_meta = cast("Mapping[str, Any]", current.get("metadata") or {})
-    want_annotations = cast("Mapping[str, str]", want_meta.get("annotations") or {})
-    have_annotations = cast("Mapping[str, str]", have_meta.get("annotations") or {})
-    if _DRY_RUN_ANNOTATION in have_annotations and _DRY_RUN_ANNOTATION not in want_annotations:
+    if _stale_dry_run(wanted, current):
         return False
     for key in ("labels", "annotations"):
         want = cast("Mapping[str, str]", want_meta.get(key) or {})
