@@ -58,8 +58,8 @@ stale() { # charm folder, packed file -> true when the .charm is missing or olde
 }
 charms=build/charms
 if [ "$pack" = 1 ] \
-  || stale charms/beacon "$charms/istio-beacon-k8s_amd64.charm" \
-  || stale charms/tester "$charms/service-mesh-tester_amd64.charm"; then
+  || stale charms/beacon "$charms/istio-beacon-k8s_ubuntu-24.04-amd64.charm" \
+  || stale charms/tester "$charms/service-mesh-tester_ubuntu-24.04-amd64.charm"; then
   step "packing both charms (tox -e pack: pinned charmcraft, binary wheels; a few minutes)"
   "$tox" -e pack >&2
 else

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import BOTH_BASES
 from juju_unit_agent import JujuModel
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.config.models import Cluster, User
@@ -82,6 +83,7 @@ def test_untrusted_beacon_needs_only_its_model(model: JujuModel, beacon_charm: P
     assert refused.value.status.code == 403
 
 
+@BOTH_BASES
 def test_mesh_relation_exchanges_labels_and_policies(
     model: JujuModel, beacon_charm: Path, tester_charm: Path
 ):
@@ -171,6 +173,7 @@ def test_mesh_relation_exchanges_labels_and_policies(
     assert owned(model, AuthorizationPolicy) == {}
 
 
+@BOTH_BASES
 def test_config_toggles_then_removal_leaves_nothing(
     model: JujuModel, beacon_charm: Path, tester_charm: Path
 ):
