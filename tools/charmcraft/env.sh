@@ -28,7 +28,9 @@
 #   COMMAND sees CHARMCRAFT_PACK_ARGS=--destructive-mode (unless PACK_MODE=lxd or it is set),
 #   PACK_PLATFORM (the charmcraft.yaml platform of the base, e.g. ubuntu-22.04-amd64) and
 #   PACK_MODE, and finds `charmcraft` on PATH.
-# Env:    PACK_MODE            auto (default), destructive (fail unless the host can do it), lxd
+# Env:    PACK_BASES           the bases to pack, e.g. "24.04" (default: both); for another --base,
+#                              env.sh runs nothing and says so (scripts/demo.sh needs 24.04 only)
+#         PACK_MODE            auto (default), destructive (fail unless the host can do it), lxd
 #         CHARMCRAFT_CACHE     where the venv goes (default ~/.cache/service-mesh-beacon/charmcraft)
 #         PYTHON310, PYTHON312 the base's Python to put first on PATH (default: found, see
 #                              find_python: python3.X on PATH, else pyenv's or uv's newest 3.X)
@@ -69,6 +71,10 @@ case $BASE in
 *) die "--base must be 22.04 or 24.04, not '$BASE'" ;;
 esac
 PLATFORM=ubuntu-$BASE-amd64
+if [[ -n ${PACK_BASES:-} && " $PACK_BASES " != *" $BASE "* ]]; then
+    say "not packing ubuntu@$BASE (PACK_BASES=$PACK_BASES)"
+    exit 0
+fi
 
 host_is_base() {
     [[ $(os_field ID /etc/os-release) == ubuntu && $(os_field VERSION_ID /etc/os-release) == "$BASE" ]]
