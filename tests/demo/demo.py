@@ -41,10 +41,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from envoy_waypoint import Waypoint, run_waypoint, spiffe_id
-from istio_check import IstioCheck, problems
-from juju_unit_agent import CrossModelRelation, JujuModel
-from kube_server import KubeServer, ensure_built
 from mesh_steps import (
     BEACON,
     deploy_beacon,
@@ -56,6 +52,10 @@ from mesh_steps import (
     relate_mesh,
     waypoint,
 )
+from support.envoy_waypoint import Waypoint, run_waypoint, spiffe_id
+from support.istio_check import IstioCheck, problems
+from support.juju_unit_agent import CrossModelRelation, JujuModel
+from support.kube_server import KubeServer, ensure_built
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "demo"

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from juju_unit_agent import BASE_PYTHONS, JujuModel
-from kube_server import KubeServer, ensure_built
+from support.juju_unit_agent import BASE_PYTHONS, JujuModel
+from support.kube_server import KubeServer, ensure_built
 
 REPO = Path(__file__).resolve().parents[2]
 PACKED = {

@@ -9,11 +9,11 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from juju_unit_agent import HookRun, JujuModel
 from lightkube import ApiError, Client, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.core_v1 import Namespace, Service
+from support.juju_unit_agent import HookRun, JujuModel
 
 BEACON = "istio-beacon-k8s"
 MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"

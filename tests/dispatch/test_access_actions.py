@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from juju_unit_agent import JujuModel
 from mesh_steps import (
     deploy_beacon,
     deploy_tester,
@@ -18,6 +17,7 @@ from mesh_steps import (
     relate_inbound,
     relate_mesh,
 )
+from support.juju_unit_agent import JujuModel
 
 
 def test_access_actions_through_dispatch(model: JujuModel, beacon_charm: Path, tester_charm: Path):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from conftest import BOTH_BASES
-from juju_unit_agent import JujuModel
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.config.models import Cluster, User
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -36,6 +35,7 @@ from mesh_steps import (
     service_labels,
     waypoint,
 )
+from support.juju_unit_agent import JujuModel
 
 
 def test_beacon_alone_installs_and_waits_for_istio(model: JujuModel, beacon_charm: Path):

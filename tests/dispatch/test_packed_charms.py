@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BASES, REPO, packed_charm
-from juju_unit_agent import BASE_PYTHONS, find_python, unpack_charm
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
+from support.juju_unit_agent import BASE_PYTHONS, find_python, unpack_charm
 
 CHARMS = ("beacon", "tester")
 CHARMS_AND_BASES = pytest.mark.parametrize(

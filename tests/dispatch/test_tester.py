@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 from conftest import BOTH_BASES
-from juju_unit_agent import JujuModel
 from mesh_steps import (
     BEACON,
     MESH_LABELS,
@@ -26,6 +25,7 @@ from mesh_steps import (
     service_labels,
     waypoint,
 )
+from support.juju_unit_agent import JujuModel
 
 CONTAINER = "workload"
 SERVING = ("active", "serving on 8080, 8081, 8083")

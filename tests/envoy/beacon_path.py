@@ -24,16 +24,16 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     build_mesh_policies,
     parse_policies,
 )
+from kube_names import APP_NAME_LABEL
 from model_operator import model_operator_policy
+from ownership import ownership_labels
 from policies import (
-    APP_NAME_LABEL,
     Refusal,
     WaypointBinding,
     build_policy_manifests,
     check_requests,
     waypoint_allow_policy,
 )
-from reconciler import ownership_labels
 from waypoint import waypoint_name, waypoint_principal
 
 BEACON = "istio-beacon-k8s"

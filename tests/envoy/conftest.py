@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from istio_check import IstioCheck
+from support.istio_check import IstioCheck
 
 
 @pytest.fixture(scope="session")

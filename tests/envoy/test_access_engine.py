@@ -10,9 +10,14 @@ and one istio-check run serve them all.
 from __future__ import annotations
 
 import pytest
-from access_cases import compare_with_envoy, compare_with_istiod, waypoint_cases, ztunnel_cases
-from envoy_waypoint import run_waypoint
-from istio_check import IstioCheck, problems
+from support.access_cases import (
+    compare_with_envoy,
+    compare_with_istiod,
+    waypoint_cases,
+    ztunnel_cases,
+)
+from support.envoy_waypoint import run_waypoint
+from support.istio_check import IstioCheck, problems
 
 CASES = 60  # x 24 requests each
 

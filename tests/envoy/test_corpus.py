@@ -26,9 +26,10 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     UnitPolicy,
     build_authorization_policy,
 )
-from istio_check import IstioCheck, problems
-from policies import APP_NAME_LABEL, REQUESTED_BY, waypoint_policy_name
-from scenario import reference_receiver_policies
+from kube_names import APP_NAME_LABEL, REQUESTED_BY
+from policies import waypoint_policy_name
+from support.istio_check import IstioCheck, problems
+from traffic_scenario import reference_receiver_policies
 
 MODEL = "mesh-model"
 LONG_APP = "r" + "x" * 61 + "1"  # 63 characters: the longest Service name Kubernetes takes

@@ -13,9 +13,14 @@ from typing import Any
 
 import pytest
 from beacon_path import BEACON, beacon_manifests
-from envoy_waypoint import PEER_PRINCIPAL_KEY, Waypoint, adapt_for_upstream_envoy, run_waypoint
-from istio_check import IstioCheck, problems
-from scenario import MODEL, SENDER1, SERVICE_PORTS, SERVICES, WAYPOINT_ROWS, Row, consumers
+from support.envoy_waypoint import (
+    PEER_PRINCIPAL_KEY,
+    Waypoint,
+    adapt_for_upstream_envoy,
+    run_waypoint,
+)
+from support.istio_check import IstioCheck, problems
+from traffic_scenario import MODEL, SENDER1, SERVICE_PORTS, SERVICES, WAYPOINT_ROWS, Row, consumers
 from waypoint import waypoint_name
 
 

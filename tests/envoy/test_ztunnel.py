@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from beacon_path import BEACON, MODEL_OPERATOR_SELECTOR, beacon_manifests
-from istio_check import IstioCheck
-from scenario import (
+from support.istio_check import IstioCheck
+from traffic_scenario import (
     IMPOSTOR,
     MODEL,
     REMOTE_A,

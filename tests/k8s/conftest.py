@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from kube_server import KubeServer, ensure_built, ensure_namespace
 from lightkube import Client
+from support.kube_server import KubeServer, ensure_built, ensure_namespace
 
 FIELD_MANAGER = "kube-tier-tests"
 

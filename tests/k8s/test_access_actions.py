@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import Endpoint, MeshPolicy, Method
-from kube_server import KubeServer
 from lightkube import Client, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.rbac_v1 import PolicyRule
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.types import PatchType
 from ops import testing
+from support import juju_seed
+from support.kube_server import KubeServer
 from waypoint import gateway_resource, waypoint_name
 
 APP = "istio-beacon-k8s"

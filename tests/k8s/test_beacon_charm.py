@@ -12,7 +12,6 @@ import json
 import uuid
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import (
@@ -22,7 +21,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     label_configmap_name,
 )
-from kube_server import AuditedWrite, KubeServer, count_requests, count_writes
+from kube_names import MANAGED_BY, NAMESPACE_OWNER_LABEL
 from kubernetes_client import is_applied
 from lightkube import ALL_NS, ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
@@ -30,9 +29,10 @@ from lightkube.models.rbac_v1 import PolicyRule
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Namespace
 from lightkube.types import PatchType
-from namespace_labels import OWNER_LABEL, owner_value
+from namespace_labels import owner_value
 from ops import testing
-from reconciler import MANAGED_BY
+from support import juju_seed
+from support.kube_server import AuditedWrite, KubeServer, count_requests, count_writes
 from waypoint import build_gateway, gateway_resource, waypoint_name
 
 APP = "istio-beacon-k8s"
@@ -40,7 +40,7 @@ REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
 AuthorizationPolicy = create_namespaced_resource(
     "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
 )
-MESH_KEYS = ("istio.io/dataplane-mode", "istio.io/use-waypoint", OWNER_LABEL)
+MESH_KEYS = ("istio.io/dataplane-mode", "istio.io/use-waypoint", NAMESPACE_OWNER_LABEL)
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_model_on_mesh_labels_the_namespace_and_takes_its_labels_back(
         **before,
         "istio.io/dataplane-mode": "ambient",
         "istio.io/use-waypoint": waypoint_name(model, APP),
-        OWNER_LABEL: owner_value(model, APP),
+        NAMESPACE_OWNER_LABEL: owner_value(model, APP),
     }
     assert list(owned(admin, AuthorizationPolicy, model)) == [f"{model}/allow-juju-model-operator"]
     assert out.unit_status == not_created_yet(model)
@@ -217,7 +217,7 @@ def test_model_on_mesh_labels_the_namespace_and_takes_its_labels_back(
             "already has istio.io/dataplane-mode, istio.io/use-waypoint set by someone else",
         ),
         (
-            {"istio.io/dataplane-mode": "ambient", OWNER_LABEL: "other.beacon"},
+            {"istio.io/dataplane-mode": "ambient", NAMESPACE_OWNER_LABEL: "other.beacon"},
             "is put on the mesh by other.beacon",
         ),
     ],
@@ -448,12 +448,14 @@ def test_without_istio_it_says_to_deploy_it(
     )
     assert out.get_relation(mesh.id).local_app_data["labels"] == "{}"
     with bare_kube.admin_client() as admin:
-        assert namespace_labels(admin, bare_model)[OWNER_LABEL] == owner_value(bare_model, APP)
+        assert namespace_labels(admin, bare_model)[NAMESPACE_OWNER_LABEL] == owner_value(
+            bare_model, APP
+        )
 
         out = ctx.run(ctx.on.remove(), dataclasses.replace(out, planned_units=0))
 
         assert out.unit_status == testing.MaintenanceStatus("removed the mesh resources")
-        assert OWNER_LABEL not in namespace_labels(admin, bare_model)
+        assert NAMESPACE_OWNER_LABEL not in namespace_labels(admin, bare_model)
 
 
 #: An app that may only read in its own namespace: every write the beacon makes is refused.
@@ -480,7 +482,7 @@ def test_without_trust_it_says_how_to_trust_it(
     )
     assert owned(admin, gateway_resource(), model) == {}
     assert owned(admin, AuthorizationPolicy, model) == {}
-    assert OWNER_LABEL not in namespace_labels(admin, model)
+    assert NAMESPACE_OWNER_LABEL not in namespace_labels(admin, model)
 
 
 def test_a_role_over_its_own_namespace_is_enough(
@@ -500,6 +502,6 @@ def test_a_role_over_its_own_namespace_is_enough(
     out = ctx.run(ctx.on.config_changed(), state(model, relations, model_on_mesh=True))
 
     assert out.unit_status == not_created_yet(model)
-    assert namespace_labels(admin, model)[OWNER_LABEL] == owner_value(model, APP)
+    assert namespace_labels(admin, model)[NAMESPACE_OWNER_LABEL] == owner_value(model, APP)
     # 2 requests, the waypoint's access to the app, the model operator's.
     assert len(owned(admin, AuthorizationPolicy, model)) == 4

@@ -20,18 +20,18 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0.service_mesh import Endpoint, MeshPolicy, Method
-from faulty_proxy import Fault, FaultyProxy
-from kube_server import KubeServer
+from kube_names import MANAGED_BY, NAMESPACE_OWNER_LABEL
 from lightkube import ALL_NS, Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Namespace
-from namespace_labels import OWNER_LABEL, owner_value
+from namespace_labels import owner_value
 from ops import testing
-from reconciler import MANAGED_BY
+from support import juju_seed
+from support.faulty_proxy import Fault, FaultyProxy
+from support.kube_server import KubeServer
 
 APP = "istio-beacon-k8s"
 REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
@@ -208,5 +208,5 @@ def test_an_unreachable_api_server_is_a_status_and_consumers_keep_their_labels(
     assert json.loads(out.get_relation(stays.id).local_app_data["labels"]) == {}
     namespace = admin.get(Namespace, model)
     assert namespace.metadata is not None
-    assert (namespace.metadata.labels or {}).get(OWNER_LABEL) == owner_value(model, APP)
+    assert (namespace.metadata.labels or {}).get(NAMESPACE_OWNER_LABEL) == owner_value(model, APP)
     assert _access(admin, model) == _wanted(model, {"stays": ["sender"]})

@@ -17,10 +17,10 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     get_default_labels,
 )
-from juju_seed import MODEL_OPERATOR_LABELS
-from kube_server import KubeServer, ensure_namespace
 from model_operator import model_operator_policy
 from policies import AcceptedPolicy, build_policy_manifests, waypoint_allow_policy
+from support.juju_seed import MODEL_OPERATOR_LABELS
+from support.kube_server import KubeServer, ensure_namespace
 from waypoint import build_autoscaler, build_gateway, waypoint_name
 
 NS = "beacon-model"

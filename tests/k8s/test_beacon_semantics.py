@@ -12,18 +12,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
-from kube_server import KubeServer
+from kube_names import NAMESPACE_OWNER_LABEL
 from lightkube import ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, DeploymentStatus
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
-from namespace_labels import OWNER_LABEL, owner_value
+from namespace_labels import owner_value
 from ops import testing
+from support import juju_seed
+from support.kube_server import KubeServer
 from test_beacon_charm import APP, owned, relation, request, requested_by, state
 from waypoint import gateway_resource, waypoint_name
 
@@ -118,11 +119,15 @@ def test_the_model_operator_is_selected_by_its_own_service_and_kept_off_the_wayp
     out = ctx.run(ctx.on.update_status(), out)
 
     policy = admin.get(AuthorizationPolicy, "allow-juju-model-operator", namespace=model)
-    assert policy.to_dict()["spec"] == {"selector": {"matchLabels": selector}, "rules": [{}]}
+    assert policy.to_dict()["spec"] == {
+        "action": "ALLOW",
+        "selector": {"matchLabels": selector},
+        "rules": [{}],
+    }
     assert service_labels(admin, model, "modeloperator") == {
         **juju_labels,
         "istio.io/use-waypoint": "none",
-        OWNER_LABEL: owner_value(model, APP),
+        NAMESPACE_OWNER_LABEL: owner_value(model, APP),
     }
     assert out.unit_status == testing.ActiveStatus()
 
@@ -226,6 +231,7 @@ def test_the_waypoint_identity_reaches_every_related_apps_pods(
     policy = admin.get(AuthorizationPolicy, "receiver1-from-waypoint", namespace=model)
     principal = f"cluster.local/ns/{model}/sa/{waypoint_name(model, APP)}"
     assert policy.to_dict()["spec"] == {
+        "action": "ALLOW",
         "selector": {"matchLabels": {"app.kubernetes.io/name": "receiver1"}},
         "rules": [{"from": [{"source": {"principals": [principal]}}]}],
     }

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from charms.istio_beacon_k8s.v0.service_mesh import MissingCRDError, get_default_labels
-from kube_server import KubeServer, count_writes, ensure_namespace
 from lightkube import Client
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from support.kube_server import KubeServer, count_writes, ensure_namespace
 from waypoint import delete_waypoint, gateway_resource, reconcile_waypoint, waypoint_name
 
 APP = "istio-beacon-k8s"

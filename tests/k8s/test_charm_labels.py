@@ -7,13 +7,13 @@ from collections.abc import Callable
 
 import pytest
 from charms.istio_beacon_k8s.v0.service_mesh import label_configmap_name, reconcile_charm_labels
-from kube_server import KubeServer, count_writes
 from lightkube import ApiError, Client
 from lightkube.models.apps_v1 import StatefulSetSpec
 from lightkube.models.core_v1 import Container, PodSpec, PodTemplateSpec, ServicePort, ServiceSpec
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
 from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.core_v1 import ConfigMap, Service
+from support.kube_server import KubeServer, count_writes
 
 APP = "receiver"
 JUJU_LABELS = {"app.kubernetes.io/name": APP}

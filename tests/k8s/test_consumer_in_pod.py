@@ -13,17 +13,17 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import juju_seed
 import ops
 import pytest
 import yaml
 from charms.istio_beacon_k8s.v0 import service_mesh
 from charms.istio_beacon_k8s.v0.service_mesh import AppPolicy, ServiceMeshConsumer
-from kube_server import KubeServer
 from lightkube import Client
 from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.core_v1 import Service
 from ops import testing
+from support import juju_seed
+from support.kube_server import KubeServer
 
 APP = "shop"
 LABELS = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "w"}

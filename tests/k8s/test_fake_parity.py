@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 import pytest
-from fake_kube import FakeKubeServer
-from kube_server import KubeServer
+from support.fake_kube import FakeKubeServer
+from support.kube_server import KubeServer
 
 PATHS = [
     # Custom resources whose CRD is not installed: every verb's path, namespaced or not.

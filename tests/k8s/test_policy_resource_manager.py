@@ -18,11 +18,11 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     build_authorization_policy,
     get_default_labels,
 )
-from kube_server import KubeServer, count_writes, ensure_namespace
 from lightkube import ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
 from ops import testing
+from support.kube_server import KubeServer, count_writes, ensure_namespace
 
 AuthorizationPolicy = create_namespaced_resource(
     "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
@@ -220,7 +220,7 @@ def test_untrusted_app_cannot_write_into_another_namespace(
     admin.create(
         AuthorizationPolicy.from_dict({"metadata": {"name": "x", "namespace": namespace}})
     )
-    from kube_server import ensure_namespace
+    from support.kube_server import ensure_namespace
 
     ensure_namespace(admin, elsewhere)
     policy = app_policy(namespace, target_namespace=elsewhere)

@@ -20,7 +20,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     build_authorization_policy,
     get_default_labels,
 )
-from kube_server import KubeServer, ensure_namespace
+from support.kube_server import KubeServer, ensure_namespace
 
 NS = "model-a"
 OTHER_NS = "model-b"

@@ -6,11 +6,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from kube_server import KubeServer, count_requests, count_writes
 from lightkube import ApiError, Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import ConfigMap, Namespace
+from support.kube_server import KubeServer, count_requests, count_writes
 
 
 def test_crds_are_served(admin: Client):

@@ -314,12 +314,14 @@ class Mismatch:
 def engine_decides(case: Case, ask: Ask, point: str) -> tuple[str, str]:
     """The engine's decision (and why) at one point, for one request of a case."""
     # The charm's engine (charms/beacon/src must be on the path: -o pythonpath=...).
-    engine: Any = importlib.import_module("access")
-    policies = [engine.parse_policy(manifest, owner="") for manifest in case.manifests]
-    request = engine.Request(
+    parsing: Any = importlib.import_module("access.parsing")
+    model: Any = importlib.import_module("access.model")
+    evaluation: Any = importlib.import_module("access.evaluation")
+    policies = [parsing.parse_policy(manifest, owner="") for manifest in case.manifests]
+    request = model.Request(
         principal_of(ask.caller), case.service, ask.port, ask.method, ask.path, ask.host
     )
-    decision, reason = engine.decide_at(engine.Point(point), policies, request)
+    decision, reason = evaluation.decide_at(model.Point(point), policies, request)
     return str(decision.value), str(reason)
 
 

@@ -18,6 +18,8 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace
 from lightkube.types import PatchType
 
 INSTANCE = "app.kubernetes.io/instance"
+#: The beacon's own ownership label (it also carries the two above, for a rollback's sake).
+MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
 SCOPE = "kubernetes-resource-handler-scope"
 NAMESPACE_OWNER = "charms.canonical.com/istio.io.waypoint.managed-by"
 
@@ -221,7 +223,11 @@ def seed_deployed_beacon(
 
 
 def deployed_objects(client: Client, app: str, model: str) -> list[str]:
-    """Every object still carrying the deployed beacon's labels, as ``Kind namespace/name``."""
+    """The deployed beacon's own objects, as ``Kind namespace/name``.
+
+    Those carrying its labels and not the beacon's ownership label: the beacon's objects carry
+    the deployed labels too (so that a rollback removes them, see :func:`roll_back`).
+    """
     api: Any = client
     found: list[str] = []
     for instance in {f"{app}-{model}", charm_label(model, app, sep="-")}:
@@ -230,5 +236,50 @@ def deployed_objects(client: Client, app: str, model: str) -> list[str]:
         selector = {INSTANCE: instance}
         for kind in (Gateway, HorizontalPodAutoscaler, AuthorizationPolicy):
             for item in api.list(kind, namespace="*", labels=selector):
+                if MANAGED_BY in (item.metadata.labels or {}):
+                    continue
                 found.append(f"{kind.__name__} {item.metadata.namespace}/{item.metadata.name}")
     return sorted(found)
+
+
+#: What the deployed charm's reconcile manages, by scope label: the kinds it lists.
+SCOPES = {
+    "istio-waypoint": (Gateway, HorizontalPodAutoscaler),
+    "istio-authorization-policy": (AuthorizationPolicy,),
+    "modeloperator-authorization-policy": (AuthorizationPolicy,),
+}
+
+
+def roll_back(
+    client: Client, app: str, model: str, *, consumers: list[tuple[str, str]]
+) -> list[str]:
+    """What the deployed charm's first reconcile does after ``juju refresh`` back to it.
+
+    A model of its resource managers (read from its public source, not copied): for each scope,
+    list every object of the scope's kinds that carries ``app.kubernetes.io/instance`` (its
+    current spelling) and that scope, in every namespace; delete those it does not want; apply
+    the ones it wants (here: :func:`seed_deployed_beacon`'s, for ``consumers``, model on mesh).
+
+    Returns:
+        What it deleted, as ``Kind namespace/name``.
+    """
+    api: Any = client
+    wanted = seed_deployed_beacon(client, app, model, consumers=consumers)
+    keep = {
+        ("Gateway", model, wanted.waypoint),
+        ("HorizontalPodAutoscaler", model, wanted.waypoint),
+        *(("AuthorizationPolicy", namespace, name) for namespace, name in wanted.policies),
+        ("AuthorizationPolicy", model, wanted.model_operator_policy),
+    }
+    instance = charm_label(model, app, sep="-")
+    deleted: list[str] = []
+    for scope, kinds in SCOPES.items():
+        for kind in kinds:
+            selector = {INSTANCE: instance, SCOPE: scope}
+            for item in api.list(kind, namespace="*", labels=selector):
+                where = (kind.__name__, item.metadata.namespace, item.metadata.name)
+                if where in keep:
+                    continue
+                api.delete(kind, item.metadata.name, namespace=item.metadata.namespace)
+                deleted.append(f"{where[0]} {where[1]}/{where[2]}")
+    return sorted(deleted)

@@ -15,6 +15,11 @@ upstream Envoy has no such filter state, so every principal matcher on that filt
 turned into the same string matcher on the client certificate's URI SAN
 (``authenticated.principal_name``), which is what istiod itself emits for a sidecar. Nothing else
 in the filter is changed.
+
+Stats: each listener's HTTP connection manager has the stat prefix istiod gives the waypoint's
+HTTP chains (``inbound_0.0.0.0_<port>;``: the port, never the Service), and ``run_waypoint`` takes
+Istio's ``stats_config`` (``istio_check.istio_stats_config``) so that Envoy names its stats in
+Prometheus as Istio's waypoint does; ``Waypoint.prometheus_stats`` reads them from Envoy's admin.
 """
 
 from __future__ import annotations
@@ -238,7 +243,21 @@ class Waypoint:
     process: subprocess.Popen[bytes]
     substitutions: dict[str, int]
     config: dict[str, Any]
+    admin: tuple[str, int] = ("127.0.0.1", 0)
     _identities: dict[str, tuple[Path, Path]] = field(default_factory=dict[str, tuple[Path, Path]])
+
+    def prometheus_stats(self) -> str:
+        """Envoy's stats in Prometheus's text format (its admin's ``/stats/prometheus``)."""
+        connection = http.client.HTTPConnection(*self.admin, timeout=10)
+        try:
+            connection.request("GET", "/stats/prometheus")
+            response = connection.getresponse()
+            body = response.read().decode()
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise RuntimeError(f"Envoy's /stats/prometheus answered {response.status}: {body}")
+        return body
 
     def request(
         self,
@@ -301,6 +320,17 @@ def _free_subnet() -> str:
     return f"127.{random.randint(16, 250)}.{random.randint(1, 250)}"
 
 
+def waypoint_stat_prefix(port: int) -> str:
+    """The stat prefix istiod gives the waypoint's HTTP chain for a Service port.
+
+    istiod's waypoint listener (pilot/pkg/networking/core/listener_waypoint.go) names its HTTP
+    connection manager's stats after the chain's bind address and port, delimited by ";" so that
+    Istio's stats tags can cut it off into the ``http_conn_manager_prefix`` label: every Service
+    on the same port shares the counters.
+    """
+    return f"inbound_0.0.0.0_{port};"
+
+
 def _listener(
     name: str,
     address: str,
@@ -337,7 +367,7 @@ def _listener(
                         "typed_config": {
                             "@type": _TYPES
                             + "filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": name,
+                            "stat_prefix": waypoint_stat_prefix(port),
                             # As istiod configures its proxies: RFC 3986 normalization before RBAC.
                             "normalize_path": True,
                             "route_config": {
@@ -389,6 +419,7 @@ def run_waypoint(
     ports: Mapping[str, Sequence[int]],
     startup_timeout: float = 60,
     upstreams: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    stats_config: Mapping[str, Any] | None = None,
 ) -> Iterator[Waypoint]:
     """Run Envoy with the RBAC of ``istio-check waypoint`` for each Service of ``ports``.
 
@@ -400,6 +431,8 @@ def run_waypoint(
         upstreams: where a (Service, port) sends what it allows, as an Envoy address
             (``{"pipe": {"path": ...}}`` or ``{"socket_address": ...}``): the Service's real
             workload. Default: the echo backend, for every listener.
+        stats_config: Envoy's bootstrap ``stats_config`` (Istio's: how stats are named and
+            which are kept). Default: Envoy's own.
     """
     filters_by_service = {entry["service"]: entry["http_filters"] for entry in rbac["services"]}
     subnet = _free_subnet()
@@ -448,6 +481,8 @@ def run_waypoint(
                 ],
             },
         }
+        if stats_config is not None:
+            config["stats_config"] = dict(stats_config)
         config_path = folder / "envoy.json"
         config_path.write_text(json.dumps(config, indent=1))
         admin_path = folder / "admin-address"
@@ -471,7 +506,7 @@ def run_waypoint(
             )
         waypoint = Waypoint(addresses, pki, process, substitutions, config)
         try:
-            _wait_ready(process, admin_path, log_path, startup_timeout)
+            waypoint.admin = _wait_ready(process, admin_path, log_path, startup_timeout)
             yield waypoint
         finally:
             waypoint.stop()
@@ -481,7 +516,7 @@ def run_waypoint(
 
 def _wait_ready(
     process: subprocess.Popen[bytes], admin_path: Path, log_path: Path, timeout: float
-) -> None:
+) -> tuple[str, int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -494,7 +529,7 @@ def _wait_ready(
             try:
                 connection.request("GET", "/ready")
                 if connection.getresponse().status == 200:
-                    return
+                    return host, int(port)
             except OSError:
                 pass
             finally:

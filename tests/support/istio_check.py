@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -121,3 +122,43 @@ def problems(verdict: Mapping[str, Any]) -> list[str]:
         if ztunnel["namespace_wide"]:
             found.append(f"{name}: ztunnel applies it to the whole namespace ({ztunnel['scope']})")
     return found
+
+
+#: Istio's own bootstrap for an ambient proxy (a waypoint), as Istio's bootstrap tests pin it: the
+#: output of its bootstrap generator (pkg/bootstrap) for ambient, in the istio.io/istio module
+#: that tools/istio-check is built against.
+AMBIENT_BOOTSTRAP = "pkg/bootstrap/testdata/ambient_golden.json"
+
+
+@functools.cache
+def istio_module_dir() -> Path:
+    """The istio.io/istio module tools/istio-check builds against, in Go's module cache.
+
+    Asks Go (``go mod download``, which reads the cache or the module proxy); fails, never skips,
+    when Go cannot tell.
+    """
+    done = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", "istio.io/istio"],
+        cwd=BUILD_SCRIPT.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "GOWORK": "off", "GOFLAGS": "-mod=readonly"},
+    )
+    folder = Path(done.stdout.strip()) if done.returncode == 0 else None
+    if folder is None or not folder.is_dir():
+        raise IstioCheckError(f"go list -m istio.io/istio failed: {done.stderr.strip()}")
+    return folder
+
+
+def istio_stats_config() -> dict[str, Any]:
+    """The ``stats_config`` Istio's bootstrap gives an ambient proxy (a waypoint).
+
+    Its ``stats_tags`` are how Istio's proxies name their stats in Prometheus (which parts of a
+    stat's name become labels: ``http_conn_manager_prefix``, ``authz_enforce_result``,
+    ``authz_dry_run_action``, ``authz_dry_run_result``...), its ``stats_matcher`` which stats
+    they export at all.
+    """
+    bootstrap = json.loads((istio_module_dir() / AMBIENT_BOOTSTRAP).read_text())
+    return bootstrap["stats_config"]

@@ -39,11 +39,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import juju_hook_tools
-import juju_seed
-import pod_network
 import yaml
-from kube_server import UNTRUSTED_APP_RULES, KubeServer, ensure_namespace
 from lightkube import Client
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
@@ -55,6 +51,9 @@ from lightkube.resources.rbac_authorization_v1 import (
     Role,
     RoleBinding,
 )
+
+from support import juju_hook_tools, juju_seed, pod_network
+from support.kube_server import UNTRUSTED_APP_RULES, KubeServer, ensure_namespace
 
 JUJU_VERSION = "3.6.14"
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"

@@ -30,22 +30,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from charms.istio_beacon_k8s.v0.service_mesh import http_status_code
+from kube_names import INSTANCE_LABEL, NAMESPACE_OWNER_LABEL, SCOPE_LABEL
+from kubernetes_client import status_code
 from lightkube import ALL_NS, Client
 from lightkube.operators import in_
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
+from namespace_labels import owner_value
+from ownership import MANAGED_BY, is_generated_by_istio
 
 logger = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-SCOPE_LABEL = "kubernetes-resource-handler-scope"
 WAYPOINT_SCOPE = "istio-waypoint"
 POLICY_SCOPE = "istio-authorization-policy"
 MODEL_OPERATOR_SCOPE = "modeloperator-authorization-policy"
 SCOPES = (WAYPOINT_SCOPE, POLICY_SCOPE, MODEL_OPERATOR_SCOPE)
-NAMESPACE_OWNER_LABEL = "charms.canonical.com/istio.io.waypoint.managed-by"
 _MAX = 63
 
 
@@ -79,6 +79,27 @@ def instance_values(model_name: str, app_name: str) -> list[str]:
     """
     values = {f"{app_name}-{model_name}", deployed_label(model_name, app_name, separator="-")}
     return sorted(value for value in values if len(value) <= _MAX)
+
+
+def rollback_labels(model_name: str, app_name: str, scope: str) -> dict[str, str]:
+    """The deployed charm's ownership labels, for the beacon's own objects to carry.
+
+    After a ``juju refresh`` back to the deployed charm, its reconcile lists the objects it
+    manages by exactly these labels (its current ``app.kubernetes.io/instance`` spelling and a
+    scope), deletes those it does not want and applies its own. Carried on the beacon's
+    objects, they make that reconcile remove the beacon's policies (so none keeps granting
+    once its relation is gone) and take over the Gateway and autoscaler of the same names. The
+    beacon itself never selects an object by them alone (see :func:`adopt_after`).
+
+    Args:
+        model_name: the model (namespace).
+        app_name: the beacon's app name.
+        scope: :data:`WAYPOINT_SCOPE`, :data:`POLICY_SCOPE` or :data:`MODEL_OPERATOR_SCOPE`.
+    """
+    return {
+        INSTANCE_LABEL: deployed_label(model_name, app_name, separator="-"),
+        SCOPE_LABEL: scope,
+    }
 
 
 def deployed_selector(model_name: str, app_name: str) -> dict[str, Any]:
@@ -146,10 +167,16 @@ def adopt_after(
     """
     done = Adoption()
     selector = deployed_selector(model_name, app_name)
+    owner = owner_value(model_name, app_name)
     api: Any = client
     for kind in kinds:
         for item in _list(client, kind, model_name, selector):
             metadata = item.metadata
+            labels = metadata.labels or {}
+            if labels.get(MANAGED_BY) == owner or is_generated_by_istio(item.to_dict()):
+                # The beacon's own (it carries the deployed labels for a rollback's sake), or
+                # what Istio generated from a Gateway carrying them: never the deployed charm's.
+                continue
             where = (kind.__name__, metadata.namespace, metadata.name)
             label = f"{where[0]} {where[1]}/{where[2]}"
             if where in keep:
@@ -165,7 +192,7 @@ def adopt_after(
             try:
                 api.delete(kind, metadata.name, namespace=metadata.namespace)
             except Exception as error:  # lightkube.ApiError, or an HTTP error
-                if http_status_code(error) != 404:
+                if status_code(error) != 404:
                     raise
             done.deleted.append(label)
     if done.deleted or done.relabelled:
@@ -184,7 +211,7 @@ def _list(client: Client, kind: Any, model_name: str, selector: dict[str, Any]) 
     try:
         return list(api.list(kind, namespace=namespace, labels=selector))
     except Exception as error:  # lightkube.ApiError, or an HTTP error (kind not served)
-        code = http_status_code(error)
+        code = status_code(error)
         if code == 404:
             return []  # the CRD is not installed: nothing of that kind can exist
         if code != 403 or namespace is not ALL_NS:

@@ -1,9 +1,5 @@
 #!/usr/bin/env python3
-"""The Istio beacon charm: event wiring and status only.
-
-Kubernetes logic lives in ``reconciler`` (the one reconcile path) and the modules it uses:
-``waypoint``, ``namespace_labels`` and ``policies``.
-"""
+"""The Istio beacon charm: event wiring and status only (docs/architecture.md maps the rest)."""
 
 from __future__ import annotations
 
@@ -14,9 +10,11 @@ from typing import Any
 
 import ops
 import ops_tracing
-from access_actions import ActionError, access_map_results, explain_results, read
+from access.actions import ActionError, access_map_results, explain_results, read
 from beacon_config import BeaconConfig
-from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider, display_text
+from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider
+from dashboards import DASHBOARD_RELATION, publish_dashboards
+from display import display_text
 from metrics import (
     METRICS_PROXY,
     METRICS_RELATION,
@@ -94,6 +92,7 @@ class IstioBeaconCharm(ops.CharmBase):
         metrics = self.on[METRICS_RELATION]
         for event in (metrics.relation_created, metrics.relation_joined, metrics.relation_broken):
             framework.observe(event, self._reconcile)
+        framework.observe(self.on[DASHBOARD_RELATION].relation_created, self._reconcile)
         # The proxy's layer depends only on the app and model names: set it whenever its
         # container (re)starts, which is when Pebble is ready again.
         framework.observe(self.on[METRICS_PROXY].pebble_ready, self._on_metrics_proxy_ready)
@@ -113,8 +112,10 @@ class IstioBeaconCharm(ops.CharmBase):
         self._reconcile(event)
 
     def _reconcile(self, _: ops.EventBase) -> None:
-        # Every unit tells Prometheus where to scrape the waypoint's metrics.
+        # Every unit tells Prometheus where to scrape the waypoint's metrics; the leader also
+        # gives it the alert rules, and Grafana the dashboard.
         publish_scrape_targets(self)
+        publish_dashboards(self)
         if self._config is None or self._mesh is None or not self.unit.is_leader():
             return
         reconciler = self._reconciler()
@@ -140,7 +141,7 @@ class IstioBeaconCharm(ops.CharmBase):
         self._answer(event, explain_results)
 
     def _answer(self, event: ops.ActionEvent, answer: Callable[..., dict[str, Any]]) -> None:
-        """Read the model, let ``answer`` ask the access engine (see access_actions)."""
+        """Read the model, let ``answer`` ask the access engine (see ``access.actions``)."""
         managing = self._config.manage_authorization_policies if self._config else True
         requests = self._mesh.relation_requests() if self._mesh else []
         try:
@@ -220,7 +221,11 @@ class IstioBeaconCharm(ops.CharmBase):
         if findings.model_operator:
             statuses.append(ops.BlockedStatus(f"model-on-mesh: {findings.model_operator}"))
         if findings.refusals:
-            statuses.append(ops.BlockedStatus(refusal_message(findings.refusals)))
+            statuses.append(
+                ops.BlockedStatus(
+                    refusal_message(findings.refusals, findings.held, findings.unprotected)
+                )
+            )
         if findings.unenforced:
             statuses.append(ops.BlockedStatus(not_enforced_message(findings.unenforced)))
         statuses.extend(ops.BlockedStatus(error) for error in findings.api_errors[:1])

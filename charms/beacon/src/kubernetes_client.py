@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-from charms.istio_beacon_k8s.v0.service_mesh import http_status_code
 from lightkube import ApiError, Client
 
 
@@ -21,10 +20,15 @@ def make_client(app_name: str, model_name: str) -> Client:
 def status_code(error: BaseException) -> int:
     """The HTTP status of a failed Kubernetes request (0 when ``error`` is not an HTTP error).
 
-    Reads both what lightkube raises: ``lightkube.ApiError`` for a JSON ``Status`` answer, and its
-    HTTP library's error for any other answer (see the library's ``http_status_code``).
+    lightkube raises ``lightkube.ApiError`` when the API server answers with a JSON ``Status``,
+    but its HTTP library's own error (httpx in lightkube 0.x, httpx2 in 1.x) for any other answer,
+    as for a resource type the server does not serve at all (a CRD that is not installed answers
+    ``404 page not found`` in plain text). Both are read here without importing either library.
     """
-    return http_status_code(error) or 0
+    code = getattr(getattr(error, "status", None), "code", None)
+    if not isinstance(code, int):
+        code = getattr(getattr(error, "response", None), "status_code", None)
+    return code if isinstance(code, int) else 0
 
 
 def error_message(error: BaseException) -> str:

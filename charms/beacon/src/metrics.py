@@ -6,10 +6,17 @@ and serves them on port 15090 of the beacon's units. Over ``metrics-endpoint`` (
 ``prometheus_scrape``) the beacon tells Prometheus to scrape that port on each unit, and allows
 the related Prometheus through the mesh to it.
 
-The interface is implemented here from its published specification (there is no maintained
-package of it): the application databag carries ``scrape_jobs``, ``scrape_metadata`` and
-``alert_rules`` (each JSON text), each unit's databag ``prometheus_scrape_unit_address`` and
-``prometheus_scrape_unit_name`` (plain text).
+The interface's relation data is written here from its published specification: the
+application databag carries ``scrape_jobs``, ``scrape_metadata`` and ``alert_rules`` (each JSON
+text), each unit's databag ``prometheus_scrape_unit_address`` and ``prometheus_scrape_unit_name``
+(plain text). ``cosl`` (the COS charms' own helpers) provides what the interface shares with the
+rest of COS: the Juju topology (``scrape_metadata``) and the alert rules' handling (the rules in
+``prometheus_alert_rules/`` get the topology labels, group names and, where the charm ships
+``cos-tool``, topology matchers; Prometheus adds the matchers itself when it loads them). What is
+left by hand is what cosl does not provide: the scrape job and the unit addresses.
+
+cosl loads pydantic and sqlite when imported: only the leader imports it, and only when a related
+Prometheus or Grafana is there to read what it computes.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import ops
 from adoption import deployed_label
@@ -29,12 +37,17 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     get_data_from_cmr_relation,
 )
 
+if TYPE_CHECKING:
+    from cosl import JujuTopology
+
 logger = logging.getLogger(__name__)
 
 METRICS_RELATION = "metrics-endpoint"
 METRICS_PROXY = "metrics-proxy"
 METRICS_PORT = 15090
 CMR_RELATION = "provide-cmr-mesh"
+#: The beacon's alert rules (Prometheus rule-file format), published over ``metrics-endpoint``.
+ALERT_RULES_DIR = Path(__file__).resolve().parent / "prometheus_alert_rules"
 
 
 def telemetry_label(model_name: str, app_name: str) -> dict[str, str]:
@@ -84,46 +97,24 @@ def scrape_jobs() -> list[dict[str, Any]]:
     return [{"metrics_path": "/metrics", "static_configs": [{"targets": [f"*:{METRICS_PORT}"]}]}]
 
 
-def alert_rules(topology: Mapping[str, str]) -> dict[str, Any]:
-    """The beacon's alert rules, labelled with its Juju topology (Prometheus adds the matchers)."""
-    labels = {
-        "juju_model": topology["model"],
-        "juju_model_uuid": topology["model_uuid"],
-        "juju_application": topology["application"],
-        "juju_charm": topology["charm_name"],
-    }
-    group = f"{topology['model']}_{topology['model_uuid']}_{topology['application']}_waypoint"
-    return {
-        "groups": [
-            {
-                "name": f"{group}_alerts",
-                "rules": [
-                    {
-                        "alert": "WaypointMetricsDown",
-                        "expr": "up < 1",
-                        "for": "5m",
-                        "labels": {**labels, "severity": "critical"},
-                        "annotations": {
-                            "summary": "The waypoint's metrics cannot be scraped",
-                            "description": "Prometheus cannot reach the metrics proxy of "
-                            "{{ $labels.juju_unit }}: the waypoint is not observed.",
-                        },
-                    }
-                ],
-            }
-        ]
-    }
+def juju_topology(charm: ops.CharmBase) -> JujuTopology:
+    """The beacon unit's Juju topology, as every COS charm computes it."""
+    from cosl import JujuTopology  # noqa: PLC0415 (heavy: only when needed)
+
+    return JujuTopology.from_charm(charm)
 
 
-def topology(charm: ops.CharmBase) -> dict[str, str]:
-    """The Juju topology the scrape metadata and the alert rules carry."""
-    return {
-        "model": charm.model.name,
-        "model_uuid": charm.model.uuid,
-        "application": charm.app.name,
-        "unit": charm.unit.name,
-        "charm_name": charm.meta.name,
-    }
+def alert_rules(topology: JujuTopology, rules_dir: Path = ALERT_RULES_DIR) -> dict[str, Any]:
+    """The rules of ``rules_dir`` as the beacon publishes them (``alert_rules``'s JSON value).
+
+    cosl labels each rule with the Juju topology and prefixes each group's name with the
+    topology's identifier, as every COS charm publishes its rules.
+    """
+    from cosl.rules import Rules  # noqa: PLC0415 (heavy: only when needed)
+
+    rules = Rules(query_type="promql", topology=topology)
+    rules.add_path(rules_dir, recursive=False)
+    return rules.as_dict()
 
 
 def publish_scrape_targets(charm: ops.CharmBase) -> None:
@@ -134,24 +125,27 @@ def publish_scrape_targets(charm: ops.CharmBase) -> None:
     relations = charm.model.relations.get(METRICS_RELATION, [])
     if not relations:
         return
-    where = topology(charm)
-    app_data = {
-        "scrape_jobs": json.dumps(scrape_jobs()),
-        "scrape_metadata": json.dumps(where),
-        "alert_rules": json.dumps(alert_rules(where)),
-    }
+    app_data: dict[str, str] = {}
+    if charm.unit.is_leader():
+        topology = juju_topology(charm)
+        app_data = {
+            "scrape_jobs": json.dumps(scrape_jobs()),
+            "scrape_metadata": json.dumps(topology.as_dict()),
+            "alert_rules": json.dumps(alert_rules(topology)),
+        }
     for relation in relations:
         unit_data = {"prometheus_scrape_unit_name": charm.unit.name}
         binding = charm.model.get_binding(relation)
         address = binding.network.ingress_address if binding is not None else None
         if address is not None:
             unit_data["prometheus_scrape_unit_address"] = str(address)
-        _update(relation.data[charm.unit], unit_data)
-        if charm.unit.is_leader():
-            _update(relation.data[charm.app], app_data)
+        update_databag(relation.data[charm.unit], unit_data)
+        if app_data:
+            update_databag(relation.data[charm.app], app_data)
 
 
-def _update(databag: ops.RelationDataContent, values: Mapping[str, str]) -> None:
+def update_databag(databag: ops.RelationDataContent, values: Mapping[str, str]) -> None:
+    """Write the ``values`` that differ from what ``databag`` holds (no write when none does)."""
     for key, value in values.items():
         if databag.get(key) != value:
             databag[key] = value

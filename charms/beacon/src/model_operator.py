@@ -21,11 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from kube_names import AUTHZ_API_VERSION, AUTHZ_KIND, NAMESPACE_OWNER_LABEL, USE_WAYPOINT_LABEL
 from kubernetes_client import status_code
 from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
-from namespace_labels import OWNER_LABEL, WAYPOINT_LABEL
 
 #: The Service Juju creates for the model operator in every model's namespace.
 MODEL_OPERATOR_SERVICE = "modeloperator"
@@ -59,25 +59,25 @@ def plan_service_labels(
             the mesh through this beacon).
         owner: this beacon's ownership label value.
     """
-    ours = current.get(OWNER_LABEL) == owner
-    label = current.get(WAYPOINT_LABEL)
+    ours = current.get(NAMESPACE_OWNER_LABEL) == owner
+    label = current.get(USE_WAYPOINT_LABEL)
     if off_waypoint:
         if ours or label is None:
-            wanted = {WAYPOINT_LABEL: NO_WAYPOINT, OWNER_LABEL: owner}
+            wanted = {USE_WAYPOINT_LABEL: NO_WAYPOINT, NAMESPACE_OWNER_LABEL: owner}
             return ServiceLabelPlan(
                 patch={key: value for key, value in wanted.items() if current.get(key) != value}
             )
         if label == NO_WAYPOINT:
             return ServiceLabelPlan()  # someone else took it off the waypoint already
         return ServiceLabelPlan(
-            conflict=f"Service {MODEL_OPERATOR_SERVICE} is labelled {WAYPOINT_LABEL}={label} "
+            conflict=f"Service {MODEL_OPERATOR_SERVICE} is labelled {USE_WAYPOINT_LABEL}={label} "
             "by someone else"
         )
     if not ours:
         return ServiceLabelPlan()
-    patch: dict[str, str | None] = {OWNER_LABEL: None}
+    patch: dict[str, str | None] = {NAMESPACE_OWNER_LABEL: None}
     if label == NO_WAYPOINT:
-        patch[WAYPOINT_LABEL] = None
+        patch[USE_WAYPOINT_LABEL] = None
     return ServiceLabelPlan(patch=patch)
 
 
@@ -113,8 +113,8 @@ def model_operator_policy(namespace: str, selector: Mapping[str, str]) -> dict[s
     else selects the pods, hardened-mode's allow-nothing included).
     """
     return {
-        "apiVersion": "security.istio.io/v1",
-        "kind": "AuthorizationPolicy",
+        "apiVersion": AUTHZ_API_VERSION,
+        "kind": AUTHZ_KIND,
         "metadata": {"name": MODEL_OPERATOR_POLICY, "namespace": namespace},
         "spec": {"selector": {"matchLabels": dict(selector)}, "rules": [{}]},
     }

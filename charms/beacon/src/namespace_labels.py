@@ -12,16 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kube_names import (
+    DATAPLANE_LABEL,
+    NAMESPACE_OWNER_LABEL,
+    USE_WAYPOINT_LABEL,
+    USE_WAYPOINT_NAMESPACE_LABEL,
+)
 from lightkube import Client
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 
-#: Says which beacon (``<model>.<app>``) put the mesh labels on a namespace.
-OWNER_LABEL = "charms.canonical.com/istio.io.waypoint.managed-by"
-DATAPLANE_LABEL = "istio.io/dataplane-mode"
-WAYPOINT_LABEL = "istio.io/use-waypoint"
 #: Labels that mean "this namespace is on a mesh" when someone else set them.
-MESH_LABELS = (DATAPLANE_LABEL, WAYPOINT_LABEL, "istio.io/use-waypoint-namespace")
+MESH_LABELS = (DATAPLANE_LABEL, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL)
 _MAX_LABEL_VALUE = 63
 
 
@@ -65,8 +67,12 @@ def plan_namespace_labels(
         waypoint: the waypoint the namespace's Services should use.
         owner: this beacon's ownership label value (see :func:`owner_value`).
     """
-    wanted = {DATAPLANE_LABEL: "ambient", WAYPOINT_LABEL: waypoint, OWNER_LABEL: owner}
-    current_owner = current.get(OWNER_LABEL)
+    wanted = {
+        DATAPLANE_LABEL: "ambient",
+        USE_WAYPOINT_LABEL: waypoint,
+        NAMESPACE_OWNER_LABEL: owner,
+    }
+    current_owner = current.get(NAMESPACE_OWNER_LABEL)
     ours = current_owner == owner
     if on_mesh:
         if current_owner is not None and not ours:
@@ -90,7 +96,7 @@ def plan_namespace_labels(
         patch={
             key: None
             for key, value in wanted.items()
-            if key in current and (key == OWNER_LABEL or current[key] == value)
+            if key in current and (key == NAMESPACE_OWNER_LABEL or current[key] == value)
         }
     )
 

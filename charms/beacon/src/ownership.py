@@ -18,16 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+from kube_names import GATEWAY_GROUP, GATEWAY_NAME_LABEL, ISTIO_GENERATED_LABEL, MANAGED_BY
 from namespace_labels import owner_value
-
-#: Marks every Gateway, autoscaler and AuthorizationPolicy the beacon owns: ``<model>.<app>``.
-#: Istio copies it from the Gateway onto what it generates: never recognise an object by it alone.
-MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
-#: The label Istio's gateway controller puts on every object it generates (and only on those).
-ISTIO_GENERATED_LABEL = "gateway.istio.io/managed"
-#: The label Istio puts on what it generates for a Gateway, naming that Gateway.
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
-_GATEWAY_GROUP = "gateway.networking.k8s.io"
 
 
 def ownership_labels(model_name: str, app_name: str) -> dict[str, str]:
@@ -48,7 +40,7 @@ def is_generated_by_istio(manifest: Mapping[str, Any]) -> bool:
     references = cast("list[Mapping[str, Any]]", metadata.get("ownerReferences") or [])
     return any(
         reference.get("kind") == "Gateway"
-        and str(reference.get("apiVersion", "")).startswith(f"{_GATEWAY_GROUP}/")
+        and str(reference.get("apiVersion", "")).startswith(f"{GATEWAY_GROUP}/")
         for reference in references
     )
 

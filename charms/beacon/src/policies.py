@@ -11,28 +11,27 @@ import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshPolicy,
     PolicyTargetType,
     RelationRequest,
     build_authorization_policy,
-    display_text,
+)
+from display import display_text
+from kube_names import (
+    APP_NAME_LABEL,
+    AUTHZ_API_VERSION,
+    AUTHZ_KIND,
+    RELATION_ID,
+    REQUESTED_BY,
+    USE_WAYPOINT_LABEL,
+    WAYPOINT_ACCESS_FOR,
 )
 
 logger = logging.getLogger(__name__)
 
-#: Label and annotation: the app whose request an AuthorizationPolicy implements.
-REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
-#: Annotation: the id of the relation the request arrived on.
-RELATION_ID = "charms.canonical.com/service-mesh.relation-id"
-#: Label Juju puts on an app's Services and pods.
-APP_NAME_LABEL = "app.kubernetes.io/name"
-#: Annotation: the app whose pods a waypoint-access policy opens to the waypoint.
-WAYPOINT_ACCESS_FOR = "charms.canonical.com/service-mesh.waypoint-access-for"
-#: The label that binds a Service (or every Service of a namespace) to a waypoint.
-WAYPOINT_LABEL = "istio.io/use-waypoint"
 _MAX_NAME = 253
 
 
@@ -121,7 +120,7 @@ def service_binding_error(
     Service is bound only if it carries ``istio.io/use-waypoint: <waypoint>`` itself, or the
     beacon labelled the namespace and the Service does not opt out with a label of its own.
     """
-    label = labels.get(WAYPOINT_LABEL)
+    label = labels.get(USE_WAYPOINT_LABEL)
     if label is not None:
         if label != binding.waypoint:
             return f"Service {service} uses waypoint {label!r}, not {binding.waypoint}"
@@ -130,7 +129,7 @@ def service_binding_error(
         return ""
     return (
         f"Service {service} is not bound to the waypoint, so Istio would not enforce the policy "
-        f"(label it {WAYPOINT_LABEL}={binding.waypoint}, or use model-on-mesh)"
+        f"(label it {USE_WAYPOINT_LABEL}={binding.waypoint}, or use model-on-mesh)"
     )
 
 
@@ -246,6 +245,58 @@ def requested_by(manifest: Mapping[str, Any]) -> tuple[str, int] | None:
     return app, int(relation_id)
 
 
+def as_written(manifest: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
+    """``manifest`` as the beacon writes it: ``action: ALLOW`` set, ``labels`` added.
+
+    Written, the action is owned by the beacon's server-side apply: the next hook reverts a
+    tampered one. The labels are those the deployed charm selects on (``adoption``).
+    """
+    metadata = dict(manifest.get("metadata") or {})
+    metadata["labels"] = {**(metadata.get("labels") or {}), **labels}
+    spec = dict(manifest.get("spec") or {})
+    spec["action"] = "ALLOW"
+    return {**manifest, "metadata": metadata, "spec": spec}
+
+
+def last_accepted(
+    deployed: Iterable[Mapping[str, Any]], requests: Iterable[tuple[str, int]]
+) -> dict[int, list[dict[str, Any]]]:
+    """The policies last applied for each of ``requests``, from the objects in the cluster.
+
+    The record of what was last accepted is on the objects themselves (the app and relation id
+    they were made for, see :func:`requested_by`): it survives a new leader and a refresh.
+
+    Args:
+        deployed: the beacon's AuthorizationPolicies as they are in the cluster.
+        requests: ``(app, relation id)`` of the relations whose request is refused now.
+
+    Returns:
+        Per relation id, manifests that re-apply those objects unchanged (``action`` aside):
+        only the metadata the beacon writes, and the spec as it is.
+    """
+    wanted = set(requests)
+    kept: dict[int, list[dict[str, Any]]] = {}
+    for item in deployed:
+        asker = requested_by(item)
+        if asker is None or asker not in wanted:
+            continue
+        metadata = cast("Mapping[str, Any]", item.get("metadata") or {})
+        kept.setdefault(asker[1], []).append(
+            {
+                "apiVersion": item.get("apiVersion", "security.istio.io/v1"),
+                "kind": item.get("kind", "AuthorizationPolicy"),
+                "metadata": {
+                    "name": metadata.get("name"),
+                    "namespace": metadata.get("namespace"),
+                    "labels": {REQUESTED_BY: asker[0]},
+                    "annotations": {REQUESTED_BY: asker[0], RELATION_ID: str(asker[1])},
+                },
+                "spec": dict(cast("Mapping[str, Any]", item.get("spec") or {})),
+            }
+        )
+    return kept
+
+
 def waypoint_policy_name(app: str) -> str:
     """The name of the policy that lets the waypoint reach ``app``'s pods (stable, DNS-1123)."""
     name = f"{app}-from-waypoint"
@@ -264,8 +315,8 @@ def waypoint_allow_policy(app: str, namespace: str, waypoint_principal: str) -> 
     and its pods never accept direct traffic that the waypoint's L7 rules would have refused.
     """
     return {
-        "apiVersion": "security.istio.io/v1",
-        "kind": "AuthorizationPolicy",
+        "apiVersion": AUTHZ_API_VERSION,
+        "kind": AUTHZ_KIND,
         "metadata": {
             "name": waypoint_policy_name(app),
             "namespace": namespace,
@@ -282,28 +333,67 @@ def waypoint_allow_policy(app: str, namespace: str, waypoint_principal: str) -> 
 MAX_STATUS_LENGTH = 400
 
 
-def refusal_message(refusals: Sequence[Refusal]) -> str:
+def holding_note(app: str, relation_id: int, held: Mapping[int, int]) -> str:
+    """What stays in force for a relation whose request is refused, in words.
+
+    Args:
+        app: the app that asked.
+        relation_id: its relation.
+        held: per relation, how many policies last applied for it stay in force; a relation
+            absent from it has none (its first request was refused).
+    """
+    count = held.get(relation_id)
+    if count:
+        return f"its last accepted policies ({count}) stay in force until its data is valid"
+    return (
+        f"{app} is not protected until its request is valid: it has no ALLOW policy, so Istio "
+        "lets anyone reach it through its Service"
+    )
+
+
+def refusal_message(
+    refusals: Sequence[Refusal],
+    held: Mapping[int, int] | None = None,
+    unprotected: Iterable[int] = (),
+) -> str:
     """A status message naming the first refused request and counting the others.
 
-    Bounded (:data:`MAX_STATUS_LENGTH`): the first reason is cut so that the count always shows.
+    Bounded (:data:`MAX_STATUS_LENGTH`): the first reason is cut so that the count and what
+    stays in force always show. An unprotected relation is named first, being the most urgent.
+
+    Args:
+        refusals: the refusals, in relation order.
+        held: per relation, how many of its last accepted policies stay in force.
+        unprotected: relations left with no policy at all (see :func:`holding_note`).
     """
-    first = refusals[0]
+    open_ids = set(unprotected)
+    first = next((r for r in refusals if r.relation_id in open_ids), refusals[0])
     suffix = ""
+    if first.relation_id in open_ids or (held and first.relation_id in held):
+        suffix = f"; {holding_note(first.app_name, first.relation_id, held or {})}"
     if len(refusals) > 1:
         apps = sorted({refusal.app_name for refusal in refusals})
         named = ", ".join(apps[:3]) + (f" and {len(apps) - 3} other apps" if len(apps) > 3 else "")
-        suffix = f" (and {len(refusals) - 1} more from {named}; see juju debug-log)"
+        suffix += f" (and {len(refusals) - 1} more from {named}; see juju debug-log)"
     head = f"refused a request from {first.app_name}: "
     room = max(MAX_STATUS_LENGTH - len(head) - len(suffix), 20)
     return head + display_text(first.reason, room, quote=False) + suffix
 
 
-def log_refusals(refusals: Sequence[Refusal], logged: Mapping[str, str]) -> dict[str, str]:
+def log_refusals(
+    refusals: Sequence[Refusal],
+    logged: Mapping[str, str],
+    held: Mapping[int, int] | None = None,
+) -> dict[str, str]:
     """Log the refusals of each relation once per change: one line per relation that changed.
+
+    Each line says what stays in force for that relation (:func:`holding_note`) when ``held``
+    is given.
 
     Args:
         refusals: this reconcile's refusals.
         logged: per relation id, a digest of the refusals logged before.
+        held: per relation, how many of its last accepted policies stay in force.
 
     Returns:
         The digests to remember for the next hook.
@@ -313,18 +403,20 @@ def log_refusals(refusals: Sequence[Refusal], logged: Mapping[str, str]) -> dict
         by_relation.setdefault(refusal.relation_id, []).append(refusal)
     digests: dict[str, str] = {}
     for relation_id, items in sorted(by_relation.items()):
-        text = "\n".join(item.reason for item in items)
+        note = "" if held is None else holding_note(items[0].app_name, relation_id, held)
+        text = "\n".join([*(item.reason for item in items), note])
         digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
         digests[str(relation_id)] = digest
         if logged.get(str(relation_id)) == digest:
             continue
         more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
         logger.warning(
-            "refused %d policies requested by %s (relation %d): %s%s",
+            "refused %d policies requested by %s (relation %d): %s%s%s",
             len(items),
             items[0].app_name,
             relation_id,
             display_text(items[0].reason, 300, quote=False),
             more,
+            f"; {note}" if note else "",
         )
     return digests

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from policies import REQUESTED_BY
+from kube_names import REQUESTED_BY
 
 #: The condition types istiod writes on AuthorizationPolicies in ambient mode.
 ISTIO_CONDITION_TYPES = ("WaypointAccepted", "ZtunnelAccepted")

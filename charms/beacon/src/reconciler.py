@@ -9,34 +9,43 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import ops
-from adoption import adopt_after, adopt_before
+from adoption import (
+    MODEL_OPERATOR_SCOPE,
+    POLICY_SCOPE,
+    WAYPOINT_SCOPE,
+    adopt_after,
+    adopt_before,
+    rollback_labels,
+)
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshType,
     MissingCRDError,
     PolicyResourceManager,
     ServiceMeshProvider,
-    display_text,
     label_configmap_name,
     reconcile_charm_labels,
 )
+from display import display_text
+from kube_names import authorization_policy_resource
 from kubernetes_client import error_message, make_client, status_code
 from lightkube import ApiError, Client
-from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Service
 from metrics import metrics_access_manifests, telemetry_label
 from model_operator import ModelOperatorAccess, model_operator_policy, reconcile_model_operator
 from namespace_labels import owner_value, reconcile_namespace_labels
-from ownership import MANAGED_BY, ownership_labels
+from ownership import ownership_labels
 from policies import (
     Refusal,
     WaypointBinding,
+    as_written,
     build_policy_manifests,
     check_requests,
+    last_accepted,
     log_refusals,
     needs_services,
     requested_by,
@@ -55,15 +64,23 @@ from waypoint import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MANAGED_BY", "BeaconReconciler", "Findings", "ownership_labels"]
+__all__ = ["BeaconReconciler", "Findings"]
 
 _T = TypeVar("_T")
 
 
-def _authorization_policy_kind() -> Any:
-    return create_namespaced_resource(
-        "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
-    )
+@dataclass(frozen=True)
+class Done(Generic[_T]):
+    """A reconcile step that converged, and what it returned (which may be ``None``)."""
+
+    value: _T
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A reconcile step that failed; why is recorded in the :class:`Findings`."""
+
+    what: str
 
 
 @dataclass
@@ -83,6 +100,10 @@ class Findings:
         unreachable: why Kubernetes could not be reached (no answer at all), or ``None``.
         refusals_logged: per relation, a digest of the refusals logged (see
             :func:`policies.log_refusals`), to log each change once.
+        held: per relation whose request is refused, how many of the policies last applied
+            for it stay in force (see ``BeaconReconciler._hold_last_accepted``).
+        unprotected: the relations whose request is refused and that have no policy at all:
+            their app has no ALLOW policy from the beacon, so Istio lets anyone reach it.
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -95,6 +116,8 @@ class Findings:
     policy_conditions: list[PolicyCondition] = field(default_factory=list[PolicyCondition])
     unreachable: str | None = None
     refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
+    held: dict[int, int] = field(default_factory=dict[int, int])
+    unprotected: list[int] = field(default_factory=list[int])
 
     @property
     def unenforced(self) -> list[PolicyCondition]:
@@ -156,24 +179,23 @@ class BeaconReconciler:
             self._adopt_namespace_labels()
         # The namespace first: consumers are told they need no labels of their own only when the
         # namespace is known to carry this beacon's. Otherwise (a conflict, or no answer) they
-        # keep theirs: fail closed. A one-item tuple: None from _attempt means the step failed,
-        # (None,) that it converged.
+        # keep theirs: fail closed.
         labelled = self._attempt(
             "label the namespace",
-            lambda: (
-                reconcile_namespace_labels(
-                    self._client,
-                    self._namespace,
-                    on_mesh=config.model_on_mesh,
-                    waypoint=self.waypoint,
-                    owner=owner_value(self._namespace, self._app),
-                ),
+            lambda: reconcile_namespace_labels(
+                self._client,
+                self._namespace,
+                on_mesh=config.model_on_mesh,
+                waypoint=self.waypoint,
+                owner=owner_value(self._namespace, self._app),
             ),
         )
-        if labelled is not None:
-            self.findings.namespace_conflict = labelled[0]
+        if isinstance(labelled, Done):
+            self.findings.namespace_conflict = labelled.value
         # Whether the namespace now binds its Services to the waypoint through this beacon.
-        namespace_bound = config.model_on_mesh and labelled is not None and labelled[0] is None
+        namespace_bound = (
+            config.model_on_mesh and isinstance(labelled, Done) and labelled.value is None
+        )
         labels = consumer_labels(self.waypoint, self._namespace, namespace_bound)
         provider.update_relations(labels=labels)
         self._attempt(
@@ -182,7 +204,7 @@ class BeaconReconciler:
                 self._client, self._app, self._namespace, label_configmap_name(self._app), labels
             ),
         )
-        self.findings.waypoint = self._attempt(
+        waypoint = self._attempt(
             "run the waypoint",
             lambda: reconcile_waypoint(
                 self._client,
@@ -190,8 +212,10 @@ class BeaconReconciler:
                 planned_units,
                 self._labels,
                 telemetry_label(self._namespace, self._app),
+                rollback_labels(self._namespace, self._app, WAYPOINT_SCOPE),
             ),
         )
+        self.findings.waypoint = waypoint.value if isinstance(waypoint, Done) else None
         model_operator = self._attempt(
             "keep Juju's model operator reachable",
             lambda: reconcile_model_operator(
@@ -201,21 +225,20 @@ class BeaconReconciler:
                 owner=owner_value(self._namespace, self._app),
             ),
         )
-        if model_operator is not None:
-            self.findings.model_operator = model_operator.problem
+        operator_access = (
+            model_operator.value if isinstance(model_operator, Done) else ModelOperatorAccess()
+        )
+        self.findings.model_operator = operator_access.problem
         self._attempt(
             "apply the AuthorizationPolicies",
-            lambda: self._reconcile_policies(
-                config, provider, namespace_bound, model_operator or ModelOperatorAccess()
-            ),
+            lambda: self._reconcile_policies(config, provider, namespace_bound, operator_access),
         )
         # The deployed beacon's objects go only once ours are all in place: never less access.
         if adopt and not (
             self.findings.forbidden or self.findings.api_errors or self.findings.unreachable
         ):
-            self.adopted = (
-                self._attempt("remove the deployed beacon's objects", self._adopt) is True
-            )
+            adopted = self._attempt("remove the deployed beacon's objects", self._adopt)
+            self.adopted = isinstance(adopted, Done)
         return self.findings
 
     def _adopt_namespace_labels(self) -> None:
@@ -227,7 +250,7 @@ class BeaconReconciler:
             # adoption is tried again on the next hook.
             logger.warning("cannot look for the deployed beacon's namespace labels: %s", error)
 
-    def _adopt(self, *, keep_own: bool = True) -> bool:
+    def _adopt(self, *, keep_own: bool = True) -> None:
         own = {
             ("Gateway", self._namespace, self.waypoint),
             ("HorizontalPodAutoscaler", self._namespace, self.waypoint),
@@ -236,10 +259,9 @@ class BeaconReconciler:
             self._client,
             self._namespace,
             self._app,
-            kinds=(gateway_resource(), HorizontalPodAutoscaler, _authorization_policy_kind()),
+            kinds=(gateway_resource(), HorizontalPodAutoscaler, authorization_policy_resource()),
             keep=own if keep_own else set(),
         )
-        return True
 
     def teardown(self) -> Findings:
         """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap."""
@@ -288,14 +310,16 @@ class BeaconReconciler:
         requests = provider.relation_requests()
         services: dict[str, dict[str, str]] | None = {}
         if needs_services(requests):
-            services = self._attempt("list the Services", self._services)
-            if services is None:
+            listed = self._attempt("list the Services", self._services)
+            if isinstance(listed, Failed):
                 # Requests naming a Service cannot be checked: change nothing this hook rather
                 # than delete their policies (recorded above; the next hook tries again).
                 return
+            services = listed.value
         binding = WaypointBinding(self.waypoint, namespace_bound=namespace_bound)
         accepted, refused = check_requests(requests, self._namespace, services, binding)
         manifests, unbuildable = build_policy_manifests(accepted)
+        manifests = self._hold_last_accepted(manager, manifests, refused + unbuildable)
         # Whatever auto-allow-waypoint-policy says, the waypoint reaches every related app's pods.
         principal = waypoint_principal(self._namespace, self.waypoint)
         related = sorted({request.app_name for request in requests if request.app_name})
@@ -304,8 +328,15 @@ class BeaconReconciler:
         manifests.extend(
             metrics_access_manifests(self._charm.model.relations, self._app, self._namespace)
         )
+        scope = rollback_labels(self._namespace, self._app, POLICY_SCOPE)
+        manifests = [as_written(manifest, scope) for manifest in manifests]
         if config.model_on_mesh and model_operator.selector is not None:
-            manifests.append(model_operator_policy(self._namespace, model_operator.selector))
+            manifests.append(
+                as_written(
+                    model_operator_policy(self._namespace, model_operator.selector),
+                    rollback_labels(self._namespace, self._app, MODEL_OPERATOR_SCOPE),
+                )
+            )
         rejected: list[Refusal] = []
         requester = {
             f"{m['metadata']['namespace']}/{m['metadata']['name']}": requested_by(m)
@@ -334,13 +365,41 @@ class BeaconReconciler:
             refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id
         )
         self.findings.refusals_logged = log_refusals(
-            self.findings.refusals, self.findings.refusals_logged
+            self.findings.refusals, self.findings.refusals_logged, self.findings.held
         )
         self.findings.policy_conditions = istio_conditions(
             manager.listed, [*summary.created, *summary.updated, *summary.deleted]
         )
         for condition in self.findings.unenforced:
             logger.warning("Istio does not enforce policy %s", condition.describe())
+
+    def _hold_last_accepted(
+        self,
+        manager: PolicyResourceManager,
+        manifests: list[dict[str, Any]],
+        refusals: list[Refusal],
+    ) -> list[dict[str, Any]]:
+        """The policies to apply, where a relation whose request is refused keeps its last ones.
+
+        A refused request replaces nothing: removing what was applied for it would leave its
+        app without an ALLOW policy, which Istio reads as "allow everyone". The relation's
+        objects in the cluster (they say which relation they were made for) are wanted as they
+        are, until a valid request replaces them or the relation goes. A relation with nothing
+        in the cluster (its first request) gets what of its request could be accepted, if any.
+        """
+        refused = {(refusal.app_name, refusal.relation_id) for refusal in refusals}
+        if not refused:
+            return manifests
+        kept = last_accepted(manager.get_deployed_resources(), refused)
+        self.findings.held = {relation_id: len(items) for relation_id, items in kept.items()}
+        wanted = [m for m in manifests if (requested_by(m) or ("", -1))[1] not in kept]
+        for items in kept.values():
+            wanted.extend(items)
+        served = {asker[1] for asker in map(requested_by, wanted) if asker is not None}
+        self.findings.unprotected = sorted(
+            {relation_id for _, relation_id in refused if relation_id not in served}
+        )
+        return wanted
 
     def _delete_policies(self) -> None:
         try:
@@ -365,10 +424,10 @@ class BeaconReconciler:
             if status_code(error) != 404:
                 raise
 
-    def _attempt(self, what: str, action: Callable[[], _T]) -> _T | None:
+    def _attempt(self, what: str, action: Callable[[], _T]) -> Done[_T] | Failed:
         """Run one step; any failure is recorded and the other steps still run (no failed hook)."""
         try:
-            return action()
+            return Done(action())
         except MissingCRDError as error:
             logger.error("cannot %s: %s", what, error)
             if error.resource not in self.findings.missing_crds:
@@ -381,11 +440,11 @@ class BeaconReconciler:
                 said = display_text(str(error) or type(error).__name__, 120, quote=False)
                 logger.error("cannot %s: cannot reach Kubernetes: %s", what, said)
                 self.findings.unreachable = self.findings.unreachable or said
-                return None
+                return Failed(what)
             message = display_text(error_message(error), 120, quote=False)
             logger.error("cannot %s: Kubernetes said %d: %s", what, code, message)
             if code == 403:
                 self.findings.forbidden.append(what)
             else:
                 self.findings.api_errors.append(f"cannot {what}: {code} {message}")
-        return None
+        return Failed(what)

@@ -12,6 +12,16 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from charms.istio_beacon_k8s.v0.service_mesh import MissingCRDError
+from kube_names import (
+    DATAPLANE_LABEL,
+    GATEWAY_CRD,
+    GATEWAY_GROUP,
+    GATEWAY_PLURAL,
+    GATEWAY_VERSION,
+    USE_WAYPOINT_LABEL,
+    USE_WAYPOINT_NAMESPACE_LABEL,
+    WAYPOINT_FOR_LABEL,
+)
 from kubernetes_client import is_applied, is_unserved_kind, status_code
 from lightkube import ApiError, Client
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
@@ -19,10 +29,6 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from ownership import owns_waypoint_autoscaler
 
-GATEWAY_GROUP = "gateway.networking.k8s.io"
-GATEWAY_VERSION = "v1"
-GATEWAY_PLURAL = "gateways"
-GATEWAY_CRD = f"{GATEWAY_PLURAL}.{GATEWAY_GROUP}"
 WAYPOINT_CLASS = "istio-waypoint"
 WAYPOINT_PORT = 15008
 _MAX_NAME = 63  # the Gateway's name becomes a Service name and a label value
@@ -57,9 +63,9 @@ def consumer_labels(waypoint: str, namespace: str, model_on_mesh: bool) -> dict[
     if model_on_mesh:
         return {}
     return {
-        "istio.io/dataplane-mode": "ambient",
-        "istio.io/use-waypoint": waypoint,
-        "istio.io/use-waypoint-namespace": namespace,
+        DATAPLANE_LABEL: "ambient",
+        USE_WAYPOINT_LABEL: waypoint,
+        USE_WAYPOINT_NAMESPACE_LABEL: namespace,
     }
 
 
@@ -76,7 +82,7 @@ def build_gateway(
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {**(extra_labels or {}), **labels, "istio.io/waypoint-for": "service"},
+            "labels": {**(extra_labels or {}), **labels, WAYPOINT_FOR_LABEL: "service"},
         },
         "spec": {
             "gatewayClassName": WAYPOINT_CLASS,
@@ -209,6 +215,7 @@ def reconcile_waypoint(
     replicas: int,
     labels: Mapping[str, str],
     gateway_labels: Mapping[str, str] | None = None,
+    rollback_labels: Mapping[str, str] | None = None,
 ) -> WaypointReadiness:
     """Converge the waypoint Gateway and its autoscaler, then report the waypoint's readiness.
 
@@ -221,20 +228,27 @@ def reconcile_waypoint(
         replicas: how many waypoint replicas (the beacon's planned units).
         labels: the ownership labels that mark the objects as the beacon's.
         gateway_labels: more labels for the Gateway only (Istio copies them onto the pods).
+        rollback_labels: more labels for the Gateway and the autoscaler: those by which the
+            deployed charm recognises them after a rollback (``adoption.rollback_labels``).
 
     Raises:
         MissingCRDError: the Gateway CRD is not installed (Istio is missing).
         lightkube.ApiError: anything else Kubernetes refused (403: the charm is not trusted).
     """
     namespace = str(client.namespace)
-    wanted = build_gateway(name, namespace, labels, gateway_labels) if replicas > 0 else None
+    extra = {**(gateway_labels or {}), **(rollback_labels or {})}
+    wanted = build_gateway(name, namespace, labels, extra) if replicas > 0 else None
     try:
         gateway = _converge_gateway(client, wanted, labels)
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
         if is_unserved_kind(error):
             raise MissingCRDError(GATEWAY_CRD, "deploy istio-k8s") from error
         raise
-    autoscaler = build_autoscaler(name, namespace, replicas, labels) if replicas > 0 else None
+    autoscaler = (
+        build_autoscaler(name, namespace, replicas, {**(rollback_labels or {}), **labels})
+        if replicas > 0
+        else None
+    )
     istio_autoscaler = _converge_autoscaler(client, name, autoscaler)
     if replicas == 0:
         return WaypointReadiness(ready=True)

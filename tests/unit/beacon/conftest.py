@@ -11,11 +11,11 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
-from fake_kube import ALL_CRDS, FakeKubeServer
 from ops import testing
+from support import juju_seed
+from support.fake_kube import ALL_CRDS, FakeKubeServer
 from waypoint import build_gateway
 
 MODEL = "mesh-model"
@@ -27,6 +27,21 @@ REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
 RELATION_ID = "charms.canonical.com/service-mesh.relation-id"
 NAMESPACE_OWNER = "charms.canonical.com/istio.io.waypoint.managed-by"
 WAYPOINT_ACCESS_FOR = "charms.canonical.com/service-mesh.waypoint-access-for"
+#: The deployed charm's ownership labels, which the beacon's objects carry for a rollback.
+DEPLOYED_INSTANCE = "app.kubernetes.io/instance"
+DEPLOYED_SCOPE = "kubernetes-resource-handler-scope"
+
+
+def rollback_labels(scope: str) -> dict[str, str]:
+    """What the deployed charm selects its ``scope`` objects by, in MODEL for APP."""
+    return {DEPLOYED_INSTANCE: f"{MODEL}-{APP}", DEPLOYED_SCOPE: scope}
+
+
+POLICY_ROLLBACK = rollback_labels("istio-authorization-policy")
+UNPROTECTED = (
+    " is not protected until its request is valid: it has no ALLOW policy, so Istio lets anyone "
+    "reach it through its Service"
+)
 MESH_LABELS = {
     "istio.io/dataplane-mode": "ambient",
     "istio.io/use-waypoint": WAYPOINT,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+from pathlib import Path
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from conftest import (
@@ -17,9 +18,10 @@ from conftest import (
     mesh_relation,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from lightkube import codecs
 from ops import testing
+from support import juju_seed
+from support.fake_kube import FakeKubeServer
 
 SENDER, RECEIVER, LEGACY = "sender", "receiver", "legacy"
 
@@ -209,7 +211,10 @@ def test_explain_names_the_step_that_denied(
     ("params", "message"),
     [
         ({"source": "a", "target": "b", "port": 0}, "port must be a port number"),
-        ({"source": "a", "target": "b", "port": 80, "method": "get"}, "upper-case HTTP method"),
+        (
+            {"source": "a", "target": "b", "port": 80, "method": "g3t"},
+            "an HTTP method such as GET",
+        ),
         ({"source": "a", "target": "b", "port": 80, "level": "pod"}, "level must be app or unit"),
         ({"source": "", "target": "b", "port": 80}, "give source="),
     ],
@@ -230,6 +235,54 @@ def test_actions_say_what_to_do_without_istio(
     make_kube(crds=())
     with pytest.raises(testing.ActionFailed, match="deploy istio-k8s"):
         ctx.run(ctx.on.action("access-map"), beacon_state())
+
+
+def test_explain_takes_a_method_in_any_case(
+    ctx: testing.Context[IstioBeaconCharm], mesh: FakeKubeServer
+):
+    state = reconciled(ctx, receiver_relation())
+    upper = dict(run_action(ctx, state, "explain", source=SENDER, target=RECEIVER, **GET_DATA))
+    lower = run_action(
+        ctx, state, "explain", source=SENDER, target=RECEIVER, **{**GET_DATA, "method": "get"}
+    )
+    assert upper["verdict"] == "allow"
+    assert lower == upper
+
+
+@pytest.mark.parametrize("action", ["access-map", "explain"])
+@pytest.mark.parametrize("where", ["closed port", "no configuration"])
+def test_actions_fail_cleanly_when_kubernetes_cannot_be_reached(
+    ctx: testing.Context[IstioBeaconCharm],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    action: str,
+    where: str,
+):
+    """A message saying so, not a traceback: ``event.fail``, the hook itself succeeds."""
+    if where == "closed port":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]  # free once closed: nothing listens there
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+        (tmp_path / "kubeconfig").write_text(json.dumps(config))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    else:
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    params = {"source": "a", "target": "b", "port": 80} if action == "explain" else {}
+
+    with pytest.raises(testing.ActionFailed, match=r"^cannot reach Kubernetes: ") as failed:
+        ctx.run(ctx.on.action(action, params=params), beacon_state())
+
+    assert "Traceback" not in failed.value.message
+    assert len(failed.value.message) < 400
 
 
 def test_actions_say_what_to_do_without_trust(

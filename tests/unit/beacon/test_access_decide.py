@@ -5,29 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from access import (
-    MANAGED_BY,
-    RELATION_ID,
-    REQUESTED_BY,
-    AuthzPolicy,
-    Decision,
-    Level,
-    Model,
-    Point,
-    Refused,
-    Request,
-    Workload,
-    decide,
-    parse_policy,
-    principal,
-)
-from access_map import explain
+from access.evaluation import decide
+from access.map import explain
+from access.model import Decision, Level, Model, Point, Refused, Request, Workload, principal
+from access.parsing import AuthzPolicy, parse_policy
 from charms.istio_beacon_k8s.v0.service_mesh import (
     Endpoint,
     MeshPolicy,
     PolicyTargetType,
     build_authorization_policy,
 )
+from kube_names import MANAGED_BY, RELATION_ID, REQUESTED_BY
 
 NS = "m"
 WAYPOINT = "m-beacon-waypoint"

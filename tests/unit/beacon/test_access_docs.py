@@ -16,6 +16,6 @@ def test_the_examples_in_docs_access_md_are_current(monkeypatch):
     spec.loader.exec_module(module)
     monkeypatch.setenv("KUBECONFIG", "")  # the script points it at its own fake API server
     assert module.main(["--check"]) == 0, (
-        "docs/access.md is stale: run PYTHONPATH=lib:tests/support:charms/beacon/src "
+        "docs/access.md is stale: run PYTHONPATH=lib:tests:charms/beacon/src "
         ".tox/unit/bin/python scripts/access_docs.py"
     )

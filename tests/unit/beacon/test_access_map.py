@@ -6,9 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from access import Model, Requested, Workload, parse_policy, principal
-from access_map import ANYONE, build_access_map, grants_of
-from access_report import format_dot, format_map, format_mermaid, format_table, safe_text
+from access.map import ANYONE, build_access_map, grants_of
+from access.model import Model, Requested, Workload, principal
+from access.parsing import parse_policy
+from access.report import format_dot, format_map, format_mermaid, format_table, safe_text
 from test_access_decide import MESH, NS, WAYPOINT, app_policy, model, unit_policy, workload
 
 OWNER = "m.beacon"

@@ -5,27 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from access import (
-    MANAGED_BY,
-    RELATION_ID,
-    REQUESTED_BY,
+from access.evaluation import evaluate_point
+from access.matching import Attributes, match_path, match_string
+from access.model import Decision, Point, principal, split_principal
+from access.parsing import (
     AuthzPolicy,
     Condition,
-    Decision,
     Operation,
-    Point,
     Provenance,
     Rule,
     Source,
     TargetRef,
-    _Attributes,
-    evaluate_point,
-    match_path,
-    match_string,
     parse_policy,
-    principal,
-    split_principal,
 )
+from kube_names import MANAGED_BY, RELATION_ID, REQUESTED_BY
 
 OWNER = "m.beacon"
 ME = principal("m", "sender")
@@ -203,7 +196,7 @@ def test_parse_reads_every_field_and_the_legacy_target_ref():
 def test_a_malformed_policy_is_reported_not_guessed(spec: Any, problem: str):
     policy = parse_policy(manifest(spec), OWNER)
     assert problem in policy.problem
-    decision, _, _, notes = evaluate_point([policy], _Attributes(ME, 80), Point.waypoint)
+    decision, _, _, notes = evaluate_point([policy], Attributes(ME, 80), Point.waypoint)
     assert decision is Decision.allow  # set aside: nothing else applies
     assert any("cannot be read" in note for note in notes)
 
@@ -238,12 +231,12 @@ def when(key: str, values: list[str] | None = None, not_values: list[str] | None
     return {"when": [condition]}
 
 
-GET = _Attributes(ME, 8080, "GET", "/data/x", "receiver.example.com")
+GET = Attributes(ME, 8080, "GET", "/data/x", "receiver.example.com")
 W, Z = Point.waypoint, Point.ztunnel
 A, D, U = Decision.allow, Decision.deny, Decision.unknown
 OTHER = principal("other-model", "sender")
 
-CASES: list[tuple[str, list[AuthzPolicy], _Attributes, Point, Decision]] = [
+CASES: list[tuple[str, list[AuthzPolicy], Attributes, Point, Decision]] = [
     ("no policy: allowed", [], GET, W, A),
     ("an ALLOW policy with an empty rule allows all", [allow({})], GET, W, A),
     ("an ALLOW policy without rules allows nothing", [allow()], GET, W, D),
@@ -291,9 +284,9 @@ CASES: list[tuple[str, list[AuthzPolicy], _Attributes, Point, Decision]] = [
      GET, W, A),
     ("from and to are ANDed", [allow({**frm(principals=[ME]), **to(ports=["1"])})], GET, W, D),
     ("rules are ORed", [allow(to(ports=["1"]), frm(principals=[ME]))], GET, W, A),
-    ("a method not given: unknown", [allow(to(methods=["GET"]))], _Attributes(ME, 8080), W, U),
+    ("a method not given: unknown", [allow(to(methods=["GET"]))], Attributes(ME, 8080), W, U),
     ("a DENY on a method not given: unknown", [allow({}), deny(to(methods=["POST"]))],
-     _Attributes(ME, 8080), W, U),
+     Attributes(ME, 8080), W, U),
     ("when source.namespace", [allow(when("source.namespace", ["m"]))], GET, W, A),
     ("when source.principal notValues", [allow(when("source.principal", None, [ME]))], GET,
      W, D),
@@ -317,11 +310,11 @@ CASES: list[tuple[str, list[AuthzPolicy], _Attributes, Point, Decision]] = [
     ("DENY with a header condition denies at ztunnel",
      [allow({}), deny(when("request.headers[x]", ["a"]))], GET, Z, D),
     # A caller without an identity (not on the mesh).
-    ("no identity: principals miss", [allow(frm(principals=["*"]))], _Attributes(None, 8080), Z,
+    ("no identity: principals miss", [allow(frm(principals=["*"]))], Attributes(None, 8080), Z,
      D),
     ("no identity: notPrincipals match", [allow(frm(notPrincipals=[ME]))],
-     _Attributes(None, 8080), Z, A),
-    ("no identity: namespaces miss", [allow(frm(namespaces=["*"]))], _Attributes(None, 8080), Z,
+     Attributes(None, 8080), Z, A),
+    ("no identity: namespaces miss", [allow(frm(namespaces=["*"]))], Attributes(None, 8080), Z,
      D),
 ]  # fmt: skip
 
@@ -332,7 +325,7 @@ CASES: list[tuple[str, list[AuthzPolicy], _Attributes, Point, Decision]] = [
     ids=[case[0] for case in CASES],
 )
 def test_one_enforcement_point(
-    policies: list[AuthzPolicy], attrs: _Attributes, point: Point, expected: Decision
+    policies: list[AuthzPolicy], attrs: Attributes, point: Point, expected: Decision
 ):
     decision, reason, _, _ = evaluate_point(policies, attrs, point)
     assert decision is expected, reason
@@ -352,5 +345,5 @@ def test_an_unknown_names_what_cannot_be_evaluated():
     decision, reason, _, _ = evaluate_point([allow(frm(ipBlocks=["1.2.3.4"]))], GET, Z)
     assert decision is Decision.unknown
     assert "from.source.ipBlocks" in reason
-    _, reason, _, _ = evaluate_point([allow(to(paths=["/a"]))], _Attributes(ME, 80), W)
+    _, reason, _, _ = evaluate_point([allow(to(paths=["/a"]))], Attributes(ME, 80), W)
     assert "give path= to decide" in reason

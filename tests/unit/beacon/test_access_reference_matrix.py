@@ -11,20 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-from access import (
-    MANAGED_BY,
-    RELATION_ID,
-    REQUESTED_BY,
-    Decision,
-    Level,
-    Model,
-    Point,
-    Request,
-    Workload,
-    decide,
-    parse_policy,
-    principal,
-)
+from access.evaluation import decide
+from access.model import Decision, Level, Model, Point, Request, Workload, principal
+from access.parsing import parse_policy
 from charms.istio_beacon_k8s.v0.service_mesh import (
     Endpoint,
     MeshPolicy,
@@ -32,6 +21,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     PolicyTargetType,
     build_authorization_policy,
 )
+from kube_names import MANAGED_BY, RELATION_ID, REQUESTED_BY
 from policies import waypoint_allow_policy
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "traffic-matrix.md"

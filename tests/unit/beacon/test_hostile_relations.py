@@ -29,9 +29,9 @@ from conftest import (
     seed_waypoint_deployment,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from ops import testing
 from policies import MAX_STATUS_LENGTH
+from support.fake_kube import FakeKubeServer
 
 HONEST = "honest"
 LIAR = "liar"

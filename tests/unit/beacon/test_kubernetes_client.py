@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from fake_kube import FakeKubeServer
 from kubernetes_client import error_message, is_unserved_kind, status_code
 from lightkube import ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import ConfigMap
+from support.fake_kube import FakeKubeServer
 
 Gateway = create_namespaced_resource("gateway.networking.k8s.io", "v1", "Gateway", "gateways")
 Widget = create_namespaced_resource("apps", "v1", "Widget", "widgets")

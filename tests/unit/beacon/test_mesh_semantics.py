@@ -18,21 +18,24 @@ from conftest import (
     MODEL,
     NAMESPACE_OWNER,
     OWNER,
+    POLICY_ROLLBACK,
+    UNPROTECTED,
     WAYPOINT,
     beacon_state,
     istio_runs_waypoint,
     mesh_relation,
     policies_in,
     request_policies,
+    rollback_labels,
     seed_model_operator,
     seed_service,
     waypoint_access,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from model_operator import plan_service_labels
 from ops import testing
 from policies import WaypointBinding, policy_error
+from support.fake_kube import FakeKubeServer
 
 APP = "receiver1"
 WAYPOINT_PRINCIPAL = f"cluster.local/ns/{MODEL}/sa/{WAYPOINT}"
@@ -55,8 +58,9 @@ def test_the_waypoint_reaches_the_pods_of_every_related_app_whatever_istio_allow
     access = waypoint_access(kube)
     assert set(access) == {APP, "receiver2", "sender"}
     assert access[APP]["metadata"]["name"] == f"{APP}-from-waypoint"
-    assert access[APP]["metadata"]["labels"] == {MANAGED_BY: OWNER}
+    assert access[APP]["metadata"]["labels"] == {MANAGED_BY: OWNER, **POLICY_ROLLBACK}
     assert access[APP]["spec"] == {
+        "action": "ALLOW",
         "selector": {"matchLabels": {"app.kubernetes.io/name": APP}},
         "rules": [{"from": [{"source": {"principals": [WAYPOINT_PRINCIPAL]}}]}],
     }
@@ -150,7 +154,7 @@ def test_a_policy_on_another_service_of_the_app_is_applied_only_when_istio_would
         assert not isinstance(out.unit_status, testing.BlockedStatus)
     else:
         assert out.unit_status == testing.BlockedStatus(
-            f"refused a request from {APP}: {NOT_BOUND}"
+            f"refused a request from {APP}: {NOT_BOUND}; {APP}{UNPROTECTED}"
         )
 
 
@@ -175,8 +179,15 @@ def test_the_model_operator_stays_reachable_whatever_jujus_label_scheme(
 
     policy = kube.get("authorizationpolicies", MODEL, "allow-juju-model-operator")
     assert policy is not None
-    assert policy["metadata"]["labels"] == {MANAGED_BY: OWNER}
-    assert policy["spec"] == {"selector": {"matchLabels": selector}, "rules": [{}]}
+    assert policy["metadata"]["labels"] == {
+        MANAGED_BY: OWNER,
+        **rollback_labels("modeloperator-authorization-policy"),
+    }
+    assert policy["spec"] == {
+        "action": "ALLOW",
+        "selector": {"matchLabels": selector},
+        "rules": [{}],
+    }
     # Its Service does not go through the waypoint (hardened-mode would refuse it there).
     assert _service_labels(kube, "modeloperator") == {
         **juju_labels,

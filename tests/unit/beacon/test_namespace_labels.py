@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from charm import IstioBeaconCharm
 from conftest import MODEL, NAMESPACE_OWNER, OWNER, WAYPOINT, beacon_state, namespace_labels
-from fake_kube import FakeKubeServer
 from namespace_labels import owner_value, plan_namespace_labels
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 ON_MESH = {
     "istio.io/dataplane-mode": "ambient",

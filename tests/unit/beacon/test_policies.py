@@ -13,8 +13,10 @@ from conftest import (
     MANAGED_BY,
     MODEL,
     OWNER,
+    POLICY_ROLLBACK,
     RELATION_ID,
     REQUESTED_BY,
+    UNPROTECTED,
     beacon_state,
     istio_runs_waypoint,
     mesh_relation,
@@ -25,9 +27,9 @@ from conftest import (
     seed_service,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from ops import testing
 from policies import policy_error
+from support.fake_kube import FakeKubeServer
 
 HONEST = "receiver1"
 LIAR = "liar"
@@ -113,7 +115,11 @@ def test_applies_each_request_with_who_asked_for_it(
     policies = request_policies(kube, MODEL)
     assert len(policies) == 2
     for policy in policies.values():
-        assert policy["metadata"]["labels"] == {MANAGED_BY: OWNER, REQUESTED_BY: HONEST}
+        assert policy["metadata"]["labels"] == {
+            MANAGED_BY: OWNER,
+            REQUESTED_BY: HONEST,
+            **POLICY_ROLLBACK,
+        }
         assert policy["metadata"]["annotations"] == {
             REQUESTED_BY: HONEST,
             RELATION_ID: str(relation.id),
@@ -122,6 +128,7 @@ def test_applies_each_request_with_who_asked_for_it(
         "app" if "targetRefs" in p["spec"] else "unit": p["spec"] for p in policies.values()
     }
     assert by_kind["app"] == {
+        "action": "ALLOW",
         "targetRefs": [{"group": "", "kind": "Service", "name": HONEST}],
         "rules": [
             {
@@ -131,6 +138,7 @@ def test_applies_each_request_with_who_asked_for_it(
         ],
     }
     assert by_kind["unit"] == {
+        "action": "ALLOW",
         "selector": {"matchLabels": {"app.kubernetes.io/name": HONEST}},
         "rules": [
             {
@@ -199,7 +207,7 @@ def test_reports_every_refused_app(ctx: testing.Context[IstioBeaconCharm], kube:
     out = ctx.run(ctx.on.update_status(), beacon_state(relations=[one, two]))
 
     assert out.unit_status == testing.BlockedStatus(
-        'refused a request from liar1: targets app "receiver1"'
+        f'refused a request from liar1: targets app "receiver1"; liar1{UNPROTECTED}'
         " (and 1 more from liar1, liar2; see juju debug-log)"
     )
     assert request_policies(kube) == {}

@@ -9,8 +9,8 @@ import pytest
 from beacon_config import BeaconConfig
 from charm import IstioBeaconCharm
 from conftest import MESH_LABELS, beacon_state, istio_runs_waypoint, mesh_relation
-from fake_kube import FakeKubeServer
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 
 @pytest.mark.parametrize(

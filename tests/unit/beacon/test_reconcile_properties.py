@@ -20,11 +20,11 @@ from conftest import (
     seed_service,
     wire_policy,
 )
-from fake_kube import FakeKubeServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ops import testing
 from policies import MAX_STATUS_LENGTH
+from support.fake_kube import FakeKubeServer
 
 HONEST = "honest"
 LIAR = "liar"

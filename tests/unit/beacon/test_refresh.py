@@ -20,7 +20,9 @@ import yaml
 from adoption import adopt_before, deployed_label, instance_values
 from conftest import (
     APP,
+    MANAGED_BY,
     MODEL,
+    OWNER,
     WAYPOINT,
     beacon_state,
     mesh_relation,
@@ -28,14 +30,14 @@ from conftest import (
     seed_service,
     wire_policy,
 )
-from deployed_beacon import deployed_objects, seed_deployed_beacon
-from fake_kube import FakeKubeServer
+from kube_names import NAMESPACE_OWNER_LABEL as NAMESPACE_OWNER
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 from metrics import METRICS_PORT, telemetry_label
-from namespace_labels import OWNER_LABEL as NAMESPACE_OWNER
 from namespace_labels import owner_value
 from ops import testing
+from support.deployed_beacon import deployed_objects, roll_back, seed_deployed_beacon
+from support.fake_kube import FakeKubeServer
 
 CHARMCRAFT = yaml.safe_load(
     (Path(__file__).parents[3] / "charms" / "beacon" / "charmcraft.yaml").read_text()
@@ -71,6 +73,8 @@ def test_endpoints_interfaces_and_container_are_the_deployed_charms():
         "service-mesh": "service_mesh",
         "provide-cmr-mesh": "cross_model_mesh",
         "metrics-endpoint": "prometheus_scrape",
+        # New (the deployed charm has no dashboard): an added endpoint does not stop a refresh.
+        "grafana-dashboard": "grafana_dashboard",
     }
     requires = {name: spec["interface"] for name, spec in CHARMCRAFT["requires"].items()}
     assert requires == {"charm-tracing": "tracing"}
@@ -112,8 +116,10 @@ def check_provider_schema(app: dict[str, str], unit: dict[str, str]) -> None:
     for group in rules["groups"]:
         assert isinstance(group["name"], str)
         for rule in group["rules"]:
-            for key in ("alert", "expr", "for"):
+            for key in ("alert", "expr"):
                 assert isinstance(rule[key], str)
+            # "for" is optional (a rule without it fires on the first evaluation that holds).
+            assert isinstance(rule.get("for", ""), str)
             assert all(isinstance(v, str) for v in rule["labels"].values())
             assert all(isinstance(v, str) for v in rule["annotations"].values())
     assert isinstance(unit["prometheus_scrape_unit_address"], str)
@@ -261,7 +267,9 @@ def test_the_first_reconcile_takes_over_the_deployed_beacons_objects(
     assert any(name.startswith("receiver-app-from-sender") for name in names)
     gateway = kube.get("gateways", MODEL, WAYPOINT)
     assert gateway is not None
-    assert "app.kubernetes.io/instance" not in gateway["metadata"]["labels"]
+    # Ours now, and still found by the deployed charm should it come back (docs/beacon.md).
+    assert gateway["metadata"]["labels"]["app.kubernetes.io/instance"] == f"{MODEL}-{APP}"
+    assert gateway["metadata"]["labels"][MANAGED_BY] == OWNER
     namespace = kube.client().get(Namespace, MODEL)
     assert namespace.metadata is not None
     assert namespace.metadata.labels is not None
@@ -272,6 +280,40 @@ def test_the_first_reconcile_takes_over_the_deployed_beacons_objects(
     kube.reset_requests()
     ctx.run(ctx.on.update_status(), out)
     assert not any("kubernetes-resource-handler-scope" in r.path for r in kube.requests)
+
+
+def test_a_rollback_to_the_deployed_charm_removes_every_policy_of_ours(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    """Its reconcile finds ours by its own labels: nothing of ours keeps granting after it."""
+    seed_service(kube, "receiver")
+    seed_model_operator(kube)
+    relations = [
+        mesh_relation("receiver", [wire_policy("sender", "receiver")]),
+        metrics_relation(),
+    ]
+    ctx.run(
+        ctx.on.config_changed(), beacon_state(relations=relations, config={"model-on-mesh": True})
+    )
+    ours = {
+        f"AuthorizationPolicy {p['metadata']['namespace']}/{p['metadata']['name']}"
+        for p in kube.list("authorizationpolicies")
+    }
+    # The receiver's policy, its waypoint access, Prometheus' and the model operator's.
+    assert len(ours) == 4
+
+    deleted = roll_back(kube.client(field_manager=APP), APP, MODEL, consumers=[])
+
+    assert set(deleted) == ours
+    left = [
+        p["metadata"]["name"]
+        for p in kube.list("authorizationpolicies")
+        if MANAGED_BY in (p["metadata"].get("labels") or {})
+    ]
+    assert left == []
+    # The waypoint has the deployed charm's name: it applies its own over ours, deletes nothing.
+    assert kube.get("gateways", MODEL, WAYPOINT) is not None
+    assert kube.get("horizontalpodautoscalers", MODEL, WAYPOINT) is not None
 
 
 def test_a_refusal_keeps_the_deployed_policies_until_ours_are_in_place(
@@ -287,8 +329,9 @@ def test_a_refusal_keeps_the_deployed_policies_until_ours_are_in_place(
 
     out = ctx.run(ctx.on.upgrade_charm(), beacon_state(relations=[relation]))
 
-    # Ours could not be written: the deployed ones stay, and adoption is tried again later.
-    assert len(deployed_objects(kube.client(), APP, MODEL)) >= 3
+    # Ours could not be written: the deployed policies stay (its Gateway and autoscaler, of
+    # the same names, are ours now), and adoption is tried again later.
+    assert len(deployed_objects(kube.client(), APP, MODEL)) == 2
     assert any(
         p["metadata"].get("labels", {}).get("kubernetes-resource-handler-scope")
         == "istio-authorization-policy"

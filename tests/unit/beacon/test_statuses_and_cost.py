@@ -22,8 +22,8 @@ from conftest import (
     seed_service,
     wire_policy,
 )
-from fake_kube import AUTHORIZATION_POLICY_CRD, GATEWAY_CRD, FakeKubeServer
 from ops import testing
+from support.fake_kube import AUTHORIZATION_POLICY_CRD, GATEWAY_CRD, FakeKubeServer
 
 
 @pytest.mark.parametrize(

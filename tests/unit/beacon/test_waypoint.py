@@ -17,10 +17,11 @@ from conftest import (
     WAYPOINT,
     beacon_state,
     istio_runs_waypoint,
+    rollback_labels,
 )
-from fake_kube import FakeKubeServer
 from ops import testing
 from ownership import is_generated_by_istio, owns_waypoint_autoscaler
+from support.fake_kube import FakeKubeServer
 from waypoint import build_autoscaler, gateway_missing, waypoint_name
 
 
@@ -57,6 +58,8 @@ def test_creates_the_waypoint_gateway_and_autoscaler(
         MANAGED_BY: OWNER,
         # Istio copies it onto the waypoint pods: the metrics proxy gathers theirs.
         f"charms.canonical.com/{MODEL}.istio-beacon-k8s.telemetry": "aggregated",
+        # The deployed charm finds it by these after a rollback (docs/beacon.md).
+        **rollback_labels("istio-waypoint"),
     }
     assert gateway["spec"] == {
         "gatewayClassName": "istio-waypoint",
@@ -71,7 +74,10 @@ def test_creates_the_waypoint_gateway_and_autoscaler(
     }
     autoscaler = kube.get("horizontalpodautoscalers", MODEL, WAYPOINT)
     assert autoscaler is not None
-    assert autoscaler["metadata"]["labels"] == {MANAGED_BY: OWNER}
+    assert autoscaler["metadata"]["labels"] == {
+        MANAGED_BY: OWNER,
+        **rollback_labels("istio-waypoint"),
+    }
     assert autoscaler["spec"] == {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": WAYPOINT},
         "minReplicas": 2,

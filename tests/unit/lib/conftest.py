@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 from charms.istio_beacon_k8s.v0.service_mesh import use_kubernetes_client
-from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL
+from support.fake_kube import FakeKubeServer
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fake_kube import FakeKubeServer
-from juju_seed import JUJU_FIELD_MANAGER, service_manifest, statefulset_manifest
+from support.fake_kube import FakeKubeServer
+from support.juju_seed import JUJU_FIELD_MANAGER, service_manifest, statefulset_manifest
 
 KUBE_MODEL = "mesh-model"
 """A model name that is also a valid namespace name (the fake validates names)."""

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from charms.istio_beacon_k8s.v0.service_mesh import use_kubernetes_client
-from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL, pod_template_labels, seed_app, service_labels
 from lightkube import Client, KubeConfig
 from mesh_charms import (
@@ -26,6 +25,7 @@ from mesh_charms import (
     state,
 )
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 JUJU = {"app.kubernetes.io/name": CONSUMER}
 # Each mesh label goes only where Istio reads it: the data-plane mode on pods, the waypoint on
@@ -149,7 +149,8 @@ def test_outside_a_pod_the_consumer_says_so_and_reads_no_kubeconfig(
     assert out.app_status == testing.BlockedStatus(
         f"cannot put the mesh labels on {CONSUMER}: not running in a Kubernetes pod (no service "
         "account token at /var/run/secrets/kubernetes.io/serviceaccount/token, or no "
-        "KUBERNETES_SERVICE_HOST); the library only acts as the pod's service account"
+        "KUBERNETES_SERVICE_HOST); the library only acts as the pod's service account (in unit "
+        "tests, wrap the run in use_kubernetes_client(None))"
     )
 
 
@@ -304,3 +305,36 @@ def test_a_non_json_http_error_is_reported_with_its_status(
     assert out.app_status == testing.BlockedStatus(
         f"cannot put the mesh labels on {CONSUMER}: Kubernetes said 502"
     )
+
+
+UNUSABLE_PROVIDER_DATA = {
+    "nested": {"labels": "[" * 1000 + "]" * 1000, "mesh_type": '"istio"'},
+    "not-json": {"labels": "{not json", "mesh_type": '"istio"'},
+    "unknown-mesh": {"labels": json.dumps(MESH_LABELS), "mesh_type": '"other-mesh"'},
+    "oversized": {"labels": json.dumps(MESH_LABELS) + " " * 20_000, "mesh_type": '"istio"'},
+}
+
+
+@pytest.mark.parametrize(
+    "databag", list(UNUSABLE_PROVIDER_DATA.values()), ids=list(UNUSABLE_PROVIDER_DATA)
+)
+def test_unusable_provider_data_keeps_the_labels_it_applied(
+    app: FakeKubeServer, databag: dict[str, str]
+):
+    """Stripping them would take the app's pods off the mesh: they stay until data is valid."""
+    ctx = consumer_context(auto_join=True)
+    out = ctx.run(ctx.on.leader_elected(), joined())
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
+    mesh = out.get_relations("service-mesh")[0]
+    broken = dataclasses.replace(mesh, remote_app_data=databag)
+
+    out = ctx.run(ctx.on.relation_changed(broken), dataclasses.replace(out, relations=[broken]))
+
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
+    assert service_labels(app, CONSUMER) == {**JUJU, **SERVICE_MESH}
+    assert remembered(app) == MESH_LABELS
+    # A new leader, with no memory of its own, keeps them too.
+    fresh = consumer_context(auto_join=True)
+    fresh.run(fresh.on.leader_elected(), state(broken, model=KUBE_MODEL))
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
+    assert service_labels(app, CONSUMER) == {**JUJU, **SERVICE_MESH}

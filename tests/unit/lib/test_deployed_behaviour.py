@@ -32,12 +32,12 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     label_configmap_name_template,
 )
 from charms.istio_beacon_k8s.v0.service_mesh import Policy as DeprecatedPolicy
-from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap
 from mesh_charms import (
+    CONSUMER_META,
     consumer_context,
     mesh_relation,
     provider_context,
@@ -45,6 +45,7 @@ from mesh_charms import (
     state,
 )
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 # -- ServiceMeshConsumer.enabled -------------------------------------------------------------
 
@@ -398,3 +399,82 @@ def test_the_provider_republishes_its_labels_on_config_changed():
         "istio.io/dataplane-mode": "ambient",
         "from-config": "v2",
     }
+
+
+# -- names: refuse what is unsafe, accept what the deployed library accepted -------------------
+
+
+def _provider_reads(policies: list[dict[str, Any]]) -> tuple[list[MeshPolicy], list[str]]:
+    ctx = provider_context()
+    relation = testing.Relation(
+        "service-mesh",
+        remote_app_name="consumer",
+        remote_app_data={"policies": json.dumps(policies)},
+    )
+    with ctx(ctx.on.update_status(), testing.State(leader=True, relations=[relation])) as manager:
+        provider = manager.charm.mesh  # type: ignore[attr-defined]
+        return provider.mesh_info(), [
+            str(request.error) for request in provider.rejected_relations()
+        ]
+
+
+def _wire(source_app: str, source_namespace: str) -> dict[str, Any]:
+    return {
+        "source_namespace": source_namespace,
+        "source_app_name": source_app,
+        "target_namespace": "my-model",
+        "target_app_name": "consumer",
+        "target_selector_labels": None,
+        "target_service": None,
+        "target_type": "app",
+        "endpoints": [{"hosts": None, "ports": [80], "methods": None, "paths": None}],
+    }
+
+
+def test_mesh_info_returns_names_that_are_kubernetes_names_if_not_juju_names():
+    """``app1-1``: no Juju application name, yet a service account (the deployed library)."""
+    info, refused = _provider_reads([_wire("app1-1", "namespace1-1"), _wire("a.b", "m")])
+    assert refused == []
+    assert [(p.source_app_name, p.source_namespace) for p in info] == [
+        ("app1-1", "namespace1-1"),
+        ("a.b", "m"),
+    ]
+    assert info[0].source_principal == "cluster.local/ns/namespace1-1/sa/app1-1"
+
+
+@pytest.mark.parametrize(
+    ("app", "namespace", "field"),
+    [
+        ("*", "m", "source_app_name"),
+        ("app*", "m", "source_app_name"),
+        ("app?", "m", "source_app_name"),
+        ("app/other", "m", "source_app_name"),
+        ("app\n", "m", "source_app_name"),
+        ("app\x1b[31m", "m", "source_app_name"),
+        ("App", "m", "source_app_name"),
+        ("-app", "m", "source_app_name"),
+        ("app-", "m", "source_app_name"),
+        ("a" * 254, "m", "source_app_name"),
+        ("app", "*", "source_namespace"),
+        ("app", "m.x", "source_namespace"),
+        ("app", "m-", "source_namespace"),
+        ("app", "m" * 64, "source_namespace"),
+        ("app", "ns/sa/x", "source_namespace"),
+    ],
+)
+def test_names_that_cannot_be_a_kubernetes_name_are_refused(app: str, namespace: str, field: str):
+    info, refused = _provider_reads([_wire(app, namespace)])
+    assert info == []
+    [reason] = refused
+    assert f"policies[0].{field}" in reason
+
+
+def test_a_consumer_without_the_mesh_relation_declared_gets_a_mesh_data_error():
+    meta = {**CONSUMER_META, "requires": {"require-cmr-mesh": {"interface": "cross_model_mesh"}}}
+    ctx = consumer_context(meta=meta)
+    with pytest.raises(testing.errors.UncaughtCharmError) as raised:
+        ctx.run(ctx.on.update_status(), testing.State())
+    error = raised.value.__cause__
+    assert isinstance(error, MeshDataError)
+    assert "'service-mesh'" in str(error)
+    assert "does not declare" in str(error)

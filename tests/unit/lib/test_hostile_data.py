@@ -18,10 +18,9 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     CMRData,
     Endpoint,
     MeshDataError,
-    display_text,
+    _display_text,
     parse_policies,
 )
-from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL, pod_template_labels, seed_app, service_labels
 from mesh_charms import (
     CONSUMER,
@@ -34,6 +33,7 @@ from mesh_charms import (
     state,
 )
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 # Istio reads the waypoint labels on the Service and the dataplane mode on the pods.
 ON_SERVICE = {k: v for k, v in MESH_LABELS.items() if k != "istio.io/dataplane-mode"}
@@ -148,11 +148,11 @@ def test_cmr_data_names_must_be_juju_names():
 
 
 def test_display_text_quotes_escapes_and_cuts():
-    assert display_text("plain") == '"plain"'
-    shown = display_text("a\nb\x1b[31mc\u202e\ud800")
+    assert _display_text("plain") == '"plain"'
+    shown = _display_text("a\nb\x1b[31mc\u202e\ud800")
     assert shown.isprintable()
     shown.encode("utf-8")  # no lone surrogate survives
-    long = display_text("x" * 1_000_000)
+    long = _display_text("x" * 1_000_000)
     assert len(long) <= 64
     assert "more" in long
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 from charms.istio_beacon_k8s.v0.service_mesh import label_configmap_name, reconcile_charm_labels
-from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL, pod_template_labels, seed_app, service_labels
 from lightkube import ApiError, Client
 from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
+from support.fake_kube import FakeKubeServer
 
 APP = "consumer-charm"
 CONFIGMAP = "juju-service-mesh-consumer-charm-labels"

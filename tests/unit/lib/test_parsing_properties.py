@@ -11,13 +11,13 @@ import re
 from typing import Any
 
 from charms.istio_beacon_k8s.v0.service_mesh import (
-    MAX_DISPLAY_LENGTH,
+    _MAX_DISPLAY_LENGTH,
     CMRData,
     MeshDataError,
     MeshPolicy,
     ServiceMeshProviderAppData,
-    display_text,
-    load_json,
+    _display_text,
+    _load_json,
     parse_policies,
 )
 from hypothesis import HealthCheck, given, settings
@@ -26,8 +26,24 @@ from hypothesis import strategies as st
 SETTINGS = settings(
     max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
-JUJU_APP = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*\Z")
-JUJU_MODEL = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
+# What can be a Kubernetes service account (DNS-1123 subdomain) and namespace (DNS-1123 label),
+# written here independently of the library's patterns.
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+SERVICE_ACCOUNT = re.compile(rf"{_LABEL}(\.{_LABEL})*\Z")
+NAMESPACE = re.compile(rf"{_LABEL}\Z")
+
+
+def _is_service_account(name: str) -> bool:
+    return (
+        bool(SERVICE_ACCOUNT.match(name))
+        and len(name) <= 253
+        and all(len(part) <= 63 for part in name.split("."))
+    )
+
+
+def _is_namespace(name: str) -> bool:
+    return bool(NAMESPACE.match(name)) and len(name) <= 63
+
 
 HOSTILE_TEXT = st.one_of(
     st.text(max_size=40),
@@ -96,13 +112,13 @@ def test_parse_policies_raises_only_mesh_data_error(raw: str):
     try:
         policies = parse_policies(raw)
     except MeshDataError as error:
-        display_text(str(error)).encode("utf-8")
+        _display_text(str(error)).encode("utf-8")
         return
     for policy in policies:
         assert isinstance(policy, MeshPolicy)
-        # Sources that reach a principal are Juju names: never a pattern.
-        assert JUJU_APP.match(policy.source_app_name), policy.source_app_name
-        assert JUJU_MODEL.match(policy.source_namespace), policy.source_namespace
+        # Sources that reach a principal are Kubernetes names: never a pattern, a path, a space.
+        assert _is_service_account(policy.source_app_name), policy.source_app_name
+        assert _is_namespace(policy.source_namespace), policy.source_namespace
         json.dumps(policy.to_dict()).encode("utf-8")
         assert all(
             text.isprintable()
@@ -116,12 +132,12 @@ def test_parse_policies_raises_only_mesh_data_error(raw: str):
 def test_cmr_data_raises_only_mesh_data_error(value: object, as_text: bool):
     try:
         claim = CMRData.from_dict(
-            load_json(json.dumps(value), "cmr_data", 16384) if as_text else value
+            _load_json(json.dumps(value), "cmr_data", 16384) if as_text else value
         )
     except MeshDataError:
         return
-    assert JUJU_APP.match(claim.app_name)
-    assert JUJU_MODEL.match(claim.juju_model_name)
+    assert _is_service_account(claim.app_name)
+    assert _is_namespace(claim.juju_model_name)
 
 
 @SETTINGS
@@ -137,8 +153,8 @@ def test_provider_data_raises_only_mesh_data_error(databag: dict[str, str]):
 @SETTINGS
 @given(JSON_VALUES, st.integers(0, 200), st.booleans())
 def test_display_text_is_always_safe(value: object, limit: int, quote: bool):
-    shown = display_text(value, limit, quote=quote)
+    shown = _display_text(value, limit, quote=quote)
     shown.encode("utf-8")
     assert shown.isprintable()
     assert len(shown) <= max(limit, 40)
-    assert len(display_text(value)) <= MAX_DISPLAY_LENGTH
+    assert len(_display_text(value)) <= _MAX_DISPLAY_LENGTH

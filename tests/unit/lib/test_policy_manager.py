@@ -16,15 +16,15 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     MissingCRDError,
     PolicyResourceManager,
     PolicyTargetType,
+    _http_status_code,
     authorization_policy_name,
     build_authorization_policy,
     get_default_labels,
-    http_status_code,
 )
-from fake_kube import FakeKubeServer
 from juju_objects import KUBE_MODEL
 from lightkube import ApiError
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 PLURAL = "authorizationpolicies"
 OWNER = "owner"
@@ -314,7 +314,7 @@ def test_a_refused_write_stops_neither_the_other_writes_nor_the_deletions(
     summary = manager.reconcile(
         [first, second],
         MeshType.istio,
-        on_error=lambda name, error: errors.append((name, http_status_code(error))),
+        on_error=lambda name, error: errors.append((name, _http_status_code(error))),
     )
 
     assert set(stored(kube)) == {key(second)}

@@ -19,7 +19,6 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     ServiceMeshProvider,
     UnitPolicy,
 )
-from fake_kube import FakeKubeServer
 from mesh_charms import (
     MESH_LABELS,
     MODEL,
@@ -29,6 +28,7 @@ from mesh_charms import (
     state,
 )
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 # Consumers look for labels they may have put earlier: give them a (fake) cluster to ask.
 pytestmark = pytest.mark.usefixtures("kube")

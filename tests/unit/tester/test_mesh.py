@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from charm import ServiceMeshTesterCharm
 from charms.istio_beacon_k8s.v0.service_mesh import use_kubernetes_client
-from fake_kube import FakeKubeServer
 from ops import testing
+from support.fake_kube import FakeKubeServer
 
 APP = "service-mesh-tester"
 MODEL = "tester-model"

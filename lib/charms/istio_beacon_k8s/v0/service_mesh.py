@@ -75,6 +75,15 @@ all, or a lightkube ``Client`` of a test API server.
 
 Cost: importing this module imports neither lightkube nor pydantic; lightkube is imported on first
 use of Kubernetes.
+
+Public surface and compatibility
+================================
+
+``__all__`` lists the public names; everything else may change in any patch. Some of them exist
+only so that charms written against the deployed pydantic-based releases keep working: the
+section "The pydantic-style methods of the releases built on pydantic" (``model_dump``,
+``model_validate`` and the like on every data type), the deprecated :class:`Policy`,
+and ``label_configmap_name_template``. New code needs none of them.
 """
 
 from __future__ import annotations
@@ -105,9 +114,54 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 13
+LIBPATCH = 14
 
 PYDEPS = ["lightkube>=0.15"]
+
+__all__ = [
+    "MAX_ENDPOINTS_PER_POLICY",
+    "MAX_ITEMS_PER_FIELD",
+    "MAX_JSON_DEPTH",
+    "MAX_LABELS",
+    "MAX_NUMBER_LENGTH",
+    "MAX_POLICIES_BYTES",
+    "MAX_POLICIES_PER_RELATION",
+    "MAX_SMALL_VALUE_BYTES",
+    "MAX_STRING_LENGTH",
+    "MESH_LABEL_KEYS",
+    "SERVICE_ACCOUNT_DIR",
+    "AppPolicy",
+    "CMRData",
+    "Endpoint",
+    "KubernetesUnavailableError",
+    "MeshDataError",
+    "MeshPolicy",
+    "MeshType",
+    "Method",
+    "MissingCRDError",
+    "Policy",
+    "PolicyResourceManager",
+    "PolicyTargetType",
+    "ReconcileSummary",
+    "RelationRequest",
+    "ServiceMeshConsumer",
+    "ServiceMeshProvider",
+    "ServiceMeshProviderAppData",
+    "UnitPolicy",
+    "UnitPolicyError",
+    "authorization_policy_name",
+    "build_authorization_policies",
+    "build_authorization_policy",
+    "build_mesh_policies",
+    "get_data_from_cmr_relation",
+    "get_default_labels",
+    "in_cluster_client",
+    "label_configmap_name",
+    "label_configmap_name_template",
+    "parse_policies",
+    "reconcile_charm_labels",
+    "use_kubernetes_client",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -226,11 +280,17 @@ MAX_JSON_DEPTH = 12
 """Nesting of arrays and objects in one value (a policy needs 6)."""
 MAX_NUMBER_LENGTH = 24
 """Characters of any one number (a port needs 5)."""
-MAX_DISPLAY_LENGTH = 64
+_MAX_DISPLAY_LENGTH = 64
 """Characters of one value of relation data shown in a status, log line or action result."""
 
-_JUJU_APP_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*\Z")
-_JUJU_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
+# The names a source may carry in relation data: what can be a Kubernetes service account
+# (a DNS-1123 subdomain) and namespace (a DNS-1123 label), as the deployed library accepted
+# (``app1-1`` is no Juju application name, yet a valid service account). Neither can hold a
+# pattern (``*``, ``?``), a ``/`` (another segment of the principal), a space or a control
+# character: the principal ``cluster.local/ns/<namespace>/sa/<name>`` names one identity.
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_SERVICE_ACCOUNT_NAME = re.compile(rf"(?=.{{1,253}}\Z){_DNS_LABEL}(?:\.{_DNS_LABEL})*\Z")
+_NAMESPACE_NAME = re.compile(rf"{_DNS_LABEL}\Z")
 # What a source name may hold in a MeshPolicy built in code: no ``*`` (a prefix or suffix
 # wildcard in an Istio principal), no ``/`` (another path segment), no space or control.
 _SOURCE_TOKEN = re.compile(r"[^\s*/]+\Z")
@@ -242,7 +302,7 @@ _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _JSON_BRACKETS = re.compile(r"[\[\]{}]")
 
 
-def display_text(value: object, limit: int = MAX_DISPLAY_LENGTH, *, quote: bool = True) -> str:
+def _display_text(value: object, limit: int = _MAX_DISPLAY_LENGTH, *, quote: bool = True) -> str:
     """``value`` made safe to show to people: in a status, a log line or an action's result.
 
     Control, format and unassigned characters (newlines, terminal escapes, bidirectional
@@ -298,7 +358,7 @@ def _escape_char(char: str, quote: bool) -> str:
 
 def _describe(value: object) -> str:
     if isinstance(value, (str, int, float, bool, type(None))):
-        return f"{type(value).__name__} {display_text(value, quote=isinstance(value, str))}"
+        return f"{type(value).__name__} {_display_text(value, quote=isinstance(value, str))}"
     return type(value).__name__
 
 
@@ -310,7 +370,7 @@ def _str(value: object, where: str) -> str:
     if not value.isprintable():
         raise _fail(
             where,
-            f"control, format or invalid character in {display_text(value)} (lone surrogates "
+            f"control, format or invalid character in {_display_text(value)} (lone surrogates "
             "are not valid UTF-8)",
         )
     return value
@@ -323,7 +383,7 @@ def _opt_str(value: object, where: str) -> str | None:
 def _matching(value: object, where: str, pattern: re.Pattern[str], what: str) -> str:
     text = _str(value, where)
     if not pattern.match(text):
-        raise _fail(where, f"expected {what}, got {display_text(text)}")
+        raise _fail(where, f"expected {what}, got {_display_text(text)}")
     return text
 
 
@@ -331,12 +391,14 @@ def _source_token(value: object, where: str) -> str:
     return _matching(value, where, _SOURCE_TOKEN, "a name without '*', '/' or spaces")
 
 
-def _juju_app_name(value: object, where: str) -> str:
-    return _matching(value, where, _JUJU_APP_NAME, "a Juju application name")
+def _service_account_name(value: object, where: str) -> str:
+    return _matching(
+        value, where, _SERVICE_ACCOUNT_NAME, "an application (Kubernetes service account) name"
+    )
 
 
-def _juju_model_name(value: object, where: str) -> str:
-    return _matching(value, where, _JUJU_MODEL_NAME, "a Juju model name")
+def _namespace_name(value: object, where: str) -> str:
+    return _matching(value, where, _NAMESPACE_NAME, "a model (Kubernetes namespace) name")
 
 
 def _sequence(value: object, where: str, what: str) -> Sequence[object]:
@@ -397,9 +459,9 @@ def _labels(value: object, where: str) -> dict[str, str] | None:
                 f"labels must map strings to strings, got {_describe(key)}: {_describe(item)}",
             )
         if len(key) > 317 or not _LABEL_KEY.match(key):
-            raise _fail(where, f"invalid label key {display_text(key)}")
+            raise _fail(where, f"invalid label key {_display_text(key)}")
         if len(item) > _MAX_LABEL_VALUE_LENGTH or not _LABEL_VALUE.match(item):
-            raise _fail(where, f"invalid value {display_text(item)} of label {key}")
+            raise _fail(where, f"invalid value {_display_text(item)} of label {key}")
         result[key] = item
     return result
 
@@ -1098,10 +1160,10 @@ class MeshPolicy(_PydanticStyle):
             )
         try:
             return cls(
-                source_namespace=_juju_model_name(
+                source_namespace=_namespace_name(
                     body.get("source_namespace"), f"{where}.source_namespace"
                 ),
-                source_app_name=_juju_app_name(
+                source_app_name=_service_account_name(
                     body.get("source_app_name"), f"{where}.source_app_name"
                 ),
                 target_namespace=_str(body.get("target_namespace"), f"{where}.target_namespace"),
@@ -1180,8 +1242,8 @@ class CMRData(_PydanticStyle):
         """
         body = _mapping(data, "cmr_data")
         return cls(
-            app_name=_juju_app_name(body.get("app_name"), "cmr_data.app_name"),
-            juju_model_name=_juju_model_name(
+            app_name=_service_account_name(body.get("app_name"), "cmr_data.app_name"),
+            juju_model_name=_namespace_name(
                 body.get("juju_model_name"), "cmr_data.juju_model_name"
             ),
         )
@@ -1243,7 +1305,7 @@ def _json_value(databag: Mapping[str, str], key: str) -> object:
     raw = databag.get(key)
     if raw is None:
         raise MeshDataError(f"{key}: missing")
-    return load_json(raw, key, MAX_SMALL_VALUE_BYTES)
+    return _load_json(raw, key, MAX_SMALL_VALUE_BYTES)
 
 
 def _refuse_number(text: str) -> object:
@@ -1264,7 +1326,7 @@ def _constant(text: str) -> object:
     raise MeshDataError(f"{text} is not a JSON number")
 
 
-def load_json(raw: object, key: str, max_bytes: int) -> object:
+def _load_json(raw: object, key: str, max_bytes: int) -> object:
     """Parse one relation data value written by the other side; only MeshDataError escapes.
 
     The size is checked before parsing (``max_bytes`` bytes of UTF-8), then the nesting depth
@@ -1311,7 +1373,7 @@ def parse_policies(raw: str) -> list[MeshPolicy]:
     Raises:
         MeshDataError: naming what is wrong, e.g. ``policies[1].endpoints[0].ports[0]: ...``.
     """
-    data = load_json(raw, _POLICIES_KEY, MAX_POLICIES_BYTES)
+    data = _load_json(raw, _POLICIES_KEY, MAX_POLICIES_BYTES)
     if not isinstance(data, list):
         raise _fail("policies", f"expected a list of policies, got {_describe(data)}")
     if len(cast("list[object]", data)) > MAX_POLICIES_PER_RELATION:
@@ -1468,7 +1530,8 @@ def in_cluster_client(namespace: str, field_manager: str) -> Client:
     if not os.path.isfile(token) or not os.environ.get("KUBERNETES_SERVICE_HOST"):
         raise KubernetesUnavailableError(
             f"not running in a Kubernetes pod (no service account token at {token}, or no "
-            "KUBERNETES_SERVICE_HOST); the library only acts as the pod's service account"
+            "KUBERNETES_SERVICE_HOST); the library only acts as the pod's service account "
+            "(in unit tests, wrap the run in use_kubernetes_client(None))"
         )
     from lightkube import Client, KubeConfig
     from lightkube.core.exceptions import ConfigError
@@ -1529,7 +1592,8 @@ class ServiceMeshConsumer(ops.Object):
             (needs ``juju trust``). Turning it off later removes the labels it had put.
 
     Raises:
-        MeshDataError: when a policy names a relation that the charm does not declare.
+        MeshDataError: when the charm does not declare ``mesh_relation_name``, or a policy
+            names a relation that it does not declare.
     """
 
     _stored = ops.StoredState()
@@ -1556,6 +1620,12 @@ class ServiceMeshConsumer(ops.Object):
         )
 
         declared = charm.meta.relations
+        if mesh_relation_name not in declared:
+            raise MeshDataError(
+                f"ServiceMeshConsumer needs relation {mesh_relation_name!r} (requires, interface "
+                "service_mesh, limit 1), which charmcraft.yaml does not declare (declared: "
+                f"{', '.join(sorted(declared)) or 'none'})"
+            )
         for policy in self.policies:
             if policy.relation not in declared:
                 raise MeshDataError(
@@ -1723,7 +1793,7 @@ class ServiceMeshConsumer(ops.Object):
                         "names it"
                     )
                     continue
-                claim = CMRData.from_dict(load_json(raw, _CMR_DATA_KEY, MAX_SMALL_VALUE_BYTES))
+                claim = CMRData.from_dict(_load_json(raw, _CMR_DATA_KEY, MAX_SMALL_VALUE_BYTES))
             except Exception as error:  # whatever the other side wrote, it fails no hook
                 reason = error if isinstance(error, MeshDataError) else type(error).__name__
                 notes.append(f"ignoring cmr_data from {app.name}: {reason}")
@@ -1826,7 +1896,7 @@ class ServiceMeshConsumer(ops.Object):
                 if code == 403:
                     hint = f"run `juju trust {app} --scope=cluster`"
                 else:
-                    said = display_text(error.status.message or "", 120, quote=False)
+                    said = _display_text(error.status.message or "", 120, quote=False)
                     hint = f"Kubernetes said {code}: {said}"
                 self._label_failed(f"cannot put the mesh labels on {app}: {hint}")
                 return
@@ -1834,11 +1904,11 @@ class ServiceMeshConsumer(ops.Object):
             # Connection or configuration problems: report them and retry on update-status
             # rather than failing the charm's hook.
             logger.exception("service mesh labels")
-            code = http_status_code(error)
+            code = _http_status_code(error)
             if code is not None:
                 self._label_failed(f"cannot put the mesh labels on {app}: Kubernetes said {code}")
             else:
-                said = display_text(str(error), 120, quote=False)
+                said = _display_text(str(error), 120, quote=False)
                 self._label_failed(f"cannot reach Kubernetes to label {app}: {said}")
             return
         self._stored.labels_reconciled = fingerprint
@@ -2158,7 +2228,7 @@ def _remembered_labels(
     if key not in data:
         return dict(default or {})
     try:
-        return _labels(load_json(data[key], key, MAX_SMALL_VALUE_BYTES), key) or {}
+        return _labels(_load_json(data[key], key, MAX_SMALL_VALUE_BYTES), key) or {}
     except MeshDataError:
         logger.warning("ConfigMap %s holds invalid %s; starting over", configmap, key)
         return {}
@@ -2513,9 +2583,9 @@ class PolicyResourceManager:
         selector: dict[str, Any] = dict(self.labels)
         try:
             items: list[Any] = list(client.list(resource, namespace=ALL_NS, labels=selector))
-        except Exception as error:  # lightkube.ApiError, or an HTTP error: see http_status_code
+        except Exception as error:  # lightkube.ApiError, or an HTTP error: see _http_status_code
             self._raise_if_missing_crd(error)
-            if http_status_code(error) != 403:
+            if _http_status_code(error) != 403:
                 raise
             # Without cluster-wide list rights, look where this manager can write.
             items = []
@@ -2536,12 +2606,12 @@ class PolicyResourceManager:
         try:
             client.delete(_authorization_policy_resource(), name, namespace=namespace)
         except Exception as error:
-            if not (ignore_missing and http_status_code(error) == 404):
+            if not (ignore_missing and _http_status_code(error) == 404):
                 raise
 
     @staticmethod
     def _raise_if_missing_crd(error: Exception) -> None:
-        if http_status_code(error) == 404:
+        if _http_status_code(error) == 404:
             raise MissingCRDError(
                 f"{_AUTHZ_PLURAL}.{_AUTHZ_GROUP}", "deploy Istio (the istio-k8s charm)"
             ) from error
@@ -2575,7 +2645,7 @@ def _raw_policy_manifest(raw: object) -> dict[str, Any]:
     return manifest
 
 
-def http_status_code(error: BaseException) -> int | None:
+def _http_status_code(error: BaseException) -> int | None:
     """The HTTP status of a failed Kubernetes request, whatever lightkube raised for it.
 
     lightkube raises ``lightkube.ApiError`` when the API server answers with a JSON status, but

@@ -16,7 +16,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     Method,
     UnitPolicy,
 )
-from envoy_waypoint import spiffe_id
+from support.envoy_waypoint import spiffe_id
 
 MODEL = "mesh-model"
 

@@ -11,9 +11,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from access import Decision, Level, Point
-from access_map import AccessMap, Explanation, Grant
-from charms.istio_beacon_k8s.v0.service_mesh import display_text
+from display import display_text
+
+from access.map import AccessMap, Explanation, Grant
+from access.model import Decision, Level, Point
 
 FORMATS = ("table", "json", "mermaid", "dot")
 #: The longest text shown for one value (an app name, a reason, a path list).
@@ -23,8 +24,8 @@ MAX_TEXT = 200
 def safe_text(value: object, limit: int = MAX_TEXT) -> str:
     """``value`` as one printable line of at most ``limit`` characters (unquoted).
 
-    The library's :func:`display_text` (control, format and invisible characters escaped, long
-    text cut with the count of the rest): relation data and foreign objects reach the operator's
+    :func:`display.display_text` (control, format and invisible characters escaped, long text
+    cut with the count of the rest): relation data and foreign objects reach the operator's
     terminal through it.
     """
     return display_text(value, limit, quote=False)
@@ -101,6 +102,8 @@ def format_table(access: AccessMap) -> str:
             ["APP", "RELATION", "REASON"],
             [[safe_text(r.app), str(r.relation_id), safe_text(r.reason)] for r in access.refused],
         )
+        # What holds meanwhile: the last accepted policies, or nothing (the app is open).
+        lines += [f"  {safe_text(r.app)}: {safe_text(r.in_force)}" for r in access.refused]
     else:
         lines.append("  (none)")
     if access.pending:

@@ -14,7 +14,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import juju_seed
 import pytest
 from charm import IstioBeaconCharm
 from explain_check import (
@@ -27,7 +26,6 @@ from explain_check import (
     observed_verdict,
     question,
 )
-from fake_kube import FakeKubeServer
 from lightkube import codecs
 from mesh_deploy import (
     BEACON,
@@ -41,6 +39,8 @@ from mesh_deploy import (
 from mesh_probe import ALLOWED, CONNECTED, FORBIDDEN, REFUSED, Case, Expected, ProbeResult, case
 from mesh_probe import tcp_case as tcp
 from ops import testing
+from support import juju_seed
+from support.fake_kube import FakeKubeServer
 from waypoint import build_gateway, waypoint_name
 
 MODEL = "traffic"

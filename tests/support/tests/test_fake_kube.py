@@ -5,8 +5,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from charms.istio_beacon_k8s.v0.service_mesh import http_status_code
-from fake_kube import AUTHORIZATION_POLICY_CRD, GATEWAY_CRD, FakeKubeServer
+from charms.istio_beacon_k8s.v0.service_mesh import _http_status_code
 from lightkube import ApiError, Client, operators
 from lightkube.core.client import LabelSelector as Selector
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
@@ -16,6 +15,7 @@ from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Service
 from lightkube.types import PatchType
+from support.fake_kube import AUTHORIZATION_POLICY_CRD, GATEWAY_CRD, FakeKubeServer
 
 AuthorizationPolicy = create_namespaced_resource(
     "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
@@ -163,7 +163,7 @@ def test_missing_crd_answers_a_plain_text_404_like_the_real_server():
             with pytest.raises(Exception) as raised:  # noqa: PT011 (the HTTP library's error)
                 call()
             assert not isinstance(raised.value, ApiError)
-            assert http_status_code(raised.value) == 404
+            assert _http_status_code(raised.value) == 404
         for path in (
             "/apis/security.istio.io/v1/namespaces/default/authorizationpolicies",
             "/apis/security.istio.io/v1/authorizationpolicies",

@@ -29,9 +29,9 @@ import ops
 import pytest
 import yaml
 from ops import pebble
-from pebble_standin import PebbleStandin
+from support.pebble_standin import PebbleStandin
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 STANDIN_SCRIPT = REPO / "tests" / "support" / "pebble_standin.py"
 TESTER_SRC = REPO / "charms" / "tester" / "src"
 # Short, so that the tests do not wait out Pebble's 1 s okay delay on every start.

@@ -10,13 +10,14 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from access import Level, Model
-from access_map import build_access_map, explain
-from access_report import FORMATS, explanation_results, format_map, safe_text
-from access_state import read_model
 from charms.istio_beacon_k8s.v0.service_mesh import MissingCRDError, RelationRequest
 from kubernetes_client import error_message, make_client, status_code
 from waypoint import waypoint_name
+
+from access.cluster import read_model
+from access.map import build_access_map, explain
+from access.model import Level, Model
+from access.report import FORMATS, explanation_results, format_map, safe_text
 
 _METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -43,7 +44,9 @@ def read(
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see status_code
         code = status_code(error)
         if not code:
-            raise
+            # No answer at all (no connection, a timeout, not in a pod): the operator's to fix.
+            said = safe_text(str(error) or type(error).__name__)
+            raise ActionError(f"cannot reach Kubernetes: {said}") from None
         if code == 403:
             raise ActionError(
                 f"run `juju trust {app} --scope=cluster`: Kubernetes refused to let the beacon "
@@ -82,8 +85,14 @@ def explain_results(model: Model, params: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ActionError(f"port must be a port number 1-65535, not {safe_text(port, 40)}")
     method = params.get("method") or None
-    if method is not None and not (set(str(method)) <= _METHOD_CHARS):
-        raise ActionError(f"method must be an upper-case HTTP method, not {safe_text(method, 40)}")
+    if method is not None:
+        # HTTP methods are case-sensitive on the wire, but every one in use is upper case and
+        # Istio matches them so: ``get`` means GET.
+        method = str(method).upper()
+        if not (set(method) <= _METHOD_CHARS):
+            raise ActionError(
+                f"method must be an HTTP method such as GET, not {safe_text(method, 40)}"
+            )
     level = str(params.get("level") or "app")
     if level not in ("app", "unit"):
         raise ActionError(f"level must be app or unit, not {safe_text(level, 40)}")

@@ -1,34 +1,34 @@
-"""The model's access map and the answer to "may A reach B", from the engine in ``access``.
+"""The model's access map and the answer to "may A reach B", from ``access.evaluation``.
 
-Pure: a :class:`access.Model` in, frozen dataclasses out; ``access_report`` lays them out.
+Pure: a :class:`access.model.Model` in, frozen dataclasses out; ``access.report`` lays them out.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from access import (
-    AuthzPolicy,
+from policies import holding_note
+
+from access.evaluation import decide
+from access.matching import http_parts
+from access.model import (
     Decision,
     Level,
     Model,
-    Operation,
     Request,
-    Rule,
-    Source,
     Verdict,
     Workload,
     attaches,
     bound_waypoint,
-    decide,
-    http_parts,
     on_mesh,
     principal,
     selects,
     split_principal,
     uses_beacon_waypoint,
 )
+from access.parsing import AuthzPolicy, Operation, Rule, Source
 
 ANYONE = "anyone"
 
@@ -112,11 +112,20 @@ class AppEnrolment:
 
 @dataclass(frozen=True)
 class RefusedRequest:
-    """A request the beacon did not apply."""
+    """A request the beacon did not apply.
+
+    Attributes:
+        app: the app that asked.
+        relation_id: its relation.
+        reason: why it is refused.
+        in_force: what stays in force meanwhile: its last accepted policies, or nothing (its
+            app is then open to anyone), in words.
+    """
 
     app: str
     relation_id: int
     reason: str
+    in_force: str = ""
 
 
 @dataclass(frozen=True)
@@ -372,7 +381,18 @@ def build_access_map(model: Model, app: str | None = None) -> AccessMap:
     foreign = [_foreign(model, attached, i) for i in indices if model.policies[i].foreign]
     owned = {p.name for p in model.policies if p.owned}
     missing = [r for r in model.requested if r.policy_name not in owned]
-    refused = [RefusedRequest(r.app, r.relation_id, r.reason) for r in model.refused]
+    # A refused request replaces nothing: what was applied for its relation stays (reconciler).
+    held: Counter[int] = Counter()
+    for policy in model.policies:
+        provenance = policy.provenance if policy.owned else None
+        if provenance is not None and provenance.relation_id is not None:
+            held[provenance.relation_id] += 0 if provenance.waypoint_access else 1
+    refused = [
+        RefusedRequest(r.app, r.relation_id, r.reason, holding_note(r.app, r.relation_id, held))
+        for r in model.refused
+    ]
+    holding = {r.relation_id for r in model.refused if held[r.relation_id]}
+    missing = [r for r in missing if r.relation_id not in holding]
     apps = [_enrolment(model, w) for w in model.workloads]
     if app is not None:
         grants = [g for g in grants if app in (g.source, g.target)]

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import juju_hook_tools
 import ops
 import pytest
 from ops.model import _ModelBackend
+from support import juju_hook_tools
 
 MODEL = "m"
 

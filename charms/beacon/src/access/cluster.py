@@ -1,7 +1,7 @@
 """Read what the access engine decides from: the model's Kubernetes objects and its requests.
 
 One list per kind (namespace, StatefulSets, Services, AuthorizationPolicies) and one read of the
-waypoint; everything else is pure (``access``, ``access_map``).
+waypoint; everything else in the package is pure.
 """
 
 from __future__ import annotations
@@ -9,29 +9,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from access import (
-    APP_NAME_LABEL,
-    Model,
-    Refused,
-    Requested,
-    Workload,
-    parse_policy,
-)
 from charms.istio_beacon_k8s.v0.service_mesh import (
     MissingCRDError,
     RelationRequest,
     authorization_policy_name,
 )
+from kube_names import (
+    APP_NAME_LABEL,
+    AUTHZ_CRD,
+    NAMESPACE_OWNER_LABEL,
+    USE_WAYPOINT_LABEL,
+    authorization_policy_resource,
+)
 from kubernetes_client import is_unserved_kind, status_code
 from lightkube import Client
-from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.core_v1 import Namespace, Service
-from namespace_labels import OWNER_LABEL, WAYPOINT_LABEL, owner_value
+from namespace_labels import owner_value
 from policies import WaypointBinding, build_policy_manifests, check_requests
 from waypoint import gateway_resource, waypoint_readiness
 
-_AUTHZ = ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies")
+from access.model import Model, Refused, Requested, Workload
+from access.parsing import parse_policy
 
 
 def _labels(item: Any) -> dict[str, str]:
@@ -145,7 +144,7 @@ def read_model(
         (item.metadata.name, _labels(item)) for item in api.list(Service, namespace=namespace)
     ]
     owner = owner_value(namespace, beacon_app)
-    resource = create_namespaced_resource(*_AUTHZ)
+    resource = authorization_policy_resource()
     try:
         manifests = [
             cast("dict[str, Any]", item.to_dict())
@@ -153,13 +152,11 @@ def read_model(
         ]
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
         if is_unserved_kind(error):
-            raise MissingCRDError(
-                "authorizationpolicies.security.istio.io", "deploy istio-k8s"
-            ) from error
+            raise MissingCRDError(AUTHZ_CRD, "deploy istio-k8s") from error
         raise
     namespace_bound = (
-        namespace_labels.get(OWNER_LABEL) == owner
-        and namespace_labels.get(WAYPOINT_LABEL) == waypoint
+        namespace_labels.get(NAMESPACE_OWNER_LABEL) == owner
+        and namespace_labels.get(USE_WAYPOINT_LABEL) == waypoint
     )
     binding = WaypointBinding(waypoint, namespace_bound=namespace_bound)
     requested, refused = requests_state(requests, namespace, dict(services), managing, binding)

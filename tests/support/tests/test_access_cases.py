@@ -11,8 +11,8 @@ import random
 from typing import Any
 
 import pytest
-from access import parse_policy
-from access_cases import (
+from access.parsing import parse_policy
+from support.access_cases import (
     CALLERS,
     Ask,
     Case,
@@ -137,7 +137,12 @@ class _ToolsThatAllowEverything:
 def test_the_tool_runs_count_requests_and_collect_disagreements():
     from contextlib import contextmanager
 
-    from access_cases import compare_with_envoy, compare_with_istiod, waypoint_cases, ztunnel_cases
+    from support.access_cases import (
+        compare_with_envoy,
+        compare_with_istiod,
+        waypoint_cases,
+        ztunnel_cases,
+    )
 
     tools = _ToolsThatAllowEverything()
 
