@@ -1,6 +1,7 @@
 """What the ``access-map`` and ``explain`` actions cost as related apps grow.
 
-A benchmark, not a test: it reports figures, and exits non-zero only when an action failed.
+A benchmark, not a test: it reports figures, and exits non-zero when an action failed or the
+reconcile before them did not make the expected AuthorizationPolicies (every request accepted).
 
 For N related apps of K app policies (3 endpoints each, the hook-cost workload), every consumer
 on the mesh with its StatefulSet, it runs one config-changed (the beacon creates the N x K
@@ -32,8 +33,10 @@ from workload import (
     Subject,
     beacon_subject,
     build_state,
+    check_outcome,
     consumer_app,
     juju_objects,
+    source_app,
 )
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -107,20 +110,23 @@ def open_backend(use_fake: bool) -> tuple[KubeBackend, str]:
     return RealBackend(folder), f"real kube-apiserver from {folder}"
 
 
-ACTIONS: list[tuple[str, str, dict[str, Any]]] = [
-    ("access-map table", "access-map", {}),
-    ("access-map json", "access-map", {"format": "json"}),
-    ("access-map mermaid", "access-map", {"format": "mermaid"}),
-    ("access-map app=", "access-map", {"app": "app-000"}),
-    (
-        "explain (allowed)",
-        "explain",
-        {"source": "client-0", "target": "app-000", "port": 8080, "method": "GET",
-         "path": "/v0/api-0/x"},
-    ),
-    ("explain (nearest miss)", "explain", {"source": "client-0", "target": "app-199",
-                                          "port": 9999, "method": "GET", "path": "/x"}),
-]  # fmt: skip
+def actions(apps: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """The actions to time: (row name, action, params), for a model of ``apps`` consumers."""
+    first, last, source = consumer_app(0), consumer_app(apps - 1), source_app(0)
+    return [
+        ("access-map table", "access-map", {}),
+        ("access-map json", "access-map", {"format": "json"}),
+        ("access-map mermaid", "access-map", {"format": "mermaid"}),
+        ("access-map app=", "access-map", {"app": first}),
+        (
+            "explain (allowed)",
+            "explain",
+            {"source": source, "target": first, "port": 8080, "method": "GET",
+             "path": "/v0/api-0/x"},
+        ),
+        ("explain (nearest miss)", "explain", {"source": source, "target": last,
+                                              "port": 9999, "method": "GET", "path": "/x"}),
+    ]  # fmt: skip
 
 
 def measure_actions(
@@ -142,9 +148,12 @@ def measure_actions(
     state = ctx.run(
         ctx.on.config_changed(), build_state(subject, namespace, args.apps, args.policies)
     )
+    error = check_outcome(subject, state, args.apps, args.policies, first=True)
+    if error is not None:
+        raise SystemExit(f"access bench: FAILED: the reconcile did not do its work: {error}")
     rows: dict[str, dict[str, Any]] = {}
     failed = False
-    for name, action, params in ACTIONS:
+    for name, action, params in actions(args.apps):
         before = backend.snapshot()
 
         def run(action: str = action, params: dict[str, Any] = params) -> None:
@@ -165,7 +174,9 @@ def measure_actions(
         lambda: format_map(build_access_map(model), "table"), args.repeat
     )
     rows["engine only: one verdict"] = _measure(
-        lambda: explain(model, "client-0", "app-199", 9999, method="GET", path="/x"),
+        lambda: explain(
+            model, source_app(0), consumer_app(args.apps - 1), 9999, method="GET", path="/x"
+        ),
         args.repeat,
     )
     return rows, len(model.policies), failed

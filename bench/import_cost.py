@@ -5,6 +5,12 @@ declarations cost to build) is paid on every hook of every consumer charm. Each 
 ``python -c "import ops"`` and ``python -c "import ops; <import the library; build declarations>"``
 in alternating order, and measures each child's user + system CPU time with ``os.wait4``.
 
+A hook of the beacon starts with ``import charm`` (``charms/beacon/src/charm.py``): that is
+measured too, in a hook's environment (``JUJU_UNIT_NAME``, ``JUJU_CHARM_DIR``), unrelated and
+related over ``charm-tracing``, against ``import ops`` with ``ops_tracing`` blocked: what ops
+costs a charm without tracing (with ``ops-tracing`` installed, ``import ops`` imports it, see
+charms/beacon/src/tracing_gate.py).
+
 Byte code is cached in a private folder (``PYTHONPYCACHEPREFIX``) after one unmeasured warm-up of
 each command, as it is on a unit after the first hook: the figures are for a warm cache.
 """
@@ -35,6 +41,9 @@ policies = [
 ]
 assert ServiceMeshConsumer is not None
 """
+#: ``import ops`` as a charm without ops-tracing pays it.
+OPS_WITHOUT_TRACING = "import sys; sys.modules['ops_tracing'] = None; import ops"
+CHARM = "import charm"
 
 
 @dataclass(frozen=True)
@@ -47,11 +56,20 @@ class ImportCost:
     ops_only_samples: list[float]
     ops_and_library_samples: list[float]
     lightkube_imported: bool
+    ops_without_tracing_s: float = float("nan")
+    charm_s: float = float("nan")
+    charm_traced_s: float = float("nan")
+    charm_modules: tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float:
         """Library process over ``import ops`` process."""
         return self.ops_and_library_s / self.ops_only_s
+
+    @property
+    def charm_ratio(self) -> float:
+        """A beacon hook's start (unrelated to tracing) over ``import ops`` without tracing."""
+        return self.charm_s / self.ops_without_tracing_s
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready figures."""
@@ -63,7 +81,16 @@ class ImportCost:
             "lightkube_imported_by_library": self.lightkube_imported,
             "ops_only_samples_s": self.ops_only_samples,
             "ops_and_library_samples_s": self.ops_and_library_samples,
+            "ops_without_tracing_cpu_s": self.ops_without_tracing_s,
+            "charm_cpu_s": self.charm_s,
+            "charm_ratio": self.charm_ratio,
+            "charm_related_to_tracing_cpu_s": self.charm_traced_s,
+            "heavy_modules_charm_imports": list(self.charm_modules),
         }
+
+
+#: Packages worth naming when a hook's start imports them.
+HEAVY = ("ops_tracing", "opentelemetry.sdk", "pydantic", "lightkube", "httpx2", "httpx", "cosl")
 
 
 def _child_cpu(code: str, env: dict[str, str]) -> float:
@@ -75,8 +102,13 @@ def _child_cpu(code: str, env: dict[str, str]) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_import_cost(lib_dir: Path, pairs: int = 30) -> ImportCost:
-    """Run ``pairs`` alternating pairs of fresh processes and return the medians."""
+def measure_import_cost(
+    lib_dir: Path, pairs: int = 30, charm_src: Path | None = None
+) -> ImportCost:
+    """Run ``pairs`` alternating pairs of fresh processes and return the medians.
+
+    With ``charm_src``, also time the beacon's hook start (``import charm`` from there).
+    """
     with tempfile.TemporaryDirectory(prefix="bench-pycache-") as cache:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPATH"] = str(lib_dir)
@@ -95,6 +127,8 @@ def measure_import_cost(lib_dir: Path, pairs: int = 30) -> ImportCost:
                 order.reverse()
             for code, samples in order:
                 samples.append(_child_cpu(code, env))
+        charm = _charm_start(env, charm_src, pairs) if charm_src else None
+    nan = float("nan")
     return ImportCost(
         pairs=pairs,
         ops_only_s=statistics.median(baseline),
@@ -102,4 +136,53 @@ def measure_import_cost(lib_dir: Path, pairs: int = 30) -> ImportCost:
         ops_only_samples=baseline,
         ops_and_library_samples=library,
         lightkube_imported=lightkube_imported,
+        ops_without_tracing_s=charm.ops_s if charm else nan,
+        charm_s=charm.charm_s if charm else nan,
+        charm_traced_s=charm.traced_s if charm else nan,
+        charm_modules=charm.modules if charm else (),
+    )
+
+
+@dataclass(frozen=True)
+class _CharmStart:
+    ops_s: float
+    charm_s: float
+    traced_s: float
+    modules: tuple[str, ...]
+
+
+def _charm_start(env: dict[str, str], charm_src: Path, pairs: int) -> _CharmStart:
+    """Medians of ``import charm`` (unrelated, related to tracing) and ops without tracing."""
+    with tempfile.TemporaryDirectory(prefix="bench-charm-dir-") as charm_dir:
+        hook = {
+            **env,
+            "PYTHONPATH": os.pathsep.join([str(charm_src), env["PYTHONPATH"]]),
+            "JUJU_UNIT_NAME": "beacon/0",
+            "JUJU_CHARM_DIR": charm_dir,
+        }
+        traced_dir = Path(charm_dir) / "traced"
+        traced_dir.mkdir()
+        (traced_dir / ".charm-tracing-related").write_text("related\n")
+        traced = {**hook, "JUJU_CHARM_DIR": str(traced_dir)}
+        commands = [(OPS_WITHOUT_TRACING, hook), (CHARM, hook), (CHARM, traced)]
+        for code, code_env in commands:  # warm the byte-code cache, unmeasured
+            _child_cpu(code, code_env)
+        probe = (
+            CHARM + f"\nimport sys; print(' '.join(m for m in {HEAVY!r} if sys.modules.get(m)))"
+        )
+        modules = subprocess.run(
+            [sys.executable, "-c", probe], env=hook, check=True, capture_output=True, text=True
+        ).stdout.split()
+        samples: list[list[float]] = [[], [], []]
+        for i in range(pairs):
+            order = list(zip(commands, samples, strict=True))
+            if i % 2:
+                order.reverse()
+            for (code, code_env), into in order:
+                into.append(_child_cpu(code, code_env))
+    return _CharmStart(
+        ops_s=statistics.median(samples[0]),
+        charm_s=statistics.median(samples[1]),
+        traced_s=statistics.median(samples[2]),
+        modules=tuple(modules),
     )

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from lightkube import codecs
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import DeploymentStatus
+from lightkube.types import PatchType
 from support.fake_kube import FakeKubeServer
 from support.kube_server import BUILD_SCRIPT, WRITE_VERBS, KubeServer, RequestKey, ensure_namespace
 
@@ -66,9 +69,52 @@ class KubeBackend(Protocol):
         """Requests since ``snapshot``, by (verb, resource); verbs named as the apiserver does."""
         ...
 
+    def play_istio(self, namespace: str) -> None:
+        """Do what istiod does with each Gateway of ``namespace``: see `istio_status`."""
+        ...
+
     def close(self) -> None:
         """Stop the server."""
         ...
+
+
+_GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+
+def istio_status(gateway: dict[str, Any]) -> dict[str, Any]:
+    """The status istiod gives a waypoint Gateway it has programmed (for its generation)."""
+    generation = gateway.get("metadata", {}).get("generation", 1)
+    condition = {
+        "type": "Programmed",
+        "status": "True",
+        "reason": "Programmed",
+        "message": "Resource programmed, assigned to service(s)",
+        "observedGeneration": generation,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    return {"conditions": [condition], "addresses": [{"type": "IPAddress", "value": "10.96.0.7"}]}
+
+
+def waypoint_deployment(name: str, namespace: str) -> dict[str, Any]:
+    """The Deployment istiod makes for waypoint ``name``, one replica, ready."""
+    selector = {_GATEWAY_NAME_LABEL: name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": selector},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": selector},
+                "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2"}]},
+            },
+        },
+        "status": {"replicas": 1, "readyReplicas": 1},
+    }
+
+
+_GATEWAY = create_namespaced_resource("gateway.networking.k8s.io", "v1", "Gateway", "gateways")
 
 
 def real_tier_folder() -> tuple[Path | None, str]:
@@ -144,6 +190,29 @@ class RealBackend:
             result[key.verb, resource] += value
         return result
 
+    def play_istio(self, namespace: str) -> None:
+        """Program each Gateway of ``namespace`` and make its ready Deployment, as istiod does."""
+        for gateway in self._admin.list(_GATEWAY, namespace=namespace):
+            body = gateway.to_dict()
+            name = body["metadata"]["name"]
+            self._admin.patch(
+                _GATEWAY.Status,
+                name,
+                {"status": istio_status(body)},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
+            deployment = waypoint_deployment(name, namespace)
+            status = deployment.pop("status")
+            self._admin.create(codecs.from_dict(deployment))
+            self._admin.patch(
+                DeploymentStatus,
+                name,
+                {"status": status},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
+
     def requests_since(self, snapshot: object) -> Counter[tuple[str, str]]:
         """Requests since ``snapshot``, by (verb, resource)."""
         before = cast("Counter[tuple[str, str]]", snapshot)
@@ -174,6 +243,13 @@ class FakeBackend:
         """Create objects as Juju would (field manager ``juju``)."""
         for obj in objects:
             self._kube.put(obj, field_manager="juju")
+
+    def play_istio(self, namespace: str) -> None:
+        """Program each Gateway of ``namespace`` and make its ready Deployment, as istiod does."""
+        for gateway in self._kube.list("gateways", namespace):
+            self._kube.put({**gateway, "status": istio_status(gateway)})
+            name = gateway["metadata"]["name"]
+            self._kube.put(waypoint_deployment(name, namespace), field_manager="istiod")
 
     def snapshot(self) -> object:
         """How many requests the fake has recorded."""

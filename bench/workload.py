@@ -1,13 +1,14 @@
 """The benchmarked charms, and the model they run in: N related consumer apps, K policies each.
 
-Each consumer app ``app-NNN`` is related to the provider over ``service-mesh`` and requests K app
-policies (from ``client-k`` to itself), each with 3 endpoints, exactly as the library's consumer
+Each consumer app ``appNNN`` is related to the provider over ``service-mesh`` and requests K app
+policies (from ``clientK`` to itself), each with 3 endpoints, exactly as the library's consumer
 writes them. Juju's own Kubernetes objects (the provider's StatefulSet and Service, each
 consumer's Service) are created in the model's namespace before the first hook.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import sys
@@ -28,6 +29,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     ServiceMeshProvider,
 )
 from lightkube import Client
+from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 from ops import testing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +48,8 @@ class Subject:
         app_name: the provider's app name.
         peers: the peer endpoint to add to the state, if the charm declares one.
         containers: the workload containers the charm declares (in the state, not connectable).
+        expected_policies: how many AuthorizationPolicies the charm must have made in the model
+            for N related apps of K app policies each, every request accepted.
     """
 
     name: str
@@ -54,6 +58,7 @@ class Subject:
     app_name: str
     peers: str | None
     containers: tuple[str, ...] = ()
+    expected_policies: Callable[[int, int], int] = lambda apps, per_app: apps * per_app
 
 
 def beacon_subject() -> Subject | None:
@@ -101,6 +106,9 @@ def beacon_subject() -> Subject | None:
         app_name="beacon",
         peers=peers,
         containers=tuple(charmcraft.get("containers", {})),
+        # One AuthorizationPolicy per accepted app policy, and one per related app that lets
+        # the waypoint reach it (the waypoint's hop).
+        expected_policies=lambda apps, per_app: apps * (per_app + 1),
     )
 
 
@@ -155,20 +163,34 @@ def null_context(subject: Subject) -> testing.Context[ops.CharmBase]:
     }
     if subject.peers:
         meta["peers"] = {subject.peers: {"interface": "null_peers"}}
+    if subject.containers:
+        meta["containers"] = {name: {} for name in subject.containers}
     return testing.Context(NullCharm, meta=meta, app_name=subject.app_name)
 
 
 def consumer_app(index: int) -> str:
-    """The name of consumer app number ``index``."""
-    return f"app-{index:03d}"
+    """The name of consumer app number ``index``: ``app007``.
+
+    A valid Juju application name: every dash-separated part must hold a letter, so ``app-007``
+    would be refused by the beacon (and the benchmark would measure the refusal path).
+    """
+    return f"app{index:03d}"
 
 
-def consumer_policies(app: str, namespace: str, per_app: int) -> str:
-    """The ``policies`` value consumer ``app`` writes: ``per_app`` app policies, 3 endpoints."""
+def source_app(index: int) -> str:
+    """The name of the source app of policy number ``index`` of each consumer: ``client0``."""
+    return f"client{index}"
+
+
+def consumer_policies(app: str, namespace: str, per_app: int, revision: int = 0) -> str:
+    """The ``policies`` value consumer ``app`` writes: ``per_app`` app policies, 3 endpoints.
+
+    Another ``revision`` changes every path: what a consumer writes when its API changed.
+    """
     policies = [
         MeshPolicy(
             source_namespace=namespace,
-            source_app_name=f"client-{k}",
+            source_app_name=source_app(k),
             target_namespace=namespace,
             target_app_name=app,
             target_type=PolicyTargetType.app,
@@ -176,7 +198,7 @@ def consumer_policies(app: str, namespace: str, per_app: int) -> str:
                 Endpoint(
                     ports=[8080 + e],
                     methods=[Method.get, Method.post],
-                    paths=[f"/v{k}/api-{e}/*"],
+                    paths=[f"/v{k}/api-{e}/*" if not revision else f"/r{revision}/v{k}/api-{e}/*"],
                 )
                 for e in range(ENDPOINTS_PER_POLICY)
             ],
@@ -250,3 +272,43 @@ def juju_objects(provider_app: str, namespace: str, apps: int) -> list[dict[str,
         service(provider_app),
         *(service(consumer_app(i)) for i in range(apps)),
     ]
+
+
+#: The only status the first hook of a fresh model may end in besides active: Istio has not yet
+#: programmed the waypoint Gateway that hook created (the benchmark then does istiod's part).
+WAITING_FOR_WAYPOINT = "waiting for the waypoint: "
+
+
+def check_outcome(
+    subject: Subject, state: testing.State, apps: int, per_app: int, *, first: bool = False
+) -> str | None:
+    """Why the hook that produced ``state`` did not do its job, or ``None`` when it did.
+
+    The charm must end active (a refused request blocks the beacon; on a ``first`` hook, waiting
+    for the waypoint that Istio has yet to program is also fine) with exactly
+    ``subject.expected_policies(apps, per_app)`` AuthorizationPolicies in the model's namespace,
+    read from the API server of ``$KUBECONFIG``. Figures of a hook that refused its requests
+    measure the refusal path, not the work: the benchmark fails on them.
+    """
+    status = state.unit_status
+    waiting_for_waypoint = (
+        first
+        and isinstance(status, testing.WaitingStatus)
+        and status.message.startswith(WAITING_FOR_WAYPOINT)
+    )
+    if not isinstance(status, testing.ActiveStatus) and not waiting_for_waypoint:
+        return f"unit status is {status.name}: {status.message!r}, not active"
+    client = Client(namespace=state.model.name, field_manager="bench")
+    policies = len(list(client.list(authorization_policy(), namespace=state.model.name)))
+    wanted = subject.expected_policies(apps, per_app)
+    if policies != wanted:
+        return f"{policies} AuthorizationPolicies in the model, expected {wanted}"
+    return None
+
+
+@functools.cache
+def authorization_policy() -> type[GenericNamespacedResource]:
+    """Lightkube's generic resource for Istio's AuthorizationPolicy."""
+    return create_namespaced_resource(
+        "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
+    )

@@ -12,7 +12,7 @@
 # Usage:  scripts/pack.sh [beacon|tester ...]      (default: both)
 #         tox -e pack runs it through tools/charmcraft/env.sh once per base, which installs the
 #         pinned charmcraft and packs that base's platform without LXD on this host
-#         (docs/dispatch-tier.md).
+#         (docs/contributing/dispatch-tier.md).
 # Env:    CHARMCRAFT_PACK_ARGS  extra arguments for `charmcraft pack`, e.g. --destructive-mode
 #         PACK_PLATFORM         pack only this platform (env.sh sets it); default: every platform
 #                               charmcraft can build here (with LXD: both)

@@ -3,11 +3,12 @@
 #
 # Usage: bash scripts/quickstart.sh [-h|--help]
 #
-# Supported: Ubuntu 22.04 and 24.04 only (checked first). Runs as root, or as a user with sudo.
+# Supported: Ubuntu 22.04 and 24.04 only (checked first). Runs as root, or as a user with sudo
+# (not through sudo: it calls sudo itself where it needs root, and refuses `sudo bash ...`).
 # Needs about 8 GB of free memory and 20 GB of disk.
 #
-# 1. installs concierge and prepares MicroK8s + a Juju 3.6 controller (`concierge prepare -p microk8s`),
-#    unless a Juju controller is already reachable;
+# 1. installs concierge and prepares MicroK8s 1.32 + a Juju 3.6 controller (`concierge prepare -p
+#    microk8s`), unless a Juju controller is already reachable;
 # 2. deploys istio-k8s (ambient mode) in its own model;
 # 3. packs the beacon and the tester charms (scripts/pack.sh), unless BEACON_CHARM_PATH and
 #    TESTER_CHARM_PATH name packed charms already;
@@ -16,13 +17,15 @@
 #    and `stranger`, related to nothing, not even the beacon (on the mesh only with the beacon's
 #    model-on-mesh);
 # 5. sends real requests with the tester's `probe` action and prints what was allowed and denied
-#    (docs/traffic-matrix.md says why); exits 1 if the traffic still differs after three minutes.
+#    (docs/traffic-matrix.md says why); exits 1 if the traffic still differs after three minutes,
+#    or if any expected row did not come back.
 #
 # Every model it uses gets automatically-retry-hooks=true (concierge's MicroK8s preset turns it off,
 # and the charms' hooks restart their own pod, so a hook may fail once and must be retried).
 # Re-running is safe: what exists is kept, and the table is printed again.
 # Env:   QUICKSTART_MODEL (mesh-demo), ISTIO_MODEL (istio-system), ISTIO_K8S_CHANNEL (2/edge),
-#        JUJU_CHANNEL (3.6/stable), BEACON_CHARM_PATH, TESTER_CHARM_PATH.
+#        JUJU_CHANNEL (3.6/stable), MICROK8S_CHANNEL (1.32-strict/stable), BEACON_CHARM_PATH,
+#        TESTER_CHARM_PATH.
 # Clean up: juju destroy-model mesh-demo --no-prompt --destroy-storage
 #           juju destroy-model istio-system --no-prompt --destroy-storage
 set -euo pipefail
@@ -65,6 +68,15 @@ prepare MicroK8s and a Juju 3.6 controller yourself (docs/integration.md); the t
 Juju run anywhere: scripts/test.sh."
 fi
 
+# Under sudo, concierge prepares Juju for the user who ran sudo ($SUDO_USER), not for root, so
+# every juju command below (run as root) would find no controller: run as that user instead.
+if [[ "$(id -u)" -eq 0 && -n "${SUDO_USER:-}" && "$SUDO_USER" != root ]]; then
+    die "do not run this script through sudo: concierge would prepare Juju for $SUDO_USER, and the
+script's juju commands, as root, would not find it. Run it as $SUDO_USER, without sudo (it uses
+sudo itself for the steps that need root):
+    bash $(printf '%q' "${BASH_SOURCE[0]}")"
+fi
+
 # Root runs the privileged steps itself; anyone else through sudo.
 as_root() {
     if [[ $EUID -eq 0 ]]; then
@@ -81,6 +93,8 @@ MODEL=${QUICKSTART_MODEL:-mesh-demo}
 ISTIO_MODEL=${ISTIO_MODEL:-istio-system}
 ISTIO_CHANNEL=${ISTIO_K8S_CHANNEL:-2/edge}
 JUJU_CHANNEL=${JUJU_CHANNEL:-3.6/stable}
+# Kubernetes 1.32: supported by the istioctl that istio-k8s 2/edge runs (docs/integration.md).
+MICROK8S_CHANNEL=${MICROK8S_CHANNEL:-1.32-strict/stable}
 TESTERS=(receiver sender stranger)
 MESH_MEMBERS=(receiver sender) # related to the beacon; stranger is related to nothing
 
@@ -93,7 +107,8 @@ if command -v juju >/dev/null && juju show-controller >/dev/null 2>&1; then
 else
     command -v snap >/dev/null || die "snapd is needed (apt-get install snapd, as root)"
     as_root snap install concierge --classic
-    as_root concierge prepare -p microk8s --juju-channel="$JUJU_CHANNEL"
+    as_root concierge prepare -p microk8s --juju-channel="$JUJU_CHANNEL" \
+        --microk8s-channel="$MICROK8S_CHANNEL"
     juju show-controller >/dev/null || die "concierge finished but no Juju controller is reachable"
 fi
 
@@ -110,9 +125,9 @@ integrate() { # model endpoint endpoint; an existing relation is fine
         grep -q "already exists" <<<"$out" || die "juju integrate $2 $3: $out"
     fi
 }
-use_model() { # model: add it unless it exists; let Juju retry failed hooks there
+use_model() { # model [key=value...]: add it unless it exists; let Juju retry failed hooks there
     model_exists "$1" || juju add-model "$1" --no-switch
-    juju model-config -m "$1" automatically-retry-hooks=true
+    juju model-config -m "$1" automatically-retry-hooks=true "${@:2}"
 }
 wait_active() { # model timeout: an error that Juju's retry clears is waited out, not fatal
     if ! juju wait-for model "$1" --timeout="$2" \
@@ -157,7 +172,8 @@ RESOURCE=$(sed -n 's/^[[:space:]]*resource:[[:space:]]*//p' "$ROOT/charms/tester
 
 # --- 4. Beacon and testers ---------------------------------------------------------------------
 step "Deploying the beacon and three testers in model $MODEL"
-use_model "$MODEL"
+# The beacon notices the waypoint ready on its next hook: update-status, every minute here.
+use_model "$MODEL" update-status-hook-interval=1m
 BEACON_IMAGE=$(sed -n 's/^[[:space:]]*upstream-source:[[:space:]]*//p' "$ROOT/charms/beacon/charmcraft.yaml" | head -n 1)
 BEACON_RESOURCE=$(sed -n 's/^[[:space:]]*resource:[[:space:]]*//p' "$ROOT/charms/beacon/charmcraft.yaml" | head -n 1)
 [[ -n "$BEACON_IMAGE" && -n "$BEACON_RESOURCE" ]] || die "cannot read the beacon's resource from its charmcraft.yaml"
@@ -210,9 +226,10 @@ rows = [line.rstrip("\n").split("|") for line in sys.stdin if line.startswith(un
 requests = [{"url": url, "method": method, "timeout": 5} for _, method, url, _ in rows]
 # a YAML block scalar keeps the JSON a string (juju parses action params as YAML)
 print("requests: |\n  " + json.dumps(requests))
-' "$unit" >"$SCRATCH/params.yaml"
+' "$unit" >"$SCRATCH/params.yaml" || return 1
+        # Inside `until`, errexit is off: a failed step must end the attempt itself.
         juju run -m "$MODEL" "$unit" probe --params "$SCRATCH/params.yaml" --format json \
-            --wait 2m >"$SCRATCH/result.json"
+            --wait 2m >"$SCRATCH/result.json" || return 1
         printf '%s\n' "${CASES[@]}" | python3 -c '
 import json, sys
 unit, path = sys.argv[1], sys.argv[2]
@@ -221,36 +238,13 @@ task = next(iter(json.load(open(path)).values()))
 results = json.loads(task["results"]["results"])
 for (u, method, url, expected), result in zip(rows, results):
     print("|".join([u, method, url, expected, result["outcome"], str(result.get("status"))]))
-' "$unit" "$SCRATCH/result.json" >>"$SCRATCH/observed"
+' "$unit" "$SCRATCH/result.json" >>"$SCRATCH/observed" || return 1
     done
 }
 
-report() { # prints the table; exit status 0 when every row matched
-    python3 - "$SCRATCH/observed" <<'EOF'
-import sys
-
-rows = [line.rstrip("\n").split("|") for line in open(sys.argv[1]) if line.strip()]
-def verdict(outcome, status):
-    if outcome == "response":
-        return {"200": "allowed (200)", "403": "denied by the waypoint (403)"}.get(status, f"HTTP {status}")
-    if outcome in ("refused", "reset"):
-        return f"denied by ztunnel ({outcome})"
-    return outcome
-def matches(expected, outcome, status):
-    if expected == "denied":
-        return outcome in ("refused", "reset")
-    return outcome == "response" and status == expected
-mismatches = 0
-print(f"{'from':<11} {'request':<82} {'observed':<34} expected")
-for unit, method, url, expected, outcome, status in rows:
-    ok = matches(expected, outcome, status)
-    mismatches += not ok
-    want = "denied (refused/reset)" if expected == "denied" else expected
-    print(f"{unit:<11} {method + ' ' + url:<82} {verdict(outcome, status):<34} {want}{'' if ok else '   <-- differs'}")
-print()
-print("every request behaved as expected" if not mismatches else f"{mismatches} request(s) differ from the expectation")
-sys.exit(1 if mismatches else 0)
-EOF
+report() { # prints the table; exit status 0 only when every expected row came back and matched
+    printf '%s\n' "${CASES[@]}" >"$SCRATCH/cases"
+    python3 "$ROOT/scripts/quickstart_report.py" "$SCRATCH/cases" "$SCRATCH/observed"
 }
 
 # Labels and policies take effect asynchronously (pods restart when they join the mesh): retry

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test tier that works without Juju: lint, static, unit, the real kube-apiserver tier
-# (building etcd and kube-apiserver on first use) and the collection of the integration tests.
-# Needs python3 (3.11), Python 3.10 and 3.12 (on PATH, or installed by pyenv or uv: found even
-# when those tools are not on PATH) and, for the kube tier, Go; installs the rest (pinned) into .venv.
+# Runs every test tier that works without Juju (`tox -m test`, as CI does): lint, static, unit on
+# three Pythons, the harness's self-tests, the real kube-apiserver tier, Istio's verdict and real
+# Envoy, the collection of the integration tests, packing and `charmcraft analyse`, the packed
+# charms through their dispatch, and the local demo. CONTRIBUTING.md lists the tiers.
+# Needs: root (the dispatch and demo tiers run hooks in mount and network namespaces; packing
+# installs apt packages on a host other than Ubuntu 24.04), python3 (3.11), Python 3.10 and 3.12
+# (on PATH, or installed by pyenv or uv: found even when those tools are not on PATH), Go 1.26 and
+# Node (pyright); installs the rest (pinned) into .venv. A cold first run builds etcd,
+# kube-apiserver and tools/istio-check and packs both charms: about 40-50 minutes on a 2-core
+# machine (an estimate); later runs reuse the caches in ~/.cache/service-mesh-beacon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}

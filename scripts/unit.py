@@ -42,7 +42,7 @@ class Suite:
 
 SUITES = (
     Suite("lib"),
-    Suite("beacon", ("charms/beacon/src",)),
+    Suite("beacon", ("charms/beacon/src", "bench")),
     Suite("tester", ("charms/tester/src",)),
     # The integration tier's helpers (tests/integration), tested without Juju; not shipped code.
     Suite("integration_helpers", ("tests/integration", "charms/beacon/src"), covered=False),
@@ -65,7 +65,7 @@ def suite_of(argument: str) -> Suite | None:
 
 def main(argv: list[str]) -> int:
     """Run the chosen suites; the exit code is the first failure's, else 0."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--coverage", action="store_true", help="measure branch coverage")
     parser.add_argument(
         "--suites",

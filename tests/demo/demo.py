@@ -415,8 +415,16 @@ def probe_all(units: dict[str, JujuModel], progress: Progress) -> list[Observed]
     return rows
 
 
-def run(workdir: Path, progress: Progress) -> DemoResult:
-    """Run the whole demo in ``workdir`` and return what it saw (everything is stopped after)."""
+Inspect = Callable[[JujuModel, JujuModel], None]
+"""Called with both models once the demo has run, before anything is stopped."""
+
+
+def run(workdir: Path, progress: Progress, inspect: Inspect | None = None) -> DemoResult:
+    """Run the whole demo in ``workdir`` and return what it saw (everything is stopped after).
+
+    ``inspect`` (a test's) sees the two models, and through them the API server, as the demo
+    left them.
+    """
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         processes = Processes()
@@ -448,6 +456,9 @@ def run(workdir: Path, progress: Progress) -> DemoResult:
         if access.status != "completed":
             raise DemoError(f"access-map failed:\n{access.describe()}")
         explanation = _explain(model, beacon, EXPLAINED)
+        if inspect is not None:
+            progress("inspecting what the charms left on the API server")
+            inspect(model, other)
         progress("stopping everything")
     return DemoResult(
         rows=rows,

@@ -105,11 +105,11 @@ def istio(request: pytest.FixtureRequest, controller: str) -> Iterator[jubilant.
     juju = jubilant.Juju(model=ISTIO_MODEL, wait_timeout=mesh_deploy.DEPLOY_TIMEOUT)
     created = ISTIO_MODEL not in existing
     if created:
-        juju.add_model(ISTIO_MODEL, config=mesh_deploy.MODEL_CONFIG)
+        juju.add_model(ISTIO_MODEL, config=mesh_deploy.ISTIO_MODEL_CONFIG)
     else:
         # A reused model keeps whatever concierge's preset gave it: say explicitly what we need.
-        juju.model_config(mesh_deploy.MODEL_CONFIG)
+        juju.model_config(mesh_deploy.ISTIO_MODEL_CONFIG)
     mesh_deploy.deploy_istio(juju)
     yield juju
     if created and not _keep_models(request.config):
-        juju.destroy_model(ISTIO_MODEL, destroy_storage=True, force=True, timeout=10 * 60)
+        mesh_deploy.destroy_model(juju, ISTIO_MODEL)

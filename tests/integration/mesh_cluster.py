@@ -37,6 +37,8 @@ MANAGED_BY = "charms.canonical.com/service-mesh.managed-by"
 """Ownership label on the beacon's Gateway, HPA and AuthorizationPolicies: `<model>.<app>`."""
 REQUESTED_BY = "charms.canonical.com/service-mesh.requested-by"
 """Label on an AuthorizationPolicy naming the app whose request it implements."""
+WAYPOINT_ACCESS_FOR = "charms.canonical.com/service-mesh.waypoint-access-for"
+"""Annotation on the beacon's own `<app>-from-waypoint` policy (the waypoint's hop to `<app>`)."""
 MESH_LABEL_KEYS = (DATAPLANE_MODE, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE)
 MODEL_OPERATOR_SELECTOR = {"juju-modeloperator": "modeloperator"}
 """The model operator's pod labels in models of older Juju only (see model_operator_selector)."""
@@ -345,3 +347,69 @@ def model_operator_endpoint(client: lightkube.Client, namespace: str) -> tuple[s
     ports = (service.spec.ports if service.spec else None) or []
     assert ports, f"the {MODEL_OPERATOR_SERVICE} Service in {namespace} has no port"
     return MODEL_OPERATOR_SERVICE, int(ports[0].port)
+
+
+ISTIOD = "istiod"
+"""The Deployment of Istio's control plane, in istio-k8s's model."""
+AUTO_ALLOW_WAYPOINT_ENV = "PILOT_AUTO_ALLOW_WAYPOINT_POLICY"
+"""istiod's environment variable behind istio-k8s's `auto-allow-waypoint-policy`."""
+
+
+def hardened_mode_policies(istio_app: str, namespace: str) -> tuple[str, str]:
+    """The two allow-nothing policies istio-k8s creates in its namespace for `hardened-mode`."""
+    prefix = f"{istio_app}-{namespace}-policy-global-allow-nothing"
+    return f"{prefix}-ztunnel", f"{prefix}-waypoint"
+
+
+def container_env(deployment: Deployment) -> dict[str, str]:
+    """The literal environment variables of every container of a Deployment's pod template."""
+    env: dict[str, str] = {}
+    spec = deployment.spec
+    pod = spec.template.spec if spec else None
+    for container in (pod.containers if pod else None) or []:
+        for variable in container.env or []:
+            if variable.value is not None:
+                env[variable.name] = variable.value
+    return env
+
+
+def rollout_problem(deployment: Deployment) -> str | None:
+    """What keeps a Deployment from running its current template everywhere, or None."""
+    metadata, spec, status = deployment.metadata, deployment.spec, deployment.status
+    generation = metadata.generation if metadata else None
+    wanted = (spec.replicas if spec else None) or 1
+    if status is None or status.observedGeneration != generation:
+        observed = status.observedGeneration if status else None
+        return f"generation {generation} not observed yet (observed {observed})"
+    counts = (status.replicas or 0, status.updatedReplicas or 0, status.readyReplicas or 0)
+    if counts != (wanted, wanted, wanted):
+        return f"replicas/updated/ready {counts}, want {wanted} of each"
+    return None
+
+
+def assert_istio_settings(
+    client: lightkube.Client,
+    namespace: str,
+    istio_app: str,
+    *,
+    hardened_mode: bool,
+    auto_allow_waypoint_policy: bool,
+) -> None:
+    """Assert that istio-k8s's `hardened-mode` and `auto-allow-waypoint-policy` are in force.
+
+    istio-k8s can be active before what it configured is: `hardened-mode` is in force once its
+    two allow-nothing policies exist (and gone once they are), `auto-allow-waypoint-policy` once
+    istiod runs, rolled out, with `PILOT_AUTO_ALLOW_WAYPOINT_POLICY=true` (or without it).
+    """
+    names = hardened_mode_policies(istio_app, namespace)
+    present = [n for n in names if get_or_none(client, AuthorizationPolicy, n, namespace)]
+    wanted = list(names) if hardened_mode else []
+    assert present == wanted, f"hardened-mode={hardened_mode}: allow-nothing policies {present}"
+    istiod = client.get(Deployment, ISTIOD, namespace=namespace)
+    enabled = container_env(istiod).get(AUTO_ALLOW_WAYPOINT_ENV) == "true"
+    assert enabled == auto_allow_waypoint_policy, (
+        f"auto-allow-waypoint-policy={auto_allow_waypoint_policy}: istiod has "
+        f"{AUTO_ALLOW_WAYPOINT_ENV}={container_env(istiod).get(AUTO_ALLOW_WAYPOINT_ENV)!r}"
+    )
+    problem = rollout_problem(istiod)
+    assert problem is None, f"{ISTIOD} not rolled out: {problem}"

@@ -42,10 +42,25 @@ SETTLE_TIMEOUT = 10 * 60.0
 ERROR_GRACE = 5 * 60.0
 """Seconds an app or unit may stay in error before a wait fails (see `PersistentError`)."""
 
-MODEL_CONFIG: dict[str, jubilant.ConfigValue] = {"automatically-retry-hooks": True}
+ISTIO_MODEL_CONFIG: dict[str, jubilant.ConfigValue] = {"automatically-retry-hooks": True}
 """Set on every model the tests use. Juju's default is true, but concierge's MicroK8s preset sets
 the model default to false; both charms patch their own StatefulSet inside a hook, which restarts
 their pod and can end that hook in error, and without retries the error would never clear."""
+UPDATE_STATUS_INTERVAL = "1m"
+"""How often the beacon's models run update-status (Juju's default: 5m; its minimum: 1m).
+
+The beacon notices what Istio does after a hook (the waypoint becoming ready, a policy's
+conditions, a Service bound to the waypoint by hand) on its next hook, which update-status
+guarantees: docs/integration.md says why the charm does not watch for it itself."""
+MODEL_CONFIG: dict[str, jubilant.ConfigValue] = {
+    **ISTIO_MODEL_CONFIG,
+    "update-status-hook-interval": UPDATE_STATUS_INTERVAL,
+}
+"""Set on every model the tests add for the charms under test."""
+DESTROY_DEADLINE = 10 * 60.0
+"""Seconds `juju destroy-model` may run before it is killed (MicroK8s can hang there)."""
+DESTROY_STEP_TIMEOUT = "3m"
+"""`--timeout` of a forced destroy-model: how long Juju waits for each step."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,10 +316,48 @@ class Models:
             if self.keep:
                 logger.info("keeping model %s", model)
                 continue
-            try:
-                juju.destroy_model(model, destroy_storage=True, force=True, timeout=10 * 60)
-            except jubilant.CLIError as error:
-                logger.error("could not destroy model %s: %s", model, error.stderr)
+            destroy_model(juju, model)
+
+
+def destroy_model(
+    juju: jubilant.Juju,
+    model: str,
+    *,
+    deadline: float = DESTROY_DEADLINE,
+    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+) -> bool:
+    """Destroy `model` (forced, with its storage); give up, logging why, after `deadline` seconds.
+
+    Juju's own `--timeout` bounds each step of a forced destruction, not the command; on
+    MicroK8s the command can hang (jubilant's `temp_model` says so too), so the process gets a
+    deadline of its own and is killed when it passes. A model that could not be destroyed is
+    logged, never a test failure.
+
+    Returns:
+        Whether the command finished in time and succeeded.
+    """
+    command = [
+        juju.cli_binary,
+        "destroy-model",
+        model,
+        "--no-prompt",
+        "--destroy-storage",
+        "--force",
+        "--timeout",
+        DESTROY_STEP_TIMEOUT,
+    ]
+    logger.info("destroying model %s (deadline %.0fs)", model, deadline)
+    try:
+        done = run(command, capture_output=True, text=True, timeout=deadline, check=False)
+    except subprocess.TimeoutExpired:
+        logger.error("juju destroy-model %s still running after %.0fs: killed", model, deadline)
+        return False
+    if done.returncode != 0:
+        logger.error("could not destroy model %s: %s", model, done.stderr.strip())
+        return False
+    if juju.model == model:
+        juju.model = None
+    return True
 
 
 # The reference scenario of docs/traffic-matrix.md.
@@ -361,4 +414,19 @@ def reference_matrix(model: str, *, model_on_mesh: bool) -> list[Case]:
         case(sender2, f"{pod}:8083/foo", REFUSED),
         case(sender3, f"{service}:8080/foo", FORBIDDEN if model_on_mesh else REFUSED),
         case(sender3, f"{pod}:8080/foo", REFUSED),
+    ]
+
+
+def cross_model_matrix(sender_unit: str, service: str) -> list[Case]:
+    """What a sender related to receiver's `inbound` from another model may do on `service`.
+
+    `service` is the receiver's Service as the sender names it (`http://<app>.<model>.svc...`).
+    """
+    return [
+        case(sender_unit, f"{service}:8080/foo", ALLOWED),
+        case(sender_unit, f"{service}:8081/foo", ALLOWED),
+        case(sender_unit, f"{service}:8080/bar/", ALLOWED),
+        case(sender_unit, f"{service}:8080/foo", ALLOWED, method="POST"),
+        case(sender_unit, f"{service}:8080/nonexistent", FORBIDDEN),
+        case(sender_unit, f"{service}:8080/foo", FORBIDDEN, method="DELETE"),
     ]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jubilant
+from lightkube.core.exceptions import ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ OUTCOMES = frozenset(
 )
 TRAFFIC_TIMEOUT = 240.0
 """Seconds a traffic expectation may take to converge after a change."""
+ACTION_OVERHEAD = 30.0
+"""Seconds a probe action may take beyond its requests' own timeouts (Juju's dispatch, Python)."""
 
 # Errors that a probe may hit while the mesh is still converging (a unit's pod restarts when its
 # labels change, so an action can fail to run for a while); they are retried until the deadline.
@@ -37,6 +40,19 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def transient_api_error(error: BaseException) -> bool:
+    """Whether `error` is the Kubernetes API asking to be asked again: HTTP 429 or 5xx.
+
+    The API server answers 429 when it sheds load and 5xx while it (or etcd behind it) restarts
+    or times out; on a busy single-node MicroK8s both happen during a test run and say nothing
+    about what the charms did.
+    """
+    if not isinstance(error, ApiError):
+        return False
+    code = error.status.code
+    return code is not None and (code == 429 or code >= 500)
+
+
 def eventually(
     check: Callable[[], T],
     *,
@@ -44,8 +60,13 @@ def eventually(
     interval: float = 5.0,
     what: str,
     retry_on: tuple[type[Exception], ...] = (AssertionError,),
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call `check` until it returns without raising one of `retry_on`, or the deadline passes.
+
+    A transient Kubernetes API error (`transient_api_error`: 429, 5xx) is retried too; any other
+    error is raised at once.
 
     Returns:
         What `check` returned on its first success.
@@ -53,19 +74,21 @@ def eventually(
     Raises:
         AssertionError: naming `what`, with the last error `check` raised as its cause.
     """
-    deadline = time.monotonic() + timeout
+    deadline = clock() + timeout
     attempt = 0
     while True:
         attempt += 1
         try:
             return check()
-        except retry_on as error:
-            if time.monotonic() + interval > deadline:
+        except Exception as error:
+            if not isinstance(error, retry_on) and not transient_api_error(error):
+                raise
+            if clock() + interval > deadline:
                 raise AssertionError(
                     f"{what}: still failing after {attempt} attempts in {timeout:.0f}s: {error}"
                 ) from error
             logger.info("%s: attempt %d not yet: %s", what, attempt, str(error).splitlines()[0:1])
-        time.sleep(interval)
+        sleep(interval)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,10 +212,28 @@ def tcp_case(source: str, host: str, port: int, expected: Expected) -> Case:
     return Case(source=source, request=request, expected=expected)
 
 
+def assert_ready_for_actions(status: jubilant.Status, unit: str) -> None:
+    """Assert that `unit` would run an action now: its agent idle, its workload active.
+
+    An action sent to a unit whose pod is restarting (a unit's pod restarts when its mesh labels
+    change) waits in Juju's queue until the pod is back; waiting for it would spend the whole
+    traffic deadline on one probe. Checked first, the unit is retried every few seconds instead.
+    """
+    app = status.apps.get(unit.partition("/")[0])
+    units = app.units if app is not None else {}
+    assert unit in units, f"no unit {unit} in the model"
+    agent = units[unit].juju_status
+    workload = units[unit].workload_status
+    assert (agent.current, workload.current) == ("idle", "active"), (
+        f"{unit} is not ready for an action: agent {agent.current} {agent.message!r}, "
+        f"workload {workload.current} {workload.message!r}"
+    )
+
+
 def probe(juju: jubilant.Juju, unit: str, requests: Sequence[Request]) -> list[ProbeResult]:
     """Run the tester's `probe` action on `unit` and return one result per request, in order."""
     payload = json.dumps([request.to_dict() for request in requests])
-    budget = 60.0 + sum(request.timeout for request in requests)
+    budget = ACTION_OVERHEAD + sum(request.timeout for request in requests)
     task = juju.run(unit, "probe", {"requests": payload}, wait=budget)
     raw = task.results.get("results")
     if not isinstance(raw, str):
@@ -209,6 +250,9 @@ def observe(juju: jubilant.Juju, cases: Iterable[Case]) -> list[tuple[Case, Prob
     by_source: dict[str, list[Case]] = {}
     for item in cases:
         by_source.setdefault(item.source, []).append(item)
+    status = juju.status()
+    for source in by_source:
+        assert_ready_for_actions(status, source)
     observed: list[tuple[Case, ProbeResult]] = []
     for source, source_cases in by_source.items():
         results = probe(juju, source, [item.request for item in source_cases])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jubilant
 import lightkube
+import mesh_checks
 import mesh_cluster
 import pytest
 from mesh_deploy import (
@@ -84,21 +85,18 @@ def _unenforced(service: str) -> list[Case]:
 
 
 def _assert_receiver_policies(kube: lightkube.Client, model: str, *, present: bool) -> None:
-    policies = mesh_cluster.policies_for(kube, model, RECEIVER)
-    summary = [mesh_cluster.policy_summary(p) for p in policies]
     if present:
-        allowed = set().union(*(mesh_cluster.policy_principals(p) for p in policies))
-        assert mesh_cluster.principal(model, SENDER_APP) in allowed, summary
-        assert mesh_cluster.principal(model, STRANGER) not in allowed, summary
-        owner = mesh_cluster.owner(model, BEACON)
-        for policy in policies:
-            labels = mesh_cluster.labels_of(policy)
-            assert labels.get(mesh_cluster.MANAGED_BY) == owner, summary
-            assert labels.get(mesh_cluster.REQUESTED_BY) == RECEIVER, summary
+        mesh_checks.assert_policies_for_target(
+            kube,
+            model,
+            BEACON,
+            RECEIVER,
+            allowed=[mesh_cluster.principal(model, SENDER_APP)],
+            refused=[mesh_cluster.principal(model, STRANGER)],
+        )
+        mesh_checks.assert_waypoint_hop(kube, model, BEACON, RECEIVER)
     else:
-        assert policies == [], f"policies for {RECEIVER} remain: {summary}"
-        owned = mesh_cluster.owned_policies(kube, model, BEACON)
-        assert owned == [], [mesh_cluster.policy_summary(p) for p in owned]
+        mesh_checks.assert_no_policies_for(kube, model, BEACON, RECEIVER)
 
 
 def test_policies_enforced_by_default(juju: jubilant.Juju, kube: lightkube.Client) -> None:
@@ -161,9 +159,10 @@ def test_model_operator_reachable_from_another_model(
 
 
 def _assert_namespace_on_mesh(kube: lightkube.Client, model: str) -> None:
-    labels = mesh_cluster.namespace_labels(kube, model)
-    assert labels.get(mesh_cluster.DATAPLANE_MODE) == "ambient", labels
-    assert mesh_cluster.model_operator_policies(kube, model), "no model-operator allow policy"
+    mesh_checks.assert_namespace_mesh_labels(
+        kube, model, mesh_cluster.expected_namespace_labels(model, BEACON)
+    )
+    mesh_checks.assert_model_operator_off_the_waypoint(kube, model)
     # Otherwise the check below would pass without going through ztunnel at all.
     mesh_cluster.assert_captured(
         kube, model, "model operator", selector=mesh_cluster.model_operator_selector(kube, model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jubilant
 import lightkube
+import mesh_checks
 import mesh_cluster
 import pytest
 from mesh_deploy import (
@@ -42,18 +43,18 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
 
 
 def _assert_created(kube: lightkube.Client, model: str, beacon: str, *, on_mesh: bool) -> None:
-    waypoint = mesh_cluster.waypoint_name(model, beacon)
-    assert mesh_cluster.get_or_none(kube, mesh_cluster.Gateway, waypoint, model) is not None
-    assert mesh_cluster.hpa_or_none(kube, waypoint, model) is not None
-    assert mesh_cluster.policies_for(kube, model, RECEIVER), "no policy for the receiver"
-    namespace = mesh_cluster.mesh_labels_of(mesh_cluster.namespace_labels(kube, model))
-    consumer = mesh_cluster.mesh_labels_of(mesh_cluster.pod_template_labels(kube, RECEIVER, model))
+    mesh_checks.assert_waypoint_gateway(kube, model, beacon)
+    mesh_checks.assert_waypoint_autoscaler(kube, model, beacon, replicas=1)
+    mesh_checks.assert_policies_for_target(
+        kube, model, beacon, RECEIVER, allowed=[mesh_cluster.principal(model, SENDER)]
+    )
     if on_mesh:
-        assert namespace == mesh_cluster.expected_namespace_labels(model, beacon), namespace
-        assert mesh_cluster.model_operator_policies(kube, model), "no model-operator policy"
+        expected = mesh_cluster.expected_namespace_labels(model, beacon)
+        mesh_checks.assert_namespace_mesh_labels(kube, model, expected)
+        mesh_checks.assert_model_operator_off_the_waypoint(kube, model)
     else:
-        expected = mesh_cluster.expected_consumer_labels(model, beacon)
-        assert consumer == mesh_cluster.on_pod_template(expected), consumer
+        published = mesh_cluster.expected_consumer_labels(model, beacon)
+        mesh_checks.assert_consumer_mesh_labels(kube, model, RECEIVER, published)
     for app in APPS:
         mesh_cluster.assert_captured(kube, model, app)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jubilant
 import lightkube
+import mesh_checks
 import mesh_cluster
 import pytest
 from explain_check import assert_predicted, explain_rows
@@ -19,13 +20,14 @@ from mesh_deploy import (
     BEACON,
     Charms,
     Models,
+    cross_model_matrix,
     deploy_beacon,
     deploy_tester,
     join_mesh,
     model_name,
     wait_active,
 )
-from mesh_probe import ALLOWED, FORBIDDEN, assert_traffic, case, eventually
+from mesh_probe import assert_traffic, eventually
 
 RECEIVER = "receiver"
 SENDER = "sender"
@@ -65,27 +67,17 @@ def test_receiver_policy_names_the_remote_sender(
     expected = mesh_cluster.principal(model_name(sending), SENDER)
 
     def check() -> None:
-        policies = mesh_cluster.policies_for(kube, receiver_model, RECEIVER)
-        principals = set().union(*(mesh_cluster.policy_principals(p) for p in policies))
-        assert expected in principals, [mesh_cluster.policy_summary(p) for p in policies]
+        mesh_checks.assert_policies_for_target(
+            kube, receiver_model, BEACON, RECEIVER, allowed=[expected]
+        )
 
     eventually(check, timeout=180, what="receiver policy allows the remote sender")
 
 
 def test_allowed_paths_and_nothing_else(sending: jubilant.Juju, receiving: jubilant.Juju) -> None:
     service = f"http://{RECEIVER}.{model_name(receiving)}.svc.cluster.local"
-    sender = f"{SENDER}/0"
     observed = assert_traffic(
-        sending,
-        [
-            case(sender, f"{service}:8080/foo", ALLOWED),
-            case(sender, f"{service}:8081/foo", ALLOWED),
-            case(sender, f"{service}:8080/bar/", ALLOWED),
-            case(sender, f"{service}:8080/foo", ALLOWED, method="POST"),
-            case(sender, f"{service}:8080/nonexistent", FORBIDDEN),
-            case(sender, f"{service}:8080/foo", FORBIDDEN, method="DELETE"),
-        ],
-        what="cross-model traffic",
+        sending, cross_model_matrix(f"{SENDER}/0", service), what="cross-model traffic"
     )
     predicted = explain_rows(receiving, BEACON, observed, source_model=model_name(sending))
     assert_predicted(predicted)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jubilant
 import lightkube
+import mesh_checks
 import mesh_cluster
 import pytest
 from lightkube.resources.core_v1 import Service
@@ -62,19 +63,10 @@ def foreign_label(juju: jubilant.Juju, kube: lightkube.Client) -> tuple[str, str
 def _assert_consumer_labels(
     kube: lightkube.Client, model: str, expected: dict[str, str], foreign: tuple[str, str]
 ) -> None:
-    template = mesh_cluster.pod_template_labels(kube, CONSUMER, model)
-    service = mesh_cluster.service_labels(kube, CONSUMER, model)
-    on_pods = mesh_cluster.on_pod_template(expected)
-    assert mesh_cluster.mesh_labels_of(template) == on_pods, f"pod template: {template}"
-    on_service = mesh_cluster.on_service(expected)
-    assert mesh_cluster.mesh_labels_of(service) == on_service, f"Service: {service}"
+    mesh_checks.assert_consumer_mesh_labels(kube, model, CONSUMER, expected)
     key, value = foreign
+    service = mesh_cluster.service_labels(kube, CONSUMER, model)
     assert service.get(key) == value, f"the label {key} set by another owner was touched"
-
-
-def _assert_namespace_labels(kube: lightkube.Client, model: str, expected: dict[str, str]) -> None:
-    labels = mesh_cluster.namespace_labels(kube, model)
-    assert mesh_cluster.mesh_labels_of(labels) == expected, f"namespace {model}: {labels}"
 
 
 def _converge(
@@ -89,7 +81,7 @@ def _converge(
 ) -> None:
     def check() -> None:
         _assert_consumer_labels(kube, model, consumer, foreign)
-        _assert_namespace_labels(kube, model, namespace)
+        mesh_checks.assert_namespace_mesh_labels(kube, model, namespace)
         mesh_cluster.assert_captured(kube, model, CONSUMER, captured=captured)
 
     eventually(check, timeout=LABEL_TIMEOUT, what=what)

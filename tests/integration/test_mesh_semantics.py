@@ -7,9 +7,9 @@
 - Juju's model operator stays reachable from another model with the model on the mesh, also under
   istio-k8s's `hardened-mode` and with `auto-allow-waypoint-policy` off.
 
-The tester declares no policy on a second Service, so the request naming one is written into the
-tester's `service-mesh` databag with `juju exec` (relation-set, as its leader); the tester's own
-library rewrites that key only on its mesh events, which nothing here triggers.
+The request naming a second Service is the receiver's own: its `inbound-extra-service` option makes
+it declare its `inbound` app policy on that Service too (the library's `AppPolicy(service=...)`),
+so it stays in the databag however often the tester republishes its policies.
 
 The model operator is probed with a TCP connect (the probe's `tcp://` mode): it serves TLS, so an
 HTTP probe would say nothing.
@@ -18,12 +18,11 @@ HTTP probe would say nothing.
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 import jubilant
 import lightkube
+import mesh_checks
 import mesh_cluster
 import pytest
 from lightkube.models.core_v1 import ServicePort, ServiceSpec
@@ -68,9 +67,9 @@ STATUS_TIMEOUT = 300.0
 @pytest.fixture(scope="module")
 def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
     del istio
+    # The beacon re-reads Services and Istio's conditions on its next hook: update-status, every
+    # minute in the tests' models (mesh_deploy.MODEL_CONFIG).
     juju = models.new("semantics")
-    # The beacon re-reads Services and Istio's conditions on update-status.
-    juju.model_config({"update-status-hook-interval": "30s"})
     deploy_beacon(juju, charms)
     for app in (RECEIVER, SENDER_APP):
         deploy_tester(juju, charms, app)
@@ -105,7 +104,7 @@ def test_once_bound_a_pod_refuses_direct_traffic_but_its_service_answers(
 ) -> None:
     model = model_name(juju)
     eventually(
-        lambda: _assert_waypoint_access(kube, model, BYSTANDER),
+        lambda: mesh_checks.assert_waypoint_hop(kube, model, BEACON, BYSTANDER),
         timeout=180,
         what="the waypoint's access to the bystander's pods",
     )
@@ -120,43 +119,7 @@ def test_once_bound_a_pod_refuses_direct_traffic_but_its_service_answers(
     )
 
 
-def _assert_waypoint_access(kube: lightkube.Client, model: str, app: str) -> None:
-    waypoint = mesh_cluster.principal(model, mesh_cluster.waypoint_name(model, BEACON))
-    policies = mesh_cluster.policies_for(kube, model, app)
-    assert any(waypoint in mesh_cluster.policy_principals(p) for p in policies), [
-        mesh_cluster.policy_summary(p) for p in policies
-    ]
-
-
 # --- a policy on a Service other than <app> ---------------------------------------------------
-
-
-def _databag_request(model: str) -> dict[str, Any]:
-    """The receiver's request for sender1 on its second Service, as the library writes one."""
-    return {
-        "source_namespace": model,
-        "source_app_name": SENDER_APP,
-        "target_namespace": model,
-        "target_app_name": RECEIVER,
-        "target_selector_labels": None,
-        "target_service": SECOND_SERVICE,
-        "target_type": "app",
-        "endpoints": [{"hosts": [], "ports": [8080], "methods": ["GET"], "paths": ["/foo"]}],
-    }
-
-
-def _add_request(juju: jubilant.Juju, request: dict[str, Any]) -> None:
-    """Append `request` to the receiver's `service-mesh` databag, as its leader."""
-    unit = f"{RECEIVER}/0"
-    relation_id = juju.exec("relation-ids", "service-mesh", unit=unit).stdout.split()[0]
-    current = juju.exec(
-        "relation-get", "-r", relation_id, "--app", "policies", RECEIVER, unit=unit
-    ).stdout.strip()
-    policies: list[Any] = json.loads(current or "[]")
-    policies.append(request)
-    juju.exec(
-        "relation-set", "-r", relation_id, "--app", f"policies={json.dumps(policies)}", unit=unit
-    )
 
 
 def _create_second_service(kube: lightkube.Client, model: str) -> None:
@@ -199,7 +162,7 @@ def test_a_policy_on_an_unbound_service_is_refused_then_enforced_once_bound(
 ) -> None:
     model = model_name(juju)
     _create_second_service(kube, model)
-    _add_request(juju, _databag_request(model))
+    juju.config(RECEIVER, {"inbound-extra-service": SECOND_SERVICE})
 
     juju.wait(
         lambda status: f"{SECOND_SERVICE} is not bound to the waypoint" in _beacon_message(status),
@@ -234,21 +197,50 @@ def test_a_policy_on_an_unbound_service_is_refused_then_enforced_once_bound(
 
 
 @contextlib.contextmanager
-def _istio_config(istio: jubilant.Juju, values: dict[str, jubilant.ConfigValue]) -> Iterator[None]:
-    """istio-k8s with `values` for the duration, then its earlier values back."""
+def _istio_config(
+    istio: jubilant.Juju, kube: lightkube.Client, values: dict[str, jubilant.ConfigValue]
+) -> Iterator[None]:
+    """istio-k8s with `values` in force for the duration, then its earlier values back.
+
+    Active is not enough: istio-k8s may report it before istiod runs with the new setting, so
+    each change also waits until the cluster shows it (`mesh_cluster.assert_istio_settings`).
+    """
     config = istio.config(ISTIO_APP)
     before = {key: config[key] for key in values if key in config}
-    istio.config(ISTIO_APP, values)
-    wait_active(istio, ISTIO_APP)
+    namespace = model_name(istio)
+    _apply_istio_config(istio, kube, namespace, values, {**config, **values})
     try:
         yield
     finally:
         reset = [key for key in values if key not in before]
-        if before:
-            istio.config(ISTIO_APP, before)
-        if reset:
-            istio.config(ISTIO_APP, reset=reset)
-        wait_active(istio, ISTIO_APP)
+        _apply_istio_config(istio, kube, namespace, before, {**config}, reset=reset)
+
+
+def _apply_istio_config(
+    istio: jubilant.Juju,
+    kube: lightkube.Client,
+    namespace: str,
+    values: dict[str, jubilant.ConfigValue],
+    expected: Mapping[str, jubilant.ConfigValue],
+    *,
+    reset: list[str] | None = None,
+) -> None:
+    if values:
+        istio.config(ISTIO_APP, values)
+    if reset:
+        istio.config(ISTIO_APP, reset=reset)
+    wait_active(istio, ISTIO_APP)
+    eventually(
+        lambda: mesh_cluster.assert_istio_settings(
+            kube,
+            namespace,
+            ISTIO_APP,
+            hardened_mode=bool(expected.get("hardened-mode", False)),
+            auto_allow_waypoint_policy=bool(expected.get("auto-allow-waypoint-policy", True)),
+        ),
+        timeout=STATUS_TIMEOUT,
+        what=f"istio-k8s settings in force ({dict(values)}, reset {reset or []})",
+    )
 
 
 @pytest.mark.parametrize(
@@ -270,13 +262,13 @@ def test_the_model_operator_is_reachable_from_another_model_with_the_model_on_th
     model = model_name(juju)
     set_config(juju, BEACON, {"model-on-mesh": True}, *APPS)
     eventually(
-        lambda: _assert_model_operator_off_the_waypoint(kube, model),
+        lambda: mesh_checks.assert_model_operator_off_the_waypoint(kube, model),
         timeout=STATUS_TIMEOUT,
         what="the model operator's policy and Service label",
     )
     name, port = mesh_cluster.model_operator_endpoint(kube, model)
     host = f"{name}.{model}.svc.cluster.local"
-    with _istio_config(istio, istio_config):
+    with _istio_config(istio, kube, istio_config):
         assert_traffic(
             outsider,
             [tcp_case(f"{OUTSIDER}/0", host, port, CONNECTED)],
@@ -287,9 +279,3 @@ def test_the_model_operator_is_reachable_from_another_model_with_the_model_on_th
         wait_active(juju, BYSTANDER)
         juju.config(BYSTANDER, {"peer-communication": False})
         wait_active(juju, BYSTANDER)
-
-
-def _assert_model_operator_off_the_waypoint(kube: lightkube.Client, model: str) -> None:
-    assert mesh_cluster.model_operator_policies(kube, model), "no model-operator policy"
-    labels = mesh_cluster.service_labels(kube, mesh_cluster.MODEL_OPERATOR_SERVICE, model)
-    assert labels.get(mesh_cluster.USE_WAYPOINT) == "none", labels

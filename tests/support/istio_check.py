@@ -3,7 +3,7 @@
 The tool is built from the istio.io/istio module by ``tools/istio-check/build.sh`` (cached by
 version; the first build takes 10-15 minutes). It runs in-process what istiod runs on a cluster:
 the CRD schema and CEL rules, the validating webhook, the translation for ztunnel, and the Envoy
-RBAC filter for the waypoint. See docs/envoy-tier.md.
+RBAC filter for the waypoint. See docs/contributing/envoy-tier.md.
 
 Usage::
 

@@ -11,7 +11,8 @@ hook's relation settings, status and state only when it exits 0.
 Answers follow Juju 3.6's hook tools: ``--format=json`` output, ``ERROR <message>`` on stderr with
 exit 1 for a refused request and exit 2 for a usage error, the same wording as Juju where a caller
 (ops' ``_ModelBackend``) reads it ("relation not found", "permission denied", "cannot write
-relation settings", "not the leader"). docs/dispatch-tier.md says how each tool was checked.
+relation settings", "not the leader"). docs/contributing/dispatch-tier.md says how each tool was
+checked.
 
 Every call is appended to the model's ``calls`` list (unit, tool, arguments, exit code), so tests
 can see which tools a charm used. Only the standard library is used: the tools run under the test's

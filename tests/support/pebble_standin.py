@@ -1,22 +1,24 @@
 """A Pebble API server stand-in: HTTP over a Unix socket that really runs the plan's services.
 
-Pebble's Go module is not available to the test tiers, so this module answers the parts of
-Pebble's HTTP API that a sidecar charm uses, in Pebble's formats (the JSON envelope ``{"type":
-"sync"|"async"|"error", "status-code", "status", "result", "change"}``, multipart for files),
-and really runs what the plan says: each service's command is started as a subprocess in its own
-process group, with the layer's environment, working directory and user, and ``stop`` sends
-SIGTERM to the group, then SIGKILL after the kill delay, then SIGKILL to whatever is left in the
-group. Service status (``active``, ``inactive``, ``backoff``, ``error``) is what the processes
-really did: a command that exits within the okay delay (1 s, as Pebble) fails its start task, a
-service that exits later is restarted after Pebble's backoff, unless ``on-success`` or
-``on-failure`` says ``ignore``.
+Pebble's Go module is not available to the test tiers, so this module answers the part of
+Pebble's HTTP API that this repository's charms use, in Pebble's formats (the JSON envelope
+``{"type": "sync"|"async"|"error", "status-code", "status", "result", "change"}``, multipart for
+pushed files), and really runs what the plan says: each service's command is started as a
+subprocess in its own process group, with the layer's environment, working directory and user,
+and ``stop`` sends SIGTERM to the group, then SIGKILL after the kill delay, then SIGKILL to
+whatever is left in the group. Service status (``active``, ``inactive``, ``backoff``,
+``error``) is what the processes really did: a command that exits within the okay delay (1 s,
+as Pebble) fails its start task, a service that exits later is restarted after Pebble's
+backoff, unless ``on-success`` or ``on-failure`` says ``ignore``.
 
-Answered: ``/v1/system-info``, ``/v1/health``, ``/v1/layers``, ``/v1/plan``, ``/v1/services``
-(autostart, replan, start, stop, restart), ``/v1/changes`` (list, get, wait, abort),
-``/v1/files`` (read, list, write, make-dirs, remove), ``/v1/checks`` (http, tcp and exec checks,
-really performed on their period), ``/v1/checks/refresh`` and ``/v1/signals``. Endpoints Pebble
-has but the stand-in does not implement (exec and its task websockets, logs, notices,
-identities, pairing, metrics) answer an error envelope with status 501 that says so; paths
+Answered: what ops' ``Container`` sends for the charms' calls (``can_connect``, ``add_layer``,
+``replan``, ``get_services``, ``push``): ``GET /v1/system-info``, ``POST /v1/layers``,
+``GET /v1/plan``, ``GET``/``POST /v1/services`` (autostart, replan, start, stop, restart),
+``GET /v1/changes/{id}/wait`` and the multipart write of ``POST /v1/files``. Everything else
+Pebble has answers an error envelope with status 501 that says so: the other change calls,
+health and checks (and a layer with ``checks``, ``log-targets`` or ``workloads``, or a service
+with ``workload`` or ``on-check-failure``), signals, reading, listing and removing files, making
+directories, exec and its task websockets, logs, notices, identities, pairing, metrics. Paths
 Pebble does not have answer Pebble's own 404.
 
 Where it differs from Pebble on purpose:
@@ -31,8 +33,7 @@ Where it differs from Pebble on purpose:
 - Service output goes to ``<state-dir>/logs/<service>.log``; a failed start quotes its last
   lines in the task log, as Pebble does.
 - ``on-success``/``on-failure`` shutdown actions do not shut the stand-in down; the service is
-  left exited (status ``error``). Workloads, ``on-check-failure`` and log targets are accepted
-  in layers but not acted on.
+  left exited (status ``error``).
 
 In-process use (threads)::
 
@@ -57,7 +58,6 @@ import copy
 import datetime
 import email.parser
 import errno
-import fnmatch
 import grp
 import http.server
 import json
@@ -67,18 +67,12 @@ import pwd
 import re
 import secrets
 import shlex
-import shutil
 import signal
-import socket
 import socketserver
-import stat
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,9 +91,6 @@ FAIL_DELAY = 5.0
 BACKOFF_DELAY = 0.5
 BACKOFF_FACTOR = 2.0
 BACKOFF_LIMIT = 30.0
-CHECK_PERIOD = 10.0
-CHECK_TIMEOUT = 3.0
-CHECK_THRESHOLD = 3
 _LAST_LOG_LINES = 20
 _MIN_BOUNDARY_LENGTH = 32
 
@@ -186,6 +177,12 @@ def _bad_request(message: str) -> APIError:
     return APIError(HTTPStatus.BAD_REQUEST, message)
 
 
+def _not_implemented(what: str) -> APIError:
+    return APIError(
+        HTTPStatus.NOT_IMPLEMENTED, f"{what} is not implemented by the Pebble stand-in"
+    )
+
+
 def _go_quote(text: str) -> str:
     """Go's ``%q`` for the strings that appear in messages."""
     return json.dumps(text, ensure_ascii=False)
@@ -203,7 +200,6 @@ _STR_FIELDS = (
     "summary",
     "description",
     "command",
-    "workload",
     "user",
     "group",
     "working-dir",
@@ -217,7 +213,6 @@ _SERVICE_FIELDS = (
     "after",
     "before",
     "requires",
-    "workload",
     "environment",
     "user-id",
     "user",
@@ -226,24 +221,15 @@ _SERVICE_FIELDS = (
     "working-dir",
     "on-success",
     "on-failure",
-    "on-check-failure",
     "backoff-delay",
     "backoff-factor",
     "backoff-limit",
     "kill-delay",
 )
-_CHECK_FIELDS = (
-    "override",
-    "level",
-    "startup",
-    "period",
-    "timeout",
-    "threshold",
-    "http",
-    "tcp",
-    "exec",
-)
-_SECTIONS = ("summary", "description", "services", "checks", "log-targets", "workloads")
+_SECTIONS = ("summary", "description", "services")
+# What Pebble has and the charms do not use: answered 501, never accepted and ignored.
+_UNIMPLEMENTED_SECTIONS = ("checks", "log-targets", "workloads")
+_UNIMPLEMENTED_SERVICE_FIELDS = ("workload", "on-check-failure")
 _SERVICE_ACTIONS = ("", "restart", "shutdown", "ignore", "success-shutdown", "failure-shutdown")
 
 
@@ -316,6 +302,8 @@ def _decode_service(label: str, name: str, raw: Any) -> JSON:
         )
     service: JSON = {}
     for key, value in cast("dict[str, Any]", raw).items():
+        if key in _UNIMPLEMENTED_SERVICE_FIELDS:
+            raise _not_implemented(f"the service field {key}")
         if key not in _SERVICE_FIELDS:
             raise LayerError(
                 f'cannot parse layer {_go_quote(label)} section "services": '
@@ -323,7 +311,7 @@ def _decode_service(label: str, name: str, raw: Any) -> JSON:
             )
         if key in ("after", "before", "requires"):
             service[key] = _decode_str_list(label, "services", key, value)
-        elif key in ("environment", "on-check-failure"):
+        elif key == "environment":
             service[key] = _decode_str_map(label, "services", key, value)
         elif key in ("user-id", "group-id"):
             service[key] = _decode_int(label, "services", key, value)
@@ -366,60 +354,11 @@ def _validate_service(name: str, service: JSON) -> None:
             raise LayerError(
                 f"plan service {_go_quote(name)} {key} action {_go_quote(action)} invalid"
             )
-    for action in service.get("on-check-failure", {}).values():
-        if action not in _SERVICE_ACTIONS or action == "success-shutdown":
-            raise LayerError(
-                f"plan service {_go_quote(name)} on-check-failure action "
-                f"{_go_quote(action)} invalid"
-            )
     factor = service.get("backoff-factor")
     if factor is not None and factor < 1:
         raise LayerError(
             f"plan service {_go_quote(name)} backoff-factor must be 1.0 or greater, not {factor:g}"
         )
-
-
-def _decode_check(label: str, name: str, raw: Any) -> JSON:
-    if raw is None:
-        raise LayerError(f"check object cannot be null for check {_go_quote(name)}")
-    if not isinstance(raw, dict):
-        raise LayerError(
-            f'cannot parse layer {_go_quote(label)} section "checks": '
-            f"check {_go_quote(name)} must be a map"
-        )
-    check: JSON = {}
-    for key, value in cast("dict[str, Any]", raw).items():
-        if key not in _CHECK_FIELDS:
-            raise LayerError(
-                f'cannot parse layer {_go_quote(label)} section "checks": '
-                f"field {key} not found in type plan.Check"
-            )
-        if key in ("period", "timeout"):
-            check[key] = _decode_duration(label, "checks", key, value)
-        elif key == "threshold":
-            check[key] = _decode_int(label, "checks", key, value)
-        elif key in ("http", "tcp", "exec"):
-            if not isinstance(value, dict):
-                raise LayerError(
-                    f'cannot parse layer {_go_quote(label)} section "checks": '
-                    f"field {key} of check {_go_quote(name)} must be a map"
-                )
-            check[key] = copy.deepcopy(cast("JSON", value))
-        else:
-            check[key] = _decode_str(label, "checks", key, value)
-    return check
-
-
-def _validate_check(name: str, check: JSON) -> None:
-    if name == "":
-        raise LayerError("cannot use empty string as check name")
-    if check.get("level", "") not in ("", "alive", "ready"):
-        raise LayerError(f'plan check {_go_quote(name)} level must be "alive" or "ready"')
-    if check.get("startup", "") not in ("", "enabled", "disabled"):
-        raise LayerError(f'plan check {_go_quote(name)} startup must be "enabled" or "disabled"')
-    for key in ("period", "timeout"):
-        if key in check and parse_duration(check[key]) == 0:
-            raise LayerError(f"plan check {_go_quote(name)} {key} must not be zero")
 
 
 @dataclass
@@ -431,9 +370,6 @@ class Layer:
     summary: str = ""
     description: str = ""
     services: dict[str, JSON] = field(default_factory=lambda: {})
-    checks: dict[str, JSON] = field(default_factory=lambda: {})
-    log_targets: dict[str, JSON] = field(default_factory=lambda: {})
-    workloads: dict[str, JSON] = field(default_factory=lambda: {})
 
     @classmethod
     def parse(cls, order: int, label: str, text: str) -> Layer:
@@ -448,6 +384,8 @@ class Layer:
             raise LayerError(f"cannot parse layer {_go_quote(label)}: not a map")
         layer = cls(order=order, label=label)
         for key, value in cast("dict[Any, Any]", data).items():
+            if key in _UNIMPLEMENTED_SECTIONS:
+                raise _not_implemented(f"the layer section {key}")
             if key not in _SECTIONS:
                 raise LayerError(
                     f"cannot parse layer {_go_quote(label)}: unknown section {_go_quote(str(key))}"
@@ -467,28 +405,9 @@ class Layer:
                 f"cannot parse layer {_go_quote(self.label)} section {_go_quote(key)}: not a map"
             )
         entries = cast("dict[Any, Any]", value)
-        if key == "services":
-            self.services = {
-                str(k): _decode_service(self.label, str(k), v) for k, v in entries.items()
-            }
-        elif key == "checks":
-            self.checks = {
-                str(k): _decode_check(self.label, str(k), v) for k, v in entries.items()
-            }
-        else:
-            what = "log target" if key == "log-targets" else "workload"
-            for name, entry in entries.items():
-                if entry is None:
-                    raise LayerError(
-                        f"{what} object cannot be null for {what} {_go_quote(str(name))}"
-                    )
-                if not isinstance(entry, dict):
-                    raise LayerError(
-                        f"cannot parse layer {_go_quote(self.label)} section {_go_quote(key)}: "
-                        f"{what} {_go_quote(str(name))} must be a map"
-                    )
-            decoded = {str(k): copy.deepcopy(cast("JSON", v)) for k, v in entries.items()}
-            setattr(self, key.replace("-", "_"), decoded)
+        self.services = {
+            str(k): _decode_service(self.label, str(k), v) for k, v in entries.items()
+        }
 
     def validate(self) -> None:
         """Pebble's checks on a single layer (before combining)."""
@@ -496,8 +415,6 @@ class Layer:
             raise LayerError('cannot use reserved label prefix "pebble-"')
         for name, service in self.services.items():
             _validate_service(name, service)
-        for name, check in self.checks.items():
-            _validate_check(name, check)
 
     def combine(self, other: Layer) -> None:
         """Fold ``other`` (same label) into this layer, as Pebble's combine does."""
@@ -505,13 +422,10 @@ class Layer:
         self.summary = other.summary or self.summary
         self.description = other.description or self.description
         self.services = merged.services
-        self.checks = merged.checks
-        self.log_targets = merged.log_targets
-        self.workloads = merged.workloads
 
 
 _LIST_FIELDS = ("after", "before", "requires")
-_MAP_FIELDS = ("environment", "on-check-failure")
+_MAP_FIELDS = ("environment",)
 
 
 def _merge_entry(old: JSON, new: JSON) -> None:
@@ -520,17 +434,14 @@ def _merge_entry(old: JSON, new: JSON) -> None:
             old[key] = [*old.get(key, []), *value]
         elif key in _MAP_FIELDS:
             old[key] = {**old.get(key, {}), **value}
-        elif key in ("http", "tcp", "exec"):
-            old[key] = {**old.get(key, {}), **copy.deepcopy(value)}
         elif value not in ("", None):
             old[key] = copy.deepcopy(value)
 
 
-def _combine_section(layers: Iterable[Layer], attribute: str, what: str) -> dict[str, JSON]:
+def _combine_services(layers: Iterable[Layer]) -> dict[str, JSON]:
     combined: dict[str, JSON] = {}
     for layer in layers:
-        entries: dict[str, JSON] = getattr(layer, attribute)
-        for name, entry in entries.items():
+        for name, entry in layer.services.items():
             override = entry.get("override", "")
             if override == "merge" and name in combined:
                 _merge_entry(combined[name], entry)
@@ -538,35 +449,15 @@ def _combine_section(layers: Iterable[Layer], attribute: str, what: str) -> dict
                 combined[name] = copy.deepcopy(entry)
             elif override == "":
                 raise LayerError(
-                    f'layer {_go_quote(layer.label)} must define "override" for {what} '
+                    f'layer {_go_quote(layer.label)} must define "override" for service '
                     f"{_go_quote(name)}"
                 )
             else:
                 raise LayerError(
-                    f'layer {_go_quote(layer.label)} has invalid "override" value for {what} '
+                    f'layer {_go_quote(layer.label)} has invalid "override" value for service '
                     f"{_go_quote(name)}"
                 )
     return combined
-
-
-_LOG_TARGET_TYPES = ("loki", "opentelemetry", "syslog")
-
-
-def _validate_log_target(name: str, target: JSON, services: Mapping[str, JSON]) -> None:
-    """Pebble's checks on a combined log target: a type, known services, a location."""
-    if target.get("type") not in _LOG_TARGET_TYPES:
-        raise LayerError(
-            'plan must define "type" ("loki", "opentelemetry" or "syslog") '
-            f"for log target {_go_quote(name)}"
-        )
-    for service in target.get("services") or []:
-        service_name = str(service).removeprefix("-")
-        if service_name != "all" and service_name not in services:
-            raise LayerError(
-                f"log target {_go_quote(name)} specifies unknown service {_go_quote(service_name)}"
-            )
-    if not target.get("location"):
-        raise LayerError(f'plan must define "location" for log target {_go_quote(name)}')
 
 
 @dataclass
@@ -574,45 +465,21 @@ class Plan:
     """The combined plan: what ``GET /v1/plan`` shows and what services run."""
 
     services: dict[str, JSON] = field(default_factory=lambda: {})
-    checks: dict[str, JSON] = field(default_factory=lambda: {})
-    log_targets: dict[str, JSON] = field(default_factory=lambda: {})
-    workloads: dict[str, JSON] = field(default_factory=lambda: {})
 
     def to_yaml(self) -> str:
-        """The plan as Pebble prints it: sections in order, empty ones left out."""
-        data: JSON = {}
-        for key, entries in (
-            ("services", self.services),
-            ("checks", self.checks),
-            ("log-targets", self.log_targets),
-            ("workloads", self.workloads),
-        ):
-            if entries:
-                order = {"services": _SERVICE_FIELDS, "checks": _CHECK_FIELDS}.get(key, ())
-                data[key] = {name: _ordered(entries[name], order) for name in sorted(entries)}
-        if not data:
+        """The plan as Pebble prints it (``{}`` when empty)."""
+        if not self.services:
             return "{}\n"
-        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, indent=4)
+        services = {name: _ordered(self.services[name]) for name in sorted(self.services)}
+        return yaml.safe_dump(
+            {"services": services}, sort_keys=False, default_flow_style=False, indent=4
+        )
 
     def validate(self) -> None:
         """Pebble's checks on the combined plan."""
         for name, service in self.services.items():
             if not service.get("command"):
                 raise LayerError(f'plan must define "command" for service {_go_quote(name)}')
-        for name, check in self.checks.items():
-            kinds = [kind for kind in ("http", "tcp", "exec") if kind in check]
-            if len(kinds) != 1:
-                raise LayerError(
-                    'plan must specify one of "http", "tcp", or "exec" for check '
-                    f"{_go_quote(name)}"
-                )
-            required = {"http": "url", "tcp": "port", "exec": "command"}[kinds[0]]
-            if not check[kinds[0]].get(required):
-                raise LayerError(
-                    f'plan must set "{required}" for {kinds[0]} check {_go_quote(name)}'
-                )
-        for name, target in self.log_targets.items():
-            _validate_log_target(name, target, self.services)
         start_order(self.services, list(self.services))  # raises on before/after loops
 
     def start_order(self, names: list[str]) -> list[list[str]]:
@@ -624,9 +491,9 @@ class Plan:
         return stop_order(self.services, names)
 
 
-def _ordered(entry: JSON, order: tuple[str, ...]) -> JSON:
-    """An entry with its fields in Pebble's order (the order of the Go struct)."""
-    known = [key for key in order if key in entry]
+def _ordered(entry: JSON) -> JSON:
+    """A service with its fields in Pebble's order (the order of the Go struct)."""
+    known = [key for key in _SERVICE_FIELDS if key in entry]
     rest = sorted(key for key in entry if key not in known)
     result: JSON = {}
     for key in [*known, *rest]:
@@ -637,12 +504,7 @@ def _ordered(entry: JSON, order: tuple[str, ...]) -> JSON:
 
 def combine_layers(layers: list[Layer]) -> Plan:
     """Combine layers in order into a plan; raises LayerError."""
-    return Plan(
-        services=_combine_section(layers, "services", "service"),
-        checks=_combine_section(layers, "checks", "check"),
-        log_targets=_combine_section(layers, "log_targets", "log target"),
-        workloads=_combine_section(layers, "workloads", "workload"),
-    )
+    return Plan(services=_combine_services(layers))
 
 
 def parse_command(name: str, command: str) -> tuple[list[str], list[str]]:
@@ -815,7 +677,6 @@ class Change:
     spawn_time: datetime.datetime = field(default_factory=_now)
     ready_time: datetime.datetime | None = None
     ready_event: threading.Event = field(default_factory=threading.Event)
-    aborted: bool = False
 
     @property
     def status(self) -> str:
@@ -824,7 +685,7 @@ class Change:
         if not self.tasks:
             return "Done"
         if statuses & {"Do", "Doing"}:
-            return "Abort" if self.aborted else ("Doing" if "Doing" in statuses else "Do")
+            return "Doing" if "Doing" in statuses else "Do"
         if "Error" in statuses:
             return "Error"
         if "Hold" in statuses:
@@ -1077,14 +938,14 @@ class ServiceManager:
         failed = False
         for task in lane:
             with self._lock:
-                if failed or change.aborted:
+                if failed:
                     task.finish("Hold")
                     continue
                 task.status = "Doing"
             name = task.service
             try:
                 if task.kind == "start":
-                    self._do_start(task, name, change)
+                    self._do_start(task, name)
                 else:
                     self._do_stop(task, name)
             except Exception as e:
@@ -1099,7 +960,7 @@ class ServiceManager:
 
     # ---- start
 
-    def _do_start(self, task: Task, name: str, change: Change) -> None:
+    def _do_start(self, task: Task, name: str) -> None:
         with self._lock:
             config = self.plan.services.get(name)
             if config is None:
@@ -1127,16 +988,7 @@ class ServiceManager:
                 raise _TaskError(f"cannot start service: {_spawn_error_text(e)}") from None
             runtime.transition("starting")
         self._watch_okay_delay(runtime)
-        deadline = time.monotonic() + self._okay_delay + 5
-        while not runtime.started.wait(0.05):
-            if change.aborted:
-                with self._lock:
-                    runtime.transition("stopped")
-                    if runtime.process is not None:
-                        _kill_group(runtime.process.pid, signal.SIGKILL)
-                raise _TaskError("start aborted, sent SIGKILL to process")
-            if time.monotonic() > deadline:  # pragma: no cover - the okay timer always fires
-                break
+        runtime.started.wait(self._okay_delay + 5)  # the okay timer or the exit sets it
         if runtime.start_error:
             self._log_last_output(task, name)
             raise _TaskError(f"service start attempt: {runtime.start_error}")
@@ -1342,29 +1194,6 @@ class ServiceManager:
         _kill_group(process.pid, signal.SIGKILL)
         return True
 
-    def send_signal(self, names: list[str], signame: str) -> None:
-        """Send a signal to services' main processes; raises APIError like Pebble."""
-        errors: list[str] = []
-        with self._lock:
-            for name in names:
-                runtime = self.services.get(name)
-                problem = ""
-                if runtime is None or runtime.state not in ("starting", "running"):
-                    problem = "service is not running"
-                else:
-                    number = getattr(signal, signame, None) if signame.startswith("SIG") else None
-                    if not isinstance(number, signal.Signals):
-                        problem = f"invalid signal name {_go_quote(signame)}"
-                    elif runtime.process is not None:
-                        try:
-                            os.kill(runtime.process.pid, number)
-                        except OSError as e:
-                            problem = _os_error_text(e)
-                if problem:
-                    errors.append(f"cannot send signal to {_go_quote(name)}: {problem}")
-        if errors:
-            raise APIError(HTTPStatus.INTERNAL_SERVER_ERROR, "; ".join(errors))
-
     def shutdown(self) -> None:
         """Stop every service (SIGTERM, then SIGKILL) and wait for them; used on exit."""
         with self._lock:
@@ -1448,259 +1277,15 @@ def _file_error(error: OSError, op: str, path: str) -> JSON:
 
 
 # --------------------------------------------------------------------------------------------
-# Checks: really performed on their period.
-
-
-@dataclass
-class CheckRuntime:
-    """A health check: its counters and the change that runs it (none when inactive)."""
-
-    name: str
-    config: JSON
-    successes: int = 0
-    failures: int = 0
-    change: Change | None = None
-    prev_change_id: str = ""
-    stop_event: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def threshold(self) -> int:
-        """Failures in a row before the check is down."""
-        return int(self.config.get("threshold") or CHECK_THRESHOLD)
-
-    @property
-    def status(self) -> str:
-        """``up``, ``down`` (threshold reached) or ``inactive`` (not running)."""
-        if self.change is None:
-            return "inactive"
-        return "down" if self.failures >= self.threshold else "up"
-
-    def to_json(self) -> JSON:
-        """The check as ``/v1/checks`` shows it."""
-        info: JSON = {
-            "name": self.name,
-            "startup": self.config.get("startup") or "enabled",
-            "status": self.status,
-            "successes": self.successes,
-            "threshold": self.threshold,
-        }
-        if self.config.get("level"):
-            info["level"] = self.config["level"]
-        if self.failures:
-            info["failures"] = self.failures
-        if self.change is not None:
-            info["change-id"] = self.change.id
-        if self.prev_change_id:
-            info["prev-change-id"] = self.prev_change_id
-        return info
-
-
-def _check_type(config: JSON) -> str:
-    return "HTTP" if "http" in config else "TCP" if "tcp" in config else "exec"
-
-
-class CheckManager:
-    """Runs the plan's checks as Pebble does, each on its period in its own thread.
-
-    A running check has a perform-check change; when its failures reach the threshold that
-    change errors and a recover-check change runs until the check succeeds again.
-    """
-
-    def __init__(self, services: ServiceManager):
-        self._services = services
-        self._lock = services.lock
-        self.checks: dict[str, CheckRuntime] = {}
-
-    def _new_change(self, check: CheckRuntime, kind: str) -> None:
-        verb = "Perform" if kind == "perform-check" else "Recover"
-        summary = f"{verb} {_check_type(check.config)} check {_go_quote(check.name)}"
-        task = Task(id=self._services.new_id(), kind=kind, summary=summary, status="Doing")
-        change = Change(id=self._services.new_id(), kind=kind, summary=summary, tasks=[task])
-        self._services.changes[change.id] = change
-        if check.change is not None:
-            check.prev_change_id = check.change.id
-        check.change = change
-
-    def _start(self, check: CheckRuntime) -> None:
-        self._new_change(check, "perform-check")
-        check.stop_event = threading.Event()
-        thread = threading.Thread(
-            target=self._loop,
-            args=(check, check.stop_event),
-            name=f"check-{check.name}",
-            daemon=True,
-        )
-        thread.start()
-
-    def _abort(self, check: CheckRuntime) -> None:
-        check.stop_event.set()
-        change = check.change
-        if change is not None:
-            change.aborted = True
-            for task in change.tasks:
-                if not task.ready_time:
-                    task.finish("Hold")
-            change.ready_time = _now()
-            change.ready_event.set()
-        check.change = None
-
-    def plan_changed(self, plan: Plan) -> None:
-        """Restart changed checks, start new enabled ones (as Pebble does on a new plan)."""
-        with self._lock:
-            fresh: dict[str, CheckRuntime] = {}
-            for name, config in plan.checks.items():
-                old = self.checks.get(name)
-                if old is not None and old.change is not None:
-                    disabling = config.get("startup") == "disabled" and old.config.get(
-                        "startup", ""
-                    ) in ("", "enabled")
-                    if config == old.config or disabling:
-                        fresh[name] = old
-                        continue
-                    self._abort(old)
-                fresh[name] = CheckRuntime(name=name, config=copy.deepcopy(config))
-                if config.get("startup") != "disabled":
-                    self._start(fresh[name])
-            for name, old in self.checks.items():
-                if name not in plan.checks:
-                    self._abort(old)
-            self.checks = fresh
-
-    def replan(self) -> None:
-        """Start the enabled checks that are not running (Pebble's replan does this too)."""
-        with self._lock:
-            for check in self.checks.values():
-                if check.change is None and check.config.get("startup") != "disabled":
-                    self._start(check)
-
-    def _loop(self, check: CheckRuntime, stop: threading.Event) -> None:
-        period = _optional_duration(check.config, "period", CHECK_PERIOD)
-        while not stop.wait(period):
-            self.perform(check, stop)
-
-    def perform(self, check: CheckRuntime, stop: threading.Event | None = None) -> str:
-        """Run the check once, update its counters and changes; return its error or ``""``."""
-        period = _optional_duration(check.config, "period", CHECK_PERIOD)
-        timeout = min(_optional_duration(check.config, "timeout", CHECK_TIMEOUT), period)
-        try:
-            self._probe(check.config, timeout)
-            error = ""
-        except subprocess.TimeoutExpired:
-            error = f"check timed out after {format_duration(timeout)}"
-        except Exception as e:
-            error = str(e) or type(e).__name__
-        with self._lock:
-            if (stop is not None and stop.is_set()) or check.change is None:
-                return error
-            task = check.change.tasks[0]
-            if error:
-                self._failed(check, task, error)
-            else:
-                self._succeeded(check, task)
-        return error
-
-    def _failed(self, check: CheckRuntime, task: Task, error: str) -> None:
-        check.failures += 1
-        task.add_log("ERROR", error)
-        change = check.change
-        at_threshold = check.failures >= check.threshold
-        if change is not None and change.kind == "perform-check" and at_threshold:
-            task.finish("Error")
-            change.ready_time = _now()
-            change.ready_event.set()
-            self._new_change(check, "recover-check")
-
-    def _succeeded(self, check: CheckRuntime, task: Task) -> None:
-        check.successes += 1
-        failures = check.failures
-        check.failures = 0
-        if failures:
-            noun = "failure" if failures == 1 else "failures"
-            task.add_log("INFO", f"succeeded after {failures} {noun}")
-        if check.change is not None and check.change.kind == "recover-check":
-            task.finish("Done")
-            check.change.ready_time = _now()
-            check.change.ready_event.set()
-            self._new_change(check, "perform-check")
-
-    def _probe(self, config: JSON, timeout: float) -> None:
-        if "http" in config:
-            spec = config["http"]
-            request = urllib.request.Request(spec["url"], headers=spec.get("headers") or {})
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    response.read(1024)
-            except urllib.error.HTTPError as e:
-                e.close()
-                raise RuntimeError(f"non-20x status code {e.code}") from None
-        elif "tcp" in config:
-            spec = config["tcp"]
-            host = spec.get("host") or "localhost"
-            with socket.create_connection((host, int(spec["port"])), timeout=timeout):
-                pass
-        else:
-            spec = config["exec"]
-            argv = shlex.split(spec["command"])
-            env = {**os.environ, **(spec.get("environment") or {})}
-            cwd = self._services.map_path(spec["working-dir"]) if spec.get("working-dir") else None
-            result = subprocess.run(
-                argv, env=env, cwd=cwd, capture_output=True, timeout=timeout, check=False
-            )
-            if result.returncode != 0:
-                raise RuntimeError(f"exit status {result.returncode}")
-
-    def infos(self, level: str, names: list[str]) -> list[JSON]:
-        """Checks as ``GET /v1/checks`` lists them."""
-        with self._lock:
-            return [
-                check.to_json()
-                for name, check in sorted(self.checks.items())
-                if (not level or check.config.get("level", "") == level)
-                and (not names or name in names)
-            ]
-
-    def healthy(self, level: str, names: list[str]) -> bool:
-        """Pebble's health: no matching check is down (ready implies alive)."""
-        with self._lock:
-            for name, check in self.checks.items():
-                check_level = check.config.get("level", "")
-                level_match = not level or level == check_level
-                level_match = level_match or (level == "ready" and check_level == "alive")
-                if level_match and (not names or name in names) and check.status == "down":
-                    return False
-            return True
-
-    def set_running(self, action: str, names: list[str]) -> list[str]:
-        """Start or stop checks by name; return the names whose state changed."""
-        with self._lock:
-            missing = sorted(name for name in names if name not in self.checks)
-            if missing:
-                raise _bad_request(
-                    f"cannot {action} checks: cannot find checks in plan: {', '.join(missing)}"
-                )
-            changed: list[str] = []
-            for name in names:
-                check = self.checks[name]
-                if action == "start" and check.change is None:
-                    self._start(check)
-                    changed.append(name)
-                elif action == "stop" and check.change is not None:
-                    self._abort(check)
-                    changed.append(name)
-            return sorted(changed)
-
-    def shutdown(self) -> None:
-        """Stop every check loop."""
-        with self._lock:
-            for check in self.checks.values():
-                check.stop_event.set()
-
-
-# --------------------------------------------------------------------------------------------
 # HTTP: the routes and the handler.
 
 
+# Pebble's endpoints that the charms do not call (checked against ops' client): 501, as for exec.
 _UNIMPLEMENTED = (
+    "/v1/changes",  # list, get, abort (ops waits on /v1/changes/{id}/wait, which is served)
+    "/v1/checks",
+    "/v1/health",
+    "/v1/signals",
     "/v1/exec",
     "/v1/logs",
     "/v1/notices",
@@ -1711,7 +1296,7 @@ _UNIMPLEMENTED = (
 
 
 class _Response:
-    """A JSON envelope, or raw bytes with their content type."""
+    """A JSON envelope: Pebble's ``type``, ``status-code``, ``status``, ``result``, ``change``."""
 
     def __init__(
         self,
@@ -1719,20 +1304,14 @@ class _Response:
         result: Any = None,
         change: str = "",
         kind: str = "sync",
-        raw: bytes | None = None,
-        content_type: str = "application/json",
     ):
         self.status = status
         self.result = result
         self.change = change
         self.kind = kind
-        self.raw = raw
-        self.content_type = content_type
 
     def body(self) -> bytes:
         """The encoded body."""
-        if self.raw is not None:
-            return self.raw
         envelope: JSON = {
             "type": self.kind,
             "status-code": int(self.status),
@@ -1791,26 +1370,20 @@ Route = Callable[[_Request], _Response]
 
 
 class Pebble:
-    """The API: routes over the plan, services, changes, files and checks."""
+    """The API: system info, layers and plan, services, waiting on a change, pushing files."""
 
     def __init__(self, state_dir: Path, root: Path, okay_delay: float = OKAY_DELAY):
         self.state_dir = state_dir
         self.root = root
         self.boot_id = str(uuid.uuid4())
         self.services = ServiceManager(state_dir, root, okay_delay)
-        self.checks = CheckManager(self.services)
         self.layers: list[Layer] = []
         self.routes: dict[str, dict[str, Route]] = {
             "/v1/system-info": {"GET": self.get_system_info},
-            "/v1/health": {"GET": self.get_health},
-            "/v1/changes": {"GET": self.get_changes},
             "/v1/services": {"GET": self.get_services, "POST": self.post_services},
             "/v1/plan": {"GET": self.get_plan},
             "/v1/layers": {"POST": self.post_layers},
-            "/v1/files": {"GET": self.get_files, "POST": self.post_files},
-            "/v1/checks": {"GET": self.get_checks, "POST": self.post_checks},
-            "/v1/checks/refresh": {"POST": self.post_checks_refresh},
-            "/v1/signals": {"POST": self.post_signals},
+            "/v1/files": {"GET": self._unimplemented, "POST": self.post_files},
         }
         self._load_layers_dir()
 
@@ -1836,9 +1409,7 @@ class Pebble:
             if any(
                 path == prefix or path.startswith(prefix + "/") for prefix in _UNIMPLEMENTED
             ) or (path.startswith("/v1/tasks/")):
-                raise APIError(
-                    HTTPStatus.NOT_IMPLEMENTED, f"{path} is not implemented by the Pebble stand-in"
-                )
+                raise _not_implemented(path)
             raise APIError(HTTPStatus.NOT_FOUND, "invalid API endpoint requested")
         handler = methods.get(request.method)
         if handler is None:
@@ -1847,14 +1418,11 @@ class Pebble:
             )
         return handler(request)
 
+    def _unimplemented(self, request: _Request) -> _Response:
+        raise _not_implemented(f"{request.method} {request.path}")
+
     def _pattern_route(self, path: str) -> dict[str, Route] | None:
         parts = path.split("/")
-        if len(parts) == 4 and parts[:3] == ["", "v1", "changes"] and parts[3]:
-            change_id = urllib.parse.unquote(parts[3])
-            return {
-                "GET": lambda r: self.get_change(r, change_id),
-                "POST": lambda r: self.post_change(r, change_id),
-            }
         if len(parts) == 5 and parts[:3] == ["", "v1", "changes"] and parts[4] == "wait":
             change_id = urllib.parse.unquote(parts[3])
             return {"GET": lambda r: self.get_change_wait(r, change_id)}
@@ -1870,13 +1438,6 @@ class Pebble:
     def get_system_info(self, _: _Request) -> _Response:
         """``GET /v1/system-info``."""
         return _Response(result={"boot-id": self.boot_id, "version": VERSION})
-
-    def get_health(self, request: _Request) -> _Response:
-        """``GET /v1/health``: 200 healthy, 502 when a matching check is down."""
-        level = _level(request)
-        healthy = self.checks.healthy(level, request.names())
-        status = HTTPStatus.OK if healthy else HTTPStatus.BAD_GATEWAY
-        return _Response(status=status, result={"healthy": healthy})
 
     # ---- layers and plan
 
@@ -1894,7 +1455,6 @@ class Pebble:
                 )
             self.layers.append(Layer.parse(int(match.group(1)), match.group(2), path.read_text()))
         self._update_plan(self.layers)
-        self.checks.plan_changed(self.services.plan)
 
     def _update_plan(self, layers: list[Layer]) -> None:
         plan = combine_layers(layers)
@@ -1939,7 +1499,6 @@ class Pebble:
                 self._update_plan(layers)
             except LayerError as e:
                 raise _bad_request(str(e)) from None
-            self.checks.plan_changed(self.services.plan)
         return _Response(result=True)
 
     # ---- services and changes
@@ -1964,8 +1523,6 @@ class Pebble:
             if action == "autostart":
                 requested = self._default_services()
             change = self.services.submit(action, requested)
-            if action == "replan":
-                self.checks.replan()
         return _Response(status=HTTPStatus.ACCEPTED, kind="async", change=change.id)
 
     def _default_services(self) -> list[str]:
@@ -1987,27 +1544,6 @@ class Pebble:
             )
         return change
 
-    def get_changes(self, request: _Request) -> _Response:
-        """``GET /v1/changes?select=...&for=...``."""
-        select = request.arg("select") or "in-progress"
-        if select not in ("all", "in-progress", "ready"):
-            raise _bad_request("select should be one of: all,in-progress,ready")
-        wanted = request.arg("for")
-        with self.services.lock:
-            changes = sorted(self.services.changes.values(), key=lambda c: int(c.id))
-            result = [
-                change.to_json()
-                for change in changes
-                if (select == "all" or (select == "ready") == change.ready)
-                and (not wanted or wanted in change.service_names)
-            ]
-        return _Response(result=result)
-
-    def get_change(self, _: _Request, change_id: str) -> _Response:
-        """``GET /v1/changes/{id}``."""
-        with self.services.lock:
-            return _Response(result=self._change(change_id).to_json())
-
     def get_change_wait(self, request: _Request, change_id: str) -> _Response:
         """``GET /v1/changes/{id}/wait?timeout=...``: 504 when the timeout passes first."""
         with self.services.lock:
@@ -2025,140 +1561,12 @@ class Pebble:
         with self.services.lock:
             return _Response(result=change.to_json())
 
-    def post_change(self, request: _Request, change_id: str) -> _Response:
-        """``POST /v1/changes/{id}`` with ``{"action": "abort"}``."""
-        with self.services.lock:
-            change = self._change(change_id)
-            payload = request.json()
-            if payload.get("action") != "abort":
-                raise _bad_request(f"invalid action {_go_quote(str(payload.get('action', '')))}")
-            if change.ready:
-                raise _bad_request(f"cannot abort change {change_id} with nothing pending")
-            change.aborted = True
-            return _Response(result=change.to_json())
-
-    def post_signals(self, request: _Request) -> _Response:
-        """``POST /v1/signals``."""
-        payload = request.json("cannot decode request body")
-        names = _string_list(payload, "services", "cannot decode request body")
-        if not names:
-            raise _bad_request("must specify one or more services")
-        self.services.send_signal(names, str(payload.get("signal") or ""))
-        return _Response(result=True)
-
     # ---- checks
-
-    def get_checks(self, request: _Request) -> _Response:
-        """``GET /v1/checks?level=...&names=...``."""
-        return _Response(result=self.checks.infos(_level(request), request.names()))
-
-    def post_checks(self, request: _Request) -> _Response:
-        """``POST /v1/checks``: start or stop checks."""
-        payload = request.json()
-        action = str(payload.get("action") or "")
-        names = _string_list(payload, "checks", "cannot decode data from request body")
-        if not names:
-            raise _bad_request(f"must specify checks for {action} action")
-        if action not in ("start", "stop"):
-            raise _bad_request(f"invalid action {_go_quote(action)}")
-        return _Response(result={"changed": self.checks.set_running(action, names)})
-
-    def post_checks_refresh(self, request: _Request) -> _Response:
-        """``POST /v1/checks/refresh``: run a check now."""
-        payload = request.json()
-        name = str(payload.get("name") or "")
-        if not name:
-            raise _bad_request("must specify check name")
-        check = self.checks.checks.get(name)
-        if check is None:
-            raise APIError(HTTPStatus.NOT_FOUND, f"cannot find check with name {_go_quote(name)}")
-        error = self.checks.perform(check)
-        result: JSON = {"info": check.to_json()}
-        if error:
-            result["error"] = error
-        return _Response(result=result)
 
     # ---- files
 
-    def get_files(self, request: _Request) -> _Response:
-        """``GET /v1/files``: ``action=read`` (multipart) or ``action=list``."""
-        action = request.arg("action")
-        if action == "read":
-            paths = request.query.get("path", [])
-            if not paths:
-                raise _bad_request("must specify one or more paths")
-            if request.headers.get("Accept") != "multipart/form-data":
-                raise _bad_request("must accept multipart/form-data")
-            return self._read_files(paths)
-        if action == "list":
-            path = request.arg("path")
-            if not path:
-                raise _bad_request("must specify path")
-            itself = request.arg("itself")
-            if itself not in ("true", "false", ""):
-                raise _bad_request('itself parameter must be "true" or "false"')
-            if not path.startswith("/"):
-                raise _bad_request(f"path must be absolute, got {_go_quote(path)}")
-            return self._list_files(path, request.arg("pattern"), itself == "true")
-        raise _bad_request(f"invalid action {_go_quote(action)}")
-
-    def _read_files(self, paths: list[str]) -> _Response:
-        boundary = secrets.token_hex(30)
-        parts: list[bytes] = []
-        results: list[JSON] = []
-        for path in paths:
-            result: JSON = {"path": path}
-            try:
-                content = self._read_one(path)
-            except OSError as e:
-                result["error"] = _file_error(
-                    e, "stat" if e.errno == errno.ENOENT else "open", path
-                )
-            except ValueError as e:
-                result["error"] = {"message": str(e), "kind": "generic-file-error"}
-            else:
-                parts.append(_form_part(boundary, "files", content, filename=path))
-            results.append(result)
-        envelope = {"type": "sync", "status-code": 200, "status": "OK", "result": results}
-        parts.append(_form_part(boundary, "response", json.dumps(envelope).encode() + b"\n"))
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        return _Response(raw=body, content_type=f"multipart/form-data; boundary={boundary}")
-
-    def _read_one(self, path: str) -> bytes:
-        if not path.startswith("/"):
-            raise ValueError(f"paths must be absolute, got {_go_quote(path)}")
-        host = self.services.map_path(path)
-        info = os.stat(host)
-        if not _is_regular(info.st_mode):
-            raise ValueError(f"can only read a regular file: {_go_quote(path)}")
-        with open(host, "rb") as f:
-            return f.read()
-
-    def _list_files(self, path: str, pattern: str, itself: bool) -> _Response:
-        host = self.services.map_path(path)
-        try:
-            info = os.stat(host)
-            if not os.path.isdir(host) or itself:
-                entries = [(posixpath.basename(path.rstrip("/")) or "/", info)]
-                directory = posixpath.dirname(path.rstrip("/")) or "/"
-            else:
-                entries = [
-                    (entry.name, entry.stat(follow_symlinks=False)) for entry in os.scandir(host)
-                ]
-                directory = path
-        except OSError as e:
-            detail = _file_error(e, "stat", path)
-            status = {"not-found": 404, "permission-denied": 403}.get(detail["kind"], 400)
-            return _Response(status=status, result=detail, kind="error")
-        result = [
-            _file_info(posixpath.join(directory, name), stat)
-            for name, stat in sorted(entries)
-            if not pattern or fnmatch.fnmatchcase(name, pattern)
-        ]
-        return _Response(result=result)
-
     def post_files(self, request: _Request) -> _Response:
-        """``POST /v1/files``: multipart write, or JSON make-dirs and remove."""
+        """``POST /v1/files``: a multipart write (ops' push); make-dirs and remove answer 501."""
         content_type = request.headers.get("Content-Type", "")
         message = email.parser.Parser().parsestr(f"Content-Type: {content_type}\n\n")
         media = message.get_content_type() if content_type else ""
@@ -2170,14 +1578,8 @@ class Pebble:
         if media == "application/json":
             payload = request.json("cannot decode request body")
             action = payload.get("action")
-            if action == "make-dirs":
-                return _Response(
-                    result=[self._make_dir(item) for item in payload.get("dirs") or []]
-                )
-            if action == "remove":
-                return _Response(
-                    result=[self._remove(item) for item in payload.get("paths") or []]
-                )
+            if action in ("make-dirs", "remove"):
+                raise _not_implemented(f"/v1/files action {action}")
             if action == "write":
                 raise _bad_request('must use multipart with "write" action')
             raise _bad_request(f"invalid action {_go_quote(str(action or ''))}")
@@ -2260,56 +1662,8 @@ class Pebble:
             return _file_error(e, "write", path)
         return None
 
-    def _make_dir(self, item: JSON) -> JSON:
-        path = str(item.get("path"))
-        entry: JSON = {"path": path}
-        if not path.startswith("/"):
-            entry["error"] = {
-                "message": f"paths must be absolute, got {_go_quote(path)}",
-                "kind": "generic-file-error",
-            }
-            return entry
-        try:
-            mode = _permissions(item.get("permissions"), 0o755)
-            owner = _owner(item)
-            host = self.services.map_path(path)
-            if item.get("make-parents"):
-                _make_dirs(host, mode, owner)
-            else:
-                os.mkdir(host, mode)
-                os.chmod(host, mode)
-                if owner is not None:
-                    os.chown(host, *owner)
-        except OSError as e:
-            entry["error"] = _file_error(e, "mkdir", path)
-        except ValueError as e:
-            entry["error"] = {"message": str(e), "kind": "generic-file-error"}
-        return entry
-
-    def _remove(self, item: JSON) -> JSON:
-        path = str(item.get("path"))
-        entry: JSON = {"path": path}
-        if not path.startswith("/"):
-            entry["error"] = {
-                "message": f"paths must be absolute, got {_go_quote(path)}",
-                "kind": "generic-file-error",
-            }
-            return entry
-        host = self.services.map_path(path)
-        try:
-            if item.get("recursive"):
-                _remove_all(host)
-            elif os.path.isdir(host) and not os.path.islink(host):
-                os.rmdir(host)
-            else:
-                os.unlink(host)
-        except OSError as e:
-            entry["error"] = _file_error(e, "remove", path)
-        return entry
-
     def close(self) -> None:
-        """Stop checks and services."""
-        self.checks.shutdown()
+        """Stop the services."""
         self.services.shutdown()
 
 
@@ -2331,61 +1685,6 @@ def _string_list(payload: JSON, key: str, wording: str) -> list[str]:
             f".{key} of type []string"
         )
     return [str(item) for item in items]
-
-
-def _level(request: _Request) -> str:
-    level = request.arg("level")
-    if level not in ("", "alive", "ready"):
-        raise _bad_request('level must be "alive" or "ready"')
-    return level
-
-
-def _is_regular(mode: int) -> bool:
-    return stat.S_ISREG(mode)
-
-
-def _file_info(path: str, info: os.stat_result) -> JSON:
-    mode = info.st_mode
-    kinds = (
-        (stat.S_ISREG, "file"),
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISLNK, "symlink"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISFIFO, "named-pipe"),
-        (stat.S_ISBLK, "device"),
-        (stat.S_ISCHR, "device"),
-    )
-    kind = next((name for test, name in kinds if test(mode)), "unknown")
-    result: JSON = {
-        "path": path,
-        "name": posixpath.basename(path) or "/",
-        "type": kind,
-        "permissions": f"{stat.S_IMODE(mode) & 0o777:03o}",
-        "last-modified": datetime.datetime.fromtimestamp(
-            info.st_mtime, datetime.timezone.utc
-        ).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "user-id": info.st_uid,
-        "user": _user_name(info.st_uid),
-        "group-id": info.st_gid,
-        "group": _group_name(info.st_gid),
-    }
-    if kind == "file":
-        result["size"] = info.st_size
-    return result
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return ""
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return ""
 
 
 def _permissions(value: Any, default: int) -> int:
@@ -2428,27 +1727,6 @@ def _make_dirs(path: str, mode: int, owner: tuple[int, int] | None) -> None:
         os.chmod(directory, mode)
         if owner is not None:
             os.chown(directory, *owner)
-
-
-def _remove_all(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def _form_part(boundary: str, name: str, content: bytes, filename: str = "") -> bytes:
-    disposition = f'form-data; name="{name}"'
-    content_type = "application/json"
-    if filename:
-        escaped = filename.replace("\\", "\\\\").replace('"', '\\"')
-        disposition += f'; filename="{escaped}"'
-        content_type = "application/octet-stream"
-    head = (
-        f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-        f"Content-Type: {content_type}\r\n\r\n"
-    )
-    return head.encode() + content + b"\r\n"
 
 
 def _parse_multipart(body: bytes, boundary: str) -> list[tuple[str, str, bytes]]:
@@ -2512,7 +1790,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         response = self.pebble.handle(request)
         body = response.body()
         self.send_response(int(response.status))
-        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

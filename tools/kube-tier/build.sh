@@ -27,7 +27,7 @@ it prints it at once and builds nothing (Go is then not needed). One build at a 
 a second one waits for the first and reuses its result.
 
 A first build needs Go 1.26 (or GO=/path/to/go), a Go module proxy (GOPROXY), about 4 GiB of disk,
-2.5 GiB of memory and some minutes of CPU (docs/kube-tier.md has the figures).
+2.5 GiB of memory and some minutes of CPU (docs/contributing/kube-tier.md has the figures).
 
 Options:
   (none)        build if needed, then print the folder

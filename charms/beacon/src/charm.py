@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
-"""The Istio beacon charm: event wiring and status only (docs/architecture.md maps the rest)."""
+"""The Istio beacon charm: event wiring and status only.
+
+docs/contributing/architecture.md maps the rest.
+"""
 
 from __future__ import annotations
 
+# First: whether `import ops` loads ops_tracing depends on the charm-tracing relation (see there).
+import tracing_gate
+
+# isort: split
 import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import ops
-import ops_tracing
 from access.actions import ActionError, access_map_results, explain_results, read
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider
@@ -30,7 +36,8 @@ from waypoint import consumer_labels, waypoint_name
 logger = logging.getLogger(__name__)
 # lightkube's HTTP client logs each request at INFO (httpx) and a dozen lines per request at DEBUG
 # (httpcore); ops sends every line to juju-log, one hook tool run each: 6,752 juju-log runs in a
-# first reconcile with 200 related apps (docs/benchmark.md). Warnings and errors still go through.
+# first reconcile with 200 related apps (docs/contributing/benchmark.md). Warnings and errors
+# still go through.
 for _http_logger in ("httpx", "httpcore", "httpx2", "httpcore2"):
     logging.getLogger(_http_logger).setLevel(logging.WARNING)
 
@@ -46,8 +53,19 @@ class IstioBeaconCharm(ops.CharmBase):
 
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
-        # The charm's own traces go to the backend related over charm-tracing, if any.
-        self._tracing = ops_tracing.Tracing(self, tracing_relation_name=TRACING_RELATION)
+        # The charm's own traces go to the backend related over charm-tracing, if any; ops loads
+        # ops_tracing only in a unit so related (tracing_gate.py).
+        self._tracing = (
+            ops.tracing.Tracing(self, tracing_relation_name=TRACING_RELATION)
+            if ops.tracing is not None
+            else None
+        )
+        tracing_events = self.on[TRACING_RELATION]
+        for event in (tracing_events.relation_created, tracing_events.relation_changed):
+            framework.observe(event, self._on_tracing_related)
+        framework.observe(tracing_events.relation_broken, self._on_tracing_broken)
+        for event in (self.on.start, self.on.upgrade_charm):
+            framework.observe(event, self._on_tracing_check)
         # adopted: whether this unit, as leader, took over what the deployed istio-beacon-k8s
         # left (see adoption.py).
         self._stored.set_default(refusals_logged={}, adopted=False)
@@ -106,6 +124,17 @@ class IstioBeaconCharm(ops.CharmBase):
             return self.load_config(BeaconConfig), None
         except ValueError as error:
             return None, str(error)
+
+    def _on_tracing_related(self, _: ops.EventBase) -> None:
+        tracing_gate.remember(True, self.charm_dir)
+
+    def _on_tracing_broken(self, _: ops.EventBase) -> None:
+        tracing_gate.remember(False, self.charm_dir)
+
+    def _on_tracing_check(self, _: ops.EventBase) -> None:
+        # The marker may be gone (a new pod) or stale (a relation broken while it could not be
+        # removed): set it from the relation itself; only start and upgrade pay the relation-ids.
+        tracing_gate.remember(bool(self.model.relations[TRACING_RELATION]), self.charm_dir)
 
     def _on_metrics_proxy_ready(self, event: ops.PebbleReadyEvent) -> None:
         configure_metrics_proxy(event.workload, telemetry_label(self.model.name, self.app.name))
@@ -188,6 +217,8 @@ class IstioBeaconCharm(ops.CharmBase):
             event.add_status(ops.MaintenanceStatus("removed the mesh resources"))
         elif not self.unit.is_leader():
             event.add_status(ops.ActiveStatus("standby"))
+        elif findings is not None and findings.adoption_note:
+            event.add_status(ops.ActiveStatus(findings.adoption_note))
         elif self._config is not None and not self._config.manage_authorization_policies:
             event.add_status(ops.ActiveStatus("not managing authorization policies"))
         event.add_status(ops.ActiveStatus())
@@ -195,6 +226,8 @@ class IstioBeaconCharm(ops.CharmBase):
     def _statuses(self, findings: Findings) -> list[ops.StatusBase]:
         """The statuses for what a reconcile found, most urgent first."""
         statuses: list[ops.StatusBase] = []
+        if findings.root_namespace:
+            statuses.append(ops.BlockedStatus(findings.root_namespace))
         if findings.unreachable:
             statuses.append(ops.BlockedStatus(f"cannot reach Kubernetes: {findings.unreachable}"))
         if findings.missing_crds:
@@ -207,7 +240,8 @@ class IstioBeaconCharm(ops.CharmBase):
         if findings.forbidden:
             statuses.append(
                 ops.BlockedStatus(
-                    f"run `juju trust {self.app.name} --scope=cluster`: Kubernetes refused to "
+                    f"run `juju trust {self.app.name} --scope=cluster` or bind the Role in "
+                    f"charms/beacon/rbac (docs/beacon.md): Kubernetes refused to "
                     f"{findings.forbidden[0]}"
                 )
             )

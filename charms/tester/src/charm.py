@@ -25,7 +25,9 @@ class ServiceMeshTesterCharm(ops.CharmBase):
         # publishes first and the reconcile below has the last word (the debug option needs that).
         self._mesh = ServiceMeshConsumer(
             self,
-            policies=declared_policies(self._config.peer_communication),
+            policies=declared_policies(
+                self._config.peer_communication, self._config.inbound_extra_service
+            ),
             auto_join=self._config.auto_join_mesh,
         )
         self._container = self.unit.get_container(workload.CONTAINER_NAME)
@@ -58,12 +60,8 @@ class ServiceMeshTesterCharm(ops.CharmBase):
             return self.load_config(TesterConfig), None
         except ValueError as e:
             # Keep honouring the options that are valid (Juju type-checks booleans); only the
-            # invalid debug option is ignored, and the unit is Blocked until it is fixed.
-            fallback = TesterConfig(
-                auto_join_mesh=bool(self.config.get("auto-join-mesh", True)),
-                peer_communication=bool(self.config.get("peer-communication", True)),
-            )
-            return fallback, str(e)
+            # invalid string options are ignored, and the unit is Blocked until they are fixed.
+            return TesterConfig.valid_part(self.config), str(e)
 
     def _reconcile(self, _: ops.EventBase) -> None:
         self.unit.set_ports(*workload.POLICY_PORTS)

@@ -26,26 +26,30 @@ INBOUND_PATHS = ("/foo", "/bar/")
 INBOUND_METHODS = (Method.get, Method.post)
 
 
-def declared_policies(peer_communication: bool) -> list[AppPolicy | UnitPolicy]:
+def declared_policies(
+    peer_communication: bool, inbound_extra_service: str = ""
+) -> list[AppPolicy | UnitPolicy]:
     """The policies the tester declares, for the given ``peer-communication`` setting.
 
     - ``inbound`` (app policy, L7): GET and POST on /foo and /bar/, ports 8080 and 8081;
+    - the same on the Service ``inbound_extra_service``, when one is named (its
+      ``inbound-extra-service`` option): an app policy whose ``service`` is that Service;
     - ``inbound-unit`` (unit policy, L4): ports 8080 and 8081 of the unit pods;
     - ``peers`` (unit policy, L4), only with peer communication: ports 8080 and 8081.
     """
-    policies: list[AppPolicy | UnitPolicy] = [
-        AppPolicy(
-            relation=INBOUND_RELATION,
-            endpoints=[
-                Endpoint(
-                    ports=list(POLICY_PORTS),
-                    methods=list(INBOUND_METHODS),
-                    paths=list(INBOUND_PATHS),
-                )
-            ],
-        ),
-        UnitPolicy(relation=INBOUND_UNIT_RELATION, ports=list(POLICY_PORTS)),
+    inbound = [
+        Endpoint(
+            ports=list(POLICY_PORTS), methods=list(INBOUND_METHODS), paths=list(INBOUND_PATHS)
+        )
     ]
+    policies: list[AppPolicy | UnitPolicy] = [
+        AppPolicy(relation=INBOUND_RELATION, endpoints=inbound)
+    ]
+    if inbound_extra_service:
+        policies.append(
+            AppPolicy(relation=INBOUND_RELATION, endpoints=inbound, service=inbound_extra_service)
+        )
+    policies.append(UnitPolicy(relation=INBOUND_UNIT_RELATION, ports=list(POLICY_PORTS)))
     if peer_communication:
         policies.append(UnitPolicy(relation=PEER_RELATION, ports=list(POLICY_PORTS)))
     return policies

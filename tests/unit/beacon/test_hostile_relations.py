@@ -1,6 +1,6 @@
 """Relation data written to hurt the beacon: no failed hook, no wider access, no lost revocation.
 
-Each test names the class of failure of issue 12 it proves (see docs/security.md).
+Each test names the class of failure of issue 12 it proves (see docs/contributing/security.md).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def test_an_object_kubernetes_rejects_is_a_refusal_and_stops_nothing(
 
     rejected = wire_policy("sender", "aaa-first")
     name = authorization_policy_name(MeshPolicy.from_dict(rejected))
-    kube.reject(422, "admission webhook denied it", "patch", "authorizationpolicies", name)
+    kube.reject(422, "admission webhook denied it", None, "authorizationpolicies", name)
     first = mesh_relation("aaa-first", [rejected])
     late = mesh_relation("zzz-late", [wire_policy("sender", "zzz-late")])
     out = ctx.run(

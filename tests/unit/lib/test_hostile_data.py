@@ -1,6 +1,6 @@
 """Relation data written to hurt: the library never raises on it, and never widens access.
 
-Each test names the class of failure of issue 12 it proves (see docs/security.md).
+Each test names the class of failure of issue 12 it proves (see docs/contributing/security.md).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Declarations Istio would refuse, or accept and never match, are refused where they are written.
 
 Each refused shape was put through Istio's own validation and translation (tools/istio-check, see
-docs/envoy-tier.md): either the admission webhook rejects it, or nothing can ever match it (a
-silent deny), or it widens to the whole namespace. Each accepted shape passes Istio with no error
-and no warning (tests/envoy/test_corpus.py checks the corpus against Istio itself).
+docs/contributing/envoy-tier.md): either the admission webhook rejects it, or nothing can ever
+match it (a silent deny), or it widens to the whole namespace. Each accepted shape passes Istio
+with no error and no warning (tests/envoy/test_corpus.py checks the corpus against Istio itself).
 """
 
 from __future__ import annotations

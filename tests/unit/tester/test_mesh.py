@@ -282,6 +282,69 @@ def test_an_invalid_impersonation_target_blocks_and_publishes_the_honest_policie
     assert published(state_out, mesh) == [app_policy("client")]
 
 
+# -- a second Service for the inbound app policy ------------------------------------------------
+
+
+@pytest.mark.usefixtures("kube")
+def test_an_extra_inbound_service_adds_the_inbound_policy_on_that_service(
+    ctx: testing.Context[ServiceMeshTesterCharm],
+):
+    mesh = mesh_relation()
+    inbound = testing.Relation("inbound", remote_app_name="client")
+
+    state_out = ctx.run(
+        ctx.on.config_changed(),
+        state(mesh, inbound, config={"inbound-extra-service": "tester-admin"}),
+    )
+
+    on_admin = {**app_policy("client"), "target_service": "tester-admin"}
+    assert sort(published(state_out, mesh)) == sort([app_policy("client"), on_admin])
+    # Republished as declared on every later hook (what the integration test relies on).
+    again = ctx.run(ctx.on.update_status(), state_out)
+    assert sort(published(again, mesh)) == sort([app_policy("client"), on_admin])
+
+
+@pytest.mark.usefixtures("kube")
+def test_clearing_the_extra_inbound_service_withdraws_its_policy(
+    ctx: testing.Context[ServiceMeshTesterCharm],
+):
+    on_admin = {**app_policy("client"), "target_service": "tester-admin"}
+    mesh = mesh_relation(local_app_data={"policies": json.dumps([app_policy("client"), on_admin])})
+    inbound = testing.Relation("inbound", remote_app_name="client")
+
+    state_out = ctx.run(
+        ctx.on.config_changed(), state(mesh, inbound, config={"inbound-extra-service": ""})
+    )
+
+    assert published(state_out, mesh) == [app_policy("client")]
+
+
+@pytest.mark.usefixtures("kube")
+def test_an_invalid_extra_inbound_service_blocks_and_keeps_the_valid_options(
+    ctx: testing.Context[ServiceMeshTesterCharm],
+):
+    mesh = mesh_relation()
+    inbound = testing.Relation("inbound", remote_app_name="client")
+    peers = testing.PeerRelation("peers")
+
+    state_out = ctx.run(
+        ctx.on.config_changed(),
+        state(
+            mesh,
+            inbound,
+            peers,
+            config={"inbound-extra-service": "Admin_Service", "peer-communication": False},
+        ),
+    )
+
+    assert state_out.unit_status == testing.BlockedStatus(
+        "invalid config: inbound-extra-service 'Admin_Service' is not a Kubernetes Service name"
+        " (lower-case letters, digits and '-', at most 63); set it to one or to ''"
+    )
+    # The valid options are still honoured: no peer policy, no policy on the invalid Service.
+    assert published(state_out, mesh) == [app_policy("client")]
+
+
 # -- labels --------------------------------------------------------------------------------------
 
 
