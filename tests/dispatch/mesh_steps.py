@@ -6,11 +6,13 @@ Each step runs the hooks Juju would run, in Juju's order, and checks that every 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightkube import ApiError, Client, codecs
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.models.rbac_v1 import PolicyRule
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.core_v1 import Namespace, Service
 from support.juju_unit_agent import HookRun, JujuModel
@@ -135,9 +137,22 @@ def istio_runs_the_waypoint(model: JujuModel, ready: int = 1) -> None:
     )
 
 
-def deploy_beacon(model: JujuModel, charm: Path, *, trust: bool = True, **config: Any) -> str:
+def deploy_beacon(
+    model: JujuModel,
+    charm: Path,
+    *,
+    trust: bool = True,
+    rules: Sequence[PolicyRule] | None = None,
+    cluster_rules: Sequence[PolicyRule] | None = None,
+    **config: Any,
+) -> str:
     model.deploy(
-        BEACON, charm, trust=trust, config={k.replace("_", "-"): v for k, v in config.items()}
+        BEACON,
+        charm,
+        trust=trust,
+        config={k.replace("_", "-"): v for k, v in config.items()},
+        rules=rules,
+        cluster_rules=cluster_rules,
     )
     runs = model.start_units(BEACON)
     ok(runs)

@@ -8,13 +8,15 @@ Istio here: the test stands in for it where the beacon waits on it (the waypoint
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 
 import pytest
-from lightkube import ApiError, Client, KubeConfig
+import yaml
+from lightkube import ALL_NS, ApiError, Client, KubeConfig, codecs
 from lightkube.config.models import Cluster, User
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import ConfigMap, Namespace
+from lightkube.resources.core_v1 import ConfigMap
 from mesh_steps import (
     BEACON,
     MANAGED_BY,
@@ -35,6 +37,9 @@ from mesh_steps import (
     waypoint,
 )
 from support.juju_unit_agent import JujuModel
+from support.kube_server import JUJU_DEFAULT_CLUSTER_RULES, juju_default_app_rules
+
+RBAC = Path(__file__).parents[2] / "charms" / "beacon" / "rbac"
 
 
 def test_beacon_alone_installs_and_waits_for_istio(model: JujuModel, beacon_charm: Path):
@@ -62,10 +67,33 @@ def test_beacon_alone_installs_and_waits_for_istio(model: JujuModel, beacon_char
     assert all(call["exit"] == 0 for run in model.history for call in run.calls)
 
 
-def test_untrusted_beacon_needs_only_its_model(model: JujuModel, beacon_charm: Path):
-    # Without `juju trust` the app's ServiceAccount may do anything in its own namespace and
-    # nothing outside it: that is enough for everything the beacon manages in its own model.
-    unit = deploy_beacon(model, beacon_charm, trust=False, model_on_mesh=True)
+def test_untrusted_beacon_is_blocked_until_its_role_is_bound(model: JujuModel, beacon_charm: Path):
+    # Without `juju trust` the app's ServiceAccount has exactly what Juju 3.6 gives every app
+    # (trust.go): it may read its Namespace and patch pods and Services, nothing the beacon needs
+    # to write. The beacon says so, naming the Role shipped with it.
+    unit = deploy_beacon(
+        model,
+        beacon_charm,
+        trust=False,
+        rules=juju_default_app_rules(model.name),
+        cluster_rules=JUJU_DEFAULT_CLUSTER_RULES,
+        model_on_mesh=True,
+    )
+    status, message = model.unit_status(unit)
+    assert status == "blocked"
+    assert message.startswith(
+        f"run `juju trust {BEACON} --scope=cluster` or bind the Role in charms/beacon/rbac"
+    ), message
+    assert list(owned(model, Gateway)) == []
+
+    # Bound as docs/beacon.md says (the same token, the Role added): the beacon converges on its
+    # next hook, with nothing outside its model.
+    text = string.Template((RBAC / "role.yaml").read_text()).substitute(
+        MODEL=model.name, APP=BEACON, WAYPOINT=waypoint(model)
+    )
+    for document in yaml.safe_load_all(text):
+        model.admin.apply(codecs.from_dict(document), force=True)
+    ok(model.run_hook(unit, "update-status"))
     assert list(owned(model, Gateway)) == [waypoint(model)]
     assert namespace_labels(model)["istio.io/dataplane-mode"] == "ambient"
     istio_runs_the_waypoint(model)
@@ -78,7 +106,7 @@ def test_untrusted_beacon_needs_only_its_model(model: JujuModel, beacon_charm: P
         user=User(token=(account / "token").read_text()),
     )
     with Client(config) as client, pytest.raises(ApiError) as refused:
-        list(client.list(Namespace))
+        list(client.list(Gateway, namespace=ALL_NS))
     assert refused.value.status.code == 403
 
 

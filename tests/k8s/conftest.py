@@ -61,8 +61,12 @@ def namespace(request: pytest.FixtureRequest, admin: Client) -> str:
 
 
 @pytest.fixture
-def untrusted(kube: KubeServer) -> Callable[[str, str], Client]:
-    """Factory: ``untrusted(namespace, app)``, a client restricted like an untrusted Juju app."""
+def namespace_admin(kube: KubeServer) -> Callable[[str, str], Client]:
+    """Factory: ``namespace_admin(namespace, app)``: every verb on everything in the namespace.
+
+    Wider than what Juju gives an app without trust (see ``JUJU_DEFAULT_APP_RULES``) and narrower
+    than ``juju trust`` (cluster-wide): a namespace admin, refused only outside its namespace.
+    """
 
     def make(namespace: str, app: str) -> Client:
         return kube.namespaced_client(namespace, app, field_manager=app)

@@ -478,7 +478,8 @@ def test_without_trust_it_says_how_to_trust_it(
 
     # The namespace is the first step (it decides what consumers are told), the first refused.
     assert out.unit_status == testing.BlockedStatus(
-        f"run `juju trust {APP} --scope=cluster`: Kubernetes refused to label the namespace"
+        f"run `juju trust {APP} --scope=cluster` or bind the Role in charms/beacon/rbac "
+        "(docs/beacon.md): Kubernetes refused to label the namespace"
     )
     assert owned(admin, gateway_resource(), model) == {}
     assert owned(admin, AuthorizationPolicy, model) == {}

@@ -65,9 +65,9 @@ def remembered(client: Client, namespace: str) -> dict[str, str]:
 
 @pytest.mark.usefixtures("app_objects")
 def test_labels_added_changed_removed_others_untouched(
-    namespace: str, admin: Client, untrusted: Callable[[str, str], Client]
+    namespace: str, admin: Client, namespace_admin: Callable[[str, str], Client]
 ):
-    client = untrusted(namespace, APP)
+    client = namespace_admin(namespace, APP)
     configmap = label_configmap_name(APP)
 
     # Each mesh label goes only where Istio reads it: the data-plane mode on the pod template,
@@ -124,9 +124,9 @@ def test_labels_added_changed_removed_others_untouched(
 
 @pytest.mark.usefixtures("app_objects")
 def test_label_whose_value_someone_else_changed_is_left_alone(
-    namespace: str, admin: Client, untrusted: Callable[[str, str], Client]
+    namespace: str, admin: Client, namespace_admin: Callable[[str, str], Client]
 ):
-    client = untrusted(namespace, APP)
+    client = namespace_admin(namespace, APP)
     configmap = label_configmap_name(APP)
     reconcile_charm_labels(client, APP, namespace, configmap, {"shared": "ours"})
     admin.patch(Service, APP, {"metadata": {"labels": {"shared": "theirs"}}}, namespace=namespace)
@@ -139,9 +139,9 @@ def test_label_whose_value_someone_else_changed_is_left_alone(
 
 @pytest.mark.usefixtures("app_objects")
 def test_no_write_when_labels_are_already_set(
-    kube: KubeServer, namespace: str, admin: Client, untrusted: Callable[[str, str], Client]
+    kube: KubeServer, namespace: str, admin: Client, namespace_admin: Callable[[str, str], Client]
 ):
-    client = untrusted(namespace, APP)
+    client = namespace_admin(namespace, APP)
     configmap = label_configmap_name(APP)
     labels = {"istio.io/dataplane-mode": "ambient"}
     reconcile_charm_labels(client, APP, namespace, configmap, labels)
@@ -161,9 +161,9 @@ def test_no_write_when_labels_are_already_set(
 
 
 def test_missing_statefulset_is_an_api_error(
-    namespace: str, untrusted: Callable[[str, str], Client]
+    namespace: str, namespace_admin: Callable[[str, str], Client]
 ):
-    client = untrusted(namespace, APP)
+    client = namespace_admin(namespace, APP)
     with pytest.raises(ApiError) as raised:
         reconcile_charm_labels(client, APP, namespace, label_configmap_name(APP), {"a": "b"})
     assert raised.value.status.code == 404
@@ -171,9 +171,9 @@ def test_missing_statefulset_is_an_api_error(
 
 @pytest.mark.usefixtures("app_objects")
 def test_another_namespace_is_forbidden(
-    namespace: str, admin: Client, untrusted: Callable[[str, str], Client]
+    namespace: str, admin: Client, namespace_admin: Callable[[str, str], Client]
 ):
-    client = untrusted(f"{namespace}-x", APP)  # an app of another model
+    client = namespace_admin(f"{namespace}-x", APP)  # an app of another model
     with pytest.raises(ApiError) as raised:
         reconcile_charm_labels(client, APP, namespace, label_configmap_name(APP), {"a": "b"})
     assert raised.value.status.code == 403

@@ -1,9 +1,10 @@
 """The consumer's labels through the production path: the pod's service account, nothing else.
 
 A service-account directory is laid out as Kubernetes mounts it in a pod (``token``, ``ca.crt``,
-``namespace``) for the app's ServiceAccount, bound to a Role over its namespace as Juju grants an
-untrusted app, and ``KUBERNETES_SERVICE_HOST``/``PORT`` name the real API server. No kubeconfig is
-given. The consumer, run by ops.testing, must label its StatefulSet and Service as that identity.
+``namespace``) for the app's ServiceAccount, bound to a Role that allows everything in its
+namespace (a namespace admin), and ``KUBERNETES_SERVICE_HOST``/``PORT`` name the real API
+server. No kubeconfig is given. The consumer, run by ops.testing, must label its StatefulSet and
+Service as that identity.
 """
 
 from __future__ import annotations

@@ -82,9 +82,9 @@ def versions(client: Client, namespace: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def app_client(namespace: str, untrusted: Callable[[str, str], Client]) -> Client:
-    """The receiver's own client, as an untrusted Juju app has it."""
-    return untrusted(namespace, APP)
+def app_client(namespace: str, namespace_admin: Callable[[str, str], Client]) -> Client:
+    """The receiver's own client, as an namespace_admin Juju app has it."""
+    return namespace_admin(namespace, APP)
 
 
 def test_create_update_delete_reconcile_to_empty(

@@ -11,6 +11,7 @@ deleted: access is never narrower than requested in between.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from typing import Any
@@ -149,14 +150,21 @@ def test_first_hook_after_refresh_takes_everything_over(
     ctx = testing.Context(IstioBeaconCharm, app_name=APP)
     out = ctx.run(ctx.on.upgrade_charm(), first_hook_after_refresh(model, model_on_mesh=True))
 
-    # Nothing of the deployed charm is left, in the model or elsewhere.
-    assert deployed_objects(admin, APP, model) == []
+    # Nothing of the deployed charm is left in the model; its policy in another namespace is
+    # left alone (its labels do not prove it is not another model's beacon's) and reported.
+    foreign_policies = [(ns, name) for ns, name in seeded.policies if ns != model]
+    assert len(foreign_policies) == 1
+    assert deployed_objects(admin, APP, model) == [
+        f"AuthorizationPolicy {ns}/{name}" for ns, name in foreign_policies
+    ]
     api: Any = admin
     remaining = {
         f"{p.metadata.namespace}/{p.metadata.name}"
         for p in api.list(AuthorizationPolicy, namespace=ALL_NS)
     }
-    assert not remaining & {f"{ns}/{name}" for ns, name in seeded.policies}
+    assert remaining & {f"{ns}/{name}" for ns, name in seeded.policies} == {
+        f"{ns}/{name}" for ns, name in foreign_policies
+    }
     assert f"{model}/{seeded.model_operator_policy}" not in remaining
 
     # Ours are in place: the Gateway and autoscaler (taken over when of the same name), the
@@ -209,8 +217,76 @@ def test_first_hook_after_refresh_takes_everything_over(
 
     history = policy_history(kube, since)
     assert len(added(history)) == len(ours_now), history
-    assert len(deleted(history)) == len(seeded.policies) + 1, history
+    assert len(deleted(history)) == len(seeded.policies), history  # the model's + model operator
     assert max(added(history)) < min(deleted(history)), history
     # Nothing refused, nothing blocked: only Istio, absent here, is awaited.
     assert isinstance(out.unit_status, testing.WaitingStatus), out.unit_status
     assert out.unit_status.message.startswith("waiting for the waypoint"), out.unit_status
+
+
+def test_another_models_policy_under_an_ambiguous_label_survives_install_and_removal(
+    kube: KubeServer, admin: Client, monkeypatch: pytest.MonkeyPatch
+):
+    # A deployed beacon named beacon-k8s-mesh-model in model istio labels its policies
+    # istio-beacon-k8s-mesh-model, the very value the deployed charm's older spelling gives for
+    # our istio-beacon-k8s in mesh-model. Our beacon is installed there (no refresh), then removed.
+    ensure_namespace(admin, "istio")
+    ensure_namespace(admin, "mesh-model")
+    juju_seed.seed_app(admin, APP, "mesh-model")
+    juju_seed.seed_service(admin, "receiver", "mesh-model")
+    with kube.admin_client(field_manager="beacon-k8s-mesh-model") as other:
+        seeded = seed_deployed_beacon(
+            other,
+            "beacon-k8s-mesh-model",
+            "istio",
+            consumers=[("sender", "receiver")],
+            model_on_mesh=False,
+            older_revision=True,
+        )
+    api: Any = admin
+    theirs = {
+        f"{p.metadata.namespace}/{p.metadata.name}": p.metadata.labels
+        for p in api.list(AuthorizationPolicy, namespace="istio")
+    }
+    assert [labels["app.kubernetes.io/instance"] for labels in theirs.values()] == [
+        "beacon-k8s-mesh-model-istio"
+    ]
+    # The ambiguous one, as the other spelling of that charm writes it for that app in istio.
+    admin.apply(
+        AuthorizationPolicy.from_dict(
+            {
+                "metadata": {
+                    "name": "guard-ambiguous",
+                    "namespace": "istio",
+                    "labels": {
+                        "app.kubernetes.io/instance": f"{APP}-mesh-model",
+                        SCOPE: "istio-authorization-policy",
+                    },
+                },
+                "spec": {
+                    "selector": {"matchLabels": {"app.kubernetes.io/name": "guarded"}},
+                    "rules": [
+                        {"from": [{"source": {"principals": ["cluster.local/ns/istio/sa/a"]}}]}
+                    ],
+                },
+            }
+        ),
+        field_manager="beacon-k8s-mesh-model",
+        force=True,
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig_path))  # trusted: it could delete it
+    ctx = testing.Context(IstioBeaconCharm, app_name=APP)
+    mark = kube.audit_mark()
+
+    out = ctx.run(ctx.on.install(), first_hook_after_refresh("mesh-model"))
+    out = ctx.run(ctx.on.upgrade_charm(), out)
+    ctx.run(ctx.on.remove(), dataclasses.replace(out, planned_units=0))
+
+    after = {
+        f"{p.metadata.namespace}/{p.metadata.name}"
+        for p in api.list(AuthorizationPolicy, namespace="istio")
+    }
+    assert after == {*theirs, "istio/guard-ambiguous"}
+    assert admin.get(Gateway, seeded.waypoint, namespace="istio") is not None
+    # Nothing of namespace istio was even written to.
+    assert not [w for w in kube.writes_since(mark) if "/namespaces/istio/" in w.uri]

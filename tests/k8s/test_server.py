@@ -20,9 +20,9 @@ def test_crds_are_served(admin: Client):
 
 
 def test_untrusted_app_manages_its_own_namespace(
-    namespace: str, untrusted: Callable[[str, str], Client]
+    namespace: str, namespace_admin: Callable[[str, str], Client]
 ):
-    app = untrusted(namespace, "receiver")
+    app = namespace_admin(namespace, "receiver")
     app.apply(ConfigMap(metadata=ObjectMeta(name="mine"), data={"a": "b"}))
     assert app.get(ConfigMap, "mine").data == {"a": "b"}
 
@@ -40,11 +40,11 @@ def test_untrusted_app_manages_its_own_namespace(
     ],
 )
 def test_untrusted_app_is_refused_outside_its_namespace(
-    admin: Client, namespace: str, untrusted: Callable[[str, str], Client], action
+    admin: Client, namespace: str, namespace_admin: Callable[[str, str], Client], action
 ):
     other = f"{namespace}-other"
     admin.create(Namespace(metadata=ObjectMeta(name=other)))
-    app = untrusted(namespace, "receiver")
+    app = namespace_admin(namespace, "receiver")
     with pytest.raises(ApiError) as raised:
         action(app, other)
     assert raised.value.status.code == 403

@@ -64,6 +64,7 @@ the ones charms build, leave no pooled socket behind to raise ``ResourceWarning`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import http.client
@@ -987,11 +988,14 @@ class FakeKubeServer:
             failure = _StatusError(500, "InternalError", f"fake kube-apiserver error: {error!r}")
             return failure.code, failure.status()
 
-    def _authorize(self, verb: str, route: _Route, name: str | None = None) -> None:
+    def _authorize(
+        self, verb: str, route: _Route, name: str | None = None, admitted: str | None = None
+    ) -> None:
+        """RBAC (by the name in the path) and admission (``admitted``: the name in the body)."""
         rbac_verb = "patch" if verb == "apply" else verb
         name = name or route.name
         for rule, code, message in self._rejections:
-            if rule.matches(rbac_verb, route.plural, route.namespace, name):
+            if rule.matches(rbac_verb, route.plural, route.namespace, admitted or name):
                 raise _StatusError(code, "Invalid" if code == 422 else "Rejected", message)
         if not any(
             rule.matches(rbac_verb, route.plural, route.namespace, name) for rule in self._rules
@@ -1039,7 +1043,11 @@ class FakeKubeServer:
         body: bytes,
         user_agent: str,
     ) -> tuple[int, JsonDict]:
-        self._authorize(verb, route)
+        admitted: str | None = None
+        if verb == "create" and route.name is None:
+            with contextlib.suppress(Exception):  # a body that is not an object: refused below
+                admitted = _decode(body).get("metadata", {}).get("name")
+        self._authorize(verb, route, admitted=admitted)
         kind = self._served_kind(route)
         manager = query.get("fieldManager") or user_agent.split("/", maxsplit=1)[0] or "unknown"
         if verb == "get":

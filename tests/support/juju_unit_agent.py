@@ -33,7 +33,7 @@ import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from lightkube.resources.rbac_authorization_v1 import (
 )
 
 from support import juju_hook_tools, juju_seed, pod_network
-from support.kube_server import UNTRUSTED_APP_RULES, KubeServer, ensure_namespace
+from support.kube_server import NAMESPACE_ADMIN_RULES, KubeServer, ensure_namespace
 
 JUJU_VERSION = "3.6.14"
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -239,11 +239,16 @@ class JujuModel:
         units: int = 1,
         trust: bool = False,
         config: Mapping[str, Any] | None = None,
+        rules: Sequence[PolicyRule] | None = None,
+        cluster_rules: Sequence[PolicyRule] | None = None,
     ) -> list[str]:
         """Deploy ``charm`` as ``app`` with ``units`` units (no hook runs yet); return the units.
 
         Creates the app's StatefulSet and Service as Juju does, its ServiceAccount with the rights
         of a trusted (``juju trust --scope=cluster``) or untrusted app, and its peer relation.
+        Untrusted, its Role has ``rules`` (by default `NAMESPACE_ADMIN_RULES`, a namespace admin,
+        which is *not* what Juju gives: see `support.kube_server.juju_default_app_rules`) and,
+        with ``cluster_rules``, a ClusterRole too.
         """
         app_dir = self.workdir / "apps" / app
         reference = app_dir / "charm"
@@ -264,7 +269,7 @@ class JujuModel:
 
         juju_seed.seed_app(self.admin, app, self.name)
         sa_dir = app_dir / "serviceaccount"
-        self._service_account(app, trust, sa_dir)
+        self._service_account(app, trust, sa_dir, rules, cluster_rules)
 
         unit_names = [f"{app}/{i}" for i in range(units)]
 
@@ -351,14 +356,24 @@ class JujuModel:
         """Where, on this host, the unit's ``/charm/containers/<container>/pebble.socket`` is."""
         return self.unit_dir(unit) / "charm-root" / "containers" / container / "pebble.socket"
 
-    def _service_account(self, app: str, trust: bool, sa_dir: Path) -> None:
+    def _service_account(
+        self,
+        app: str,
+        trust: bool,
+        sa_dir: Path,
+        rules: Sequence[PolicyRule] | None = None,
+        cluster_rules: Sequence[PolicyRule] | None = None,
+    ) -> None:
         meta = ObjectMeta(name=app, namespace=self.name)
         self.admin.apply(ServiceAccount(metadata=meta), force=True)
         subject = Subject(kind="ServiceAccount", name=app, namespace=self.name)
-        if trust:
+        if trust or cluster_rules is not None:
             role_name = f"{self.name}-{app}"
             self.admin.apply(
-                ClusterRole(metadata=ObjectMeta(name=role_name), rules=list(TRUSTED_APP_RULES)),
+                ClusterRole(
+                    metadata=ObjectMeta(name=role_name),
+                    rules=list(TRUSTED_APP_RULES if trust else cluster_rules or []),
+                ),
                 force=True,
             )
             self.admin.apply(
@@ -371,11 +386,11 @@ class JujuModel:
                 ),
                 force=True,
             )
-        else:
+        if not trust:
             self.admin.apply(
                 Role(
                     metadata=ObjectMeta(name=app, namespace=self.name),
-                    rules=list(UNTRUSTED_APP_RULES),
+                    rules=list(NAMESPACE_ADMIN_RULES if rules is None else rules),
                 ),
                 force=True,
             )

@@ -12,7 +12,7 @@ Typical use::
     try:
         server.install_crds()
         client = server.admin_client(field_manager="my-charm")
-        untrusted = server.namespaced_client("my-model", "my-app", field_manager="my-app")
+        app = server.namespaced_client("my-model", "my-app", field_manager="my-app")
         before = server.request_counts()
         ...
         writes = count_writes(before, server.request_counts(), resource="authorizationpolicies")
@@ -52,7 +52,12 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.models.rbac_v1 import PolicyRule, RoleRef, Subject
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
-from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
+from lightkube.resources.rbac_authorization_v1 import (
+    ClusterRole,
+    ClusterRoleBinding,
+    Role,
+    RoleBinding,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tools" / "kube-tier" / "build.sh"
@@ -73,12 +78,44 @@ _AUDIT_POLICY = {
     "omitStages": ["RequestReceived"],
     "rules": [
         {"level": "Request", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        # Every other request of a ServiceAccount (an app), without bodies: `refused_since`.
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
         {"level": "None"},
     ],
 }
 
-#: What an app deployed without ``juju trust`` may do: anything, but only in its own namespace.
-UNTRUSTED_APP_RULES = (PolicyRule(apiGroups=["*"], resources=["*"], verbs=["*"]),)
+#: A namespace admin: every verb on every resource of its namespace, nothing outside it. NOT what
+#: Juju gives an app without trust (`JUJU_DEFAULT_APP_RULES`): wider in the namespace (Gateways,
+#: policies, ConfigMaps...), narrower outside it (no Namespace reads).
+NAMESPACE_ADMIN_RULES = (PolicyRule(apiGroups=["*"], resources=["*"], verbs=["*"]),)
+
+
+def juju_default_app_rules(namespace: str) -> tuple[PolicyRule, ...]:
+    """The Role Juju 3.6 gives every app deployed without ``juju trust``, in its model.
+
+    As Juju builds it (``caas/kubernetes/provider/application/trust.go``,
+    ``getDefaultApplicationNamespaceRules``): its own Namespace read; every pod and Service of
+    the model read and patched; exec into any pod of the model.
+    """
+    return (
+        PolicyRule(
+            apiGroups=[""],
+            resources=["namespaces"],
+            resourceNames=[namespace],
+            verbs=["get", "list"],
+        ),
+        PolicyRule(apiGroups=[""], resources=["pods", "services"], verbs=["get", "list", "patch"]),
+        PolicyRule(apiGroups=[""], resources=["pods/exec"], verbs=["create"]),
+    )
+
+
+#: The ClusterRole Juju 3.6 gives every app without trust (``defaultApplicationClusterRules``).
+JUJU_DEFAULT_CLUSTER_RULES = (
+    PolicyRule(apiGroups=[""], resources=["namespaces"], verbs=["get", "list"]),
+)
+
+#: The audit verbs `writes_since` returns.
+_AUDITED_WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 _LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
@@ -467,6 +504,8 @@ class KubeServer:
             user = str(event.get("user", {}).get("username", ""))
             if user == "system:apiserver" and not include_server:
                 continue
+            if event.get("verb") not in _AUDITED_WRITES:
+                continue  # a ServiceAccount's read (audited for `refused_since`)
             writes.append(
                 AuditedWrite(
                     user=user,
@@ -477,6 +516,34 @@ class KubeServer:
                 )
             )
         return writes
+
+    def refused_since(self, mark: int, *, settle: float = 1.0) -> list[AuditedWrite]:
+        """Every request of a ServiceAccount that the API server refused with 403 since ``mark``.
+
+        Reads and writes alike (the audit policy records every request of a ServiceAccount).
+        """
+        time.sleep(settle)
+        with self.audit_log.open("rb") as log:
+            log.seek(mark)
+            lines = log.read().decode(errors="replace").splitlines()
+        refused: list[AuditedWrite] = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if int(event.get("responseStatus", {}).get("code", 0)) != 403:
+                continue
+            refused.append(
+                AuditedWrite(
+                    user=str(event.get("user", {}).get("username", "")),
+                    verb=str(event.get("verb", "")),
+                    uri=str(event.get("requestURI", "")),
+                    code=403,
+                    body=None,
+                )
+            )
+        return refused
 
     def _wait_for(self, name: str, deadline: float, ready: Any) -> None:
         while True:
@@ -568,11 +635,12 @@ class KubeServer:
         field_manager: str | None = None,
         rules: Sequence[PolicyRule] | None = None,
     ) -> Client:
-        """Return a client restricted the way Juju restricts an application deployed without trust.
+        """Return a client of an app's ServiceAccount, bound to a Role in its namespace only.
 
         Creates (as admin, idempotently) the namespace, the ServiceAccount, a Role (by default
-        allowing every verb on every resource of every API group in that namespace; see
-        `UNTRUSTED_APP_RULES`) and its RoleBinding. Then
+        a namespace admin: every verb on every resource of every API group in that namespace;
+        see `NAMESPACE_ADMIN_RULES`, and `juju_default_app_rules` for what Juju really gives an
+        app without trust) and its RoleBinding. Then
         authenticates as that ServiceAccount with a bound token. The client can manage namespaced
         objects of its own namespace, and gets a real 403 for cluster-scoped objects (other
         Namespaces, listing Namespaces, CRDs, ClusterRoles, ...) and for anything in another
@@ -583,7 +651,7 @@ class KubeServer:
             namespace: The model's namespace.
             service_account: The application name (Juju names the ServiceAccount after the app).
             field_manager: Default field manager of the returned client.
-            rules: The Role's rules instead of `UNTRUSTED_APP_RULES`.
+            rules: The Role's rules instead of `NAMESPACE_ADMIN_RULES`.
         """
         path = self.namespaced_kubeconfig(namespace, service_account, rules=rules)
         config = KubeConfig.from_file(path)
@@ -595,31 +663,61 @@ class KubeServer:
         service_account: str,
         *,
         rules: Sequence[PolicyRule] | None = None,
+        cluster_rules: Sequence[PolicyRule] | None = None,
     ) -> Path:
         """Write a kubeconfig for the identity :meth:`namespaced_client` uses, and return its path.
 
         For code that finds its client through ``KUBECONFIG`` (a charm run by ``ops.testing``):
         the same set-up (namespace, ServiceAccount, Role, RoleBinding, bound token), the context's
         namespace set to ``namespace``. The file lives in :attr:`workdir`.
+
+        Args:
+            namespace: The model's namespace.
+            service_account: The application name.
+            rules: The Role's rules instead of `NAMESPACE_ADMIN_RULES`.
+            cluster_rules: Also bind a ClusterRole with these rules (as Juju binds one to every
+                app, e.g. `JUJU_DEFAULT_CLUSTER_RULES`).
         """
         admin = self._own_client()
         ensure_namespace(admin, namespace)
         meta = ObjectMeta(name=service_account, namespace=namespace)
         admin.apply(ServiceAccount(metadata=meta), force=True)
+        if cluster_rules is not None:
+            cluster_name = f"{namespace}-{service_account}"
+            admin.apply(
+                ClusterRole(metadata=ObjectMeta(name=cluster_name), rules=list(cluster_rules)),
+                force=True,
+            )
+            admin.apply(
+                ClusterRoleBinding(
+                    metadata=ObjectMeta(name=cluster_name),
+                    roleRef=RoleRef(
+                        apiGroup="rbac.authorization.k8s.io", kind="ClusterRole", name=cluster_name
+                    ),
+                    subjects=[
+                        Subject(kind="ServiceAccount", name=service_account, namespace=namespace)
+                    ],
+                ),
+                force=True,
+            )
         admin.apply(
             Role(
-                metadata=ObjectMeta(name=f"{service_account}-untrusted", namespace=namespace),
-                rules=list(UNTRUSTED_APP_RULES if rules is None else rules),
+                metadata=ObjectMeta(
+                    name=f"{service_account}-namespace-admin", namespace=namespace
+                ),
+                rules=list(NAMESPACE_ADMIN_RULES if rules is None else rules),
             ),
             force=True,
         )
         admin.apply(
             RoleBinding(
-                metadata=ObjectMeta(name=f"{service_account}-untrusted", namespace=namespace),
+                metadata=ObjectMeta(
+                    name=f"{service_account}-namespace-admin", namespace=namespace
+                ),
                 roleRef=RoleRef(
                     apiGroup="rbac.authorization.k8s.io",
                     kind="Role",
-                    name=f"{service_account}-untrusted",
+                    name=f"{service_account}-namespace-admin",
                 ),
                 subjects=[
                     Subject(kind="ServiceAccount", name=service_account, namespace=namespace)

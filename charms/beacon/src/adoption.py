@@ -20,21 +20,35 @@ changes for traffic), the reconcile then creates the beacon's own Gateway, autos
 policies, and :func:`adopt_after` removes the old ones (or, for an object of the same name that
 the reconcile has just taken over, the old labels). The label ConfigMap needs nothing: the
 format and the name are the same.
+
+The ``app.kubernetes.io/instance`` values are ambiguous: app ``a-b`` in model ``c`` and app ``a``
+in model ``b-c`` write the same string, so another model's beacon can carry exactly the labels
+this one looks for. Hence three rules, each one enforced here:
+
+- adoption happens only with evidence of a refresh: the deployed charm's waypoint Gateway, under
+  the name it derives from this model and app, in this model's namespace, with its labels and
+  without this beacon's ownership label (:func:`refresh_evidence`);
+- nothing outside this model's namespace is ever deleted or changed: a policy elsewhere that
+  carries the labels is reported (:func:`foreign_leftovers`), never touched, since nothing can
+  prove it is not another model's;
+- teardown removes only what is this beacon's (by its ownership label), never the deployed
+  charm's objects: those that were adopted are gone already, the others were never proven ours.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kube_names import INSTANCE_LABEL, NAMESPACE_OWNER_LABEL, SCOPE_LABEL
 from kubernetes_client import status_code
 from lightkube import ALL_NS, Client
+from lightkube.models.authorization_v1 import ResourceAttributes, SelfSubjectAccessReviewSpec
 from lightkube.operators import in_
-from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.resources.authorization_v1 import SelfSubjectAccessReview
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 from namespace_labels import owner_value
@@ -110,6 +124,66 @@ def deployed_selector(model_name: str, app_name: str) -> dict[str, Any]:
     }
 
 
+def deployed_waypoint_name(model_name: str, app_name: str) -> str:
+    """The name the deployed charm gave its waypoint Gateway (and the Gateway's autoscaler)."""
+    return deployed_label(model_name, app_name, suffix="-waypoint", separator="-")
+
+
+def refresh_evidence(
+    client: Client, model_name: str, app_name: str, gateway: Any, own_labels: Mapping[str, str]
+) -> str | None:
+    """The deployed charm's waypoint Gateway in this model, if there is one: proof of a refresh.
+
+    One list in the model's namespace (never another namespace), by the deployed charm's labels
+    for this model and app; the Gateway counts only under the name that charm derives from them,
+    and without this beacon's ownership labels (an object of ours that also carries the deployed
+    labels is ours). A list, not a get by name: a Role may fix the names it lets the beacon get,
+    and in a model with a long name the deployed charm's differs from the beacon's.
+
+    Args:
+        client: the Kubernetes client.
+        model_name: the model (the beacon's namespace).
+        app_name: the beacon's app name.
+        gateway: the lightkube resource class of Gateways.
+        own_labels: the labels that mark the beacon's own objects.
+
+    Returns:
+        ``Gateway <namespace>/<name>`` when found, else ``None``.
+
+    Raises:
+        lightkube.ApiError: Kubernetes refused (403) or failed: adoption waits for a later hook.
+    """
+    name = deployed_waypoint_name(model_name, app_name)
+    selector = {
+        INSTANCE_LABEL: in_(instance_values(model_name, app_name)),
+        SCOPE_LABEL: WAYPOINT_SCOPE,
+    }
+    for item in _list(client, gateway, model_name, selector):
+        labels: Mapping[str, str] = item.metadata.labels or {}
+        if item.metadata.name != name:
+            continue
+        if own_labels and all(labels.get(key) == value for key, value in own_labels.items()):
+            continue
+        return f"Gateway {model_name}/{name}"
+    return None
+
+
+def is_deployed_charms(manifest: Mapping[str, Any], model_name: str, app_name: str) -> bool:
+    """Whether an object of the model's namespace carries the deployed charm's labels.
+
+    For the waypoint's Gateway and autoscaler only, whose name the deployed charm derived from
+    this model and app: in this namespace, name and labels together are that charm's.
+    """
+    metadata: Mapping[str, Any] = manifest.get("metadata") or {}
+    labels: Mapping[str, str] = metadata.get("labels") or {}
+    return (
+        metadata.get("namespace") == model_name
+        and metadata.get("name") == deployed_waypoint_name(model_name, app_name)
+        and labels.get(INSTANCE_LABEL) in instance_values(model_name, app_name)
+        and labels.get(SCOPE_LABEL) == WAYPOINT_SCOPE
+    )
+
+
 @dataclass
 class Adoption:
     """What :func:`adopt_after` did, as ``Kind namespace/name`` lists."""
@@ -151,8 +225,12 @@ def adopt_after(
     *,
     kinds: Iterable[Any],
     keep: set[tuple[str, str, str]],
+    own_labels: Mapping[str, str],
 ) -> Adoption:
-    """Remove what the deployed charm owned, now that the beacon's own objects are in place.
+    """Remove what the deployed charm owned in this model, now that the beacon's are in place.
+
+    Only in the model's namespace: see the module's docstring for why nothing elsewhere is
+    touched.
 
     Args:
         client: the Kubernetes client.
@@ -161,6 +239,8 @@ def adopt_after(
         kinds: the resource classes to look through (Gateway, autoscaler, AuthorizationPolicy).
         keep: ``(kind, namespace, name)`` of the beacon's own objects: one the deployed charm
             also owned (same name) loses the old labels only.
+        own_labels: the labels that mark the beacon's own objects: one carrying them is never
+            deleted, whatever other labels it has.
 
     Raises:
         lightkube.ApiError: Kubernetes refused (the other objects are still handled next time).
@@ -189,6 +269,8 @@ def adopt_after(
                 )
                 done.relabelled.append(label)
                 continue
+            if own_labels and all(labels.get(key) == value for key, value in own_labels.items()):
+                continue  # ours, also carrying the deployed charm's labels: never deleted here
             try:
                 api.delete(kind, metadata.name, namespace=metadata.namespace)
             except Exception as error:  # lightkube.ApiError, or an HTTP error
@@ -204,16 +286,78 @@ def adopt_after(
     return done
 
 
-def _list(client: Client, kind: Any, model_name: str, selector: dict[str, Any]) -> list[Any]:
-    """The deployed charm's objects of one kind: cluster-wide, or in the model without rights."""
+def foreign_leftovers(
+    client: Client, model_name: str, app_name: str, policy_kind: Any
+) -> list[str] | None:
+    """AuthorizationPolicies outside this model that carry the deployed charm's labels.
+
+    The deployed charm wrote a policy in whichever namespace a request named; those are left
+    alone (another model's beacon may have written the very same labels) and reported here, for
+    an operator to check and delete by hand.
+
+    Returns:
+        ``namespace/name`` of each, or ``None`` when Kubernetes refused to list across
+        namespaces (the beacon has no cluster-wide read of AuthorizationPolicies).
+
+    Raises:
+        lightkube.ApiError: any other failure.
+    """
     api: Any = client
-    namespace = ALL_NS if kind is not HorizontalPodAutoscaler else model_name
+    if _may_list_everywhere(client, policy_kind) is False:
+        return None  # asked first: a refused request would only be noise in the audit log
     try:
-        return list(api.list(kind, namespace=namespace, labels=selector))
-    except Exception as error:  # lightkube.ApiError, or an HTTP error (kind not served)
+        items = list(
+            api.list(policy_kind, namespace=ALL_NS, labels=deployed_selector(model_name, app_name))
+        )
+    except Exception as error:  # lightkube.ApiError, or an HTTP error
         code = status_code(error)
+        if code == 403:
+            return None
         if code == 404:
+            return []
+        raise
+    return sorted(
+        f"{item.metadata.namespace}/{item.metadata.name}"
+        for item in items
+        if item.metadata.namespace != model_name
+    )
+
+
+def _may_list_everywhere(client: Client, kind: Any) -> bool | None:
+    """Whether Kubernetes lets this client list ``kind`` across namespaces (``None``: unknown).
+
+    A SelfSubjectAccessReview, which every authenticated client may create.
+    """
+    info = kind._api_info  # lightkube's description of the kind's API
+    review = SelfSubjectAccessReview(
+        spec=SelfSubjectAccessReviewSpec(
+            resourceAttributes=ResourceAttributes(
+                group=info.resource.group, resource=info.plural, verb="list"
+            )
+        )
+    )
+    try:
+        answer = client.create(review)
+    except Exception:  # lightkube.ApiError, an HTTP or a connection error: try the list itself
+        return None
+    return bool(answer.status and answer.status.allowed)
+
+
+def leftovers_command(model_name: str, app_name: str) -> str:
+    """The kubectl command that lists what :func:`foreign_leftovers` looks for."""
+    values = ",".join(instance_values(model_name, app_name))
+    return (
+        f"kubectl get authorizationpolicies -A -l '{INSTANCE_LABEL} in ({values}),"
+        f"{SCOPE_LABEL}={POLICY_SCOPE}'"
+    )
+
+
+def _list(client: Client, kind: Any, model_name: str, selector: dict[str, Any]) -> list[Any]:
+    """The deployed charm's objects of one kind in the model's namespace."""
+    api: Any = client
+    try:
+        return list(api.list(kind, namespace=model_name, labels=selector))
+    except Exception as error:  # lightkube.ApiError, or an HTTP error (kind not served)
+        if status_code(error) == 404:
             return []  # the CRD is not installed: nothing of that kind can exist
-        if code != 403 or namespace is not ALL_NS:
-            raise
-    return list(api.list(kind, namespace=model_name, labels=selector))
+        raise

@@ -217,6 +217,8 @@ class IstioBeaconCharm(ops.CharmBase):
             event.add_status(ops.MaintenanceStatus("removed the mesh resources"))
         elif not self.unit.is_leader():
             event.add_status(ops.ActiveStatus("standby"))
+        elif findings is not None and findings.adoption_note:
+            event.add_status(ops.ActiveStatus(findings.adoption_note))
         elif self._config is not None and not self._config.manage_authorization_policies:
             event.add_status(ops.ActiveStatus("not managing authorization policies"))
         event.add_status(ops.ActiveStatus())
@@ -224,6 +226,8 @@ class IstioBeaconCharm(ops.CharmBase):
     def _statuses(self, findings: Findings) -> list[ops.StatusBase]:
         """The statuses for what a reconcile found, most urgent first."""
         statuses: list[ops.StatusBase] = []
+        if findings.root_namespace:
+            statuses.append(ops.BlockedStatus(findings.root_namespace))
         if findings.unreachable:
             statuses.append(ops.BlockedStatus(f"cannot reach Kubernetes: {findings.unreachable}"))
         if findings.missing_crds:
@@ -236,7 +240,8 @@ class IstioBeaconCharm(ops.CharmBase):
         if findings.forbidden:
             statuses.append(
                 ops.BlockedStatus(
-                    f"run `juju trust {self.app.name} --scope=cluster`: Kubernetes refused to "
+                    f"run `juju trust {self.app.name} --scope=cluster` or bind the Role in "
+                    f"charms/beacon/rbac (docs/beacon.md): Kubernetes refused to "
                     f"{findings.forbidden[0]}"
                 )
             )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import ops
 from adoption import deployed_label
 from charms.istio_beacon_k8s.v0.service_mesh import (
+    CMRData,
     MeshPolicy,
     UnitPolicy,
     build_authorization_policy,
@@ -152,7 +154,7 @@ def update_databag(databag: ops.RelationDataContent, values: Mapping[str, str]) 
 
 
 def metrics_access_policies(
-    relations: Mapping[str, Sequence[ops.Relation]], app_name: str, namespace: str
+    relations: Mapping[str, Sequence[ops.Relation]], app_name: str, namespace: str, model_uuid: str
 ) -> list[MeshPolicy]:
     """Let the apps related over ``metrics-endpoint`` reach the beacon's pods on the proxy port.
 
@@ -161,12 +163,7 @@ def metrics_access_policies(
     """
     if not relations.get(METRICS_RELATION):
         return []
-    # A claim to be an app of this very model is refused: here Juju names the apps itself.
-    claims = {
-        alias: claim
-        for alias, claim in get_data_from_cmr_relation(relations.get(CMR_RELATION, [])).items()
-        if claim.juju_model_name != namespace
-    }
+    claims = trusted_claims(relations.get(CMR_RELATION, []), namespace, model_uuid)
     return build_mesh_policies(
         relations,
         app_name,
@@ -176,11 +173,70 @@ def metrics_access_policies(
     )
 
 
+#: The alias Juju gives an app behind an offer, which no app of this model can have.
+_OFFER_ALIAS = re.compile(r"^remote-[0-9a-f]{32}$")
+
+
+def _crosses_models(relation: ops.Relation, model_uuid: str) -> bool:
+    """Whether Juju says the remote app of ``relation`` is in another model."""
+    try:
+        return relation.remote_model.uuid != model_uuid
+    except ops.ModelError:  # Juju before 3.6.2: only an offer's alias tells
+        return relation.app is not None and bool(_OFFER_ALIAS.match(relation.app.name))
+
+
+def trusted_claims(
+    cmr_relations: Sequence[ops.Relation], namespace: str, model_uuid: str
+) -> dict[str, CMRData]:
+    """The ``cmr_data`` identities to believe, by the alias of the app that announced them.
+
+    The library's rules for its consumers, applied to the metrics access: a claim counts only on
+    a relation that really crosses models (Juju names the apps of this model itself), never for
+    an app of this model, and not at all when two relations claim the same identity. Each
+    refusal is logged.
+    """
+    relations = [relation for relation in cmr_relations if relation.app is not None]
+    crossing = [
+        relation
+        for relation in relations
+        if relation.app is not None and _crosses_models(relation, model_uuid)
+    ]
+    for relation in relations:
+        if (
+            relation not in crossing
+            and relation.app is not None
+            and relation.data[relation.app].get("cmr_data") is not None
+        ):
+            logger.warning(
+                "metrics access: ignoring cmr_data from %s: it is in this model", relation.app.name
+            )
+    claims = {
+        alias: claim
+        for alias, claim in get_data_from_cmr_relation(crossing).items()
+        if claim.juju_model_name != namespace
+    }
+    by_identity: dict[tuple[str, str], list[str]] = {}
+    for alias, claim in claims.items():
+        by_identity.setdefault((claim.juju_model_name, claim.app_name), []).append(alias)
+    trusted: dict[str, CMRData] = {}
+    for (model, app), aliases in sorted(by_identity.items()):
+        if len(aliases) > 1:
+            logger.warning(
+                "metrics access: refused cmr_data: %s in model %s is claimed by %s",
+                app,
+                model,
+                ", ".join(sorted(aliases)),
+            )
+            continue
+        trusted[aliases[0]] = claims[aliases[0]]
+    return trusted
+
+
 def metrics_access_manifests(
-    relations: Mapping[str, Sequence[ops.Relation]], app_name: str, namespace: str
+    relations: Mapping[str, Sequence[ops.Relation]], app_name: str, namespace: str, model_uuid: str
 ) -> list[dict[str, Any]]:
     """The AuthorizationPolicies of :func:`metrics_access_policies`."""
     return [
         build_authorization_policy(policy)
-        for policy in metrics_access_policies(relations, app_name, namespace)
+        for policy in metrics_access_policies(relations, app_name, namespace, model_uuid)
     ]

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from display import display_text
 from kube_names import AUTHZ_API_VERSION, AUTHZ_KIND, NAMESPACE_OWNER_LABEL, USE_WAYPOINT_LABEL
 from kubernetes_client import status_code
 from lightkube import ApiError, Client
@@ -33,6 +34,13 @@ MODEL_OPERATOR_SERVICE = "modeloperator"
 MODEL_OPERATOR_POLICY = "allow-juju-model-operator"
 #: The value of ``istio.io/use-waypoint`` that takes a Service off any waypoint.
 NO_WAYPOINT = "none"
+#: The pod selectors Juju gives the ``modeloperator`` Service: that of models made by older Juju
+#: (label version 1) and the current one. Any other selector was written by someone else (every
+#: app of the model may patch Services): the beacon never allows everything to the pods it picks.
+JUJU_MODEL_OPERATOR_SELECTORS = (
+    {"juju-modeloperator": "modeloperator"},
+    {"operator.juju.is/name": "modeloperator", "operator.juju.is/target": "model"},
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,13 @@ def service_selector(
             "which pods are Juju's model operator"
         )
     selector = {str(key): str(value) for key, value in cast("Mapping[Any, Any]", raw).items()}
+    if selector not in JUJU_MODEL_OPERATOR_SELECTORS:
+        shown = display_text(",".join(f"{k}={v}" for k, v in sorted(selector.items())), 120)
+        return None, (
+            f"the {MODEL_OPERATOR_SERVICE} Service in {namespace} selects {shown}, not the pods "
+            "Juju's model operator has: refusing to allow everything to them (restore Juju's "
+            "selector)"
+        )
     return selector, None
 
 

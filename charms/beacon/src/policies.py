@@ -75,7 +75,9 @@ def service_owner_error(app: str, service: str, services: Mapping[str, Mapping[s
 
     A Service belongs to an app when it exists and carries ``app.kubernetes.io/name: <app>``
     (Juju labels the Services it creates so), or when it carries no such label at all and is named
-    ``<app>`` or ``<app>-endpoints``.
+    ``<app>`` or ``<app>-endpoints``. Never, whatever its labels, when it is another Juju app's by
+    name: ``<other>`` next to an ``<other>-endpoints``, or ``<other>-endpoints`` next to
+    ``<other>``.
 
     Args:
         app: the app that asks.
@@ -85,6 +87,9 @@ def service_owner_error(app: str, service: str, services: Mapping[str, Mapping[s
     shown = display_text(service)
     if service not in services:
         return f"Service {shown} does not exist"
+    by_name = _other_apps_by_name(app, service, services)
+    if by_name:
+        return by_name
     owner = services[service].get(APP_NAME_LABEL)
     if owner is None:
         if service in (app, f"{app}-endpoints"):
@@ -92,6 +97,21 @@ def service_owner_error(app: str, service: str, services: Mapping[str, Mapping[s
         return f"Service {shown} is not labelled {APP_NAME_LABEL}={app}"
     if owner != app:
         return f"Service {shown} belongs to {owner}"
+    return ""
+
+
+def _other_apps_by_name(app: str, service: str, services: Mapping[str, Mapping[str, str]]) -> str:
+    """Why Service ``service`` is another Juju app's by its name alone, or ``""``.
+
+    Juju makes ``<app>`` and ``<app>-endpoints`` for every app, and any app of the model may
+    relabel a Service, so a label never makes another app's Service this one's.
+    """
+    shown = display_text(service)
+    if service != app and f"{service}-endpoints" in services:
+        return f"Service {shown} is app {shown}'s (Juju made {shown}-endpoints for it)"
+    base = service.removesuffix("-endpoints")
+    if service not in (f"{app}-endpoints", base) and base in services:
+        return f"Service {shown} is app {display_text(base)}'s headless Service"
     return ""
 
 
@@ -207,7 +227,42 @@ def check_requests(
                 refusals.append(Refusal(app, request.relation_id, error))
             else:
                 accepted.append(AcceptedPolicy(policy, app, request.relation_id))
-    return accepted, refusals
+    return _capped(accepted, refusals)
+
+
+#: The most policies the beacon applies for one app, over all its relations. istiod sends every
+#: policy to every ztunnel of the mesh (and each app policy to the waypoint): one app must not
+#: be able to flood them. A consumer gets one policy per source app and endpoint set, so this
+#: fits an app that hundreds of apps reach (logs, metrics); an operator who wants a tighter
+#: bound for the whole namespace sets a ResourceQuota (docs/beacon.md).
+MAX_POLICIES_PER_APP = 500
+
+
+def _capped(
+    accepted: list[AcceptedPolicy], refusals: list[Refusal]
+) -> tuple[list[AcceptedPolicy], list[Refusal]]:
+    """Keep at most :data:`MAX_POLICIES_PER_APP` per app, in the order they were requested."""
+    kept: list[AcceptedPolicy] = []
+    counts: dict[str, int] = {}
+    over: dict[str, tuple[int, int]] = {}
+    for item in accepted:
+        counts[item.app_name] = counts.get(item.app_name, 0) + 1
+        if counts[item.app_name] <= MAX_POLICIES_PER_APP:
+            kept.append(item)
+        else:
+            first, extra = over.get(item.app_name, (item.relation_id, 0))
+            over[item.app_name] = (first, extra + 1)
+    for app, (relation_id, extra) in over.items():
+        refusals.append(
+            Refusal(
+                app,
+                relation_id,
+                f"asks for {MAX_POLICIES_PER_APP + extra} policies, more than the "
+                f"{MAX_POLICIES_PER_APP} the beacon applies for one app: the last {extra} are "
+                "refused",
+            )
+        )
+    return kept, refusals
 
 
 def build_policy_manifests(

@@ -18,6 +18,10 @@ from adoption import (
     WAYPOINT_SCOPE,
     adopt_after,
     adopt_before,
+    foreign_leftovers,
+    is_deployed_charms,
+    leftovers_command,
+    refresh_evidence,
     rollback_labels,
 )
 from beacon_config import BeaconConfig
@@ -30,9 +34,10 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     reconcile_charm_labels,
 )
 from display import display_text
-from kube_names import authorization_policy_resource
+from kube_names import APP_NAME_LABEL, authorization_policy_resource
 from kubernetes_client import error_message, make_client, status_code
 from lightkube import ApiError, Client
+from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Service
 from metrics import metrics_access_manifests, telemetry_label
@@ -53,6 +58,7 @@ from policies import (
 )
 from policy_status import PolicyCondition, istio_conditions
 from waypoint import (
+    NotOwnedError,
     WaypointReadiness,
     consumer_labels,
     delete_waypoint,
@@ -67,6 +73,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["BeaconReconciler", "Findings"]
 
 _T = TypeVar("_T")
+
+#: Istio's root namespace as istiod has it by default (``meshConfig.rootNamespace``): policies
+#: there apply to every namespace of the mesh.
+ISTIO_ROOT_NAMESPACE = "istio-system"
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,9 @@ class Findings:
             for it stay in force (see ``BeaconReconciler._hold_last_accepted``).
         unprotected: the relations whose request is refused and that have no policy at all:
             their app has no ALLOW policy from the beacon, so Istio lets anyone reach it.
+        adoption_note: what taking over the deployed beacon's objects left unchecked or
+            untouched (outside this model), for the status of the hook that did it.
+        root_namespace: why the beacon does nothing in Istio's root namespace, or ``None``.
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -118,6 +131,8 @@ class Findings:
     refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
     held: dict[int, int] = field(default_factory=dict[int, int])
     unprotected: list[int] = field(default_factory=list[int])
+    adoption_note: str | None = None
+    root_namespace: str | None = None
 
     @property
     def unenforced(self) -> list[PolicyCondition]:
@@ -174,9 +189,32 @@ class BeaconReconciler:
         """
         if planned_units == 0:
             return self.teardown()
+        if self._namespace == ISTIO_ROOT_NAMESPACE:
+            # A selector policy there is mesh-wide: every related app's policy would apply to
+            # every namespace's pods with the same labels. Nothing is written.
+            self.findings.root_namespace = (
+                f"this model is Istio's root namespace ({ISTIO_ROOT_NAMESPACE}), where a policy "
+                "applies to the whole mesh: deploy the beacon in the model of the apps it serves"
+            )
+            return self.findings
         self.findings.refusals_logged = dict(refusals_logged or {})
+        evidence: str | None = None
         if adopt:
-            self._adopt_namespace_labels()
+            # Only a refresh from the deployed charm leaves its waypoint Gateway in this model:
+            # without it there is nothing to take over, and nothing is ever looked for again.
+            try:
+                evidence = refresh_evidence(
+                    self._client, self._namespace, self._app, gateway_resource(), self._labels
+                )
+            except Exception as error:  # lightkube.ApiError, an HTTP or a connection error
+                # The steps below meet the same refusal or outage and report it; adoption waits
+                # for a later hook.
+                logger.warning("cannot look for the deployed beacon's waypoint: %s", error)
+            else:
+                self.adopted = evidence is None  # nothing to take over: never looked for again
+                if evidence is not None:
+                    logger.info("refreshed from the deployed beacon (found its %s)", evidence)
+                    self._adopt_namespace_labels()
         # The namespace first: consumers are told they need no labels of their own only when the
         # namespace is known to carry this beacon's. Otherwise (a conflict, or no answer) they
         # keep theirs: fail closed.
@@ -213,6 +251,7 @@ class BeaconReconciler:
                 self._labels,
                 telemetry_label(self._namespace, self._app),
                 rollback_labels(self._namespace, self._app, WAYPOINT_SCOPE),
+                take_over=lambda found: is_deployed_charms(found, self._namespace, self._app),
             ),
         )
         self.findings.waypoint = waypoint.value if isinstance(waypoint, Done) else None
@@ -234,11 +273,13 @@ class BeaconReconciler:
             lambda: self._reconcile_policies(config, provider, namespace_bound, operator_access),
         )
         # The deployed beacon's objects go only once ours are all in place: never less access.
-        if adopt and not (
+        if evidence is not None and not (
             self.findings.forbidden or self.findings.api_errors or self.findings.unreachable
         ):
             adopted = self._attempt("remove the deployed beacon's objects", self._adopt)
             self.adopted = isinstance(adopted, Done)
+            if self.adopted:
+                self._report_foreign_leftovers()
         return self.findings
 
     def _adopt_namespace_labels(self) -> None:
@@ -250,7 +291,7 @@ class BeaconReconciler:
             # adoption is tried again on the next hook.
             logger.warning("cannot look for the deployed beacon's namespace labels: %s", error)
 
-    def _adopt(self, *, keep_own: bool = True) -> None:
+    def _adopt(self) -> None:
         own = {
             ("Gateway", self._namespace, self.waypoint),
             ("HorizontalPodAutoscaler", self._namespace, self.waypoint),
@@ -260,11 +301,50 @@ class BeaconReconciler:
             self._namespace,
             self._app,
             kinds=(gateway_resource(), HorizontalPodAutoscaler, authorization_policy_resource()),
-            keep=own if keep_own else set(),
+            keep=own,
+            own_labels=self._labels,
         )
 
+    def _report_foreign_leftovers(self) -> None:
+        """Say what of the deployed beacon may be left in other namespaces: never touched."""
+        try:
+            found = foreign_leftovers(
+                self._client, self._namespace, self._app, authorization_policy_resource()
+            )
+        except Exception as error:  # lightkube.ApiError, an HTTP or a connection error
+            found = None
+            logger.warning("cannot look for the deployed beacon's policies elsewhere: %s", error)
+        command = leftovers_command(self._namespace, self._app)
+        if found is None:
+            logger.warning(
+                "took over the deployed beacon's objects in this model; could not check other "
+                "namespaces for its AuthorizationPolicies (no right to list them across "
+                "namespaces): check by hand with %s",
+                command,
+            )
+            self.findings.adoption_note = (
+                "took over the deployed beacon in this model; other namespaces not checked "
+                "(no cluster-wide read): see the log"
+            )
+        elif found:
+            logger.warning(
+                "left alone %d AuthorizationPolicies outside this model that carry the deployed "
+                "beacon's labels (another model's beacon can carry the same): %s; delete those "
+                "that are the deployed beacon's by hand (%s)",
+                len(found),
+                ", ".join(found),
+                command,
+            )
+            self.findings.adoption_note = (
+                f"took over the deployed beacon in this model; left alone {len(found)} "
+                "policies in other namespaces: see the log"
+            )
+
     def teardown(self) -> Findings:
-        """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap."""
+        """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap.
+
+        Only what carries the beacon's own ownership marks, in its own namespace.
+        """
         self._attempt(
             "remove the waypoint",
             lambda: delete_waypoint(self._client, self.waypoint, self._labels),
@@ -290,11 +370,15 @@ class BeaconReconciler:
             ),
         )
         self._attempt("remove the labels ConfigMap", self._delete_label_configmap)
-        self._attempt("remove the deployed beacon's objects", lambda: self._adopt(keep_own=False))
+        # Nothing of the deployed charm: what was adopted is gone already, and what was not was
+        # never proven ours (adoption.py).
         return self.findings
 
     def _policy_manager(self) -> PolicyResourceManager:
-        return PolicyResourceManager(self._charm, self._client, labels=self._labels, logger=logger)
+        # Every policy of the beacon is in its namespace: no cluster-wide list (and no 403).
+        return PolicyResourceManager(
+            self._charm, self._client, labels=self._labels, logger=logger, cluster_wide=False
+        )
 
     def _reconcile_policies(
         self,
@@ -326,7 +410,9 @@ class BeaconReconciler:
         manifests.extend(waypoint_allow_policy(app, self._namespace, principal) for app in related)
         # Prometheus, related over metrics-endpoint, may reach the metrics proxy on our pods.
         manifests.extend(
-            metrics_access_manifests(self._charm.model.relations, self._app, self._namespace)
+            metrics_access_manifests(
+                self._charm.model.relations, self._app, self._namespace, self._charm.model.uuid
+            )
         )
         scope = rollback_labels(self._namespace, self._app, POLICY_SCOPE)
         manifests = [as_written(manifest, scope) for manifest in manifests]
@@ -352,14 +438,22 @@ class BeaconReconciler:
                 rejected.append(Refusal(*asker, f"Kubernetes refused it: {said}"))
                 return
             logger.error("cannot write AuthorizationPolicy %s: %s", key, said)
-            if code == 403:
+            if code == 409:
+                # Created, not applied (take_over=False): one of that name is someone else's.
+                self.findings.api_errors.append(
+                    f"AuthorizationPolicy {key} exists and is not the beacon's: remove or "
+                    "rename it"
+                )
+            elif code == 403:
                 self.findings.forbidden.append(f"write AuthorizationPolicy {key}")
             elif code:
                 self.findings.api_errors.append(f"cannot write AuthorizationPolicy {key}: {said}")
             else:
                 self.findings.unreachable = self.findings.unreachable or said
 
-        summary = manager.reconcile([], MeshType.istio, raw_policies=manifests, on_error=on_error)
+        summary = manager.reconcile(
+            [], MeshType.istio, raw_policies=manifests, on_error=on_error, take_over=False
+        )
         # By relation: the status names the same first refusal whatever order Juju lists them.
         self.findings.refusals = sorted(
             refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id
@@ -408,11 +502,22 @@ class BeaconReconciler:
             logger.info("no AuthorizationPolicy CRD: no policy to delete")
 
     def _services(self) -> dict[str, dict[str, str]]:
+        """The namespace's Services, name to labels, with each Juju app's owned by name.
+
+        Any app of the model may relabel a Service (Juju's default Role lets it patch every
+        Service), so ``app.kubernetes.io/name`` is overridden by what the names prove: Services
+        ``<app>`` and ``<app>-endpoints`` are app ``<app>``'s when its StatefulSet exists.
+        """
         api: Any = self._client  # lightkube's list overloads are only partly typed
         services: dict[str, dict[str, str]] = {}
         for service in api.list(Service, namespace=self._namespace):
             metadata = service.metadata
             services[metadata.name] = dict(metadata.labels or {})
+        for statefulset in api.list(StatefulSet, namespace=self._namespace):
+            app = statefulset.metadata.name
+            for name in (app, f"{app}-endpoints"):
+                if name in services:
+                    services[name][APP_NAME_LABEL] = app
         return services
 
     def _delete_label_configmap(self) -> None:
@@ -432,6 +537,9 @@ class BeaconReconciler:
             logger.error("cannot %s: %s", what, error)
             if error.resource not in self.findings.missing_crds:
                 self.findings.missing_crds.append(error.resource)
+        except NotOwnedError as error:
+            logger.error("cannot %s: %s", what, error)
+            self.findings.api_errors.append(f"cannot {what}: {error}")
         except Exception as error:  # lightkube.ApiError, or an HTTP error: see status_code
             code = status_code(error)
             if not code:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -156,12 +156,39 @@ def _delete(client: Client, resource: Any, name: str, namespace: str) -> None:
             raise
 
 
+class NotOwnedError(Exception):
+    """An object the beacon would write exists under the same name and is not the beacon's.
+
+    A forced server-side apply would take it over (keeping what its owner set besides): the
+    beacon refuses instead, and says which object is in the way.
+    """
+
+    def __init__(self, kind: str, namespace: str, name: str):
+        super().__init__(
+            f"{kind} {namespace}/{name} exists and is not the beacon's (no "
+            "charms.canonical.com/service-mesh.managed-by label of this beacon): remove or "
+            "rename it"
+        )
+
+
+#: Whether an object that is not (yet) the beacon's may be taken over: the deployed charm's, after
+#: a refresh (see adoption.py). ``None``: never.
+TakeOver = Callable[[Mapping[str, Any]], bool]
+
+
 def _converge_gateway(
-    client: Client, wanted: dict[str, Any] | None, labels: Mapping[str, str]
+    client: Client,
+    wanted: dict[str, Any] | None,
+    labels: Mapping[str, str],
+    take_over: TakeOver | None = None,
 ) -> dict[str, Any] | None:
     """Make the beacon's Gateways be ``wanted`` (or none); returns the wanted one as it now is.
 
     Istio never generates Gateways, so the beacon's are those carrying its ownership labels.
+
+    Raises:
+        NotOwnedError: a Gateway of the wanted name exists and is neither the beacon's nor one
+            ``take_over`` accepts.
     """
     api: Any = client  # lightkube's list overloads are only partly typed
     namespace = str(client.namespace)
@@ -172,7 +199,10 @@ def _converge_gateway(
     }
     current: dict[str, Any] | None = None
     if wanted is not None:
-        current = existing.pop(wanted["metadata"]["name"], None)
+        name = wanted["metadata"]["name"]
+        current = existing.pop(name, None)
+        if current is None:
+            _check_unowned(client, resource, name, take_over)
         if current is None or not is_applied(wanted, current):
             current = _to_dict(api.apply(resource.from_dict(wanted), force=True))
     for name in existing:
@@ -180,8 +210,32 @@ def _converge_gateway(
     return current
 
 
+def _check_unowned(client: Client, resource: Any, name: str, take_over: TakeOver | None) -> None:
+    """Refuse to apply over an object of that name that is not the beacon's (one GET)."""
+    api: Any = client
+    namespace = str(client.namespace)
+    try:
+        found = _to_dict(api.get(resource, name, namespace=namespace))
+    except ApiError as error:
+        if status_code(error) == 404:
+            return
+        raise
+    if take_over is None or not take_over(found):
+        raise NotOwnedError(resource.__name__, namespace, name)
+
+
+def _carries(manifest: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    metadata = cast("Mapping[str, Any]", manifest.get("metadata") or {})
+    have = cast("Mapping[str, str]", metadata.get("labels") or {})
+    return all(have.get(key) == value for key, value in labels.items())
+
+
 def _converge_autoscaler(
-    client: Client, name: str, wanted: dict[str, Any] | None
+    client: Client,
+    name: str,
+    wanted: dict[str, Any] | None,
+    labels: Mapping[str, str],
+    take_over: TakeOver | None = None,
 ) -> dict[str, Any] | None:
     """Make the waypoint's autoscaler be ``wanted`` (or gone), never touching one of Istio's.
 
@@ -201,8 +255,17 @@ def _converge_autoscaler(
         current = None
     if current is not None and not owns_waypoint_autoscaler(current, name):
         return current  # Istio's: never adopted, changed or deleted
+    if (
+        wanted is not None
+        and current is not None
+        and not _carries(current, labels)
+        and not (take_over is not None and take_over(current))
+    ):
+        raise NotOwnedError("HorizontalPodAutoscaler", namespace, name)
     if wanted is None:
-        if current is not None:
+        if current is not None and _carries(current, labels):
+            # Only one the beacon wrote: a same-named autoscaler of the deployed charm that was
+            # never adopted, or anyone else's, is not the beacon's to remove.
             _delete(client, HorizontalPodAutoscaler, name, namespace)
     elif current is None or not is_applied(wanted, current):
         api.apply(HorizontalPodAutoscaler.from_dict(wanted), force=True)
@@ -216,6 +279,7 @@ def reconcile_waypoint(
     labels: Mapping[str, str],
     gateway_labels: Mapping[str, str] | None = None,
     rollback_labels: Mapping[str, str] | None = None,
+    take_over: TakeOver | None = None,
 ) -> WaypointReadiness:
     """Converge the waypoint Gateway and its autoscaler, then report the waypoint's readiness.
 
@@ -230,8 +294,11 @@ def reconcile_waypoint(
         gateway_labels: more labels for the Gateway only (Istio copies them onto the pods).
         rollback_labels: more labels for the Gateway and the autoscaler: those by which the
             deployed charm recognises them after a rollback (``adoption.rollback_labels``).
+        take_over: which same-named objects that are not the beacon's it may take over (the
+            deployed charm's, after a refresh); any other is refused.
 
     Raises:
+        NotOwnedError: a same-named Gateway or autoscaler is someone else's.
         MissingCRDError: the Gateway CRD is not installed (Istio is missing).
         lightkube.ApiError: anything else Kubernetes refused (403: the charm is not trusted).
     """
@@ -239,7 +306,7 @@ def reconcile_waypoint(
     extra = {**(gateway_labels or {}), **(rollback_labels or {})}
     wanted = build_gateway(name, namespace, labels, extra) if replicas > 0 else None
     try:
-        gateway = _converge_gateway(client, wanted, labels)
+        gateway = _converge_gateway(client, wanted, labels, take_over)
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
         if is_unserved_kind(error):
             raise MissingCRDError(GATEWAY_CRD, "deploy istio-k8s") from error
@@ -249,7 +316,7 @@ def reconcile_waypoint(
         if replicas > 0
         else None
     )
-    istio_autoscaler = _converge_autoscaler(client, name, autoscaler)
+    istio_autoscaler = _converge_autoscaler(client, name, autoscaler, labels, take_over)
     if replicas == 0:
         return WaypointReadiness(ready=True)
     return waypoint_readiness(
@@ -344,4 +411,4 @@ def delete_waypoint(client: Client, name: str, labels: Mapping[str, str]) -> Non
     except Exception as error:  # lightkube.ApiError, or an HTTP error: see is_unserved_kind
         if not is_unserved_kind(error):
             raise
-    _converge_autoscaler(client, name, None)
+    _converge_autoscaler(client, name, None, labels)

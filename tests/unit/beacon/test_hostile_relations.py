@@ -136,7 +136,7 @@ def test_an_object_kubernetes_rejects_is_a_refusal_and_stops_nothing(
 
     rejected = wire_policy("sender", "aaa-first")
     name = authorization_policy_name(MeshPolicy.from_dict(rejected))
-    kube.reject(422, "admission webhook denied it", "patch", "authorizationpolicies", name)
+    kube.reject(422, "admission webhook denied it", None, "authorizationpolicies", name)
     first = mesh_relation("aaa-first", [rejected])
     late = mesh_relation("zzz-late", [wire_policy("sender", "zzz-late")])
     out = ctx.run(

@@ -35,6 +35,7 @@ from conftest import (
 from model_operator import plan_service_labels
 from ops import testing
 from policies import WaypointBinding, policy_error
+from support import juju_seed
 from support.fake_kube import FakeKubeServer
 
 APP = "receiver1"
@@ -229,6 +230,107 @@ def test_a_model_operator_service_selecting_nothing_never_becomes_an_allow_all_o
     assert "selects no pods" in out.unit_status.message
 
 
+def test_a_rewritten_model_operator_selector_is_refused(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    # Any app of the model may patch Services (Juju's default Role): here one points the
+    # modeloperator Service at its own pods to get an allow-all on them.
+    seed_model_operator(kube)
+    service = kube.get("services", MODEL, "modeloperator")
+    assert service is not None
+    service["spec"]["selector"] = {"app.kubernetes.io/name": "intruder"}
+    kube.put(service)
+
+    out = ctx.run(ctx.on.config_changed(), beacon_state(config=ON_MESH))
+
+    assert "allow-juju-model-operator" not in policies_in(kube)
+    assert out.unit_status == testing.BlockedStatus(
+        f"model-on-mesh: the modeloperator Service in {MODEL} selects "
+        '"app.kubernetes.io/name=intruder", not the pods Juju\'s model operator has: refusing to '
+        "allow everything to them (restore Juju's selector)"
+    )
+
+
+def test_a_service_relabelled_as_ones_own_is_refused_when_it_is_another_apps_by_name(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    # The victim is a Juju app (its StatefulSet and its Services); the intruder relabelled the
+    # victim's Service as its own and asks for an ALLOW on it.
+    juju_seed.seed_app(kube.client(), "victim", MODEL)
+    seed_service(kube, "victim-endpoints", {"app.kubernetes.io/name": "intruder"})
+    service = kube.get("services", MODEL, "victim")
+    assert service is not None
+    service["metadata"]["labels"]["app.kubernetes.io/name"] = "intruder"
+    kube.put(service)
+    seed_service(kube, "intruder")
+    relation = mesh_relation(
+        "intruder", [wire_policy("sender", "intruder", target_service="victim")]
+    )
+    endpoints = mesh_relation(
+        "intruder", [wire_policy("sender", "intruder", target_service="victim-endpoints")]
+    )
+
+    out = ctx.run(ctx.on.config_changed(), beacon_state(relations=[relation, endpoints]))
+
+    assert not [name for name in policies_in(kube) if "victim" in name]
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert "refused a request from intruder" in out.unit_status.message
+    assert "victim" in out.unit_status.message
+
+
+def test_a_same_named_policy_of_someone_else_is_refused_not_taken_over(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    seed_model_operator(kube)
+    theirs = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "allow-juju-model-operator", "namespace": MODEL, "labels": {}},
+        "spec": {"selector": {"matchLabels": {"app": "theirs"}}, "action": "DENY", "rules": [{}]},
+    }
+    kube.put(theirs, field_manager="someone-else")
+
+    out = ctx.run(ctx.on.config_changed(), beacon_state(config=ON_MESH))
+
+    stored = policies_in(kube)["allow-juju-model-operator"]
+    assert stored["spec"] == theirs["spec"]
+    assert MANAGED_BY not in (stored["metadata"].get("labels") or {})
+    assert out.unit_status == testing.BlockedStatus(
+        f"AuthorizationPolicy {MODEL}/allow-juju-model-operator exists and is not the beacon's: "
+        "remove or rename it"
+    )
+
+
+def test_a_same_named_autoscaler_of_someone_else_is_refused_not_taken_over(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    theirs = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": WAYPOINT, "namespace": MODEL, "labels": {"team": "theirs"}},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"},
+            "minReplicas": 1,
+            "maxReplicas": 7,
+        },
+    }
+    kube.put(theirs, field_manager="someone-else")
+
+    out = ctx.run(ctx.on.config_changed(), beacon_state())
+
+    stored = kube.get("horizontalpodautoscalers", MODEL, WAYPOINT)
+    assert stored is not None
+    assert stored["spec"] == theirs["spec"]
+    assert out.unit_status == testing.BlockedStatus(
+        f"cannot run the waypoint: HorizontalPodAutoscaler {MODEL}/{WAYPOINT} exists and is not "
+        "the beacon's (no charms.canonical.com/service-mesh.managed-by label of this beacon): "
+        "remove or rename it"
+    )
+    # Removal leaves it too.
+    ctx.run(ctx.on.remove(), beacon_state(planned_units=0))
+    assert kube.get("horizontalpodautoscalers", MODEL, WAYPOINT) is not None
+
+
 def test_a_waypoint_label_someone_else_put_on_the_model_operator_service_is_left_alone(
     ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
 ):
@@ -394,3 +496,20 @@ def test_the_model_operator_service_labels_are_planned_like_the_namespace_labels
     plan = plan_service_labels(current, off_waypoint=off_waypoint, owner=OWNER)
 
     assert (plan.patch, plan.conflict) == (patch, conflict)
+
+
+def test_in_istios_root_namespace_it_writes_nothing_and_says_why(kube: FakeKubeServer):
+    juju_seed.seed_app(kube.client(), "istio-beacon-k8s", "istio-system")
+    ctx = testing.Context(IstioBeaconCharm, app_name="istio-beacon-k8s")
+    state = dataclasses.replace(
+        beacon_state(config=ON_MESH), model=testing.Model(name="istio-system")
+    )
+    kube.reset_requests()
+
+    out = ctx.run(ctx.on.config_changed(), state)
+
+    assert kube.write_count() == 0
+    assert out.unit_status == testing.BlockedStatus(
+        "this model is Istio's root namespace (istio-system), where a policy applies to the whole "
+        "mesh: deploy the beacon in the model of the apps it serves"
+    )

@@ -308,3 +308,33 @@ def test_leaves_policies_it_does_not_own_alone(
     )
 
     assert set(policies_in(kube)) == {"hand-made"}
+
+
+def test_one_app_gets_at_most_the_cap_of_policies_the_rest_refused():
+    from charms.istio_beacon_k8s.v0.service_mesh import (
+        Endpoint,
+        MeshPolicy,
+        RelationRequest,
+    )
+    from policies import MAX_POLICIES_PER_APP, check_requests
+
+    def wanted(source: int, target: str = "big") -> MeshPolicy:
+        return MeshPolicy(
+            source_namespace="m",
+            source_app_name=f"s{source}",
+            target_namespace="m",
+            target_app_name=target,
+            endpoints=[Endpoint(ports=[8080])],
+        )
+
+    flood = RelationRequest(1, "big", [wanted(i) for i in range(MAX_POLICIES_PER_APP + 3)])
+    small = RelationRequest(2, "small", [wanted(0, "small")])
+
+    accepted, refused = check_requests([flood, small], "m", {})
+
+    assert sum(1 for item in accepted if item.app_name == "big") == MAX_POLICIES_PER_APP
+    assert [item.app_name for item in accepted if item.app_name != "big"] == ["small"]
+    assert [(r.app_name, r.relation_id) for r in refused] == [("big", 1)]
+    assert "the last 3 are refused" in refused[0].reason
+    # The first ones asked for are those kept.
+    assert accepted[0].policy.source_app_name == "s0"

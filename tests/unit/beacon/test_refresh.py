@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ CHARMCRAFT = yaml.safe_load(
     (Path(__file__).parents[3] / "charms" / "beacon" / "charmcraft.yaml").read_text()
 )
 TELEMETRY = f"charms.canonical.com/{MODEL}.{APP}.telemetry"
+OTHER_MODEL_UUID = "6c0f3f2e-1b7a-4d8e-9a51-2d5a0c7b9e11"
 
 
 def metrics_relation(**kwargs: Any) -> testing.Relation:
@@ -259,8 +261,13 @@ def test_the_first_reconcile_takes_over_the_deployed_beacons_objects(
 
     out = ctx.run(ctx.on.upgrade_charm(), state)
 
-    assert deployed_objects(kube.client(), APP, MODEL) == []
-    names = {p["metadata"]["name"] for p in kube.list("authorizationpolicies")}
+    # Everything in the model is taken over; the policy in another namespace carries labels
+    # another model's beacon could write too: it is left alone (and reported).
+    foreign = [(ns, name) for ns, name in seeded.policies if ns != MODEL]
+    assert deployed_objects(kube.client(), APP, MODEL) == [
+        f"AuthorizationPolicy {ns}/{name}" for ns, name in foreign
+    ]
+    names = {p["metadata"]["name"] for p in kube.list("authorizationpolicies", MODEL)}
     assert not names & {name for _, name in seeded.policies}
     assert seeded.model_operator_policy not in names
     assert "allow-juju-model-operator" in names
@@ -280,6 +287,123 @@ def test_the_first_reconcile_takes_over_the_deployed_beacons_objects(
     kube.reset_requests()
     ctx.run(ctx.on.update_status(), out)
     assert not any("kubernetes-resource-handler-scope" in r.path for r in kube.requests)
+
+
+def ambiguous_policy(kube: FakeKubeServer, namespace: str, instance: str) -> str:
+    """A policy another model's deployed beacon wrote in ``namespace`` under ``instance``."""
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace},
+        }
+    )
+    name = f"{instance}-policy-guard"
+    kube.put(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {
+                    "app.kubernetes.io/instance": instance,
+                    "kubernetes-resource-handler-scope": "istio-authorization-policy",
+                },
+            },
+            "spec": {
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "guarded"}},
+                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/istio/sa/a"]}}]}],
+            },
+        }
+    )
+    return name
+
+
+def test_another_models_policy_under_an_ambiguous_label_survives_install_and_removal(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    # A deployed beacon named beacon-k8s-mesh-model in model istio labels its policies
+    # istio-beacon-k8s-mesh-model: what the deployed charm's older spelling gives for our app
+    # istio-beacon-k8s in our model mesh-model. Nothing was refreshed here.
+    instance = "istio-beacon-k8s-mesh-model"
+    assert f"{APP}-{MODEL}" == instance
+    name = ambiguous_policy(kube, "istio", instance)
+    relation = mesh_relation("receiver", [wire_policy("sender", "receiver")])
+    seed_service(kube, "receiver")
+
+    kube.reset_requests()
+    out = ctx.run(ctx.on.install(), beacon_state(relations=[relation]))
+    out = ctx.run(ctx.on.upgrade_charm(), out)
+    out = ctx.run(ctx.on.leader_elected(), out)
+    ctx.run(ctx.on.remove(), dataclasses.replace(out, planned_units=0))
+
+    assert kube.get("authorizationpolicies", "istio", name) is not None
+    # Not even looked at: no request reached outside the model's namespace.
+    assert not [r for r in kube.requests if "/namespaces/istio" in r.path]
+    assert not [
+        r
+        for r in kube.requests
+        if "authorizationpolicies" in r.path and "/namespaces/" not in r.path
+    ]
+
+
+def test_with_a_refresh_another_models_policy_is_still_left_alone(
+    ctx: testing.Context[Any], kube: FakeKubeServer, caplog: pytest.LogCaptureFixture
+):
+    seed_service(kube, "receiver")
+    seed_deployed_beacon(
+        kube.client(field_manager=APP), APP, MODEL, consumers=[("sender", "receiver")]
+    )
+    name = ambiguous_policy(kube, "istio", f"{APP}-{MODEL}")
+    relation = mesh_relation("receiver", [wire_policy("sender", "receiver")])
+
+    out = ctx.run(ctx.on.upgrade_charm(), beacon_state(relations=[relation]))
+
+    assert kube.get("authorizationpolicies", "istio", name) is not None
+    assert deployed_objects(kube.client(), APP, MODEL) == [f"AuthorizationPolicy istio/{name}"]
+    assert f"istio/{name}" in caplog.text
+    assert "kubectl get authorizationpolicies -A" in caplog.text
+    assert out.unit_status.name != "blocked", out.unit_status
+
+
+def test_without_cluster_rights_the_log_says_other_namespaces_were_not_checked(
+    ctx: testing.Context[Any], kube: FakeKubeServer, caplog: pytest.LogCaptureFixture
+):
+    seed_service(kube, "receiver")
+    seed_deployed_beacon(
+        kube.client(field_manager=APP), APP, MODEL, consumers=[("sender", "receiver")]
+    )
+    kube.forbid("list", "authorizationpolicies", cluster_wide_only=True)
+    relation = mesh_relation("receiver", [wire_policy("sender", "receiver")])
+
+    out = ctx.run(ctx.on.upgrade_charm(), beacon_state(relations=[relation]))
+
+    assert not [
+        item
+        for plural in ("gateways", "horizontalpodautoscalers", "authorizationpolicies")
+        for item in kube.list(plural)
+        if "kubernetes-resource-handler-scope" in (item["metadata"].get("labels") or {})
+        and MANAGED_BY not in (item["metadata"].get("labels") or {})
+    ]
+    assert "could not check other namespaces" in caplog.text
+    assert "kubectl get authorizationpolicies -A" in caplog.text
+    assert out.unit_status.name != "blocked", out.unit_status
+
+
+def test_removal_never_deletes_what_was_not_adopted(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    seeded = seed_deployed_beacon(
+        kube.client(field_manager=APP), APP, MODEL, consumers=[("sender", "receiver")]
+    )
+    before = deployed_objects(kube.client(), APP, MODEL)
+    assert before
+
+    ctx.run(ctx.on.remove(), beacon_state(planned_units=0))
+
+    assert deployed_objects(kube.client(), APP, MODEL) == before
+    assert kube.get("gateways", MODEL, seeded.waypoint) is not None
 
 
 def test_a_rollback_to_the_deployed_charm_removes_every_policy_of_ours(
@@ -386,6 +510,7 @@ def test_a_cross_model_prometheus_is_allowed_by_its_real_name(
         remote_app_data={
             "cmr_data": json.dumps({"app_name": "prometheus", "juju_model_name": "cos"})
         },
+        remote_model_uuid=OTHER_MODEL_UUID,  # Juju: another model
     )
     ctx.run(ctx.on.relation_created(metrics), beacon_state(relations=[metrics, cmr]))
     principals = {
@@ -397,6 +522,59 @@ def test_a_cross_model_prometheus_is_allowed_by_its_real_name(
     }
     assert "cluster.local/ns/cos/sa/prometheus" in principals
     assert f"cluster.local/ns/{MODEL}/sa/{alias}" not in principals
+
+
+def test_a_claim_on_a_relation_inside_the_model_is_ignored(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    # An app of this model claims to be cos's Prometheus: Juju names it here, the claim is not
+    # believed (the same rule as the library's consumers), and only its own name is allowed.
+    metrics = testing.Relation("metrics-endpoint", "prometheus_scrape", remote_app_name="prom")
+    cmr = testing.Relation(
+        "provide-cmr-mesh",
+        "cross_model_mesh",
+        remote_app_name="prom",
+        remote_app_data={
+            "cmr_data": json.dumps({"app_name": "prometheus", "juju_model_name": "cos"})
+        },
+    )
+    ctx.run(ctx.on.relation_created(metrics), beacon_state(relations=[metrics, cmr]))
+    principals = metrics_principals(kube)
+    assert "cluster.local/ns/cos/sa/prometheus" not in principals
+    assert f"cluster.local/ns/{MODEL}/sa/prom" in principals
+
+
+def test_an_identity_claimed_by_two_relations_is_believed_for_neither(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    relations: list[testing.RelationBase] = []
+    for alias in ("remote-" + "a" * 32, "remote-" + "b" * 32):
+        relations.append(
+            testing.Relation("metrics-endpoint", "prometheus_scrape", remote_app_name=alias)
+        )
+        relations.append(
+            testing.Relation(
+                "provide-cmr-mesh",
+                "cross_model_mesh",
+                remote_app_name=alias,
+                remote_app_data={
+                    "cmr_data": json.dumps({"app_name": "prometheus", "juju_model_name": "cos"})
+                },
+                remote_model_uuid=OTHER_MODEL_UUID,
+            )
+        )
+    ctx.run(ctx.on.update_status(), beacon_state(relations=relations))
+    assert "cluster.local/ns/cos/sa/prometheus" not in metrics_principals(kube)
+
+
+def metrics_principals(kube: FakeKubeServer) -> set[str]:
+    return {
+        principal
+        for p in kube.list("authorizationpolicies", MODEL)
+        for rule in p["spec"].get("rules", [])
+        for source in rule.get("from", [])
+        for principal in source["source"].get("principals", [])
+    }
 
 
 def test_a_claim_of_an_app_of_this_model_is_refused(

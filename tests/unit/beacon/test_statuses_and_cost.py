@@ -94,7 +94,8 @@ def test_without_trust_it_says_how_to_trust_it(
     )
 
     assert out.unit_status == testing.BlockedStatus(
-        f"run `juju trust {APP} --scope=cluster`: Kubernetes refused to {refused_step}"
+        f"run `juju trust {APP} --scope=cluster` or bind the Role in charms/beacon/rbac "
+        f"(docs/beacon.md): Kubernetes refused to {refused_step}"
     )
 
 

@@ -307,6 +307,27 @@ def test_a_non_json_http_error_is_reported_with_its_status(
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("istio.io/dataplane-mode", "none"),  # would take the app off the mesh
+        ("istio.io/use-waypoint-namespace", "elsewhere"),  # a waypoint that serves another model
+    ],
+)
+def test_mesh_labels_it_cannot_justify_are_not_put(
+    app: FakeKubeServer, caplog: pytest.LogCaptureFixture, key: str, value: str
+):
+    ctx = consumer_context(auto_join=True)
+    ctx.run(ctx.on.leader_elected(), joined())
+
+    ctx.run(ctx.on.leader_elected(), joined({**MESH_LABELS, key: value}))
+
+    # The labels stay as they were: bad provider data never takes the app off the mesh.
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
+    assert service_labels(app, CONSUMER) == {**JUJU, **SERVICE_MESH}
+    assert "ignoring the mesh labels" in caplog.text
+
+
 UNUSABLE_PROVIDER_DATA = {
     "nested": {"labels": "[" * 1000 + "]" * 1000, "mesh_type": '"istio"'},
     "not-json": {"labels": "{not json", "mesh_type": '"istio"'},

@@ -278,6 +278,26 @@ def test_falls_back_to_namespaced_lists_without_cluster_wide_rights(
     assert set(stored(kube)) == {key(remote)}
 
 
+def test_a_manager_told_not_to_list_across_namespaces_never_does(
+    kube: FakeKubeServer, charm: ops.CharmBase
+):
+    manager = PolicyResourceManager(
+        charm, kube.client(field_manager=f"{OWNER}-{KUBE_MODEL}"), cluster_wide=False
+    )
+    kube.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OTHER_NS}})
+    local, remote = mesh_policy("a"), mesh_policy("b", target_namespace=OTHER_NS)
+    manager.reconcile([local, remote], MeshType.istio)
+    kube.reset_requests()
+
+    manager.reconcile([local], MeshType.istio)
+
+    # Only where it looks: the model's namespace and the wanted one; the other one is not seen.
+    assert [r.namespace for r in kube.requests if r.verb == "list"] == [KUBE_MODEL]
+    assert set(stored(kube)) == {key(local), key(remote)}
+    manager.delete()
+    assert set(stored(kube)) == {key(remote)}
+
+
 def test_namespaced_list_forbidden_too_propagates(
     kube: FakeKubeServer, manager: PolicyResourceManager
 ):

@@ -49,8 +49,9 @@ def read(
             raise ActionError(f"cannot reach Kubernetes: {said}") from None
         if code == 403:
             raise ActionError(
-                f"run `juju trust {app} --scope=cluster`: Kubernetes refused to let the beacon "
-                f"read the model ({safe_text(error_message(error))})"
+                f"run `juju trust {app} --scope=cluster` or bind the Role in charms/beacon/rbac "
+                f"(docs/beacon.md): Kubernetes refused to let the beacon read the model "
+                f"({safe_text(error_message(error))})"
             ) from None
         raise ActionError(
             f"cannot read the model: Kubernetes said {code} {safe_text(error_message(error))}"

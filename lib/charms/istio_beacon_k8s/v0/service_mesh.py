@@ -115,7 +115,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 15
+LIBPATCH = 16
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -178,6 +178,32 @@ _UNREADABLE = "\x00unreadable:"
 MESH_LABEL_KEYS = frozenset(
     ("istio.io/dataplane-mode", "istio.io/use-waypoint", "istio.io/use-waypoint-namespace")
 )
+# The one data-plane mode a consumer accepts: any other value ("none") takes its pods off the mesh.
+_AMBIENT = "ambient"
+
+
+def _mesh_label_problem(labels: Mapping[str, str], model_name: str) -> str:
+    """Why a consumer must not put the provider's mesh labels on its objects, or ``""``.
+
+    ``istio.io/dataplane-mode`` must be ``ambient``, and the waypoint must be in this model's
+    namespace: the beacon serves its own model only, so a waypoint elsewhere is not one that
+    enforces this app's policies.
+    """
+    mode = labels.get("istio.io/dataplane-mode")
+    if mode is not None and mode != _AMBIENT:
+        return (
+            f"ignoring the mesh labels: istio.io/dataplane-mode is {_display_text(mode)}, "
+            "not ambient"
+        )
+    namespace = labels.get("istio.io/use-waypoint-namespace")
+    if namespace is not None and namespace != model_name:
+        return (
+            f"ignoring the mesh labels: the waypoint is in namespace {_display_text(namespace)}, "
+            f"not this model's ({model_name})"
+        )
+    return ""
+
+
 # How Juju names, on the offering side, an app that relates to an offer from another model.
 _CROSS_MODEL_ALIAS = re.compile(r"remote-[0-9a-f]{32}\Z")
 
@@ -1860,6 +1886,10 @@ class ServiceMeshConsumer(ops.Object):
                 return  # keep the labels as they are: unusable data must not take the app off
             if data is not None:
                 wanted = {k: v for k, v in data.labels.items() if k in MESH_LABEL_KEYS}
+                problem = _mesh_label_problem(wanted, self._charm.model.name)
+                self._log_once("provider-labels", [problem] if problem else [])
+                if problem:
+                    return  # keep the labels as they are (see _read_provider)
         fingerprint = json.dumps(wanted, sort_keys=True)
         if fingerprint == self._stored.labels_reconciled and not self._stored.label_error:
             return  # converged already in an earlier hook: no API call
@@ -2441,6 +2471,10 @@ class PolicyResourceManager:
         labels: the labels that mark the objects this manager owns; they are put on every object
             it writes and select the objects it lists. Defaults to :func:`get_default_labels`.
         logger: where to log; defaults to this module's logger.
+        cluster_wide: look for owned objects across every namespace first (a cluster-wide
+            list, which needs a ClusterRole; refused, it falls back to the namespaces written
+            to). ``False`` lists only the model's namespace and those of the wanted objects:
+            what a namespaced Role allows, and never a request Kubernetes refuses.
     """
 
     def __init__(
@@ -2449,9 +2483,12 @@ class PolicyResourceManager:
         lightkube_client: Client,
         labels: Mapping[str, str] | None = None,
         logger: logging.Logger | None = None,
+        *,
+        cluster_wide: bool = True,
     ):
         self._charm = charm
         self._client = lightkube_client
+        self._cluster_wide = cluster_wide
         self.labels: dict[str, str] = (
             dict(labels) if labels else get_default_labels(charm.app.name, charm.model.name)
         )
@@ -2469,6 +2506,8 @@ class PolicyResourceManager:
         force: bool = True,
         ignore_missing: bool = True,
         on_error: Callable[[str, Exception], None] | None = None,
+        *,
+        take_over: bool = True,
     ) -> ReconcileSummary:
         """Create what is missing, update what differs, delete what is no longer wanted.
 
@@ -2487,6 +2526,10 @@ class PolicyResourceManager:
             on_error: called with ``namespace/name`` and the error for each object that could
                 not be written or deleted; without it, the first such error is raised once
                 every other object was handled.
+            take_over: write a wanted object this manager does not own yet with a server-side
+                apply, which takes over a same-named object someone else made (as every release
+                did). ``False`` creates it instead: a same-named object that is not this
+                manager's is left as it is and its write fails with 409 (``AlreadyExists``).
 
         Raises:
             MissingCRDError: the AuthorizationPolicy CRD is not installed (Istio is missing).
@@ -2529,7 +2572,10 @@ class PolicyResourceManager:
                 unchanged += 1
                 continue
             try:
-                client.apply(resource.from_dict(manifest), force=force)
+                if current is None and not take_over:
+                    client.create(resource.from_dict(manifest))
+                else:
+                    client.apply(resource.from_dict(manifest), force=force)
             except Exception as error:  # lightkube.ApiError, or an HTTP or connection error
                 failed(key, error)
                 continue
@@ -2582,20 +2628,25 @@ class PolicyResourceManager:
         resource = _authorization_policy_resource()
         client: Any = self._client  # lightkube's overloads are only partly typed
         selector: dict[str, Any] = dict(self.labels)
-        try:
-            items: list[Any] = list(client.list(resource, namespace=ALL_NS, labels=selector))
-        except Exception as error:  # lightkube.ApiError, or an HTTP error: see _http_status_code
-            self._raise_if_missing_crd(error)
-            if _http_status_code(error) != 403:
-                raise
-            # Without cluster-wide list rights, look where this manager can write.
-            items = []
-            for namespace in sorted(namespaces | {self._charm.model.name}):
-                try:
-                    items.extend(client.list(resource, namespace=namespace, labels=selector))
-                except Exception as inner:
-                    self._raise_if_missing_crd(inner)
+        if self._cluster_wide:
+            try:
+                return self._by_key(client.list(resource, namespace=ALL_NS, labels=selector))
+            except Exception as error:  # lightkube.ApiError, or an HTTP error: _http_status_code
+                self._raise_if_missing_crd(error)
+                if _http_status_code(error) != 403:
                     raise
+        # Not asked to, or not allowed to list across namespaces: look where it can write.
+        items: list[Any] = []
+        for namespace in sorted(namespaces | {self._charm.model.name}):
+            try:
+                items.extend(client.list(resource, namespace=namespace, labels=selector))
+            except Exception as inner:
+                self._raise_if_missing_crd(inner)
+                raise
+        return self._by_key(items)
+
+    @staticmethod
+    def _by_key(items: Iterable[Any]) -> dict[tuple[str, str], dict[str, Any]]:
         result: dict[tuple[str, str], dict[str, Any]] = {}
         for item in items:
             manifest = cast("dict[str, Any]", item.to_dict())
