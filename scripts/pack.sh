@@ -5,19 +5,30 @@
 # container that sees only the charm's folder, so the file is copied (not linked) into
 # charms/<name>/lib/ (git-ignored) before `charmcraft pack`.
 #
+# Each charm has two platforms (charmcraft.yaml), one per base: ubuntu-22.04-amd64 and
+# ubuntu-24.04-amd64, packed as <charm name>_<platform>.charm (e.g.
+# istio-beacon-k8s_ubuntu-22.04-amd64.charm). Deployments use the ubuntu@24.04 one unless told.
+#
 # Usage:  scripts/pack.sh [beacon|tester ...]      (default: both)
-#         tox -e pack runs it through tools/charmcraft/env.sh, which installs the pinned charmcraft
-#         and packs without LXD on this host (docs/contributing/dispatch-tier.md).
+#         tox -e pack runs it through tools/charmcraft/env.sh once per base, which installs the
+#         pinned charmcraft and packs that base's platform without LXD on this host
+#         (docs/contributing/dispatch-tier.md).
 # Env:    CHARMCRAFT_PACK_ARGS  extra arguments for `charmcraft pack`, e.g. --destructive-mode
+#         PACK_PLATFORM         pack only this platform (env.sh sets it); default: every platform
+#                               charmcraft can build here (with LXD: both)
 #         PACK_OUTPUT_DIR       where the .charm files go (default: <repo>/build/charms)
-# Stdout: one line per packed charm, `<name>=<absolute path>` (e.g. beacon=/…/x.charm); progress
-#         and charmcraft's own output go to stderr.
+# Stdout: one line per packed charm, `<name>@<base>=<absolute path>` (e.g.
+#         beacon@22.04=/…/istio-beacon-k8s_ubuntu-22.04-amd64.charm), and for the ubuntu@24.04
+#         one also `<name>=<absolute path>`; progress and charmcraft's own output go to stderr.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LIBRARY=charms/istio_beacon_k8s/v0/service_mesh.py
 OUT=${PACK_OUTPUT_DIR:-$ROOT/build/charms}
 read -r -a EXTRA_ARGS <<<"${CHARMCRAFT_PACK_ARGS:-}"
+if [[ -n ${PACK_PLATFORM:-} ]]; then
+    EXTRA_ARGS+=(--platform "$PACK_PLATFORM")
+fi
 
 if [[ $# -gt 0 ]]; then
     NAMES=("$@")
@@ -57,11 +68,23 @@ for name in "${NAMES[@]}"; do
     shopt -s nullglob
     packed=("$dir"/*.charm)
     shopt -u nullglob
-    if [[ ${#packed[@]} -ne 1 ]]; then
-        echo "pack.sh: expected one .charm in charms/$name, found ${#packed[@]}" >&2
+    if [[ ${#packed[@]} -eq 0 || -n ${PACK_PLATFORM:-} && ${#packed[@]} -ne 1 ]]; then
+        echo "pack.sh: expected ${PACK_PLATFORM:+one }.charm in charms/$name${PACK_PLATFORM:+ for $PACK_PLATFORM}, found ${#packed[@]}" >&2
         exit 1
     fi
-    rm -f "$OUT/${charm_name}"_*.charm
-    mv "${packed[0]}" "$OUT/"
-    echo "$name=$OUT/$(basename "${packed[0]}")"
+    # The single-platform name of earlier packs (<name>_amd64.charm) would be taken for a current one.
+    rm -f "$OUT/${charm_name}_amd64.charm"
+    for charm in "${packed[@]}"; do
+        file=$(basename "$charm")
+        if [[ ! $file =~ ^${charm_name}_ubuntu-([0-9]+\.[0-9]+)-amd64\.charm$ ]]; then
+            echo "pack.sh: charmcraft wrote $file, not ${charm_name}_ubuntu-<base>-amd64.charm" >&2
+            exit 1
+        fi
+        base=${BASH_REMATCH[1]}
+        mv -f "$charm" "$OUT/$file"
+        echo "$name@$base=$OUT/$file"
+        if [[ $base == 24.04 ]]; then
+            echo "$name=$OUT/$file"
+        fi
+    done
 done

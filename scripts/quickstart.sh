@@ -149,6 +149,8 @@ step "Packing the beacon and the tester"
 BEACON_CHARM=${BEACON_CHARM_PATH:-}
 TESTER_CHARM=${TESTER_CHARM_PATH:-}
 if [[ -z "$BEACON_CHARM" || -z "$TESTER_CHARM" ]]; then
+    # The ubuntu@24.04 platform only (the charms also have ubuntu@22.04: docs/beacon.md, "Bases").
+    export PACK_PLATFORM=${PACK_PLATFORM:-ubuntu-24.04-amd64}
     pack=(bash "$ROOT/scripts/pack.sh")
     # concierge adds the user to the lxd group, which this shell does not have yet.
     if [[ $EUID -ne 0 ]] && ! id -nG | grep -qw lxd && getent group lxd | grep -qw "$(id -un)"; then

@@ -18,8 +18,8 @@ python=${PYTHON:-python3}
 # for them on PATH; put them there from pyenv's or uv's install folders when they are not.
 # Each entry: "<version>|<tox envs that need it>".
 NEEDED_PYTHONS=(
-  "3.10|unit-py310"
-  "3.12|unit-py312"
+  "3.10|unit-py310, pack and dispatch (the ubuntu@22.04 charms)"
+  "3.12|unit-py312, pack, dispatch and demo (the ubuntu@24.04 charms)"
 )
 
 runs() { "$1" -c 'import sys' >/dev/null 2>&1; }
@@ -69,8 +69,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     done
     echo "Looked on PATH and in: $(install_roots | sort -u | tr '\n' ' ')"
     cat <<'EOF'
-They run the unit tests on the Pythons of the charms' bases (Ubuntu 22.04 has 3.10, 24.04 has
-3.12), and CI must run them, so they are not skipped. Install them with any of:
+They run the unit tests, and pack and run the packed charms, on the Pythons of the charms' bases
+(Ubuntu 22.04 has 3.10, 24.04 has 3.12), and CI must run them, so they are not skipped. Install them with any of:
   - pyenv:  pyenv install 3.10 3.12        (pyenv itself need not be on PATH afterwards)
   - uv:     uv python install 3.10 3.12
   - apt, on the Ubuntu release that ships it: apt-get install python3.10-venv (22.04) or

@@ -74,8 +74,8 @@ REMOTE_ALIAS = "remote-5e1d4e6a0c7b4f0d9a3e2b1c8f7a6d50"
 CONTAINER = "workload"
 RELAY = REPO / "tests" / "support" / "ztunnel_standin.py"
 PACKED = {
-    "beacon": ("BEACON_CHARM_PATH", "istio-beacon-k8s_amd64.charm"),
-    "tester": ("TESTER_CHARM_PATH", "service-mesh-tester_amd64.charm"),
+    "beacon": ("BEACON_CHARM_PATH", "istio-beacon-k8s_ubuntu-24.04-amd64.charm"),
+    "tester": ("TESTER_CHARM_PATH", "service-mesh-tester_ubuntu-24.04-amd64.charm"),
 }
 
 

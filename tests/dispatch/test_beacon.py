@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import BOTH_BASES
 from lightkube import ALL_NS, ApiError, Client, KubeConfig, codecs
 from lightkube.config.models import Cluster, User
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -110,6 +111,7 @@ def test_untrusted_beacon_is_blocked_until_its_role_is_bound(model: JujuModel, b
     assert refused.value.status.code == 403
 
 
+@BOTH_BASES
 def test_mesh_relation_exchanges_labels_and_policies(
     model: JujuModel, beacon_charm: Path, tester_charm: Path
 ):
@@ -199,6 +201,7 @@ def test_mesh_relation_exchanges_labels_and_policies(
     assert owned(model, AuthorizationPolicy) == {}
 
 
+@BOTH_BASES
 def test_config_toggles_then_removal_leaves_nothing(
     model: JujuModel, beacon_charm: Path, tester_charm: Path
 ):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import BOTH_BASES
 from mesh_steps import (
     BEACON,
     MESH_LABELS,
@@ -45,6 +46,7 @@ def address(model: JujuModel, unit: str) -> str:
     return model.state()["units"][unit]["address"]
 
 
+@BOTH_BASES
 def test_tester_workload_mesh_and_probe(model: JujuModel, beacon_charm: Path, tester_charm: Path):
     deploy_beacon(model, beacon_charm)
     istio_runs_the_waypoint(model)

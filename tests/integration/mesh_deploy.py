@@ -2,7 +2,8 @@
 
 Packed charms come from `BEACON_CHARM_PATH` / `TESTER_CHARM_PATH` (absolute paths to .charm
 files) or, when unset, from `scripts/pack.sh`, which copies the shared library into each charm and
-runs `charmcraft pack`.
+runs `charmcraft pack` for the ubuntu@24.04 platform (`PACK_PLATFORM`, unless set: the charms also
+have an ubuntu@22.04 one, which these tests use only when the paths name it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO_ROOT / "build" / "integration-logs"
 """Where the debug logs of the models of a failed module are written (CI uploads them)."""
 PACK_SCRIPT = REPO_ROOT / "scripts" / "pack.sh"
+PACK_PLATFORM = "ubuntu-24.04-amd64"
+"""The platform packed when no charm path is given (both charms also have ubuntu-22.04-amd64)."""
 
 BEACON = "beacon"
 """Application name the tests give the beacon."""
@@ -73,7 +76,11 @@ class Charms:
 def _packed_by_script(name: str) -> Path:
     """Pack one charm with scripts/pack.sh and return the path it reports."""
     done = subprocess.run(
-        ["bash", str(PACK_SCRIPT), name], capture_output=True, text=True, check=False
+        ["bash", str(PACK_SCRIPT), name],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PACK_PLATFORM": PACK_PLATFORM, **os.environ},
     )
     if done.returncode != 0:
         raise RuntimeError(
@@ -81,7 +88,7 @@ def _packed_by_script(name: str) -> Path:
             f"{name.upper()}_CHARM_PATH to a packed charm to skip packing.\n"
             f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
         )
-    # pack.sh prints `<name>=<absolute path>` for each charm it packed, on stdout.
+    # pack.sh prints `<name>=<absolute path>` for the ubuntu@24.04 charm it packed, on stdout.
     for line in done.stdout.splitlines():
         key, _, value = line.partition("=")
         if key == name and value:

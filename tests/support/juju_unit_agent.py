@@ -7,16 +7,18 @@
   Service, its ServiceAccount with the RBAC of a trusted or an untrusted app, a bound token), and
   the app's peer relation;
 - **run_hook / run_action** run ``./dispatch`` in the unit's charm directory with the ``JUJU_*``
-  environment of that hook or action, Juju's hook tools on ``PATH`` (`juju_hook_tools`), Python
-  3.12 as ``python3`` (the ubuntu@24.04 base), and, in a private mount namespace, what a pod has:
-  the service-account token and CA at ``/var/run/secrets/kubernetes.io/serviceaccount`` with
-  ``KUBERNETES_SERVICE_HOST``/``PORT`` pointing at the API server, and the unit's own ``/charm``
-  (where ops looks for ``/charm/containers/<name>/pebble.socket``);
+  environment of that hook or action, Juju's hook tools on ``PATH`` (`juju_hook_tools`), the
+  Python of the charm's base as ``python3`` (`JujuModel`'s ``python_version``: 3.12 for
+  ubuntu@24.04, the default, 3.10 for ubuntu@22.04), and, in a private mount namespace, what a
+  pod has: the service-account token and CA at
+  ``/var/run/secrets/kubernetes.io/serviceaccount`` with ``KUBERNETES_SERVICE_HOST``/``PORT``
+  pointing at the API server, and the unit's own ``/charm`` (where ops looks for
+  ``/charm/containers/<name>/pebble.socket``);
 - each hook works on a copy of the model's hook-tool state that is kept only if the hook exits 0
   (Juju commits a hook's relation data, status and state at the end of a successful hook).
 
-Needs root (mount namespaces), ``unshare`` (util-linux) and a Python 3.12; a missing one is an
-error, never a skip.
+Needs root (mount namespaces), ``unshare`` (util-linux) and the base's Python; a missing one is
+an error, never a skip.
 """
 
 from __future__ import annotations
@@ -79,24 +81,31 @@ class AgentError(RuntimeError):
     """The harness cannot run (missing tool, not root, bad charm); the message says what."""
 
 
-def find_python312() -> str:
-    """A Python 3.12 (the base's Python): ``python3.12`` on PATH, else pyenv's newest 3.12."""
-    candidates = [shutil.which("python3.12")]
+BASE_PYTHONS = {"22.04": "3.10", "24.04": "3.12"}
+"""The Python each Ubuntu base runs charms with (``/usr/bin/python3`` there)."""
+
+
+def find_python(version: str) -> str:
+    """A Python ``version`` (a base's): ``python<version>`` on PATH, else pyenv's newest."""
+    candidates = [shutil.which(f"python{version}")]
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates += [str(p) for p in sorted((root / "versions").glob("3.12.*/bin/python3.12"))][::-1]
+    pattern = f"{version}.*/bin/python{version}"
+    candidates += [str(p) for p in sorted((root / "versions").glob(pattern))][::-1]
+    wanted = tuple(int(part) for part in version.split("."))
     for candidate in candidates:
         if candidate and Path(candidate).exists():
             probe = subprocess.run(
-                [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
+                [candidate, "-c", f"import sys; print(sys.version_info[:2] == {wanted!r})"],
                 capture_output=True,
                 text=True,
                 check=False,
             )
             if probe.stdout.strip() == "True":
                 return candidate
+    base = next((b for b, v in BASE_PYTHONS.items() if v == version), "?")
     raise AgentError(
-        "the dispatch tier runs the charms on Python 3.12 (the ubuntu@24.04 base) and found none: "
-        "install one (pyenv install 3.12) or put python3.12 on PATH"
+        f"the dispatch tier runs the ubuntu@{base} charms on Python {version} and found none: "
+        f"install one (pyenv install {version}) or put python{version} on PATH"
     )
 
 
@@ -157,7 +166,9 @@ class ActionRun(HookRun):
 class JujuModel:
     """A Juju model whose units run their packed charm's ``dispatch``; see the module docstring."""
 
-    def __init__(self, kube: KubeServer, name: str, workdir: Path) -> None:
+    def __init__(
+        self, kube: KubeServer, name: str, workdir: Path, *, python_version: str = "3.12"
+    ) -> None:
         if os.geteuid() != 0:
             raise AgentError(
                 "the dispatch tier needs root (it runs each hook in a mount namespace)"
@@ -173,10 +184,11 @@ class JujuModel:
         self.state_dir.mkdir(parents=True)
         self.tools_dir = workdir / "hook-tools"
         juju_hook_tools.write_tools(self.tools_dir, self.state_dir, sys.executable)
-        self.python_dir = workdir / "python3.12-first"
+        self.python_version = python_version
+        self.python_dir = workdir / f"python{python_version}-first"
         self.python_dir.mkdir()
-        python = find_python312()
-        for alias in ("python3", "python3.12"):
+        python = find_python(python_version)
+        for alias in ("python3", f"python{python_version}"):
             (self.python_dir / alias).symlink_to(python)
         self.state_file = workdir / "model.json"
         self._write(
