@@ -112,7 +112,8 @@ def main(argv: list[str]) -> int:
     failure = next((c for c in codes if c not in {0, 5}), 0)
     if not failure and 5 in codes and (0 not in codes or targets):
         failure = 5
-    if run_coverage:
+    # Only the covered suites leave coverage data: a run of the helpers' suite alone has none.
+    if run_coverage and any(suite.covered for suite in chosen):
         report = [sys.executable, "-m", "coverage", "report"]
         subprocess.run([sys.executable, "-m", "coverage", "combine"], cwd=REPO, check=True)
         failure = failure or subprocess.run(report, cwd=REPO, check=False).returncode
