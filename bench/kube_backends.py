@@ -19,6 +19,7 @@ from lightkube import codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import DeploymentStatus
 from lightkube.types import PatchType
+from support import istiod_standin
 from support.fake_kube import FakeKubeServer
 from support.kube_server import BUILD_SCRIPT, WRITE_VERBS, KubeServer, RequestKey, ensure_namespace
 
@@ -78,40 +79,14 @@ class KubeBackend(Protocol):
         ...
 
 
-_GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
-
-
 def istio_status(gateway: dict[str, Any]) -> dict[str, Any]:
     """The status istiod gives a waypoint Gateway it has programmed (for its generation)."""
-    generation = gateway.get("metadata", {}).get("generation", 1)
-    condition = {
-        "type": "Programmed",
-        "status": "True",
-        "reason": "Programmed",
-        "message": "Resource programmed, assigned to service(s)",
-        "observedGeneration": generation,
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-    }
-    return {"conditions": [condition], "addresses": [{"type": "IPAddress", "value": "10.96.0.7"}]}
+    return istiod_standin.programmed_status(gateway.get("metadata", {}).get("generation", 1))
 
 
 def waypoint_deployment(name: str, namespace: str) -> dict[str, Any]:
     """The Deployment istiod makes for waypoint ``name``, one replica, ready."""
-    selector = {_GATEWAY_NAME_LABEL: name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": selector},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": selector},
-                "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2"}]},
-            },
-        },
-        "status": {"replicas": 1, "readyReplicas": 1},
-    }
+    return istiod_standin.waypoint_deployment(name, namespace)
 
 
 _GATEWAY = create_namespaced_resource("gateway.networking.k8s.io", "v1", "Gateway", "gateways")

@@ -17,12 +17,10 @@ from charms.istio_beacon_k8s.v0.service_mesh import Endpoint, MeshPolicy, Method
 from lightkube import Client, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.rbac_v1 import PolicyRule
-from lightkube.resources.apps_v1 import Deployment
-from lightkube.types import PatchType
 from ops import testing
-from support import juju_seed
+from support import istiod_standin, juju_seed
 from support.kube_server import KubeServer
-from waypoint import gateway_resource, waypoint_name
+from waypoint import waypoint_name
 
 APP = "istio-beacon-k8s"
 SENDER, RECEIVER, LEGACY = "sender", "receiver", "legacy"
@@ -55,33 +53,7 @@ def seed_app(admin: Client, model: str, app: str, on_mesh: bool) -> None:
 
 def ready_waypoint(admin: Client, model: str) -> None:
     """The Deployment Istio makes for the waypoint, with its replica ready."""
-    name = waypoint_name(model, APP)
-    selector = {"gateway.networking.k8s.io/gateway-name": name}
-    admin.create(
-        codecs.from_dict(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": name, "namespace": model},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": selector},
-                    "template": {
-                        "metadata": {"labels": selector},
-                        "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2"}]},
-                    },
-                },
-            }
-        )
-    )
-    api: Any = admin
-    api.patch(
-        Deployment.Status,
-        name,
-        {"status": {"replicas": 1, "readyReplicas": 1}},
-        namespace=model,
-        patch_type=PatchType.MERGE,
-    )
+    istiod_standin.run_deployment(admin, waypoint_name(model, APP), model)
 
 
 def foreign(admin: Client, model: str, name: str, spec: dict[str, Any]) -> None:
@@ -133,25 +105,7 @@ def mesh_relation(model: str) -> testing.Relation:
 
 def program_gateway(admin: Client, model: str) -> None:
     """What istiod writes on the beacon's Gateway once it runs the waypoint."""
-    name = waypoint_name(model, APP)
-    gateway = admin.get(gateway_resource(), name, namespace=model)
-    condition = {
-        "type": "Programmed",
-        "status": "True",
-        "reason": "Programmed",
-        "message": "Resource programmed, assigned to service(s)",
-        "observedGeneration": gateway.metadata.generation if gateway.metadata else 1,
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-    }
-    address = {"type": "IPAddress", "value": "10.152.183.7"}
-    api: Any = admin
-    api.patch(
-        gateway_resource().Status,
-        name,
-        {"status": {"conditions": [condition], "addresses": [address]}},
-        namespace=model,
-        patch_type=PatchType.MERGE,
-    )
+    istiod_standin.program_gateway(admin, waypoint_name(model, APP), model)
 
 
 def reconciled(

@@ -17,13 +17,13 @@ from charm import IstioBeaconCharm
 from kube_names import NAMESPACE_OWNER_LABEL
 from lightkube import ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apps_v1 import Deployment, DeploymentStatus
+from lightkube.resources.apps_v1 import DeploymentStatus
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
 from namespace_labels import owner_value
 from ops import testing
-from support import juju_seed
+from support import istiod_standin, juju_seed
 from support.kube_server import KubeServer
 from test_beacon_charm import APP, owned, relation, request, requested_by, state
 from waypoint import gateway_resource, waypoint_name
@@ -54,54 +54,7 @@ def service_labels(admin: Client, model: str, name: str) -> dict[str, str]:
 
 def istio_runs_waypoint(admin: Client, model: str, replicas: int, ready: int) -> None:
     """What istiod does with the beacon's Gateway: its status, and the Deployment it makes."""
-    name = waypoint_name(model, APP)
-    gateway = admin.get(gateway_resource(), name, namespace=model)
-    generation = gateway.metadata.generation if gateway.metadata else 1
-    admin.patch(
-        gateway_resource().Status,
-        name,
-        {
-            "status": {
-                "conditions": [
-                    {
-                        "type": "Programmed",
-                        "status": "True",
-                        "reason": "Programmed",
-                        "message": "Resource programmed, assigned to service(s)",
-                        "observedGeneration": generation,
-                        "lastTransitionTime": "2026-01-01T00:00:00Z",
-                    }
-                ],
-                "addresses": [{"type": "IPAddress", "value": "10.152.183.7"}],
-            }
-        },
-        namespace=model,
-        patch_type=PatchType.MERGE,
-    )
-    selector = {"gateway.networking.k8s.io/gateway-name": name}
-    api: Any = admin  # from_dict() is typed as returning a plain DictMixin
-    api.create(
-        Deployment.from_dict(
-            {
-                "metadata": {"name": name, "namespace": model, "labels": selector},
-                "spec": {
-                    "replicas": replicas,
-                    "selector": {"matchLabels": selector},
-                    "template": {
-                        "metadata": {"labels": selector},
-                        "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2"}]},
-                    },
-                },
-            }
-        )
-    )
-    admin.patch(
-        DeploymentStatus,
-        name,
-        {"status": {"replicas": replicas, "readyReplicas": ready}},
-        namespace=model,
-        patch_type=PatchType.MERGE,
-    )
+    istiod_standin.run_waypoint(admin, waypoint_name(model, APP), model, replicas, ready)
 
 
 # --- Juju's model operator ------------------------------------------------------------------

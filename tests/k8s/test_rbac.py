@@ -34,13 +34,11 @@ from kube_names import MANAGED_BY
 from kube_names import NAMESPACE_OWNER_LABEL as OWNER_LABEL
 from lightkube import Client, codecs
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apps_v1 import Deployment, DeploymentStatus
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Namespace
-from lightkube.types import PatchType
 from namespace_labels import owner_value
 from ops import testing
-from support import juju_seed
+from support import istiod_standin, juju_seed
 from support.deployed_beacon import deployed_objects, seed_deployed_beacon
 from support.kube_server import JUJU_DEFAULT_CLUSTER_RULES, KubeServer, juju_default_app_rules
 from waypoint import gateway_resource, waypoint_name
@@ -113,48 +111,7 @@ def consumers(admin: Client, model: str) -> list[testing.Relation]:
 
 def istio_runs_waypoint(admin: Client, model: str) -> None:
     """What istiod does with the beacon's Gateway: its status, and the Deployment it makes."""
-    name = waypoint_name(model, APP)
-    gateway = admin.get(gateway_resource(), name, namespace=model)
-    generation = gateway.metadata.generation if gateway.metadata else 1
-    condition = {
-        "type": "Programmed",
-        "status": "True",
-        "reason": "Programmed",
-        "message": "Resource programmed",
-        "observedGeneration": generation,
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-    }
-    admin.patch(
-        gateway_resource().Status,
-        name,
-        {"status": {"conditions": [condition], "addresses": [{"value": "10.152.183.7"}]}},
-        namespace=model,
-        patch_type=PatchType.MERGE,
-    )
-    selector = {"gateway.networking.k8s.io/gateway-name": name}
-    api: Any = admin
-    api.create(
-        Deployment.from_dict(
-            {
-                "metadata": {"name": name, "namespace": model, "labels": selector},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": selector},
-                    "template": {
-                        "metadata": {"labels": selector},
-                        "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2"}]},
-                    },
-                },
-            }
-        )
-    )
-    admin.patch(
-        DeploymentStatus,
-        name,
-        {"status": {"replicas": 1, "readyReplicas": 1}},
-        namespace=model,
-        patch_type=PatchType.MERGE,
-    )
+    istiod_standin.run_waypoint(admin, waypoint_name(model, APP), model)
 
 
 def owned(admin: Client, resource: Any, model: str) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from charm import IstioBeaconCharm
 from ops import testing
-from support import juju_seed
+from support import istiod_standin, juju_seed
 from support.fake_kube import ALL_CRDS, FakeKubeServer
 from waypoint import build_gateway
 
@@ -93,22 +93,7 @@ def seed_service(
 
 def seed_waypoint_deployment(kube: FakeKubeServer, replicas: int, ready: int) -> None:
     """The Deployment Istio makes from the waypoint Gateway, with ``ready`` replicas ready."""
-    kube.put(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": WAYPOINT, "namespace": MODEL},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": WAYPOINT}},
-                "template": {
-                    "metadata": {"labels": {"gateway.networking.k8s.io/gateway-name": WAYPOINT}},
-                    "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2"}]},
-                },
-            },
-            "status": {"replicas": replicas, "readyReplicas": ready},
-        }
-    )
+    kube.put(istiod_standin.waypoint_deployment(WAYPOINT, MODEL, replicas, ready))
 
 
 def istio_runs_waypoint(

@@ -39,7 +39,7 @@ from mesh_deploy import (
 from mesh_probe import ALLOWED, CONNECTED, FORBIDDEN, REFUSED, Case, Expected, ProbeResult, case
 from mesh_probe import tcp_case as tcp
 from ops import testing
-from support import juju_seed
+from support import istiod_standin, juju_seed
 from support.fake_kube import FakeKubeServer
 from waypoint import build_gateway, waypoint_name
 
@@ -50,7 +50,6 @@ MESH_LABELS = {
     "istio.io/use-waypoint": WAYPOINT,
     "istio.io/use-waypoint-namespace": MODEL,
 }
-GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
 
 
 def probe_result(item: Case, outcome: str, status: int | None = None) -> ProbeResult:
@@ -198,23 +197,7 @@ def istio_runs_waypoint(kube: FakeKubeServer) -> None:
         "addresses": [{"type": "IPAddress", "value": "10.152.183.7"}],
     }  # fmt: skip
     kube.put(stored, field_manager="pilot-discovery")
-    selector = {GATEWAY_NAME: WAYPOINT}
-    kube.put(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": WAYPOINT, "namespace": MODEL},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": selector},
-                "template": {
-                    "metadata": {"labels": selector},
-                    "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2"}]},
-                },
-            },
-            "status": {"replicas": 1, "readyReplicas": 1},
-        }
-    )
+    kube.put(istiod_standin.waypoint_deployment(WAYPOINT, MODEL))
 
 
 def wire_policy(source: str, target_type: str, endpoint: dict[str, Any]) -> dict[str, Any]:
