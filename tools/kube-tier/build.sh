@@ -67,27 +67,17 @@ case "${1:-}" in
         ;;
 esac
 
-log() { echo "kube-tier: $*" >&2; }
+NAME=kube-tier
+# shellcheck source=../go-tool.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../go-tool.sh"
 
 complete() {
     [[ -x "$OUT/bin/etcd" && -x "$OUT/bin/kube-apiserver" && -f "$OUT/crds/istio.yaml" && -f "$OUT/.complete" ]]
 }
 
-if complete; then
-    echo "$OUT"
-    exit 0
-fi
+exit_if_complete
 
-# --- Go toolchain -----------------------------------------------------------------------------
-GO="${GO:-}"
-if [[ -z "$GO" ]]; then
-    if command -v go >/dev/null 2>&1; then
-        GO="$(command -v go)"
-    elif [[ -x /usr/local/go/bin/go ]]; then
-        GO=/usr/local/go/bin/go
-    fi
-fi
-if [[ -z "$GO" || ! -x "$GO" ]]; then
+if ! find_go; then
     cat >&2 <<EOF
 kube-tier: Go is not installed${GO:+ (GO=$GO is not an executable)}, and the binaries of the
 real-API-server test tier are not built yet:
@@ -109,16 +99,7 @@ export GOFLAGS="${GOFLAGS:-} -mod=mod"
 # The wrapper modules below are throwaway: do not let a user-level GOWORK/GOTOOLCHAIN surprise us.
 export GOWORK=off
 
-mkdir -p "$ROOT"
-# One build at a time per cache (tox and the benchmark may both start one).
-exec 9>"$ROOT/.lock"
-if command -v flock >/dev/null 2>&1; then
-    log "waiting for the cache lock" && flock 9
-fi
-if complete; then
-    echo "$OUT"
-    exit 0
-fi
+lock_cache
 
 STAGE="$ROOT/.build-$KEY"
 mkdir -p "$STAGE/bin" "$STAGE/crds" "$STAGE/src"

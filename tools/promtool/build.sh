@@ -63,26 +63,17 @@ case "${1:-}" in
         ;;
 esac
 
-log() { echo "promtool: $*" >&2; }
+NAME=promtool
+# shellcheck source=../go-tool.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../go-tool.sh"
 
 complete() {
     [[ -x "$OUT/promtool" && -f "$OUT/.complete" ]]
 }
 
-if complete; then
-    echo "$OUT"
-    exit 0
-fi
+exit_if_complete
 
-GO="${GO:-}"
-if [[ -z "$GO" ]]; then
-    if command -v go >/dev/null 2>&1; then
-        GO="$(command -v go)"
-    elif [[ -x /usr/local/go/bin/go ]]; then
-        GO=/usr/local/go/bin/go
-    fi
-fi
-if [[ -z "$GO" || ! -x "$GO" ]]; then
+if ! find_go; then
     cat >&2 <<MSG
 promtool: Go is not installed${GO:+ (GO=$GO is not an executable)}, and promtool is not built yet:
   $OUT
@@ -101,15 +92,7 @@ export GOWORK=off
 # go.sum is committed: the build must use exactly the modules it names.
 export GOFLAGS="${GOFLAGS:-} -mod=readonly"
 
-mkdir -p "$ROOT"
-exec 9>"$ROOT/.lock"
-if command -v flock >/dev/null 2>&1; then
-    log "waiting for the cache lock" && flock 9
-fi
-if complete; then
-    echo "$OUT"
-    exit 0
-fi
+lock_cache
 
 STAGE="$ROOT/.build-$KEY"
 rm -rf "$STAGE"
