@@ -7,8 +7,9 @@
 # installs apt packages on a host other than Ubuntu 24.04), python3 (3.11), Python 3.10 and 3.12
 # (on PATH, or installed by pyenv or uv: found even when those tools are not on PATH), Go 1.26 and
 # Node (pyright); installs the rest (pinned) into .venv. A cold first run builds etcd,
-# kube-apiserver and tools/istio-check and packs both charms: about 40-50 minutes on a 2-core
-# machine (an estimate); later runs reuse the caches in ~/.cache/service-mesh-beacon.
+# kube-apiserver, tools/istio-check and tools/promtool and packs both charms: about 50-60 minutes on
+# a 2-core machine (an estimate from measured parts; a warm run takes about 23 minutes); later runs
+# reuse the caches in ~/.cache/service-mesh-beacon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
