@@ -17,6 +17,7 @@ This module must be imported before ``ops``, and imports nothing but the standar
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -53,15 +54,33 @@ def gate(environ: Mapping[str, str] | None = None) -> bool:
     return False
 
 
-def remember(related: bool, folder: Path) -> None:
-    """Write (``related``) or remove the marker in charm folder ``folder``; no-op if it says so."""
+def remember(related: bool, folder: Path) -> bool:
+    """Write (``related``) or remove the marker in charm folder ``folder``; no-op if it says so.
+
+    A charm folder the unit cannot write to (a read-only or vanished folder) costs tracing, never
+    the hook: the failure is logged, and the next ``start`` or ``upgrade-charm`` tries again.
+
+    Returns:
+        whether the marker now says what ``related`` says.
+    """
     path = folder / MARKER_NAME
-    if related == path.exists():
-        return
-    if related:
-        path.write_text("related over charm-tracing: ops_tracing loads at hook start\n")
-    else:
-        path.unlink(missing_ok=True)
+    try:
+        if related == path.exists():
+            return True
+        if related:
+            path.write_text("related over charm-tracing: ops_tracing loads at hook start\n")
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as error:
+        logging.getLogger(__name__).warning(
+            "cannot %s %s (%s): charm tracing %s until it can",
+            "write" if related else "remove",
+            path,
+            error.strerror or error,
+            "stays off" if related else "stays on",
+        )
+        return False
+    return True
 
 
 gate()

@@ -17,7 +17,7 @@ import pytest
 from charm import IstioBeaconCharm
 from conftest import APP, beacon_state
 from ops import testing
-from tracing_gate import MARKER_NAME
+from tracing_gate import MARKER_NAME, remember
 
 SRC = Path(__file__).resolve().parents[3] / "charms" / "beacon" / "src"
 PROBE = """\
@@ -125,3 +125,17 @@ def test_start_and_upgrade_heal_the_marker(
     assert (tmp_path / MARKER_NAME).exists() == related
     charm_ctx.run(charm_ctx.on.upgrade_charm(), state)
     assert (tmp_path / MARKER_NAME).exists() == related
+
+
+@pytest.mark.parametrize("related", [True, False])
+def test_a_charm_folder_that_cannot_be_written_costs_tracing_not_the_hook(
+    tmp_path: Path, related: bool, caplog: pytest.LogCaptureFixture
+):
+    missing = tmp_path / "gone"  # writing into it fails with an OSError, even as root
+    if not related:
+        missing.mkdir()
+        (missing / MARKER_NAME).mkdir()  # a folder where the marker should be: unlink fails
+    assert remember(related, missing) is False
+    assert "charm tracing" in caplog.text
+    assert remember(related, tmp_path) is True
+    assert (tmp_path / MARKER_NAME).exists() is related
