@@ -16,8 +16,10 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     MeshDataError,
     MeshPolicy,
     ServiceMeshProviderAppData,
+    Endpoint,
     _display_text,
     _load_json,
+    _plain_endpoint,
     parse_policies,
 )
 from hypothesis import HealthCheck, given, settings
@@ -158,3 +160,65 @@ def test_display_text_is_always_safe(value: object, limit: int, quote: bool):
     assert shown.isprintable()
     assert len(shown) <= max(limit, 40)
     assert len(_display_text(value)) <= _MAX_DISPLAY_LENGTH
+
+
+# Paths near the edges of what Istio matches: dots, '%', '*', templates, '?', spaces, non-ASCII.
+PATHS = st.text(alphabet="/a.%2e*{}?# ~-_é\x7f", max_size=12) | st.sampled_from(
+    ["/", "*", "/a/*", "/a*", "*.js", "/.well-known", "/a/..", "//", "/%41", "/{*}/b", ""]
+)
+ENDPOINT_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "hosts": st.none() | st.lists(st.sampled_from(["a.example", "*", "a b", 1]), max_size=2),
+        "ports": st.none()
+        | st.lists(st.integers(-1, 70000) | st.booleans() | st.just("80"), max_size=3)
+        | st.just({}),
+        "methods": st.none()
+        | st.lists(st.sampled_from(["GET", "get", "POST", "BREW", 1, None]), max_size=3)
+        | st.just("GET"),
+        "paths": st.none() | st.lists(PATHS, max_size=3) | st.lists(PATHS, min_size=65),
+    },
+)
+
+
+@SETTINGS
+@given(ENDPOINT_BODIES)
+def test_the_quick_endpoint_parse_accepts_only_what_the_full_checks_accept(body: dict[str, Any]):
+    # The constructor runs every check of the wire form, with its own wording of the field.
+    try:
+        expected: Endpoint | None = Endpoint(**body)
+    except MeshDataError:
+        expected = None
+    quick = _plain_endpoint(body)
+    if quick is not None:
+        assert expected is not None, f"the quick parse accepted {body!r}"
+        assert quick == expected
+        assert quick.model_fields_set == {"hosts", "ports", "methods", "paths"}
+    try:
+        parsed = Endpoint.from_dict(body)
+    except MeshDataError:
+        assert expected is None
+    else:
+        assert parsed == expected
+
+
+NUMBERS = st.integers() | st.floats(allow_nan=True, allow_infinity=True)
+
+
+@SETTINGS
+@given(st.lists(NUMBERS, max_size=4), st.sampled_from(["", "0" * 30, "-" + "1" * 24]))
+def test_numbers_are_bounded_whichever_way_the_text_is_parsed(
+    numbers: list[float], raw_number: str
+):
+    text = json.dumps({"n": numbers, "s": "NaN 1e99999999999999999999999"})
+    if raw_number:
+        text = text.replace('"n"', f'"m": {raw_number}, "n"')
+    tokens = re.findall(r"[-+.0-9eE]+|NaN|Infinity", text.split('"s"')[0])
+    refused = any(len(token) > 24 or token in ("NaN", "Infinity") for token in tokens)
+    try:
+        value = _load_json(text, "policies", 10_000)
+    except MeshDataError as error:
+        assert refused, error
+    else:
+        assert not refused
+        assert value == json.loads(text)

@@ -115,7 +115,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 17
+LIBPATCH = 18
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -325,8 +325,10 @@ _LABEL_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
 _LABEL_PREFIX = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
 _LABEL_KEY = re.compile(rf"(?:{_LABEL_PREFIX}/)?{_LABEL_NAME}\Z")
 _LABEL_VALUE = re.compile(rf"(?:{_LABEL_NAME})?\Z")
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# Outside strings: what is not a bracket, and what may be part of a number or a constant.
+_JSON_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_JSON_NUMBER_RUN = re.compile(rf"[-+.0-9eE]{{{MAX_NUMBER_LENGTH + 1},}}|[NI]")
 
 
 def _display_text(value: object, limit: int = _MAX_DISPLAY_LENGTH, *, quote: bool = True) -> str:
@@ -500,6 +502,11 @@ _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _LABEL_NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 # Letters, digits, "-", ".", "_", "~": RFC 3986 unreserved characters, which Envoy decodes.
 _ENCODED_UNRESERVED = re.compile(r"%(?:2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
+_PATH_REFUSED_CHAR = re.compile(r"[\x00-\x20\x7f-\U0010ffff?#]")
+# Paths of the common shapes ("/api", "/api/", "/api/*", "/api*", "*"): a subset of what
+# _http_path accepts (ASCII, no '%', no template, no segment starting with '.'), so that matching
+# it needs no other check. Anything else goes through _http_path, which also words the error.
+_PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*/?\*?")
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9\-._~%!$&'()+,;:@=]+")  # RFC 3986 pchar, as Istio checks
 _HOST = re.compile(r"[A-Za-z0-9._\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _PATH_FIX = (
@@ -516,7 +523,7 @@ def _http_path(path: str, where: str) -> str:
     def refuse(problem: str) -> MeshDataError:
         return _fail(where, f"{problem}; {_PATH_FIX}")
 
-    if any(c <= " " or c >= "\x7f" or c in "?#" for c in path):
+    if _PATH_REFUSED_CHAR.search(path):
         raise refuse(
             f"{json.dumps(path)} has a space, a control or non-ASCII character, '?' or '#', "
             "which a request path never holds (percent-encode it)"
@@ -888,18 +895,92 @@ class Endpoint(_PydanticStyle):
         Raises:
             MeshDataError: naming the offending field.
         """
+        if cls is Endpoint:
+            plain = _plain_endpoint(data)
+            if plain is not None:
+                return plain
         body = _mapping(data, where)
-        return cls(
-            hosts=_checked_list(body.get("hosts"), f"{where}.hosts", _http_host),
-            ports=_port_list(body.get("ports"), f"{where}.ports"),
-            methods=_method_list(body.get("methods"), f"{where}.methods"),
-            paths=_checked_list(body.get("paths"), f"{where}.paths", _http_path),
-        )
+        hosts = _checked_list(body.get("hosts"), f"{where}.hosts", _http_host)
+        ports = _port_list(body.get("ports"), f"{where}.ports")
+        methods = _method_list(body.get("methods"), f"{where}.methods")
+        paths = _checked_list(body.get("paths"), f"{where}.paths", _http_path)
+        if cls is Endpoint:
+            return _checked_endpoint(hosts, ports, methods, paths)
+        return cls(hosts=hosts, ports=ports, methods=methods, paths=paths)
 
     @classmethod
     def from_model_dict(cls, body: Mapping[str, object]) -> Endpoint:
         """Validate the dict form (:meth:`from_dict`)."""
         return cls.from_dict(body, "Endpoint")
+
+
+_ENDPOINT_FIELDS = frozenset(("hosts", "ports", "methods", "paths"))
+_METHOD_BY_VALUE: Mapping[str, Method] = {method.value: method for method in Method}
+
+
+def _checked_endpoint(
+    hosts: list[str] | None,
+    ports: list[int] | None,
+    methods: list[Method] | None,
+    paths: list[str] | None,
+) -> Endpoint:
+    """The :class:`Endpoint` of values checked already, without checking them again."""
+    endpoint = object.__new__(Endpoint)
+    object.__setattr__(endpoint, "hosts", hosts)
+    object.__setattr__(endpoint, "ports", ports)
+    object.__setattr__(endpoint, "methods", methods)
+    object.__setattr__(endpoint, "paths", paths)
+    object.__setattr__(endpoint, "_fields_set", _ENDPOINT_FIELDS)  # as given by keyword
+    return endpoint
+
+
+def _plain_endpoint(data: object) -> Endpoint | None:
+    """The endpoint of wire-form ``data`` of the usual shape, or ``None`` for the full checks.
+
+    Parsing a request is on every hook of a provider, for every policy of every relation. This
+    accepts only what :meth:`Endpoint.from_dict`'s checks accept, and makes the same endpoint,
+    without their per-item bookkeeping; anything else (hosts, a path of an unusual shape, a
+    wrong type, a value out of range) returns ``None`` and goes through them, which also word
+    the error.
+    """
+    if type(data) is not dict:
+        return None
+    body = cast("dict[str, object]", data)
+    if body.get("hosts") is not None:
+        return None
+    ports = body.get("ports")
+    if ports is not None:
+        if type(ports) is not list or len(cast("list[object]", ports)) > MAX_ITEMS_PER_FIELD:
+            return None
+        for port in cast("list[object]", ports):
+            if type(port) is not int or not 1 <= port <= 65535:
+                return None
+        ports = list(cast("list[int]", ports))
+    methods = body.get("methods")
+    if methods is not None:
+        if type(methods) is not list or len(cast("list[object]", methods)) > MAX_ITEMS_PER_FIELD:
+            return None
+        known: list[Method] = []
+        for name in cast("list[object]", methods):
+            method = _METHOD_BY_VALUE.get(name) if type(name) is str else None
+            if method is None:
+                return None
+            known.append(method)
+        methods = known
+    paths = body.get("paths")
+    if paths is not None:
+        if type(paths) is not list or len(cast("list[object]", paths)) > MAX_ITEMS_PER_FIELD:
+            return None
+        for path in cast("list[object]", paths):
+            if (
+                type(path) is not str
+                or not path
+                or len(path) > MAX_STRING_LENGTH
+                or not _PLAIN_PATH.fullmatch(path)
+            ):
+                return None
+        paths = list(cast("list[str]", paths))
+    return _checked_endpoint(None, ports, methods, paths)
 
 
 def _check_relation_name(relation: object, kind: str) -> str:
@@ -1186,22 +1267,37 @@ class MeshPolicy(_PydanticStyle):
                 f"{where}.target_type", f'expected "app" or "unit", got {_describe(target_type)}'
             )
         try:
-            return cls(
-                source_namespace=_namespace_name(
+            fields: dict[str, Any] = {
+                "source_namespace": _namespace_name(
                     body.get("source_namespace"), f"{where}.source_namespace"
                 ),
-                source_app_name=_service_account_name(
+                "source_app_name": _service_account_name(
                     body.get("source_app_name"), f"{where}.source_app_name"
                 ),
-                target_namespace=_str(body.get("target_namespace"), f"{where}.target_namespace"),
-                target_app_name=_opt_str(body.get("target_app_name"), f"{where}.target_app_name"),
-                target_selector_labels=_labels(
+                "target_namespace": _str(
+                    body.get("target_namespace"), f"{where}.target_namespace"
+                ),
+                "target_app_name": _opt_str(
+                    body.get("target_app_name"), f"{where}.target_app_name"
+                ),
+                "target_selector_labels": _labels(
                     body.get("target_selector_labels"), f"{where}.target_selector_labels"
                 ),
-                target_service=_opt_str(body.get("target_service"), f"{where}.target_service"),
-                target_type=PolicyTargetType(target_type),
-                endpoints=endpoints,
-            )
+                "target_service": _opt_str(body.get("target_service"), f"{where}.target_service"),
+                "target_type": PolicyTargetType(target_type),
+                "endpoints": endpoints,
+            }
+            if cls is not MeshPolicy:
+                return cls(**fields)
+            # The fields passed the checks above, which are those of __post_init__ or stricter
+            # (a namespace or service account name is a source token); what remains is the
+            # target's, which involves several fields.
+            policy = object.__new__(MeshPolicy)
+            for name, value in fields.items():
+                object.__setattr__(policy, name, value)
+            object.__setattr__(policy, "_fields_set", _MESH_POLICY_FIELDS)  # as given by keyword
+            policy._check_target()  # pyright: ignore[reportPrivateUsage]
+            return policy
         except MeshDataError as error:
             raise MeshDataError(f"{where}: {error}") from None
 
@@ -1242,6 +1338,9 @@ class MeshPolicy(_PydanticStyle):
                 given = frozenset(keys) & frozenset(_model_field_names(Endpoint))
             object.__setattr__(endpoint, "_fields_set", given)
         return policy
+
+
+_MESH_POLICY_FIELDS = frozenset(_model_field_names(MeshPolicy))
 
 
 @_records_fields_set
@@ -1373,13 +1472,21 @@ def _load_json(raw: object, key: str, max_bytes: int) -> object:
     # Characters first: cheap, and never more than the bytes.
     if len(raw) > max_bytes or len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
         raise _fail(key, f"more than the limit of {max_bytes} bytes")
+    outside_strings = _JSON_STRING.sub('""', raw)
     depth = deepest = 0
-    for bracket in _JSON_BRACKETS.finditer(_JSON_STRING.sub('""', raw)):
-        depth += 1 if bracket.group() in "[{" else -1
+    for bracket in _JSON_NOT_BRACKET.sub("", outside_strings):
+        depth += 1 if bracket in "[{" else -1
         if depth > deepest:
             deepest = depth
             if deepest > MAX_JSON_DEPTH:
                 raise _fail(key, f"nested deeper than the limit of {MAX_JSON_DEPTH}")
+    if not _JSON_NUMBER_RUN.search(outside_strings):
+        # No number longer than the limit and no NaN or Infinity: the checks of the hooks below
+        # cannot fail, and the C parser gives the same value without calling back per number.
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            pass  # invalid: the parse below words the error
     try:
         return json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_constant)
     except MeshDataError as error:
