@@ -203,6 +203,26 @@ def test_raw_policies_are_owned_like_the_others(
     assert stored(kube)[(KUBE_MODEL, "model-operator")]["spec"]["rules"] == [{}]
 
 
+def test_a_raw_policy_of_tuples_and_enums_is_written_as_json_and_then_left_alone(
+    kube: FakeKubeServer, manager: PolicyResourceManager
+):
+    # The manager copies each raw policy as JSON would give it back: a tuple is a list, an enum
+    # member its value. Compared with what the API returns, the policy is then as wanted.
+    raw = {
+        "metadata": {"name": "tuples", "labels": {"extra": "kept"}},
+        "spec": {"rules": [{"to": [{"operation": {"methods": (Method.get,), "ports": ("80",)}}]}]},
+    }
+    manager.reconcile([], MeshType.istio, raw_policies=[raw])
+    assert stored(kube)[(KUBE_MODEL, "tuples")]["spec"] == {
+        "rules": [{"to": [{"operation": {"methods": ["GET"], "ports": ["80"]}}]}]
+    }
+    kube.reset_requests()
+    summary = manager.reconcile([], MeshType.istio, raw_policies=[raw])
+    assert (summary.unchanged, kube.write_count()) == (1, 0)
+    # The caller's manifest is not changed by the labels the manager adds to its copy.
+    assert raw["metadata"] == {"name": "tuples", "labels": {"extra": "kept"}}
+
+
 def test_a_raw_policy_needs_a_name(manager: PolicyResourceManager):
     with pytest.raises(ValueError, match=r"raw policy without metadata\.name"):
         manager.reconcile([], MeshType.istio, raw_policies=[{"spec": {}}])

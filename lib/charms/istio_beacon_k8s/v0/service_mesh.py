@@ -2742,7 +2742,7 @@ class PolicyResourceManager:
     ) -> list[dict[str, Any]]:
         manifests = build_authorization_policies(policies, labels=self.labels)
         for raw in raw_policies:
-            manifest = json.loads(json.dumps(_raw_policy_manifest(raw)))  # a deep, plain copy
+            manifest = _plain_copy(_raw_policy_manifest(raw))
             metadata = manifest.setdefault("metadata", {})
             if not metadata.get("name"):
                 raise ValueError(f"raw policy without metadata.name: {raw!r}")
@@ -2826,6 +2826,42 @@ def _raw_policy_manifest(raw: object) -> dict[str, Any]:
             f"{_AUTHZ_KIND}"
         )
     return manifest
+
+
+class _NotPlain(Exception):
+    """A value that JSON would convert (a tuple, an enum member, a key that is not a string)."""
+
+
+def _plain_copy(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``manifest`` as JSON would give it back: dicts, lists, str, numbers.
+
+    Copying a manifest of plain values directly costs a third of a JSON round trip, on every
+    manifest of every reconcile; anything else still goes through JSON, which converts it.
+    """
+    try:
+        return _copy_plain_dict(manifest)
+    except _NotPlain:
+        return cast("dict[str, Any]", json.loads(json.dumps(manifest)))
+
+
+def _copy_plain_dict(value: dict[Any, Any]) -> dict[str, Any]:
+    copy: dict[str, Any] = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            raise _NotPlain
+        copy[key] = _copy_plain(item)
+    return copy
+
+
+def _copy_plain(value: object) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None or kind is float:
+        return value
+    if kind is dict:
+        return _copy_plain_dict(cast("dict[Any, Any]", value))
+    if kind is list:
+        return [_copy_plain(item) for item in cast("list[Any]", value)]
+    raise _NotPlain
 
 
 def _http_status_code(error: BaseException) -> int | None:
