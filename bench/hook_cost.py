@@ -26,6 +26,7 @@ Run it with ``tox -e bench`` (see docs/contributing/benchmark.md); ``--help`` fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import dataclasses
 import datetime
@@ -42,10 +43,11 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import ops
 from hook_tools import HookToolCounter, count_hook_tools
@@ -93,6 +95,16 @@ class RunFigures:
 _INFO_OR_ABOVE = {"INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
+@contextlib.contextmanager
+def _as_gated(subject: Subject) -> Iterator[None]:
+    """Run as the subject's hooks run in a unit not related over charm-tracing (see Subject)."""
+    if not subject.tracing_gated:
+        yield
+        return
+    with mock.patch.object(ops, "tracing", None):
+        yield
+
+
 def run_hook(
     subject: Subject,
     backend: KubeBackend | None,
@@ -120,7 +132,8 @@ def run_hook(
         if profiler:
             profiler.enable()
         try:
-            out = ctx.run(event(ctx) if event else ctx.on.config_changed(), state)
+            with _as_gated(subject):
+                out = ctx.run(event(ctx) if event else ctx.on.config_changed(), state)
         finally:
             if profiler:
                 profiler.disable()

@@ -50,6 +50,10 @@ class Subject:
         containers: the workload containers the charm declares (in the state, not connectable).
         expected_policies: how many AuthorizationPolicies the charm must have made in the model
             for N related apps of K app policies each, every request accepted.
+        tracing_gated: whether the charm's hooks run without ``ops_tracing`` when the unit is
+            not related over ``charm-tracing`` (the beacon's ``tracing_gate``). The model here
+            has no such relation, so each run sees ``ops.tracing`` as such a hook does: ``None``.
+            In this process ops has loaded ops_tracing already, and the gate cannot act.
     """
 
     name: str
@@ -59,6 +63,7 @@ class Subject:
     peers: str | None
     containers: tuple[str, ...] = ()
     expected_policies: Callable[[int, int], int] = lambda apps, per_app: apps * per_app
+    tracing_gated: bool = False
 
 
 def beacon_subject() -> Subject | None:
@@ -109,6 +114,7 @@ def beacon_subject() -> Subject | None:
         # One AuthorizationPolicy per accepted app policy, and one per related app that lets
         # the waypoint reach it (the waypoint's hop).
         expected_policies=lambda apps, per_app: apps * (per_app + 1),
+        tracing_gated=True,
     )
 
 

@@ -110,7 +110,15 @@ class IstioBeaconCharm(ops.CharmBase):
         metrics = self.on[METRICS_RELATION]
         for event in (metrics.relation_created, metrics.relation_joined, metrics.relation_broken):
             framework.observe(event, self._reconcile)
-        framework.observe(self.on[DASHBOARD_RELATION].relation_created, self._reconcile)
+        # The dashboards change only with the charm, the leader or the relations: other hooks
+        # leave the grafana-dashboard relation alone (one relation-ids fewer on every hook).
+        for event in (
+            self.on.start,
+            self.on.upgrade_charm,
+            self.on.leader_elected,
+            self.on[DASHBOARD_RELATION].relation_created,
+        ):
+            framework.observe(event, self._on_dashboards_due)
         # The proxy's layer depends only on the app and model names: set it whenever its
         # container (re)starts, which is when Pebble is ready again.
         framework.observe(self.on[METRICS_PROXY].pebble_ready, self._on_metrics_proxy_ready)
@@ -140,11 +148,13 @@ class IstioBeaconCharm(ops.CharmBase):
         configure_metrics_proxy(event.workload, telemetry_label(self.model.name, self.app.name))
         self._reconcile(event)
 
+    def _on_dashboards_due(self, _: ops.EventBase) -> None:
+        publish_dashboards(self)
+
     def _reconcile(self, _: ops.EventBase) -> None:
         # Every unit tells Prometheus where to scrape the waypoint's metrics; the leader also
-        # gives it the alert rules, and Grafana the dashboard.
+        # gives it the alert rules.
         publish_scrape_targets(self)
-        publish_dashboards(self)
         if self._config is None or self._mesh is None or not self.unit.is_leader():
             return
         reconciler = self._reconciler()

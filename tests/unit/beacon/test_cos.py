@@ -11,6 +11,7 @@ charm's name, the topology it injects into the queries, and a stable uid.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import lzma
 from pathlib import Path
@@ -114,8 +115,28 @@ def test_the_published_dashboard_is_stable_across_hooks(
     relation = grafana()
     first = ctx.run(ctx.on.relation_created(relation), beacon_state(relations=[relation]))
     written = first.get_relation(relation.id).local_app_data["dashboards"]
-    again = ctx.run(ctx.on.update_status(), first)
+    again = ctx.run(ctx.on.upgrade_charm(), first)
     assert again.get_relation(relation.id).local_app_data["dashboards"] == written
+
+
+def test_the_dashboard_is_published_on_the_hooks_that_can_change_it_only(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    # The dashboard depends on the charm, the leader and the relation: other hooks (the
+    # reconcile on config-changed, update-status, ...) do not even list the relation. Its data
+    # taken away shows which hooks write it.
+    relation = grafana()
+    first = ctx.run(ctx.on.relation_created(relation), beacon_state(relations=[relation]))
+    written = first.get_relation(relation.id).local_app_data["dashboards"]
+    emptied = dataclasses.replace(
+        first,
+        relations=[dataclasses.replace(first.get_relation(relation.id), local_app_data={})],
+    )
+    for event in (ctx.on.config_changed(), ctx.on.update_status()):
+        assert dict(ctx.run(event, emptied).get_relation(relation.id).local_app_data) == {}
+    for event in (ctx.on.start(), ctx.on.upgrade_charm(), ctx.on.leader_elected()):
+        out = ctx.run(event, emptied)
+        assert out.get_relation(relation.id).local_app_data["dashboards"] == written
 
 
 @pytest.mark.parametrize("relation", [prometheus, grafana])
