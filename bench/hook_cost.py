@@ -767,9 +767,6 @@ def _profile(
     run_hook(subject, backend, counter, state, profiler=profiler)
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
-    import os
-    if os.environ.get("BENCH_PROF_DUMP"):
-        stats.dump_stats(os.environ["BENCH_PROF_DUMP"])
     stats.sort_stats("cumulative").print_stats(45)
     stats.sort_stats("tottime").print_stats(25)
     tools = ", ".join(f"{tool} {count}" for tool, count in counter.calls.most_common())

@@ -948,39 +948,54 @@ def _plain_endpoint(data: object) -> Endpoint | None:
     body = cast("dict[str, object]", data)
     if body.get("hosts") is not None:
         return None
-    ports = body.get("ports")
-    if ports is not None:
-        if type(ports) is not list or len(cast("list[object]", ports)) > MAX_ITEMS_PER_FIELD:
-            return None
-        for port in cast("list[object]", ports):
-            if type(port) is not int or not 1 <= port <= 65535:
-                return None
-        ports = list(cast("list[int]", ports))
-    methods = body.get("methods")
-    if methods is not None:
-        if type(methods) is not list or len(cast("list[object]", methods)) > MAX_ITEMS_PER_FIELD:
-            return None
-        known: list[Method] = []
-        for name in cast("list[object]", methods):
-            method = _METHOD_BY_VALUE.get(name) if type(name) is str else None
-            if method is None:
-                return None
-            known.append(method)
-        methods = known
-    paths = body.get("paths")
-    if paths is not None:
-        if type(paths) is not list or len(cast("list[object]", paths)) > MAX_ITEMS_PER_FIELD:
-            return None
-        for path in cast("list[object]", paths):
-            if (
-                type(path) is not str
-                or not path
-                or len(path) > MAX_STRING_LENGTH
-                or not _PLAIN_PATH.fullmatch(path)
-            ):
-                return None
-        paths = list(cast("list[str]", paths))
-    return _checked_endpoint(None, ports, methods, paths)
+    try:
+        return _checked_endpoint(
+            None,
+            _plain_list(body.get("ports"), _plain_port),
+            _plain_list(body.get("methods"), _plain_method),
+            _plain_list(body.get("paths"), _plain_path),
+        )
+    except _NotPlainError:
+        return None
+
+
+class _NotPlainError(Exception):
+    """A value the quick paths leave to the full checks (or to JSON)."""
+
+
+_Item = TypeVar("_Item")
+
+
+def _plain_list(value: object, item: Callable[[object], _Item]) -> list[_Item] | None:
+    if value is None:
+        return None
+    if type(value) is not list or len(cast("list[object]", value)) > MAX_ITEMS_PER_FIELD:
+        raise _NotPlainError
+    return [item(each) for each in cast("list[object]", value)]
+
+
+def _plain_port(value: object) -> int:
+    if type(value) is not int or not 1 <= value <= 65535:
+        raise _NotPlainError
+    return value
+
+
+def _plain_method(value: object) -> Method:
+    method = _METHOD_BY_VALUE.get(value) if type(value) is str else None
+    if method is None:
+        raise _NotPlainError
+    return method
+
+
+def _plain_path(value: object) -> str:
+    if (
+        type(value) is not str
+        or not value
+        or len(value) > MAX_STRING_LENGTH
+        or not _PLAIN_PATH.fullmatch(value)
+    ):
+        raise _NotPlainError
+    return value
 
 
 def _check_relation_name(relation: object, kind: str) -> str:
@@ -1296,7 +1311,7 @@ class MeshPolicy(_PydanticStyle):
             for name, value in fields.items():
                 object.__setattr__(policy, name, value)
             object.__setattr__(policy, "_fields_set", _MESH_POLICY_FIELDS)  # as given by keyword
-            policy._check_target()  # pyright: ignore[reportPrivateUsage]
+            policy._check_target()
             return policy
         except MeshDataError as error:
             raise MeshDataError(f"{where}: {error}") from None
@@ -2828,10 +2843,6 @@ def _raw_policy_manifest(raw: object) -> dict[str, Any]:
     return manifest
 
 
-class _NotPlain(Exception):
-    """A value that JSON would convert (a tuple, an enum member, a key that is not a string)."""
-
-
 def _plain_copy(manifest: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of ``manifest`` as JSON would give it back: dicts, lists, str, numbers.
 
@@ -2840,7 +2851,7 @@ def _plain_copy(manifest: dict[str, Any]) -> dict[str, Any]:
     """
     try:
         return _copy_plain_dict(manifest)
-    except _NotPlain:
+    except _NotPlainError:
         return cast("dict[str, Any]", json.loads(json.dumps(manifest)))
 
 
@@ -2848,7 +2859,7 @@ def _copy_plain_dict(value: dict[Any, Any]) -> dict[str, Any]:
     copy: dict[str, Any] = {}
     for key, item in value.items():
         if type(key) is not str:
-            raise _NotPlain
+            raise _NotPlainError
         copy[key] = _copy_plain(item)
     return copy
 
@@ -2861,7 +2872,7 @@ def _copy_plain(value: object) -> Any:
         return _copy_plain_dict(cast("dict[Any, Any]", value))
     if kind is list:
         return [_copy_plain(item) for item in cast("list[Any]", value)]
-    raise _NotPlain
+    raise _NotPlainError
 
 
 def _http_status_code(error: BaseException) -> int | None:
