@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+from typing import Any
 
 import pytest
+import reconciler
 from charm import IstioBeaconCharm
 from conftest import (
     APP,
@@ -227,3 +230,30 @@ def test_removal_without_istio_or_anything_to_delete_is_clean(
     out = ctx.run(ctx.on.remove(), beacon_state(planned_units=0))
 
     assert out.unit_status == testing.MaintenanceStatus("removed the mesh resources")
+
+
+def test_the_cyclic_collector_is_paused_for_the_reconcile_only(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer, monkeypatch: pytest.MonkeyPatch
+):
+    seen: list[bool] = []
+    reconcile = reconciler.BeaconReconciler.reconcile
+
+    def recording(self: reconciler.BeaconReconciler, *args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return reconcile(self, *args, **kwargs)
+
+    monkeypatch.setattr(reconciler.BeaconReconciler, "reconcile", recording)
+    relations = _full_setup(kube, consumers=2)
+    out = ctx.run(ctx.on.config_changed(), beacon_state(relations=relations, planned_units=1))
+    assert out.unit_status == testing.ActiveStatus()
+    assert seen == [False]
+    assert gc.isenabled()
+
+    # A reconcile that fails leaves the collector as it found it too.
+    def failing(self: reconciler.BeaconReconciler, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(reconciler.BeaconReconciler, "reconcile", failing)
+    with pytest.raises(testing.errors.UncaughtCharmError):
+        ctx.run(ctx.on.config_changed(), out)
+    assert gc.isenabled()
