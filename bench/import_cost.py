@@ -9,7 +9,10 @@ A hook of the beacon starts with ``import charm`` (``charms/beacon/src/charm.py`
 measured too, in a hook's environment (``JUJU_UNIT_NAME``, ``JUJU_CHARM_DIR``), unrelated and
 related over ``charm-tracing``, against ``import ops`` with ``ops_tracing`` blocked: what ops
 costs a charm without tracing (with ``ops-tracing`` installed, ``import ops`` imports it, see
-charms/beacon/src/tracing_gate.py).
+charms/beacon/src/tracing_gate.py). ``import charm`` is every unit's start, and all a non-leader
+imports in most hooks. The leader's reconcile then imports the Kubernetes client and builds one:
+``import charm`` followed by that (``LEADER``, from a kubeconfig that names an unreachable server,
+since no request is made) is what a leader's hook pays before its first request.
 
 Byte code is cached in a private folder (``PYTHONPYCACHEPREFIX``) after one unmeasured warm-up of
 each command, as it is on a unit after the first hook: the figures are for a warm cache.
@@ -44,6 +47,25 @@ assert ServiceMeshConsumer is not None
 #: ``import ops`` as a charm without ops-tracing pays it.
 OPS_WITHOUT_TRACING = "import sys; sys.modules['ops_tracing'] = None; import ops"
 CHARM = "import charm"
+#: What a leader's hook does before its first Kubernetes request: charm.py's _reconciler().
+LEADER = (
+    "import charm, reconciler, kubernetes_client; kubernetes_client.make_client('beacon', 'm')"
+)
+#: A kubeconfig for LEADER: the client reads it, never connects.
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: bench
+  cluster: {server: "https://127.0.0.1:9", insecure-skip-tls-verify: true}
+users:
+- name: bench
+  user: {token: bench}
+contexts:
+- name: bench
+  context: {cluster: bench, user: bench, namespace: m}
+current-context: bench
+"""
 
 
 @dataclass(frozen=True)
@@ -60,6 +82,8 @@ class ImportCost:
     charm_s: float = float("nan")
     charm_traced_s: float = float("nan")
     charm_modules: tuple[str, ...] = ()
+    leader_s: float = float("nan")
+    leader_modules: tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -70,6 +94,11 @@ class ImportCost:
     def charm_ratio(self) -> float:
         """A beacon hook's start (unrelated to tracing) over ``import ops`` without tracing."""
         return self.charm_s / self.ops_without_tracing_s
+
+    @property
+    def leader_ratio(self) -> float:
+        """A leader's hook up to its first request over ``import ops`` without tracing."""
+        return self.leader_s / self.ops_without_tracing_s
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready figures."""
@@ -86,11 +115,24 @@ class ImportCost:
             "charm_ratio": self.charm_ratio,
             "charm_related_to_tracing_cpu_s": self.charm_traced_s,
             "heavy_modules_charm_imports": list(self.charm_modules),
+            "leader_until_first_request_cpu_s": self.leader_s,
+            "leader_ratio": self.leader_ratio,
+            "heavy_modules_leader_imports": list(self.leader_modules),
         }
 
 
 #: Packages worth naming when a hook's start imports them.
-HEAVY = ("ops_tracing", "opentelemetry.sdk", "pydantic", "lightkube", "httpx2", "httpx", "cosl")
+HEAVY = (
+    "ops_tracing",
+    "opentelemetry.sdk",
+    "pydantic",
+    "lightkube",
+    "httpx2",
+    "httpcore2",
+    "httpx",
+    "cosl",
+    "access",
+)
 
 
 def _child_cpu(code: str, env: dict[str, str]) -> float:
@@ -140,6 +182,8 @@ def measure_import_cost(
         charm_s=charm.charm_s if charm else nan,
         charm_traced_s=charm.traced_s if charm else nan,
         charm_modules=charm.modules if charm else (),
+        leader_s=charm.leader_s if charm else nan,
+        leader_modules=charm.leader_modules if charm else (),
     )
 
 
@@ -149,31 +193,42 @@ class _CharmStart:
     charm_s: float
     traced_s: float
     modules: tuple[str, ...]
+    leader_s: float
+    leader_modules: tuple[str, ...]
+
+
+def _heavy_modules(code: str, env: dict[str, str]) -> tuple[str, ...]:
+    """Which of :data:`HEAVY` ``code`` leaves imported."""
+    probe = code + f"\nimport sys; print(' '.join(m for m in {HEAVY!r} if sys.modules.get(m)))"
+    return tuple(
+        subprocess.run(
+            [sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True
+        ).stdout.split()
+    )
 
 
 def _charm_start(env: dict[str, str], charm_src: Path, pairs: int) -> _CharmStart:
-    """Medians of ``import charm`` (unrelated, related to tracing) and ops without tracing."""
+    """Medians of ``import charm`` (unrelated, related to tracing), a leader's start, and ops."""
     with tempfile.TemporaryDirectory(prefix="bench-charm-dir-") as charm_dir:
+        kubeconfig = Path(charm_dir) / "kubeconfig"
+        kubeconfig.write_text(KUBECONFIG)
         hook = {
             **env,
             "PYTHONPATH": os.pathsep.join([str(charm_src), env["PYTHONPATH"]]),
             "JUJU_UNIT_NAME": "beacon/0",
             "JUJU_CHARM_DIR": charm_dir,
+            "KUBECONFIG": str(kubeconfig),
         }
         traced_dir = Path(charm_dir) / "traced"
         traced_dir.mkdir()
         (traced_dir / ".charm-tracing-related").write_text("related\n")
         traced = {**hook, "JUJU_CHARM_DIR": str(traced_dir)}
-        commands = [(OPS_WITHOUT_TRACING, hook), (CHARM, hook), (CHARM, traced)]
+        commands = [(OPS_WITHOUT_TRACING, hook), (CHARM, hook), (CHARM, traced), (LEADER, hook)]
         for code, code_env in commands:  # warm the byte-code cache, unmeasured
             _child_cpu(code, code_env)
-        probe = (
-            CHARM + f"\nimport sys; print(' '.join(m for m in {HEAVY!r} if sys.modules.get(m)))"
-        )
-        modules = subprocess.run(
-            [sys.executable, "-c", probe], env=hook, check=True, capture_output=True, text=True
-        ).stdout.split()
-        samples: list[list[float]] = [[], [], []]
+        modules = _heavy_modules(CHARM, hook)
+        leader_modules = _heavy_modules(LEADER, hook)
+        samples: list[list[float]] = [[] for _ in commands]
         for i in range(pairs):
             order = list(zip(commands, samples, strict=True))
             if i % 2:
@@ -184,5 +239,7 @@ def _charm_start(env: dict[str, str], charm_src: Path, pairs: int) -> _CharmStar
         ops_s=statistics.median(samples[0]),
         charm_s=statistics.median(samples[1]),
         traced_s=statistics.median(samples[2]),
-        modules=tuple(modules),
+        modules=modules,
+        leader_s=statistics.median(samples[3]),
+        leader_modules=leader_modules,
     )

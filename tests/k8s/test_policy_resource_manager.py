@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,7 +24,7 @@ from lightkube import ApiError, Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
 from ops import testing
-from support.kube_server import KubeServer, count_writes, ensure_namespace
+from support.kube_server import AuditedWrite, KubeServer, count_writes, ensure_namespace
 
 AuthorizationPolicy = create_namespaced_resource(
     "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
@@ -261,3 +263,92 @@ def test_missing_crd_reported_as_such(bare_kube: KubeServer, trusted: bool):
         assert raised.value.resource == "authorizationpolicies.security.istio.io"
         with pytest.raises(MissingCRDError):
             manager.delete()
+
+
+# --- many objects, written concurrently ------------------------------------------------------
+
+
+def raw_allow(namespace: str, index: int, port: int) -> dict[str, Any]:
+    """A raw policy whose spec changes with ``port`` under the same name: an update in place."""
+    return {
+        "metadata": {"name": f"raw-{index:02d}", "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": f"raw{index:02d}"}},
+            "rules": [{"to": [{"operation": {"ports": [str(port)]}}]}],
+        },
+    }
+
+
+def test_many_policies_written_concurrently_end_exactly_as_wanted(
+    kube: KubeServer, namespace: str, admin: Client, app_client: Client
+):
+    first = [app_policy(namespace, f"sender{i:02d}") for i in range(60)]
+    first_raw = [raw_allow(namespace, i, 8080) for i in range(20)]
+    # Then: 30 of those go, 30 stay, 60 are new; 10 raw ones change, 10 stay as they are.
+    second = first[30:] + [app_policy(namespace, f"newsender{i:02d}") for i in range(60)]
+    second_raw = [raw_allow(namespace, i, 9090 if i < 10 else 8080) for i in range(20)]
+    with charm_in(namespace) as charm:
+        manager = PolicyResourceManager(charm, app_client)
+        summary = manager.reconcile(first, MeshType.istio, raw_policies=first_raw)
+        assert len(summary.created) == 80
+
+        mark = kube.audit_mark()
+        summary = manager.reconcile(
+            second, MeshType.istio, raw_policies=second_raw, take_over=False, max_workers=8
+        )
+        writes = [w for w in kube.writes_since(mark) if RESOURCE in w.uri.split("?")[0].split("/")]
+
+    # The cluster holds exactly what the second reconcile wanted.
+    expected = {
+        m["metadata"]["name"]: m for m in [*map(build_authorization_policy, second), *second_raw]
+    }
+    stored = deployed(admin, namespace)
+    assert set(stored) == set(expected)
+    owner = get_default_labels(APP, namespace)
+    for name, manifest in expected.items():
+        assert stored[name]["spec"] == manifest["spec"], name
+        assert owner.items() <= stored[name]["metadata"]["labels"].items(), name
+
+    # The summary is in a fixed order: deletions by name, writes in the order given.
+    names = [authorization_policy_key(namespace, p) for p in first[:30]]
+    assert summary.deleted == sorted(names)
+    assert summary.created == [authorization_policy_key(namespace, p) for p in second[30:]]
+    assert summary.updated == [f"{namespace}/raw-{i:02d}" for i in range(10)]
+    assert summary.unchanged == 40
+
+    # Every deletion had taken effect before the first create or apply reached the server.
+    deletions = [w for w in writes if w.verb == "delete"]
+    others = [w for w in writes if w.verb != "delete"]
+    assert (len(deletions), len(others)) == (30, 70)
+    assert all(w.code < 300 for w in writes)
+    assert max(timed(w).completed for w in deletions) <= min(timed(w).received for w in others)
+    # And the server really had several of them at once.
+    assert most_at_once(others) > 1
+
+
+def authorization_policy_key(namespace: str, policy: MeshPolicy) -> str:
+    return f"{namespace}/{build_authorization_policy(policy)['metadata']['name']}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    received: datetime.datetime
+    completed: datetime.datetime
+
+
+def timed(write: AuditedWrite) -> Span:
+    assert write.received is not None, write
+    assert write.completed is not None, write
+    return Span(write.received, write.completed)
+
+
+def most_at_once(writes: list[AuditedWrite]) -> int:
+    """The most writes the apiserver was handling at the same instant."""
+    events = sorted(
+        [(timed(w).received, 1) for w in writes] + [(timed(w).completed, -1) for w in writes]
+    )
+    current = most = 0
+    for _, step in events:
+        current += step
+        most = max(most, current)
+    return most

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import http.client
 import json
 import os
@@ -189,6 +190,17 @@ class AuditedWrite:
     """HTTP status the server answered."""
     body: Any
     """The decoded request body (``None`` for a delete without one)."""
+    received: datetime.datetime | None = None
+    """When the apiserver received the request (microseconds)."""
+    completed: datetime.datetime | None = None
+    """When it had sent the whole response: the write had taken effect by then."""
+
+
+def _audit_time(text: object) -> datetime.datetime | None:
+    """An audit event's timestamp (RFC 3339, UTC, microseconds), or None when absent."""
+    if not isinstance(text, str) or not text:
+        return None
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def count_requests(
@@ -513,6 +525,8 @@ class KubeServer:
                     uri=str(event.get("requestURI", "")),
                     code=int(event.get("responseStatus", {}).get("code", 0)),
                     body=event.get("requestObject"),
+                    received=_audit_time(event.get("requestReceivedTimestamp")),
+                    completed=_audit_time(event.get("stageTimestamp")),
                 )
             )
         return writes

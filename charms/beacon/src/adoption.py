@@ -37,13 +37,18 @@ this one looks for. Hence three rules, each one enforced here:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kube_names import INSTANCE_LABEL, NAMESPACE_OWNER_LABEL, SCOPE_LABEL
+from kube_names import (
+    INSTANCE_LABEL,
+    MAX_NAME,
+    NAMESPACE_OWNER_LABEL,
+    SCOPE_LABEL,
+    deployed_label,
+)
 from kubernetes_client import status_code
 from lightkube import ALL_NS, Client
 from lightkube.models.authorization_v1 import ResourceAttributes, SelfSubjectAccessReviewSpec
@@ -60,29 +65,6 @@ WAYPOINT_SCOPE = "istio-waypoint"
 POLICY_SCOPE = "istio-authorization-policy"
 MODEL_OPERATOR_SCOPE = "modeloperator-authorization-policy"
 SCOPES = (WAYPOINT_SCOPE, POLICY_SCOPE, MODEL_OPERATOR_SCOPE)
-_MAX = 63
-
-
-def deployed_label(
-    model_name: str, app_name: str, *, prefix: str = "", suffix: str = "", separator: str = "."
-) -> str:
-    """A name the deployed charm derived from its model and app names.
-
-    ``<prefix><model><separator><app><suffix>``; beyond 63 characters the model and app names
-    are cut in proportion to their lengths and a 6-character SHA-1 digest of
-    ``<model><separator><app>`` is added before the suffix.
-    """
-    text = f"{prefix}{model_name}{separator}{app_name}{suffix}"
-    if len(text) <= _MAX:
-        return text
-    digest = hashlib.sha1(f"{model_name}{separator}{app_name}".encode()).hexdigest()[:6]
-    room = _MAX - len(prefix) - len(suffix) - len(digest) - 2
-    model_room = max(1, int(room * len(model_name) / (len(model_name) + len(app_name))))
-    app_room = max(1, room - model_room)
-    return (
-        f"{prefix}{model_name[:model_room]}{separator}{app_name[:app_room]}{separator}"
-        f"{digest}{suffix}"
-    )
 
 
 def instance_values(model_name: str, app_name: str) -> list[str]:
@@ -92,7 +74,7 @@ def instance_values(model_name: str, app_name: str) -> list[str]:
     could not write its objects at all, so there is nothing to find under it.
     """
     values = {f"{app_name}-{model_name}", deployed_label(model_name, app_name, separator="-")}
-    return sorted(value for value in values if len(value) <= _MAX)
+    return sorted(value for value in values if len(value) <= MAX_NAME)
 
 
 def rollback_labels(model_name: str, app_name: str, scope: str) -> dict[str, str]:

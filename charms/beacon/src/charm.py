@@ -2,6 +2,14 @@
 """The Istio beacon charm: event wiring and status only.
 
 docs/contributing/architecture.md maps the rest.
+
+What a hook imports: every hook is a new process, and this module's imports are its start. They
+hold only what every unit's hooks use (ops, the library's provider, the metrics and dashboard
+relations, statuses). The Kubernetes client (lightkube and its HTTP client) comes with
+``reconciler``, imported when a unit talks to Kubernetes: the leader's reconcile and the last
+unit's teardown, never a non-leader's other hooks. The access engine (``access``) is imported
+only by the ``access-map`` and ``explain`` actions. ``tests/unit/beacon/test_hook_start.py``
+keeps it so.
 """
 
 from __future__ import annotations
@@ -14,14 +22,14 @@ import contextlib
 import gc
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ops
-from access.actions import ActionError, access_map_results, explain_results, read
 from beacon_config import BeaconConfig
 from charms.istio_beacon_k8s.v0.service_mesh import ServiceMeshProvider
 from dashboards import DASHBOARD_RELATION, publish_dashboards
 from display import display_text
+from kube_names import consumer_labels, waypoint_name
 from metrics import (
     METRICS_PROXY,
     METRICS_RELATION,
@@ -31,8 +39,10 @@ from metrics import (
 )
 from policies import MAX_STATUS_LENGTH, dry_run_message, refusal_message
 from policy_status import not_enforced_message
-from reconciler import BeaconReconciler, Findings
-from waypoint import consumer_labels, waypoint_name
+
+if TYPE_CHECKING:
+    # Imported where used: see "What a hook imports" above.
+    from reconciler import BeaconReconciler, Findings
 
 logger = logging.getLogger(__name__)
 # lightkube's HTTP client logs each request at INFO (httpx) and a dozen lines per request at DEBUG
@@ -195,13 +205,19 @@ class IstioBeaconCharm(ops.CharmBase):
             self._stored.refusals_logged = self._findings.refusals_logged
 
     def _on_access_map(self, event: ops.ActionEvent) -> None:
+        from access.actions import access_map_results  # noqa: PLC0415 (actions only: see top)
+
         self._answer(event, access_map_results)
 
     def _on_explain(self, event: ops.ActionEvent) -> None:
+        from access.actions import explain_results  # noqa: PLC0415 (actions only: see top)
+
         self._answer(event, explain_results)
 
     def _answer(self, event: ops.ActionEvent, answer: Callable[..., dict[str, Any]]) -> None:
         """Read the model, let ``answer`` ask the access engine (see ``access.actions``)."""
+        from access.actions import ActionError, read  # noqa: PLC0415 (actions only: see top)
+
         managing = self._config.manage_authorization_policies if self._config else True
         requests = self._mesh.relation_requests() if self._mesh else []
         try:
@@ -228,6 +244,9 @@ class IstioBeaconCharm(ops.CharmBase):
 
     def _reconciler(self) -> BeaconReconciler | None:
         """A reconciler, or ``None`` (and a finding) when no Kubernetes client can be made."""
+        # The Kubernetes client's import: only the units that talk to Kubernetes pay it (see top).
+        from reconciler import BeaconReconciler, Findings  # noqa: PLC0415
+
         try:
             return BeaconReconciler(self)
         except Exception as error:  # no usable client (configuration): a status, not a failure

@@ -2,13 +2,20 @@
 
 One home, so that the reconcile (which writes these names), the access engine (which reads them
 back to tell the beacon's objects apart) and the code facing the library agree by construction.
+
+Every hook imports this module (``charm.py`` needs the waypoint's name and the labels it
+publishes), so it imports nothing but the standard library at import time: lightkube only when a
+caller asks for a resource type.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+from typing import TYPE_CHECKING
 
-from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
+if TYPE_CHECKING:
+    from lightkube.generic_resource import GenericNamespacedResource
 
 # Juju's labels on an app's pods and Services.
 #: The app a pod or Service belongs to.
@@ -63,7 +70,70 @@ AUTHZ_PLURAL = "authorizationpolicies"
 AUTHZ_CRD = f"{AUTHZ_PLURAL}.{AUTHZ_GROUP}"
 
 
+#: The longest name or label value Kubernetes takes for what these names end up in.
+MAX_NAME = 63
+
+
 @functools.cache
 def authorization_policy_resource() -> type[GenericNamespacedResource]:
     """Lightkube's generic resource for Istio's AuthorizationPolicy (made once)."""
+    from lightkube.generic_resource import create_namespaced_resource  # noqa: PLC0415 (see top)
+
     return create_namespaced_resource(AUTHZ_GROUP, AUTHZ_VERSION, AUTHZ_KIND, AUTHZ_PLURAL)
+
+
+def waypoint_name(model_name: str, app_name: str) -> str:
+    """``<model>-<app>-waypoint``, shortened with a hash suffix when longer than 63 characters."""
+    name = f"{model_name}-{app_name}-waypoint"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: MAX_NAME - len(digest) - 1].rstrip('-')}-{digest}"
+
+
+def waypoint_principal(namespace: str, waypoint: str) -> str:
+    """The waypoint's mesh identity.
+
+    Istio runs a waypoint's Deployment under a ServiceAccount named like its Gateway (the beacon
+    sets no ``gateway.istio.io/service-account`` annotation to change that).
+    """
+    return f"cluster.local/ns/{namespace}/sa/{waypoint}"
+
+
+def consumer_labels(waypoint: str, namespace: str, model_on_mesh: bool) -> dict[str, str]:
+    """The labels published to related apps: what puts a pod and Service behind the waypoint.
+
+    This is wire format: deployed consumers put every published label on both their pod template
+    and their Service, and need all three. Istio reads ``istio.io/dataplane-mode`` on pods and the
+    waypoint labels on Services; this library's consumers put each only where it is read.
+    Empty when the whole namespace is labelled instead (consumers then remove theirs).
+    """
+    if model_on_mesh:
+        return {}
+    return {
+        DATAPLANE_LABEL: "ambient",
+        USE_WAYPOINT_LABEL: waypoint,
+        USE_WAYPOINT_NAMESPACE_LABEL: namespace,
+    }
+
+
+def deployed_label(
+    model_name: str, app_name: str, *, prefix: str = "", suffix: str = "", separator: str = "."
+) -> str:
+    """A name the deployed charm derived from its model and app names.
+
+    ``<prefix><model><separator><app><suffix>``; beyond 63 characters the model and app names
+    are cut in proportion to their lengths and a 6-character SHA-1 digest of
+    ``<model><separator><app>`` is added before the suffix.
+    """
+    text = f"{prefix}{model_name}{separator}{app_name}{suffix}"
+    if len(text) <= MAX_NAME:
+        return text
+    digest = hashlib.sha1(f"{model_name}{separator}{app_name}".encode()).hexdigest()[:6]
+    room = MAX_NAME - len(prefix) - len(suffix) - len(digest) - 2
+    model_room = max(1, int(room * len(model_name) / (len(model_name) + len(app_name))))
+    app_room = max(1, room - model_room)
+    return (
+        f"{prefix}{model_name[:model_room]}{separator}{app_name[:app_room]}{separator}"
+        f"{digest}{suffix}"
+    )

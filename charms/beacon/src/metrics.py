@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ops
-from adoption import deployed_label
 from charms.istio_beacon_k8s.v0.service_mesh import (
     CMRData,
     MeshPolicy,
@@ -38,6 +37,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     build_mesh_policies,
     get_data_from_cmr_relation,
 )
+from kube_names import deployed_label
 
 if TYPE_CHECKING:
     from cosl import JujuTopology

@@ -6,21 +6,23 @@ Pure builders first (no client), then the functions that converge and delete the
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from charms.istio_beacon_k8s.v0.service_mesh import MissingCRDError
-from kube_names import (
-    DATAPLANE_LABEL,
+
+# The waypoint's name and the labels it publishes live in kube_names (pure, no lightkube, needed
+# by every hook); importable from here too, as they always were.
+from kube_names import (  # noqa: F401
     GATEWAY_CRD,
     GATEWAY_GROUP,
     GATEWAY_PLURAL,
     GATEWAY_VERSION,
-    USE_WAYPOINT_LABEL,
-    USE_WAYPOINT_NAMESPACE_LABEL,
     WAYPOINT_FOR_LABEL,
+    consumer_labels,
+    waypoint_name,
+    waypoint_principal,
 )
 from kubernetes_client import is_applied, is_unserved_kind, status_code
 from lightkube import ApiError, Client
@@ -31,42 +33,6 @@ from ownership import owns_waypoint_autoscaler
 
 WAYPOINT_CLASS = "istio-waypoint"
 WAYPOINT_PORT = 15008
-_MAX_NAME = 63  # the Gateway's name becomes a Service name and a label value
-
-
-def waypoint_name(model_name: str, app_name: str) -> str:
-    """``<model>-<app>-waypoint``, shortened with a hash suffix when longer than 63 characters."""
-    name = f"{model_name}-{app_name}-waypoint"
-    if len(name) <= _MAX_NAME:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: _MAX_NAME - len(digest) - 1].rstrip('-')}-{digest}"
-
-
-def waypoint_principal(namespace: str, waypoint: str) -> str:
-    """The waypoint's mesh identity.
-
-    Istio runs a waypoint's Deployment under a ServiceAccount named like its Gateway (the beacon
-    sets no ``gateway.istio.io/service-account`` annotation to change that).
-    """
-    return f"cluster.local/ns/{namespace}/sa/{waypoint}"
-
-
-def consumer_labels(waypoint: str, namespace: str, model_on_mesh: bool) -> dict[str, str]:
-    """The labels published to related apps: what puts a pod and Service behind the waypoint.
-
-    This is wire format: deployed consumers put every published label on both their pod template
-    and their Service, and need all three. Istio reads ``istio.io/dataplane-mode`` on pods and the
-    waypoint labels on Services; this library's consumers put each only where it is read.
-    Empty when the whole namespace is labelled instead (consumers then remove theirs).
-    """
-    if model_on_mesh:
-        return {}
-    return {
-        DATAPLANE_LABEL: "ambient",
-        USE_WAYPOINT_LABEL: waypoint,
-        USE_WAYPOINT_NAMESPACE_LABEL: namespace,
-    }
 
 
 def build_gateway(

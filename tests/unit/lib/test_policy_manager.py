@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx2
+import lightkube
 import ops
 import pytest
 from charms.istio_beacon_k8s.v0.service_mesh import (
@@ -23,6 +27,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
 )
 from juju_objects import KUBE_MODEL
 from lightkube import ApiError
+from lightkube.config.kubeconfig import KubeConfig
 from ops import testing
 from support.fake_kube import FakeKubeServer
 
@@ -366,3 +371,169 @@ def test_a_refused_write_stops_neither_the_other_writes_nor_the_deletions(
     with pytest.raises(ApiError):
         manager.reconcile([first, second], MeshType.istio)
     assert set(stored(kube)) == {key(second)}
+
+
+class TimedTransport(httpx2.BaseTransport):
+    """A transport to the fake that delays the chosen methods and times every request.
+
+    It records when each request went out and when its answer came back (by then the server
+    has acted on it), and the most requests it had in flight at once.
+    """
+
+    def __init__(self, delays: dict[str, float]) -> None:
+        self._inner = httpx2.HTTPTransport()
+        self._delays = delays
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.most_in_flight = 0
+        self.spans: list[tuple[str, str, float, float]] = []  # method, path, sent, answered
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        with self._lock:
+            self._in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
+        sent = time.monotonic()
+        try:
+            time.sleep(self._delays.get(request.method, 0.0))
+            response = self._inner.handle_request(request)
+            response.read()
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+        with self._lock:
+            self.spans.append((request.method, request.url.path, sent, time.monotonic()))
+        return response
+
+    def writes(self, method: str) -> list[tuple[float, float]]:
+        return [(sent, answered) for m, _, sent, answered in self.spans if m == method]
+
+
+def timed_manager(
+    kube: FakeKubeServer, charm: ops.CharmBase, delays: dict[str, float]
+) -> tuple[PolicyResourceManager, TimedTransport]:
+    transport = TimedTransport(delays)
+    client = lightkube.Client(
+        KubeConfig.from_file(kube.kubeconfig_path),
+        field_manager=f"{OWNER}-{KUBE_MODEL}",
+        transport=transport,
+    )
+    return PolicyResourceManager(charm, client), transport
+
+
+def test_every_deletion_is_answered_before_the_first_write_goes_out(
+    kube: FakeKubeServer, charm: ops.CharmBase
+):
+    stale = [mesh_policy(f"stale{i}") for i in range(12)]
+    fresh = [mesh_policy(f"fresh{i}") for i in range(12)]
+    PolicyResourceManager(charm, kube.client(field_manager=f"{OWNER}-{KUBE_MODEL}")).reconcile(
+        stale, MeshType.istio
+    )
+    # Slow deletions: a write sent alongside them would go out before the last one is answered.
+    manager, transport = timed_manager(kube, charm, {"DELETE": 0.05})
+
+    summary = manager.reconcile(fresh, MeshType.istio, max_workers=4)
+
+    assert set(stored(kube)) == {key(p) for p in fresh}
+    deletions, writes = transport.writes("DELETE"), transport.writes("PATCH")
+    assert (len(deletions), len(writes)) == (12, 12)
+    assert max(answered for _, answered in deletions) <= min(sent for sent, _ in writes)
+    # They did overlap among themselves, up to the limit.
+    assert transport.most_in_flight == 4
+    assert summary.deleted == sorted("/".join(key(p)) for p in stale)
+    assert summary.created == ["/".join(key(p)) for p in fresh]
+
+
+@pytest.mark.parametrize("max_workers", [1, 3])
+def test_writes_in_flight_never_exceed_max_workers(
+    kube: FakeKubeServer, charm: ops.CharmBase, max_workers: int
+):
+    manager, transport = timed_manager(kube, charm, {"PATCH": 0.02})
+    wanted = [mesh_policy(f"app{i}") for i in range(9)]
+
+    summary = manager.reconcile(wanted, MeshType.istio, max_workers=max_workers)
+
+    assert transport.most_in_flight == max_workers
+    assert summary.created == ["/".join(key(p)) for p in wanted]
+    assert set(stored(kube)) == {key(p) for p in wanted}
+
+
+def test_max_workers_below_one_is_refused(manager: PolicyResourceManager):
+    with pytest.raises(ValueError, match="max_workers"):
+        manager.reconcile([mesh_policy("a")], MeshType.istio, max_workers=0)
+    with pytest.raises(ValueError, match="max_workers"):
+        manager.delete(max_workers=0)
+
+
+def test_failures_are_reported_in_order_from_the_calling_thread(
+    kube: FakeKubeServer, manager: PolicyResourceManager
+):
+    stale = [mesh_policy(f"stale{i}") for i in range(6)]
+    manager.reconcile(stale, MeshType.istio)
+    # Refused: two deletions, and three of the writes (sent in the order given: z.., a.., m..).
+    for policy in (stale[4], stale[1]):
+        kube.forbid(verb="delete", resource=PLURAL, name=authorization_policy_name(policy))
+    wanted = [mesh_policy(name) for name in ("zz", "ok1", "aa", "ok2", "mm", "ok3")]
+    for policy in (wanted[4], wanted[0], wanted[2]):
+        kube.reject(422, "denied by admission", "patch", PLURAL, authorization_policy_name(policy))
+    calls: list[tuple[str, int | None, int]] = []
+
+    summary = manager.reconcile(
+        wanted,
+        MeshType.istio,
+        on_error=lambda name, error: calls.append(
+            (name, _http_status_code(error), threading.get_ident())
+        ),
+        max_workers=4,
+    )
+
+    refused_deletions = sorted("/".join(key(p)) for p in (stale[1], stale[4]))
+    refused_writes = ["/".join(key(wanted[i])) for i in (0, 2, 4)]  # the order given
+    assert [(name, code) for name, code, _ in calls] == [
+        *((name, 403) for name in refused_deletions),
+        *((name, 422) for name in refused_writes),
+    ]
+    assert {thread for _, _, thread in calls} == {threading.get_ident()}
+    assert summary.deleted == sorted(
+        "/".join(key(p)) for i, p in enumerate(stale) if i not in (1, 4)
+    )
+    assert summary.created == ["/".join(key(wanted[i])) for i in (1, 3, 5)]
+    assert set(stored(kube)) == {key(stale[1]), key(stale[4])} | {
+        key(wanted[i]) for i in (1, 3, 5)
+    }
+
+
+def test_without_on_error_the_first_failure_is_raised_after_all_the_rest(
+    kube: FakeKubeServer, manager: PolicyResourceManager
+):
+    stale = [mesh_policy(f"stale{i}") for i in range(4)]
+    manager.reconcile(stale, MeshType.istio)
+    kube.forbid(verb="delete", resource=PLURAL, name=authorization_policy_name(stale[2]))
+    wanted = [mesh_policy(f"app{i}") for i in range(6)]
+    kube.reject(422, "denied by admission", "patch", PLURAL, authorization_policy_name(wanted[0]))
+
+    with pytest.raises(ApiError) as info:
+        manager.reconcile(wanted, MeshType.istio, max_workers=4)
+
+    # The refused deletion comes first, before the refused write.
+    assert info.value.status.code == 403
+    assert set(stored(kube)) == {key(stale[2])} | {key(p) for p in wanted[1:]}
+
+
+def test_delete_tries_every_object_then_raises_the_first_refusal(
+    kube: FakeKubeServer, manager: PolicyResourceManager
+):
+    owned = [mesh_policy(f"app{i}") for i in range(6)]
+    manager.reconcile(owned, MeshType.istio)
+    refused = sorted(key(owned[i]) for i in (2, 5))
+    for _, name in refused:
+        kube.forbid(verb="delete", resource=PLURAL, name=name)
+    kube.reset_requests()
+
+    with pytest.raises(ApiError) as info:
+        manager.delete(max_workers=3)
+
+    assert info.value.status.code == 403
+    assert set(stored(kube)) == set(refused)
+    assert sorted(str(r.name) for r in kube.requests if r.verb == "delete") == sorted(
+        name for _, name in (key(p) for p in owned)
+    )

@@ -115,7 +115,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 18
+LIBPATCH = 19
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -2565,6 +2565,11 @@ def _authorization_policy_resource() -> type[GenericNamespacedResource]:
     )
 
 
+#: How many of its deletions, then of its writes, :meth:`PolicyResourceManager.reconcile` keeps
+#: in flight at once by default.
+_DEFAULT_MAX_WORKERS = 8
+
+
 @dataclass(frozen=True)
 class ReconcileSummary:
     """What a reconcile changed, as ``namespace/name`` lists, and how many were already right."""
@@ -2630,12 +2635,21 @@ class PolicyResourceManager:
         on_error: Callable[[str, Exception], None] | None = None,
         *,
         take_over: bool = True,
+        max_workers: int = _DEFAULT_MAX_WORKERS,
     ) -> ReconcileSummary:
         """Create what is missing, update what differs, delete what is no longer wanted.
 
-        Nothing is written when everything is already as wanted. Deletions come first, so that
-        access no longer wanted is revoked before anything else is tried, and a write that
-        Kubernetes refuses (admission, size) does not stop the others.
+        Nothing is written when everything is already as wanted. Deletions come first, all of
+        them, and every one has been answered before the first create or apply is sent: access no
+        longer wanted is revoked before anything else is tried. A write that Kubernetes refuses
+        (admission, size) does not stop the others.
+
+        Up to ``max_workers`` requests are in flight at once (worker threads sharing the one
+        client, whose HTTP connection pool is thread-safe): each one is a round trip to the API
+        server, and at a few hundred objects, one after the other, those round trips make most
+        of the time. Whatever the order they finish in, ``on_error`` is called and the summary is
+        filled in one deterministic order, from the calling thread: deletions by
+        ``namespace/name``, then writes in the order the policies were given.
 
         Args:
             policies: the wanted policies.
@@ -2652,16 +2666,22 @@ class PolicyResourceManager:
                 apply, which takes over a same-named object someone else made (as every release
                 did). ``False`` creates it instead: a same-named object that is not this
                 manager's is left as it is and its write fails with 409 (``AlreadyExists``).
+            max_workers: how many deletions, then how many writes, may be in flight at once.
+                ``1`` sends them one after the other from the calling thread, as releases before
+                LIBPATCH 18 did: for a client whose transport is not safe to share between
+                threads.
 
         Raises:
             MissingCRDError: the AuthorizationPolicy CRD is not installed (Istio is missing).
-            ValueError: an unsupported mesh type, or a raw manifest without a name.
+            ValueError: an unsupported mesh type, a raw manifest without a name, or
+                ``max_workers`` below 1.
             TypeError: a raw policy that is neither a dict nor a lightkube resource, or that is
                 not an AuthorizationPolicy.
             lightkube.ApiError: anything else Kubernetes refused (403: the charm is not trusted).
         """
         if MeshType(mesh_type) is not MeshType.istio:  # pragma: no cover - one mesh type today
             raise ValueError(f"unsupported mesh type {mesh_type!r}")
+        _check_max_workers(max_workers)
         wanted = {
             _manifest_key(manifest): manifest
             for manifest in self._wanted(policies, raw_policies or [])
@@ -2680,23 +2700,34 @@ class PolicyResourceManager:
             else:
                 on_error("/".join(key), error)
 
-        for key in [key for key in existing if key not in wanted]:
-            try:
-                self._delete(key[1], key[0], ignore_missing)
+        doomed = sorted(key for key in existing if key not in wanted)
+        deletions = [
+            functools.partial(self._delete, name, ns, ignore_missing) for ns, name in doomed
+        ]
+        # Every deletion is answered before the first write goes out.
+        for key, error in zip(doomed, _run_all(deletions, max_workers), strict=True):
+            if error is None:
                 deleted.append("/".join(key))
-            except Exception as error:  # lightkube.ApiError, or an HTTP or connection error
+            else:
                 failed(key, error)
+        writes: list[tuple[tuple[str, str], dict[str, Any], dict[str, Any] | None]] = []
         for key, manifest in wanted.items():
             current = existing.get(key)
             if current is not None and _is_applied(manifest, current):
                 unchanged += 1
-                continue
-            try:
-                self._write(key, manifest, current, take_over=take_over, force=force)
-            except Exception as error:  # lightkube.ApiError, or an HTTP or connection error
+            else:
+                writes.append((key, manifest, current))
+        calls = [
+            functools.partial(
+                self._write, key, manifest, current, take_over=take_over, force=force
+            )
+            for key, manifest, current in writes
+        ]
+        for (key, _, current), error in zip(writes, _run_all(calls, max_workers), strict=True):
+            if error is None:
+                (updated if current is not None else created).append("/".join(key))
+            else:
                 failed(key, error)
-                continue
-            (updated if current is not None else created).append("/".join(key))
         summary = ReconcileSummary(created, updated, deleted, unchanged)
         if summary.changed:
             self.log.info(
@@ -2739,14 +2770,26 @@ class PolicyResourceManager:
                 patch_type=PatchType.MERGE,
             )
 
-    def delete(self, ignore_missing: bool = True) -> None:
+    def delete(
+        self, ignore_missing: bool = True, *, max_workers: int = _DEFAULT_MAX_WORKERS
+    ) -> None:
         """Delete every policy resource this manager owns.
+
+        Up to ``max_workers`` deletions are in flight at once (see :meth:`reconcile`). A refused
+        deletion does not stop the others; the first one (by ``namespace/name``) is raised once
+        every other was tried.
 
         Raises:
             MissingCRDError: the AuthorizationPolicy CRD is not installed.
+            ValueError: ``max_workers`` below 1.
+            lightkube.ApiError: Kubernetes refused a deletion (403: the charm is not trusted).
         """
-        for namespace, name in self._existing(namespaces=set()):
-            self._delete(name, namespace, ignore_missing)
+        _check_max_workers(max_workers)
+        doomed = sorted(self._existing(namespaces=set()))
+        calls = [functools.partial(self._delete, name, ns, ignore_missing) for ns, name in doomed]
+        for error in _run_all(calls, max_workers):
+            if error is not None:
+                raise error
 
     def get_deployed_resources(self) -> list[dict[str, Any]]:
         """The policy resources this manager owns, as they are in the cluster."""
@@ -2813,6 +2856,35 @@ class PolicyResourceManager:
             raise MissingCRDError(
                 f"{_AUTHZ_PLURAL}.{_AUTHZ_GROUP}", "deploy Istio (the istio-k8s charm)"
             ) from error
+
+
+def _check_max_workers(max_workers: int) -> None:
+    if max_workers < 1:
+        raise ValueError(f"max_workers must be at least 1, not {max_workers!r}")
+
+
+def _run_all(calls: Sequence[Callable[[], object]], max_workers: int) -> list[Exception | None]:
+    """Run every call, at most ``max_workers`` at once; each one's error or ``None``, in order.
+
+    One call, or ``max_workers`` 1, runs in the calling thread: no thread is started for a
+    reconcile that writes one object or nothing (the steady state).
+    """
+
+    def attempt(call: Callable[[], object]) -> Exception | None:
+        try:
+            call()
+        except Exception as error:  # lightkube.ApiError, or an HTTP or connection error
+            return error
+        return None
+
+    if max_workers == 1 or len(calls) <= 1:
+        return [attempt(call) for call in calls]
+    # Imported here: most hooks write nothing and need no thread pool.
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(max_workers, len(calls))
+    with ThreadPoolExecutor(workers, thread_name_prefix="policy-writes") as pool:
+        return list(pool.map(attempt, calls))
 
 
 def _raw_policy_manifest(raw: object) -> dict[str, Any]:
