@@ -192,6 +192,39 @@ def test_a_merge_patched_deny_is_allow_again_after_the_next_hook(admin: Client, 
         )
 
 
+def test_drift_after_a_hook_that_found_everything_as_wanted_is_reverted(
+    admin: Client, model: str
+):
+    # A hook that writes nothing vouches for the policies (their resourceVersion), so that the
+    # next one may skip the policy work; a write by anyone changes a resourceVersion.
+    out = _run(_state(model, _policy(model, "sender")))
+    out = _run(out, "update_status")
+    before = _requested(admin, model)
+    out = _run(out, "update_status")
+    assert _requested(admin, model) == before  # nothing written: the same resourceVersions
+    [charm_state] = [s for s in out.stored_states if s.owner_path == "IstioBeaconCharm"]
+    assert charm_state.content["steady"]  # vouched for: the skip is armed
+    api: Any = admin
+    (name,) = before
+    api.patch(
+        AuthorizationPolicy,
+        name,
+        {
+            "metadata": {"annotations": {"istio.io/dry-run": "true"}},
+            "spec": {"action": "DENY"},
+        },
+        namespace=model,
+        patch_type=PatchType.MERGE,
+        field_manager="intruder",
+    )
+
+    _run(out, "update_status")
+
+    repaired = api.get(AuthorizationPolicy, name, namespace=model)
+    assert repaired["spec"] == before[name][1]
+    assert "istio.io/dry-run" not in (repaired.metadata.annotations or {})
+
+
 @pytest.mark.parametrize("names", ["short", "long"])
 def test_a_rollback_to_the_deployed_charm_removes_every_policy_of_ours(
     kube: KubeServer, admin: Client, namespace: str, monkeypatch: pytest.MonkeyPatch, names: str

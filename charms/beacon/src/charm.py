@@ -99,7 +99,9 @@ class IstioBeaconCharm(ops.CharmBase):
             framework.observe(event, self._on_tracing_check)
         # adopted: whether this unit, as leader, took over what the deployed istio-beacon-k8s
         # left (see adoption.py).
-        self._stored.set_default(refusals_logged={}, adopted=False)
+        # steady: what the last reconcile vouched for (Findings.steady), so that the next one
+        # can tell that nothing changed.
+        self._stored.set_default(refusals_logged={}, adopted=False, steady="")
         self._config, self._config_error = self._load_config()
         # What this hook's reconcile found, for collect-status (None: no reconcile ran).
         self._findings: Findings | None = None
@@ -198,11 +200,14 @@ class IstioBeaconCharm(ops.CharmBase):
                 self.app.planned_units(),
                 refusals_logged=dict(self._stored.refusals_logged),
                 adopt=not self._stored.adopted,
+                steady=str(self._stored.steady),
             )
             if reconciler.adopted:
                 self._stored.adopted = True
         if self._findings.refusals_logged != dict(self._stored.refusals_logged):
             self._stored.refusals_logged = self._findings.refusals_logged
+        if self._findings.steady != self._stored.steady:
+            self._stored.steady = self._findings.steady
 
     def _on_access_map(self, event: ops.ActionEvent) -> None:
         from access.actions import access_map_results  # noqa: PLC0415 (actions only: see top)

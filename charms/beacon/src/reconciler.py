@@ -6,9 +6,13 @@ statuses in its collect-status handler.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import ops
@@ -95,6 +99,29 @@ class Failed:
     what: str
 
 
+def _listed_digest(listed: Sequence[Mapping[str, Any]]) -> str | None:
+    """A digest of which policies exist and of their ``resourceVersion``, or ``None``."""
+    versions: list[tuple[str, str, str]] = []
+    for manifest in listed:
+        metadata = manifest.get("metadata") or {}
+        version = metadata.get("resourceVersion")
+        if not version:
+            return None
+        versions.append((metadata.get("namespace", ""), metadata.get("name", ""), version))
+    return hashlib.sha256(json.dumps(sorted(versions)).encode()).hexdigest()
+
+
+@functools.cache
+def _code_digest() -> str:
+    """A digest of the code that turns the inputs into policies: the beacon's and the library's."""
+    import charms.istio_beacon_k8s.v0.service_mesh as library  # noqa: PLC0415
+
+    digest = hashlib.sha256()
+    for path in [*sorted(Path(__file__).parent.glob("*.py")), Path(library.__file__)]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class Findings:
     """What a reconcile found wrong; empty lists and ``None`` mean all is well.
@@ -121,6 +148,8 @@ class Findings:
         adoption_note: what taking over the deployed beacon's objects left unchecked or
             untouched (outside this model), for the status of the hook that did it.
         root_namespace: why the beacon does nothing in Istio's root namespace, or ``None``.
+        steady: what the next reconcile needs to tell that its policies are as this one left
+            them (see ``BeaconReconciler._unchanged``); empty when this one cannot vouch for it.
     """
 
     missing_crds: list[str] = field(default_factory=list[str])
@@ -138,6 +167,7 @@ class Findings:
     unprotected: list[int] = field(default_factory=list[int])
     adoption_note: str | None = None
     root_namespace: str | None = None
+    steady: str = ""
 
     @property
     def unenforced(self) -> list[PolicyCondition]:
@@ -162,6 +192,7 @@ class BeaconReconciler:
         self._labels = ownership_labels(self._namespace, self._app)
         self.waypoint = waypoint_name(self._namespace, self._app)
         self.findings = Findings()
+        self._steady_before = ""
         #: Whether this reconcile took over what the deployed beacon had left (``adopt=True``).
         self.adopted = False
 
@@ -178,6 +209,7 @@ class BeaconReconciler:
         refusals_logged: Mapping[str, str] | None = None,
         *,
         adopt: bool = False,
+        steady: str = "",
     ) -> Findings:
         """Converge everything to the config, the relations and the planned unit count.
 
@@ -191,7 +223,9 @@ class BeaconReconciler:
                 ``Findings.refusals_logged``), so that only changes are logged.
             adopt: also take over what the deployed istio-beacon-k8s charm left (after a
                 refresh from it): see ``adoption``.
+            steady: ``Findings.steady`` of the previous reconcile.
         """
+        self._steady_before = steady
         if planned_units == 0:
             return self.teardown()
         if self._namespace == ISTIO_ROOT_NAMESPACE:
@@ -396,9 +430,12 @@ class BeaconReconciler:
         if not config.manage_authorization_policies:
             manager.delete()
             return
+        if self._unchanged(config, provider, namespace_bound, model_operator, manager):
+            return
         requests = provider.relation_requests()
         services: dict[str, dict[str, str]] | None = {}
-        if needs_services(requests):
+        services_needed = needs_services(requests)
+        if services_needed:
             listed = self._attempt("list the Services", self._services)
             if isinstance(listed, Failed):
                 # Requests naming a Service cannot be checked: change nothing this hook rather
@@ -470,14 +507,115 @@ class BeaconReconciler:
         self.findings.refusals = sorted(
             refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id
         )
+        self._report(manager.listed, [*summary.created, *summary.updated, *summary.deleted])
+        self._vouch(
+            summary.changed or bool(failed),
+            (config, provider, namespace_bound, model_operator),
+            services if services_needed else None,
+            manager.listed,
+        )
+
+    def _vouch(
+        self,
+        changed: bool,
+        inputs_of: tuple[BeaconConfig, ServiceMeshProvider, bool, ModelOperatorAccess],
+        services: Mapping[str, Mapping[str, str]] | None,
+        listed: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Remember, for the next reconcile, that every owned policy was found as wanted.
+
+        Only when nothing was written or failed, no request was refused and no relation holds
+        its last accepted policies: then the listed policies are the wanted set, as they are.
+        """
+        if changed or self.findings.refusals or self.findings.held or self.findings.unprotected:
+            return
+        inputs = self._steady_inputs(*inputs_of, services)
+        versions = _listed_digest(listed)
+        if inputs is not None and versions is not None:
+            self.findings.steady = f"{'-' if services is None else 's'}:{inputs}:{versions}"
+
+    def _unchanged(
+        self,
+        config: BeaconConfig,
+        provider: ServiceMeshProvider,
+        namespace_bound: bool,
+        model_operator: ModelOperatorAccess,
+        manager: PolicyResourceManager,
+    ) -> bool:
+        """Whether the policies are provably as the previous reconcile found them: then report.
+
+        The previous reconcile vouched (``Findings.steady``) that every policy the beacon owns
+        was as wanted and none other was owned, and remembered a digest of every input of the
+        wanted set and each listed policy's ``resourceVersion``. The wanted set is a function of
+        those inputs (the code included); Kubernetes changes an object's ``resourceVersion`` on
+        every write, by anyone (a policy patched to DENY, a dry-run mark, Istio's status), and
+        never reuses one. Both unchanged: the full reconcile would write nothing and report what
+        is reported here. Either changed: the full reconcile runs.
+        """
+        remembered = self._steady_before.split(":")
+        if len(remembered) != 3:
+            return False
+        with_services, inputs_before, listed_before = remembered
+        services: dict[str, dict[str, str]] | None = None
+        if with_services == "s":
+            try:
+                services = self._services()
+            except Exception:  # lightkube.ApiError, or an HTTP or connection error
+                return False  # the full reconcile meets it again and reports it
+        inputs = self._steady_inputs(config, provider, namespace_bound, model_operator, services)
+        if inputs is None or inputs != inputs_before:
+            return False
+        listed = manager.get_deployed_resources()
+        if _listed_digest(listed) != listed_before:
+            return False
+        self.findings.dry_run = sorted(
+            f"{policy['metadata']['namespace']}/{policy['metadata']['name']}"
+            for policy in listed
+            if is_dry_run(policy)
+        )
+        self._report(listed, [])
+        self.findings.steady = self._steady_before
+        return True
+
+    def _report(self, listed: list[dict[str, Any]], written: list[str]) -> None:
+        """Log the refusals that changed; read Istio's conditions of the listed policies."""
         self.findings.refusals_logged = log_refusals(
             self.findings.refusals, self.findings.refusals_logged, self.findings.held
         )
-        self.findings.policy_conditions = istio_conditions(
-            manager.listed, [*summary.created, *summary.updated, *summary.deleted]
-        )
+        self.findings.policy_conditions = istio_conditions(listed, written)
         for condition in self.findings.unenforced:
             logger.warning("Istio does not enforce policy %s", condition.describe())
+
+    def _steady_inputs(
+        self,
+        config: BeaconConfig,
+        provider: ServiceMeshProvider,
+        namespace_bound: bool,
+        model_operator: ModelOperatorAccess,
+        services: Mapping[str, Mapping[str, str]] | None,
+    ) -> str | None:
+        """A digest of everything the wanted policies are made from, or ``None`` if unknown."""
+        requests = provider.requests_fingerprint()
+        if requests is None:
+            return None
+        metrics = metrics_access_manifests(
+            self._charm.model.relations, self._app, self._namespace, self._charm.model.uuid
+        )
+        inputs = [
+            _code_digest(),
+            requests,
+            services,
+            self._namespace,
+            self._app,
+            self.waypoint,
+            self._labels,
+            namespace_bound,
+            repr(config),
+            model_operator.selector,
+            metrics,
+        ]
+        text = json.dumps(inputs, sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
     def _hold_last_accepted(
         self,

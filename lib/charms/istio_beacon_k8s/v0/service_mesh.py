@@ -2255,6 +2255,26 @@ class ServiceMeshProvider(ops.Object):
             requests.append(RelationRequest(relation.id, app.name, policies))
         return requests
 
+    def requests_fingerprint(self) -> str | None:
+        """A digest of what :meth:`relation_requests` would parse now, or ``None``.
+
+        Equal fingerprints mean the same relations, related apps and requested policies (the
+        same text), so what a provider derives from :meth:`relation_requests` alone is the same
+        too: it may skip deriving it again. ``None`` when a relation's request has not been read
+        yet (this method reads no databag).
+        """
+        cache = cast("dict[str, str | None]", self._stored.requests)
+        seen: list[tuple[int, str, str | None]] = []
+        for relation in self._charm.model.relations.get(self._relation_name, []):
+            app = relation.app
+            if app is None:  # pyright: ignore[reportUnnecessaryComparison]
+                continue
+            key = str(relation.id)
+            if key not in cache:
+                return None
+            seen.append((relation.id, app.name, cache[key]))
+        return hashlib.sha256(json.dumps(seen).encode("utf-8", "surrogatepass")).hexdigest()
+
     def rejected_relations(self) -> list[RelationRequest]:
         """The relations whose data could not be used, with the reason."""
         return [request for request in self.relation_requests() if request.error]
