@@ -192,9 +192,7 @@ def test_a_merge_patched_deny_is_allow_again_after_the_next_hook(admin: Client, 
         )
 
 
-def test_drift_after_a_hook_that_found_everything_as_wanted_is_reverted(
-    admin: Client, model: str
-):
+def test_drift_after_a_hook_that_found_everything_as_wanted_is_reverted(admin: Client, model: str):
     # A hook that writes nothing vouches for the policies (their resourceVersion), so that the
     # next one may skip the policy work; a write by anyone changes a resourceVersion.
     out = _run(_state(model, _policy(model, "sender")))
