@@ -210,3 +210,47 @@ def test_a_changed_request_is_read_again_and_a_broken_relation_is_forgotten():
         ctx, ctx.on.update_status(), dataclasses.replace(state_out, relations={other})
     )
     assert targets == ["b"]
+
+
+def _fingerprints(
+    state_in: testing.State, relation: testing.Relation | None = None
+) -> tuple[str | None, str | None, testing.State]:
+    """The fingerprint before and after reading the requests in one hook, and the state after.
+
+    The hook is update-status, or relation-changed of ``relation``.
+    """
+    ctx = provider_context()
+    event = ctx.on.update_status() if relation is None else ctx.on.relation_changed(relation)
+    with ctx(event, state_in) as manager:
+        provider: ServiceMeshProvider = manager.charm.mesh  # type: ignore[attr-defined]
+        before = provider.requests_fingerprint()
+        provider.relation_requests()
+        after = provider.requests_fingerprint()
+        out = manager.run()
+    return before, after, out
+
+
+def test_the_requests_fingerprint_changes_with_the_requests_only():
+    first = consumer_relation("app1", [policy_dict("client", "app1")])
+    second = consumer_relation("app2", [policy_dict("client", "app2")])
+
+    # Not read yet: unknown. Read (and remembered): known, and the same on the next hook.
+    unknown, known, out = _fingerprints(state(first, second))
+    assert unknown is None
+    assert known is not None
+    assert _fingerprints(out)[:2] == (known, known)
+
+    # Another request text, or one relation fewer: another fingerprint, known at once.
+    changed = dataclasses.replace(
+        out.get_relation(first.id),
+        remote_app_data={
+            "policies": json.dumps([policy_dict("client", "app1", target_service="x")])
+        },
+    )
+    other = dataclasses.replace(out, relations=[changed, out.get_relation(second.id)])
+    # In the relation-changed hook, the provider reads the changed text (after this check).
+    assert _fingerprints(other, changed)[0] == known
+    ctx = provider_context()
+    after_change = _fingerprints(ctx.run(ctx.on.relation_changed(changed), other))[0]
+    fewer = _fingerprints(dataclasses.replace(out, relations=[out.get_relation(first.id)]))[0]
+    assert len({known, after_change, fewer} - {None}) == 3
