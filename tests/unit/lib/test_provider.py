@@ -240,9 +240,11 @@ def test_the_requests_fingerprint_changes_with_the_requests_only():
     assert known is not None
     assert _fingerprints(out)[:2] == (known, known)
 
-    # Another request text, or one relation fewer: another fingerprint, known at once.
+    # Another request text, or one relation fewer: another fingerprint.
+    relation = out.get_relation(first.id)
+    assert isinstance(relation, testing.Relation)
     changed = dataclasses.replace(
-        out.get_relation(first.id),
+        relation,
         remote_app_data={
             "policies": json.dumps([policy_dict("client", "app1", target_service="x")])
         },
