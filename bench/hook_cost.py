@@ -90,6 +90,9 @@ class RunFigures:
     log_bytes_info: int
     unit_status: str
     error: str | None = None
+    #: CPU the API server's processes (kube-apiserver and etcd) used during the hook: on this
+    #: machine they share the cores with the hook, so the wall time pays for them too.
+    server_cpu_s: float = 0.0
 
 
 _INFO_OR_ABOVE = {"INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -121,6 +124,7 @@ def run_hook(
     ctx = context or subject.make_context()
     counter.reset()
     before = backend.snapshot() if backend else None
+    server_before = backend.server_cpu_s() if backend else 0.0
     error: str | None = None
     out: testing.State | None = None
     # Collect now and keep what exists out of later collections: the harness's own objects
@@ -144,6 +148,7 @@ def run_hook(
     cpu, thread = time.process_time() - cpu0, time.thread_time() - thread0
     wall = time.perf_counter() - wall0
     gc.unfreeze()
+    server_cpu = backend.server_cpu_s() - server_before if backend else 0.0
     api = backend.requests_since(before) if backend else Counter[tuple[str, str]]()
     lines = list(ctx.juju_log)
     info = [line for line in lines if line.level.upper() in _INFO_OR_ABOVE]
@@ -164,6 +169,7 @@ def run_hook(
             else "-"
         ),
         error=error,
+        server_cpu_s=server_cpu,
     )
     return figures, out
 
@@ -242,6 +248,7 @@ class Cell:
             "cpu_s": _median([r.cpu_s for r in runs]),
             "thread_cpu_s": _median([r.thread_cpu_s for r in runs]),
             "wall_s": _median([r.wall_s for r in runs]),
+            "server_cpu_s": _median([r.server_cpu_s for r in runs]),
             "cpu_s_samples": [r.cpu_s for r in runs],
             "ops_testing_floor_cpu_s": _median(self.floor_cpu_s) if self.floor_cpu_s else None,
             "api": {
@@ -415,12 +422,14 @@ def check_targets(
         first_cpu = _median([r.cpu_s for r in first.runs])
         steady_cpu = _median([r.cpu_s for r in steady.runs])
         first_wall = _median([r.wall_s for r in first.runs])
+        first_server = _median([r.server_cpu_s for r in first.runs])
+        server = f", API server {first_server:.2f} s CPU on the same cores" if real_api else ""
         fake = "" if real_api else " [FAKE API server: not the goal's measure]"
         targets += [
             Target(
                 "first reconcile wall time (against the real API server)",
                 "below 1.5 s",
-                f"{where}: {first_wall:.2f} s wall, {first_cpu * 1000:.0f} ms CPU, "
+                f"{where}: {first_wall:.2f} s wall, {first_cpu * 1000:.0f} ms CPU{server}, "
                 f"{first.writes():g} writes{fake}",
                 real_api and first_wall < 1.5,
             ),

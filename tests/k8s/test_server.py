@@ -10,7 +10,7 @@ from lightkube import ApiError, Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import ConfigMap, Namespace
-from support.kube_server import KubeServer, count_requests, count_writes
+from support.kube_server import KubeServer, KubeServerError, count_requests, count_writes
 
 
 def test_crds_are_served(admin: Client):
@@ -92,3 +92,26 @@ def test_audit_names_each_write_with_its_body(kube: KubeServer, admin: Client, n
     assert (write.verb, write.code) == ("create", 201)
     assert write.uri.startswith(f"/api/v1/namespaces/{namespace}/configmaps")
     assert write.body["data"] == {"a": "b"}
+
+
+def test_cpu_seconds_count_the_servers_work(kube: KubeServer, admin: Client, namespace: str):
+    before = kube.cpu_seconds()
+    assert set(before) == {"etcd", "kube-apiserver"}, before
+    for index in range(100):
+        admin.create(ConfigMap(metadata=ObjectMeta(name=f"busy{index}", namespace=namespace)))
+    after = kube.cpu_seconds()
+    # A hundred creates cost the apiserver well over a clock tick (10 ms) of CPU.
+    assert after["kube-apiserver"] - before["kube-apiserver"] > 0.01, (before, after)
+    assert after["etcd"] >= before["etcd"], (before, after)
+
+
+def test_a_server_without_audit_says_so_when_asked_for_its_writes(kube: KubeServer):
+    quiet = KubeServer.start(kube.cache_dir, audit=False)
+    try:
+        client = quiet.admin_client()
+        client.create(ConfigMap(metadata=ObjectMeta(name="unaudited", namespace="default")))
+        with pytest.raises(KubeServerError, match="audit=True"):
+            quiet.writes_since(0, settle=0)
+        assert not quiet.audit_log.exists()
+    finally:
+        quiet.stop()

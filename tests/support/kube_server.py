@@ -309,6 +309,7 @@ class KubeServer:
         self._internal: Client | None = None
         self._ssl: ssl.SSLContext | None = None
         self._port = 0
+        self._audit = True
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -319,6 +320,7 @@ class KubeServer:
         *,
         timeout: float = 180.0,
         extra_apiserver_args: Iterable[str] = (),
+        audit: bool = True,
     ) -> KubeServer:
         """Start etcd and kube-apiserver and wait until ``/readyz`` says ok.
 
@@ -326,6 +328,9 @@ class KubeServer:
             cache_dir: Folder made by the build script; default: `ensure_built()`.
             timeout: Seconds to wait for readiness (a first start on 2 cores takes ~10-20 s).
             extra_apiserver_args: More ``kube-apiserver`` flags, e.g. feature gates.
+            audit: Keep the audit log that `writes_since` and `refused_since` read. It costs
+                the apiserver CPU on every write (a blocking write of the request body); the
+                benchmark turns it off, as most clusters run without one.
 
         Raises:
             KubeServerError: A process exited or did not become ready in time. The message
@@ -335,6 +340,7 @@ class KubeServer:
         keep = os.environ.get("KUBE_TIER_KEEP", "") not in ("", "0")
         for attempt in range(1, _START_ATTEMPTS + 1):
             server = cls(cache_dir, Path(tempfile.mkdtemp(prefix="kube-tier-")), keep)
+            server._audit = audit
             try:
                 server._launch(timeout, list(extra_apiserver_args))
             except KubeServerError as error:
@@ -396,6 +402,24 @@ class KubeServer:
         )
         self._processes.append((name, proc))
         return proc
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) ``etcd`` and ``kube-apiserver`` have used so far.
+
+        Read from ``/proc/<pid>/stat`` (Linux): what the server side of a measured window
+        cost, as a difference of two reads. A process that has exited is left out.
+        """
+        ticks = os.sysconf("SC_CLK_TCK")
+        used: dict[str, float] = {}
+        for name, proc in self._processes:
+            try:
+                stat = Path(f"/proc/{proc.pid}/stat").read_text()
+            except OSError:
+                continue
+            # The command name (field 2) may hold spaces: the fields after it follow its ")".
+            fields = stat[stat.rindex(")") + 2 :].split()
+            used[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return used
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         """Return the last lines of ``etcd`` or ``kube-apiserver``'s log."""
@@ -461,10 +485,7 @@ class KubeServer:
                 # No node runs here: the "kubernetes" Service must not point at 127.0.0.1.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
-                f"--audit-policy-file={self._audit_policy()}",
-                f"--audit-log-path={self.audit_log}",
-                "--audit-log-format=json",
-                "--audit-log-mode=blocking",
+                *self._audit_args(),
                 *extra,
             ],
         )
@@ -473,6 +494,16 @@ class KubeServer:
         self._ssl = ctx
         self._wait_for("kube-apiserver", deadline, self._apiserver_ready)
         self._write_kubeconfig()
+
+    def _audit_args(self) -> list[str]:
+        if not self._audit:
+            return []
+        return [
+            f"--audit-policy-file={self._audit_policy()}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+        ]
 
     def _audit_policy(self) -> Path:
         path = self.workdir / "audit-policy.yaml"
@@ -483,6 +514,10 @@ class KubeServer:
     def audit_log(self) -> Path:
         """The apiserver's audit log: one JSON event per write (see `writes_since`)."""
         return self.workdir / "audit.log"
+
+    def _require_audit(self, what: str) -> None:
+        if not self._audit:
+            raise KubeServerError(f"{what} reads the audit log: start the server with audit=True")
 
     def audit_mark(self) -> int:
         """A position in the audit log, for `writes_since`."""
@@ -503,6 +538,7 @@ class KubeServer:
                 response completes, so the last write of a window can reach the log just after
                 its client got the answer.
         """
+        self._require_audit("writes_since")
         time.sleep(settle)
         with self.audit_log.open("rb") as log:
             log.seek(mark)
@@ -536,6 +572,7 @@ class KubeServer:
 
         Reads and writes alike (the audit policy records every request of a ServiceAccount).
         """
+        self._require_audit("refused_since")
         time.sleep(settle)
         with self.audit_log.open("rb") as log:
             log.seek(mark)
