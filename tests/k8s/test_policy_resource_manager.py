@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -309,19 +310,20 @@ def test_many_policies_written_concurrently_end_exactly_as_wanted(
         assert stored[name]["spec"] == manifest["spec"], name
         assert owner.items() <= stored[name]["metadata"]["labels"].items(), name
 
-    # The summary is in a fixed order: deletions by name, writes in the order given.
+    # The summary is in a fixed order: writes in the order given, deletions by name.
     names = [authorization_policy_key(namespace, p) for p in first[:30]]
     assert summary.deleted == sorted(names)
     assert summary.created == [authorization_policy_key(namespace, p) for p in second[30:]]
     assert summary.updated == [f"{namespace}/raw-{i:02d}" for i in range(10)]
     assert summary.unchanged == 40
 
-    # Every deletion had taken effect before the first create or apply reached the server.
+    # Every create and apply had taken effect before the first deletion reached the server
+    # (LIBPATCH 20): a workload whose every policy is replaced is never left with none.
     deletions = [w for w in writes if w.verb == "delete"]
     others = [w for w in writes if w.verb != "delete"]
     assert (len(deletions), len(others)) == (30, 70)
     assert all(w.code < 300 for w in writes)
-    assert max(timed(w).completed for w in deletions) <= min(timed(w).received for w in others)
+    assert max(timed(w).completed for w in others) <= min(timed(w).received for w in deletions)
     # And the server really had several of them at once.
     assert most_at_once(others) > 1
 
@@ -352,3 +354,126 @@ def most_at_once(writes: list[AuditedWrite]) -> int:
         current += step
         most = max(most, current)
     return most
+
+
+# --- a replacement that admission refuses ------------------------------------------------------
+
+ADMISSION = "/apis/admissionregistration.k8s.io/v1"
+
+
+def raw_policy(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": namespace}, "spec": {"rules": [{}], **spec}}
+
+
+def service_target(service: str) -> dict[str, Any]:
+    return {"targetRefs": [{"group": "", "kind": "Service", "name": service}]}
+
+
+def pods_of(app: str) -> dict[str, Any]:
+    return {"selector": {"matchLabels": {"app.kubernetes.io/name": app}}}
+
+
+@contextlib.contextmanager
+def refusing_names(kube: KubeServer, namespace: str, prefix: str) -> Iterator[None]:
+    """An admission policy (CEL) that refuses AuthorizationPolicies named ``prefix...`` there.
+
+    What a cluster's own admission rules (a ValidatingAdmissionPolicy, Kyverno, Gatekeeper) do
+    to an object they do not accept.
+    """
+    name = f"refuse-{namespace}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [GROUP],
+                        "apiVersions": ["*"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": [RESOURCE],
+                    }
+                ]
+            },
+            "validations": [{"expression": f"!object.metadata.name.startsWith('{prefix}')"}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            },
+        },
+    }
+    for path, body in (
+        (f"{ADMISSION}/validatingadmissionpolicies", policy),
+        (f"{ADMISSION}/validatingadmissionpolicybindings", binding),
+    ):
+        status, answer = kube.raw_request("POST", path, body)
+        assert status == 201, answer
+    try:
+        # The apiserver loads admission policies in the background: wait until it refuses.
+        probe = {"apiVersion": f"{GROUP}/v1", "kind": "AuthorizationPolicy"}
+        probe |= raw_policy(namespace, f"{prefix}probe")
+        deadline = time.monotonic() + 60
+        while kube.strict_create(probe)[0] == 201:
+            assert time.monotonic() < deadline, "the admission policy never took effect"
+            time.sleep(0.2)
+        yield
+    finally:
+        for kind in ("validatingadmissionpolicybindings", "validatingadmissionpolicies"):
+            kube.raw_request("DELETE", f"{ADMISSION}/{kind}/{name}")
+
+
+def test_a_policy_whose_replacement_admission_refuses_stays_until_one_is_written(
+    kube: KubeServer, namespace: str, admin: Client, app_client: Client
+):
+    old = [
+        raw_policy(namespace, "old-a", **service_target("a")),
+        raw_policy(namespace, "old-b", **pods_of("b")),
+        raw_policy(namespace, "x", **pods_of("x")),
+    ]
+    refused_a = raw_policy(namespace, "refused-a", **service_target("a"))
+    new_b = raw_policy(namespace, "new-b", **pods_of("b"))
+    errors: list[tuple[str, int]] = []
+    with charm_in(namespace) as charm:
+        manager = PolicyResourceManager(charm, app_client)
+        manager.reconcile([], MeshType.istio, raw_policies=old)
+        with refusing_names(kube, namespace, "refused-"):
+            summary = manager.reconcile(
+                [],
+                MeshType.istio,
+                raw_policies=[refused_a, new_b],
+                on_error=lambda name, error: errors.append((name, _code(error))),
+            )
+            # Service a's only policy would be deleted with nothing in its place (open to
+            # everyone through its waypoint): it stays. b's was replaced; x's is not wanted.
+            assert [name for name, _ in errors] == [f"{namespace}/refused-a"]
+            assert errors[0][1] >= 400
+            assert summary.kept == [f"{namespace}/old-a"]
+            assert summary.created == [f"{namespace}/new-b"]
+            assert summary.deleted == [f"{namespace}/old-b", f"{namespace}/x"]
+            assert set(deployed(admin, namespace)) == {"old-a", "new-b"}
+
+            # A replacement that is accepted: only then does the old one go.
+            later_a = raw_policy(namespace, "later-a", **service_target("a"))
+            summary = manager.reconcile([], MeshType.istio, raw_policies=[later_a, new_b])
+
+    assert (summary.created, summary.deleted, summary.kept) == (
+        [f"{namespace}/later-a"],
+        [f"{namespace}/old-a"],
+        [],
+    )
+    assert set(deployed(admin, namespace)) == {"later-a", "new-b"}
+
+
+def _code(error: Exception) -> int:
+    status = getattr(error, "status", None)
+    return int(getattr(status, "code", 0) or 0)

@@ -99,6 +99,18 @@ class Failed:
     what: str
 
 
+def _refuses_the_object(code: int, error: Exception) -> bool:
+    """Whether a failed write says Kubernetes will not take that object, whoever writes it.
+
+    Admission, the object's size or schema (4xx other than those below), or a ResourceQuota of
+    the namespace: a 403 whose message says ``exceeded quota``, unlike RBAC's 403, which says
+    the beacon may not write at all. Not: 401, 404, 409 (someone else's object), 429, 5xx.
+    """
+    if code == 403:
+        return "exceeded quota" in error_message(error)
+    return bool(code) and code not in (401, 404, 409, 429) and code < 500
+
+
 def _listed_digest(listed: Sequence[Mapping[str, Any]]) -> str | None:
     """A digest of which policies exist and of their ``resourceVersion``, or ``None``."""
     versions: list[tuple[str, str, str]] = []
@@ -478,8 +490,9 @@ class BeaconReconciler:
             code = status_code(error)
             said = f"{code} {display_text(error_message(error), 120, quote=False)}"
             asker = requester.get(key)
-            if asker is not None and code and code not in (401, 403, 404, 409, 429) and code < 500:
-                # Kubernetes refused this object (admission, size, schema): the request's refusal.
+            if asker is not None and _refuses_the_object(code, error):
+                # Kubernetes refused this object (admission, size, schema, a ResourceQuota):
+                # the request's refusal.
                 rejected.append(Refusal(*asker, f"Kubernetes refused it: {said}"))
                 return
             logger.error("cannot write AuthorizationPolicy %s: %s", key, said)
@@ -507,6 +520,7 @@ class BeaconReconciler:
         self.findings.refusals = sorted(
             refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id
         )
+        self._count_kept(manager.listed, summary.kept)
         self._report(manager.listed, [*summary.created, *summary.updated, *summary.deleted])
         self._vouch(
             summary.changed or bool(failed),
@@ -644,6 +658,21 @@ class BeaconReconciler:
             {relation_id for _, relation_id in refused if relation_id not in served}
         )
         return wanted
+
+    def _count_kept(self, listed: Sequence[Mapping[str, Any]], kept: Sequence[str]) -> None:
+        """Count, as held for their relation, the objects kept because Kubernetes refused theirs.
+
+        The library keeps an object no longer wanted when the objects replacing it could not be
+        written (its app would be left with no policy); the relation whose object Kubernetes
+        refused then says its last accepted policies stay in force.
+        """
+        if not kept:
+            return
+        by_key = {f"{m['metadata']['namespace']}/{m['metadata']['name']}": m for m in listed}
+        for key in kept:
+            asker = requested_by(by_key.get(key) or {})
+            if asker is not None:
+                self.findings.held[asker[1]] = self.findings.held.get(asker[1], 0) + 1
 
     def _delete_policies(self) -> None:
         try:

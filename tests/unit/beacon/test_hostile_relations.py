@@ -149,6 +149,65 @@ def test_an_object_kubernetes_rejects_is_a_refusal_and_stops_nothing(
     assert "422" in out.unit_status.message
 
 
+@pytest.mark.parametrize(
+    ("code", "answer"),
+    [
+        (422, "admission webhook denied it"),
+        (
+            403,
+            "exceeded quota: mesh-policies, requested: count/authorizationpolicies.security."
+            "istio.io=1, used: count/authorizationpolicies.security.istio.io=2, limited: "
+            "count/authorizationpolicies.security.istio.io=2",
+        ),
+    ],
+    ids=["admission", "resource-quota"],
+)
+def test_a_changed_request_kubernetes_rejects_keeps_the_policy_it_replaces(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer, code: int, answer: str
+):
+    """Class 2: a replacement Kubernetes refuses leaves the app its last accepted policy.
+
+    A ResourceQuota's 403 is that request's refusal, not a lack of trust (RBAC's 403).
+    """
+    before = wire_policy("sender", LIAR)
+    out = ctx.run(
+        ctx.on.update_status(),
+        beacon_state(relations=[_honest(), mesh_relation(LIAR, [before])]),
+    )
+    old_name = authorization_policy_name(MeshPolicy.from_dict(before))
+    assert requested_by(kube)[LIAR] == {old_name}
+
+    after = _wire(endpoints=[{"hosts": [], "ports": [9090], "methods": ["GET"], "paths": []}])
+    new_name = authorization_policy_name(MeshPolicy.from_dict(after))
+    kube.reject(code, answer, None, "authorizationpolicies", new_name)
+    liar = dataclasses.replace(
+        out.get_relation(_relation_id(out, LIAR)),
+        remote_app_data={"policies": json.dumps([after])},
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(liar),
+        dataclasses.replace(out, relations=[*(r for r in out.relations if r.id != liar.id), liar]),
+    )
+
+    # Deleted, the old policy would have left the app with no ALLOW policy: open to everyone.
+    assert requested_by(kube)[LIAR] == {old_name}
+    assert HONEST in requested_by(kube)
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert f"refused a request from {LIAR}: Kubernetes refused it: {code} " in (
+        out.unit_status.message
+    )
+    assert "its last accepted policies (1) stay in force" in out.unit_status.message
+    assert "juju trust" not in out.unit_status.message
+
+    kube.allow_all()
+    ctx.run(ctx.on.update_status(), out)
+    assert requested_by(kube)[LIAR] == {new_name}
+
+
+def _relation_id(state: testing.State, app: str) -> int:
+    return next(r.id for r in state.relations if getattr(r, "remote_app_name", None) == app)
+
+
 def test_a_crash_without_http_status_fails_no_hook(
     ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer, monkeypatch: pytest.MonkeyPatch
 ):

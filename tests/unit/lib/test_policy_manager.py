@@ -149,8 +149,8 @@ def test_updates_what_differs_and_deletes_what_is_no_longer_wanted(
     assert summary.updated == ["/".join(key(keep))]
     assert summary.deleted == ["/".join(key(drop))]
     assert summary.created == []
-    # Revoke first: the deletion comes before the apply.
-    assert [r.verb for r in kube.requests if r.verb not in ("get", "list")] == ["delete", "apply"]
+    # Written first: the apply comes before the deletion (LIBPATCH 20).
+    assert [r.verb for r in kube.requests if r.verb not in ("get", "list")] == ["apply", "delete"]
 
 
 def test_objects_with_other_labels_are_never_touched(
@@ -420,23 +420,25 @@ def timed_manager(
     return PolicyResourceManager(charm, client), transport
 
 
-def test_every_deletion_is_answered_before_the_first_write_goes_out(
+def test_every_write_is_answered_before_the_first_deletion_goes_out(
     kube: FakeKubeServer, charm: ops.CharmBase
 ):
+    # Every policy of the workload is replaced: deleted first, it would be open to everyone
+    # until the replacements arrived.
     stale = [mesh_policy(f"stale{i}") for i in range(12)]
     fresh = [mesh_policy(f"fresh{i}") for i in range(12)]
     PolicyResourceManager(charm, kube.client(field_manager=f"{OWNER}-{KUBE_MODEL}")).reconcile(
         stale, MeshType.istio
     )
-    # Slow deletions: a write sent alongside them would go out before the last one is answered.
-    manager, transport = timed_manager(kube, charm, {"DELETE": 0.05})
+    # Slow writes: a deletion sent alongside them would go out before the last one is answered.
+    manager, transport = timed_manager(kube, charm, {"PATCH": 0.05})
 
     summary = manager.reconcile(fresh, MeshType.istio, max_workers=4)
 
     assert set(stored(kube)) == {key(p) for p in fresh}
     deletions, writes = transport.writes("DELETE"), transport.writes("PATCH")
     assert (len(deletions), len(writes)) == (12, 12)
-    assert max(answered for _, answered in deletions) <= min(sent for sent, _ in writes)
+    assert max(answered for _, answered in writes) <= min(sent for sent, _ in deletions)
     # They did overlap among themselves, up to the limit.
     assert transport.most_in_flight == 4
     assert summary.deleted == sorted("/".join(key(p)) for p in stale)
@@ -489,8 +491,8 @@ def test_failures_are_reported_in_order_from_the_calling_thread(
     refused_deletions = sorted("/".join(key(p)) for p in (stale[1], stale[4]))
     refused_writes = ["/".join(key(wanted[i])) for i in (0, 2, 4)]  # the order given
     assert [(name, code) for name, code, _ in calls] == [
-        *((name, 403) for name in refused_deletions),
         *((name, 422) for name in refused_writes),
+        *((name, 403) for name in refused_deletions),
     ]
     assert {thread for _, _, thread in calls} == {threading.get_ident()}
     assert summary.deleted == sorted(
@@ -514,8 +516,8 @@ def test_without_on_error_the_first_failure_is_raised_after_all_the_rest(
     with pytest.raises(ApiError) as info:
         manager.reconcile(wanted, MeshType.istio, max_workers=4)
 
-    # The refused deletion comes first, before the refused write.
-    assert info.value.status.code == 403
+    # The refused write comes first, before the refused deletion.
+    assert info.value.status.code == 422
     assert set(stored(kube)) == {key(stale[2])} | {key(p) for p in wanted[1:]}
 
 
@@ -537,3 +539,61 @@ def test_delete_tries_every_object_then_raises_the_first_refusal(
     assert sorted(str(r.name) for r in kube.requests if r.verb == "delete") == sorted(
         name for _, name in (key(p) for p in owned)
     )
+
+
+def test_a_policy_whose_replacement_is_refused_is_kept_until_it_stands(
+    kube: FakeKubeServer, manager: PolicyResourceManager, caplog: pytest.LogCaptureFixture
+):
+    # The owner's Service had one policy; its request changed, so the policy gets a new name.
+    old, new = mesh_policy("client", endpoints=[Endpoint(ports=[8080])]), mesh_policy("client")
+    # Other workloads: one whose policy is dropped for good, one whose replacement is written.
+    gone = mesh_policy("client", target_app_name="gone")
+    moved_old = mesh_policy("client", target_app_name="moved", endpoints=[Endpoint(ports=[1])])
+    moved_new = mesh_policy("client", target_app_name="moved")
+    pods = mesh_policy(
+        "client", target_type=PolicyTargetType.unit, endpoints=[Endpoint(ports=[9000])]
+    )
+    manager.reconcile([old, gone, moved_old, pods], MeshType.istio)
+    kube.reject(422, "denied by admission", "patch", PLURAL, authorization_policy_name(new))
+    errors: list[str] = []
+
+    summary = manager.reconcile(
+        [new, moved_new], MeshType.istio, on_error=lambda name, _: errors.append(name)
+    )
+
+    # Deleting the old one would have left the owner's Service with no ALLOW policy: open.
+    assert summary.kept == ["/".join(key(old))]
+    assert errors == ["/".join(key(new))]
+    assert summary.created == ["/".join(key(moved_new))]
+    # The unit policy applies to the same app's pods, not to its Service: not held back.
+    assert summary.deleted == sorted("/".join(key(p)) for p in (gone, moved_old, pods))
+    assert set(stored(kube)) == {key(old), key(moved_new)}
+    assert "kept 1 policies no longer wanted" in caplog.text
+
+    kube.allow_all()
+    summary = manager.reconcile([new, moved_new], MeshType.istio)
+
+    assert (summary.created, summary.deleted, summary.kept) == (
+        ["/".join(key(new))],
+        ["/".join(key(old))],
+        [],
+    )
+    assert set(stored(kube)) == {key(new), key(moved_new)}
+
+
+def test_a_refused_update_leaves_the_object_as_it_was_standing(
+    kube: FakeKubeServer, manager: PolicyResourceManager
+):
+    # The updated object is still there, as it was: the workload keeps a policy, so the one
+    # no longer wanted goes.
+    keep, drop = mesh_policy("keep"), mesh_policy("drop")
+    manager.reconcile([keep, drop], MeshType.istio)
+    drifted = copy.deepcopy(stored(kube)[key(keep)])
+    drifted["spec"]["rules"] = [{}]
+    kube.put(drifted)
+    kube.reject(422, "denied by admission", "patch", PLURAL, authorization_policy_name(keep))
+
+    summary = manager.reconcile([keep], MeshType.istio, on_error=lambda *_: None)
+
+    assert (summary.updated, summary.deleted, summary.kept) == ([], ["/".join(key(drop))], [])
+    assert set(stored(kube)) == {key(keep)}

@@ -115,7 +115,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 19
+LIBPATCH = 20
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -2585,7 +2585,7 @@ def _authorization_policy_resource() -> type[GenericNamespacedResource]:
     )
 
 
-#: How many of its deletions, then of its writes, :meth:`PolicyResourceManager.reconcile` keeps
+#: How many of its writes, then of its deletions, :meth:`PolicyResourceManager.reconcile` keeps
 #: in flight at once by default.
 _DEFAULT_MAX_WORKERS = 8
 
@@ -2598,6 +2598,10 @@ class ReconcileSummary:
     updated: list[str]
     deleted: list[str]
     unchanged: int
+    #: Objects no longer wanted that were kept because the objects replacing them could not be
+    #: written (LIBPATCH 20): deleting them would have left their workloads without any of
+    #: the manager's policies. The next reconcile deletes them once their replacements stand.
+    kept: list[str] = field(default_factory=lambda: [])
 
     @property
     def changed(self) -> bool:
@@ -2659,17 +2663,27 @@ class PolicyResourceManager:
     ) -> ReconcileSummary:
         """Create what is missing, update what differs, delete what is no longer wanted.
 
-        Nothing is written when everything is already as wanted. Deletions come first, all of
-        them, and every one has been answered before the first create or apply is sent: access no
-        longer wanted is revoked before anything else is tried. A write that Kubernetes refuses
-        (admission, size) does not stop the others.
+        Nothing is written when everything is already as wanted. Creates and applies come
+        first, all of them, and every one has been answered before the first deletion is sent
+        (LIBPATCH 20; earlier releases deleted first). A workload that has ALLOW policies admits
+        only what they match, and one that has none admits everyone: deleting first would leave
+        a workload whose every policy is replaced (a changed request gets a new name) open to
+        everyone until the replacements arrive. Written first, the old and the new policies
+        are both in force for that moment: never more than was granted before or after.
+
+        For the same reason an object no longer wanted is kept when it applies to the same
+        workloads (the same ``targetRefs`` or ``selector`` in the same namespace) as wanted
+        objects none of which could be written: it is listed in the summary's ``kept`` and
+        logged, and a later reconcile deletes it once its replacements stand. An object whose
+        workloads no wanted object applies to any more is always deleted. A write that Kubernetes
+        refuses (admission, size) does not stop the others.
 
         Up to ``max_workers`` requests are in flight at once (worker threads sharing the one
         client, whose HTTP connection pool is thread-safe): each one is a round trip to the API
         server, and at a few hundred objects, one after the other, those round trips make most
         of the time. Whatever the order they finish in, ``on_error`` is called and the summary is
-        filled in one deterministic order, from the calling thread: deletions by
-        ``namespace/name``, then writes in the order the policies were given.
+        filled in one deterministic order, from the calling thread: writes in the order the
+        policies were given, then deletions by ``namespace/name``.
 
         Args:
             policies: the wanted policies.
@@ -2686,7 +2700,7 @@ class PolicyResourceManager:
                 apply, which takes over a same-named object someone else made (as every release
                 did). ``False`` creates it instead: a same-named object that is not this
                 manager's is left as it is and its write fails with 409 (``AlreadyExists``).
-            max_workers: how many deletions, then how many writes, may be in flight at once.
+            max_workers: how many writes, then how many deletions, may be in flight at once.
                 ``1`` sends them one after the other from the calling thread, as releases before
                 LIBPATCH 18 did: for a client whose transport is not safe to share between
                 threads.
@@ -2720,16 +2734,6 @@ class PolicyResourceManager:
             else:
                 on_error("/".join(key), error)
 
-        doomed = sorted(key for key in existing if key not in wanted)
-        deletions = [
-            functools.partial(self._delete, name, ns, ignore_missing) for ns, name in doomed
-        ]
-        # Every deletion is answered before the first write goes out.
-        for key, error in zip(doomed, _run_all(deletions, max_workers), strict=True):
-            if error is None:
-                deleted.append("/".join(key))
-            else:
-                failed(key, error)
         writes: list[tuple[tuple[str, str], dict[str, Any], dict[str, Any] | None]] = []
         for key, manifest in wanted.items():
             current = existing.get(key)
@@ -2743,12 +2747,24 @@ class PolicyResourceManager:
             )
             for key, manifest, current in writes
         ]
+        # Every write is answered before the first deletion goes out.
+        unwritten: dict[tuple[str, str], dict[str, Any] | None] = {}
         for (key, _, current), error in zip(writes, _run_all(calls, max_workers), strict=True):
             if error is None:
                 (updated if current is not None else created).append("/".join(key))
             else:
                 failed(key, error)
-        summary = ReconcileSummary(created, updated, deleted, unchanged)
+                unwritten[key] = current
+        doomed, kept = self._doomed(wanted, existing, unwritten)
+        deletions = [
+            functools.partial(self._delete, name, ns, ignore_missing) for ns, name in doomed
+        ]
+        for key, error in zip(doomed, _run_all(deletions, max_workers), strict=True):
+            if error is None:
+                deleted.append("/".join(key))
+            else:
+                failed(key, error)
+        summary = ReconcileSummary(created, updated, deleted, unchanged, kept)
         if summary.changed:
             self.log.info(
                 "policies: %d created, %d updated, %d deleted, %d unchanged",
@@ -2760,6 +2776,36 @@ class PolicyResourceManager:
         if failures:
             raise failures[0]
         return summary
+
+    def _doomed(
+        self,
+        wanted: Mapping[tuple[str, str], Mapping[str, Any]],
+        existing: Mapping[tuple[str, str], Mapping[str, Any]],
+        unwritten: Mapping[tuple[str, str], Mapping[str, Any] | None],
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """The owned objects to delete, and those kept because their replacements are missing.
+
+        Args:
+            wanted: the wanted objects by key.
+            existing: the owned objects in the cluster by key.
+            unwritten: the wanted objects whose write failed, with the object as it was.
+        """
+        replaced = _unreplaced_scopes(wanted, unwritten)
+        doomed: list[tuple[str, str]] = []
+        kept: list[str] = []
+        for key in sorted(key for key in existing if key not in wanted):
+            if replaced and _policy_scope(existing[key]) in replaced:
+                kept.append("/".join(key))
+            else:
+                doomed.append(key)
+        if kept:
+            self.log.warning(
+                "kept %d policies no longer wanted (%s) until the policies replacing them are "
+                "written: deleting them now would leave their workloads without any",
+                len(kept),
+                ", ".join(kept[:3]) + (", ..." if len(kept) > 3 else ""),
+            )
+        return doomed, kept
 
     def _write(
         self,
@@ -2881,6 +2927,50 @@ class PolicyResourceManager:
 def _check_max_workers(max_workers: int) -> None:
     if max_workers < 1:
         raise ValueError(f"max_workers must be at least 1, not {max_workers!r}")
+
+
+def _policy_scope(manifest: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Which workloads an AuthorizationPolicy applies to: namespace, target references, selector.
+
+    Two policies with the same scope apply to the same workloads (no ``targetRefs`` and no
+    ``selector``: every workload of the namespace). A reference is its group, kind and name.
+    """
+    metadata = _as_mapping(manifest.get("metadata"))
+    spec = _as_mapping(manifest.get("spec"))
+    refs: object = spec.get("targetRefs") or [spec.get("targetRef")]
+    targets = sorted(
+        [str(ref.get("group") or ""), str(ref.get("kind") or ""), str(ref.get("name") or "")]
+        for ref in map(_as_mapping, cast("list[object]", refs if isinstance(refs, list) else []))
+        if ref
+    )
+    labels = _as_mapping(_as_mapping(spec.get("selector")).get("matchLabels"))
+    return (
+        str(metadata.get("namespace") or ""),
+        json.dumps(targets),
+        json.dumps(sorted((str(k), str(v)) for k, v in labels.items())),
+    )
+
+
+def _as_mapping(value: object) -> Mapping[str, Any]:
+    return cast("Mapping[str, Any]", value) if isinstance(value, Mapping) else {}
+
+
+def _unreplaced_scopes(
+    wanted: Mapping[tuple[str, str], Mapping[str, Any]],
+    unwritten: Mapping[tuple[str, str], Mapping[str, Any] | None],
+) -> set[tuple[str, str, str]]:
+    """The scopes of wanted objects none of which is in the cluster after a reconcile's writes.
+
+    Args:
+        wanted: every wanted object by key.
+        unwritten: the wanted objects whose write failed, with the object as it was (``None``
+            when it did not exist). The others are in the cluster as wanted.
+    """
+    if not unwritten:
+        return set()
+    standing = {_policy_scope(m) for key, m in wanted.items() if key not in unwritten}
+    standing |= {_policy_scope(current) for current in unwritten.values() if current is not None}
+    return {_policy_scope(wanted[key]) for key in unwritten} - standing
 
 
 def _run_all(calls: Sequence[Callable[[], object]], max_workers: int) -> list[Exception | None]:
