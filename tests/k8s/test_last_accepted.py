@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import uuid
 from typing import Any
 
@@ -275,3 +276,89 @@ def test_the_state_is_not_needed_between_hooks(admin: Client, model: str):
     changed = dataclasses.replace(relation, remote_app_data={"policies": "{"})
     _run(dataclasses.replace(out, relations=[changed]))
     assert _requested(admin, model) == before
+
+
+QUOTA = "mesh-policies"
+COUNTED = "count/authorizationpolicies.security.istio.io"
+
+
+def _set_quota(kube: KubeServer, model: str, hard: int, used: int) -> None:
+    """A ResourceQuota on AuthorizationPolicies, with the status its controller would give it.
+
+    No kube-controller-manager runs in this tier, so the quota's status (which the admission
+    plugin reads, and raises ``used`` in on each create) is written here.
+    """
+    path = f"/api/v1/namespaces/{model}/resourcequotas"
+    body = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": QUOTA}}
+    body["spec"] = {"hard": {COUNTED: str(hard)}}
+    status, answer = kube.raw_request("POST", path, body)
+    if status == 409:
+        status, answer = kube.raw_request(
+            "PATCH", f"{path}/{QUOTA}", body, content_type="application/merge-patch+json"
+        )
+    assert status in (200, 201), answer
+    patch = {"status": {"hard": {COUNTED: str(hard)}, "used": {COUNTED: str(used)}}}
+    status, answer = kube.raw_request(
+        "PATCH", f"{path}/{QUOTA}/status", patch, content_type="application/merge-patch+json"
+    )
+    assert status == 200, answer
+
+
+def _wait_for_quota(kube: KubeServer, model: str, *, full: bool) -> None:
+    """Wait until the admission plugin sees the quota (it reads quotas from a cache)."""
+    probe = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": f"probe-{uuid.uuid4().hex[:6]}", "namespace": model},
+        "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "nobody"}}},
+    }
+    deadline = time.monotonic() + 60
+    while True:
+        status, answer = kube.strict_create(probe)  # a dry run: nothing is stored or counted
+        if (status == 403 and "exceeded quota" in str(answer)) == full:
+            return
+        assert time.monotonic() < deadline, f"the quota never took effect: {status} {answer}"
+        time.sleep(0.2)
+
+
+def test_a_replacement_over_the_resource_quota_keeps_the_last_accepted_policy(
+    kube: KubeServer, admin: Client, model: str
+):
+    out = _run(_state(model, _policy(model, "sender")))
+    before = _requested(admin, model)
+    assert len(before) == 1
+    count = len(list(admin.list(AuthorizationPolicy, namespace=model)))  # type: ignore[arg-type]
+    _set_quota(kube, model, hard=count, used=count)
+    _wait_for_quota(kube, model, full=True)
+
+    # The request changes: its new policy does not fit in the quota.
+    out = _run(
+        dataclasses.replace(
+            _state(model, _policy(model, "other-sender")), stored_states=out.stored_states
+        )
+    )
+
+    # Deleting the old one would leave the receiver with no ALLOW policy: open to everyone.
+    assert _requested(admin, model) == before
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    message = out.unit_status.message
+    assert f"refused a request from {RECEIVER}: Kubernetes refused it: 403 " in message
+    assert "its last accepted policies (1) stay in force" in message
+    assert "juju trust" not in message
+
+    # Room for one more: the next hook writes the new policy, then deletes the old one.
+    _set_quota(kube, model, hard=count + 1, used=count)
+    _wait_for_quota(kube, model, full=False)
+    out = _run(
+        dataclasses.replace(
+            _state(model, _policy(model, "other-sender")), stored_states=out.stored_states
+        ),
+        "update_status",
+    )
+
+    after = _requested(admin, model)
+    assert len(after) == 1
+    assert set(after) != set(before)
+    assert isinstance(out.unit_status, testing.ActiveStatus | testing.WaitingStatus), (
+        out.unit_status
+    )
