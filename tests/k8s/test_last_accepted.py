@@ -327,7 +327,7 @@ def test_a_replacement_over_the_resource_quota_keeps_the_last_accepted_policy(
     out = _run(_state(model, _policy(model, "sender")))
     before = _requested(admin, model)
     assert len(before) == 1
-    count = len(list(admin.list(AuthorizationPolicy, namespace=model)))  # type: ignore[arg-type]
+    count = len(list(admin.list(AuthorizationPolicy, namespace=model)))
     _set_quota(kube, model, hard=count, used=count)
     _wait_for_quota(kube, model, full=True)
 
