@@ -607,10 +607,15 @@ def run_pair(
     backend: KubeBackend,
     counter: HookToolCounter,
     where: tuple[int, int, int],
+    *,
+    profile: bool = False,
 ) -> testing.State | None:
     """One repeat of (N, K): first in a fresh namespace, Istio's part, settle, then steady.
 
     Every measured hook must do its work (`check_outcome`); the state after steady, or ``None``.
+    With ``profile``, one more steady hook runs under cProfile (``matrix.profile``), before the
+    one-changed hook changes the cluster (a hook from the steady state after it would revert
+    that change: not a steady hook).
     """
     apps, per_app, rep = where
     namespace = f"bench-n{apps}-k{per_app}-r{rep}"
@@ -633,6 +638,8 @@ def run_pair(
         if matrix.fail(f"N={apps} K={per_app} {phase}", figures.error) or out_next is None:
             return None
         out = out_next
+    if profile:
+        matrix.profile = _profile(subject, backend, counter, out)
     if rep == 0:
         one_changed(matrix, subject, backend, counter, out, (apps, per_app))
     return out
@@ -688,9 +695,10 @@ def run_matrix(
         for per_app in args.policies:
             for apps in args.apps:
                 for rep in range(args.repeat):
-                    out = run_pair(matrix, subject, backend, counter, (apps, per_app, rep))
-                    if out is not None and rep == 0 and args.profile == [apps, per_app]:
-                        matrix.profile = _profile(subject, backend, counter, out)
+                    profile = rep == 0 and args.profile == [apps, per_app]
+                    run_pair(
+                        matrix, subject, backend, counter, (apps, per_app, rep), profile=profile
+                    )
                 print(
                     f"bench: N={apps:<3} K={per_app}  "
                     f"first {_cpu_ms(matrix.cell(apps, per_app, 'first'))} ms, "
