@@ -96,6 +96,15 @@ class ImportCost:
         return self.charm_s / self.ops_without_tracing_s
 
     @property
+    def traced_ratio(self) -> float:
+        """A beacon hook's start related to tracing over ``import ops`` as ops imports itself.
+
+        With ``ops-tracing`` installed, ``import ops`` imports ``ops_tracing``: the cost of ops
+        for a charm that traces, which is what a unit related over ``charm-tracing`` needs.
+        """
+        return self.charm_traced_s / self.ops_only_s
+
+    @property
     def leader_ratio(self) -> float:
         """A leader's hook up to its first request over ``import ops`` without tracing."""
         return self.leader_s / self.ops_without_tracing_s
@@ -114,6 +123,7 @@ class ImportCost:
             "charm_cpu_s": self.charm_s,
             "charm_ratio": self.charm_ratio,
             "charm_related_to_tracing_cpu_s": self.charm_traced_s,
+            "charm_related_to_tracing_ratio": self.traced_ratio,
             "heavy_modules_charm_imports": list(self.charm_modules),
             "leader_until_first_request_cpu_s": self.leader_s,
             "leader_ratio": self.leader_ratio,
