@@ -20,7 +20,32 @@ from conftest import APP
 
 SRC = Path(__file__).resolve().parents[3] / "charms" / "beacon" / "src"
 #: Top-level modules a hook should import only when it needs them.
-WATCHED = ("lightkube", "httpx2", "httpx", "access", "reconciler", "kubernetes_client", "cosl")
+WATCHED = (
+    "lightkube",
+    "httpx2",
+    "httpx",
+    "httpcore2",
+    "access",
+    "reconciler",
+    "kubernetes_client",
+    "cosl",
+)
+#: A cluster nobody serves: the leader builds its client (and its HTTP transport), then fails
+#: to connect.
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: nowhere
+  cluster: {server: "https://127.0.0.1:9", insecure-skip-tls-verify: true}
+users:
+- name: nobody
+  user: {token: nobody}
+contexts:
+- name: nowhere
+  context: {cluster: nowhere, user: nobody, namespace: m}
+current-context: nowhere
+"""
 
 PROBE = """\
 import json, os, sys
@@ -29,7 +54,9 @@ WATCHED = {watched!r}
 
 
 def loaded():
-    return sorted({{name.split(".")[0] for name in sys.modules}} & set(WATCHED))
+    # A None entry is a module made unimportable, not one loaded.
+    names = {{name.split(".")[0] for name, module in sys.modules.items() if module is not None}}
+    return sorted(names & set(WATCHED))
 
 
 import charm  # a hook's start, as dispatch runs it
@@ -73,12 +100,14 @@ print(json.dumps(seen))
 
 def run_probe(tmp_path: Path) -> dict[str, list[str]]:
     """Start a hook's process in ``tmp_path`` (its charm folder), then run hooks in it."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
     env = {
         **os.environ,
         "JUJU_CHARM_DIR": str(tmp_path),
         "JUJU_UNIT_NAME": f"{APP}/1",
         # Nowhere to reach: a leader's reconcile must fail to connect, not find a cluster.
-        "KUBECONFIG": str(tmp_path / "no-kubeconfig"),
+        "KUBECONFIG": str(kubeconfig),
         "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
     }
     env.pop("KUBERNETES_SERVICE_HOST", None)
@@ -102,7 +131,9 @@ def test_imports_follow_what_each_hook_needs(tmp_path: Path) -> None:
     # A non-leader unit's hooks (reconcile, status, relations) never talk to Kubernetes.
     assert seen["follower"] == []
     # The leader's reconcile does, and imports the client to do it.
-    assert {"lightkube", "httpx2", "kubernetes_client", "reconciler"} <= set(seen["leader"])
+    assert {"lightkube", "httpx2", "httpcore2", "kubernetes_client", "reconciler"} <= set(
+        seen["leader"]
+    )
     assert "access" not in seen["leader"]
     # The actions import the access engine.
     assert "access" in seen["action"]
