@@ -130,15 +130,23 @@ def test_no_write_at_all_when_nothing_changed(
     assert summary.unchanged == 3
 
 
-def test_updates_what_differs_and_deletes_what_is_no_longer_wanted(
+def kept_and_dropped_with_drift(
     kube: FakeKubeServer, manager: PolicyResourceManager
-):
+) -> tuple[MeshPolicy, MeshPolicy]:
+    """Two owned policies, the first one edited by someone else since."""
     keep, drop = mesh_policy("keep"), mesh_policy("drop")
     manager.reconcile([keep, drop], MeshType.istio)
-    # Someone edits the object the manager owns: the next reconcile puts it back.
     drifted = copy.deepcopy(stored(kube)[key(keep)])
     drifted["spec"]["rules"] = [{}]
     kube.put(drifted)
+    return keep, drop
+
+
+def test_updates_what_differs_and_deletes_what_is_no_longer_wanted(
+    kube: FakeKubeServer, manager: PolicyResourceManager
+):
+    # Someone edits the object the manager owns: the next reconcile puts it back.
+    keep, drop = kept_and_dropped_with_drift(kube, manager)
     kube.reset_requests()
 
     summary = manager.reconcile([keep], MeshType.istio)
@@ -586,11 +594,7 @@ def test_a_refused_update_leaves_the_object_as_it_was_standing(
 ):
     # The updated object is still there, as it was: the workload keeps a policy, so the one
     # no longer wanted goes.
-    keep, drop = mesh_policy("keep"), mesh_policy("drop")
-    manager.reconcile([keep, drop], MeshType.istio)
-    drifted = copy.deepcopy(stored(kube)[key(keep)])
-    drifted["spec"]["rules"] = [{}]
-    kube.put(drifted)
+    keep, drop = kept_and_dropped_with_drift(kube, manager)
     kube.reject(422, "denied by admission", "patch", PLURAL, authorization_policy_name(keep))
 
     summary = manager.reconcile([keep], MeshType.istio, on_error=lambda *_: None)
