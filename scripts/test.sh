@@ -8,7 +8,7 @@
 # (on PATH, or installed by pyenv or uv: found even when those tools are not on PATH), Go 1.26 and
 # Node (pyright); installs the rest (pinned) into .venv. A cold first run builds etcd,
 # kube-apiserver, tools/istio-check and tools/promtool and packs both charms: 35 minutes on an idle
-# 2-core machine with every cache empty (measured; a warm run takes 22 to 27 minutes); later runs
+# 2-core machine with every cache empty (measured; a warm run takes 22 to 30 minutes); later runs
 # reuse the caches in ~/.cache/service-mesh-beacon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
