@@ -44,6 +44,22 @@ def error_message(error: BaseException) -> str:
     return str(error)
 
 
+def refuses_the_object(code: int, error: BaseException) -> bool:
+    """Whether a failed write says Kubernetes will not take that object, whoever writes it.
+
+    Admission, the object's size or schema (4xx other than those below), or a ResourceQuota of
+    the namespace: a 403 whose message says ``exceeded quota``, unlike RBAC's 403, which says
+    the writer may not write at all. Not: 401, 404, 409 (someone else's object), 429, 5xx.
+
+    Args:
+        code: the HTTP status (:func:`status_code` of ``error``).
+        error: the failed request's error.
+    """
+    if code == 403:
+        return "exceeded quota" in error_message(error)
+    return bool(code) and code not in (401, 404, 409, 429) and code < 500
+
+
 def is_unserved_kind(error: BaseException) -> bool:
     """Whether a failed request says the API server does not serve that resource type at all.
 

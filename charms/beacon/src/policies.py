@@ -404,6 +404,27 @@ def last_accepted(
     return kept
 
 
+def kept_by_relation(listed: Iterable[Mapping[str, Any]], kept: Iterable[str]) -> dict[int, int]:
+    """Per relation, how many of the ``kept`` objects (``namespace/name``) were made for it.
+
+    The library keeps an object no longer wanted when the objects replacing it could not be
+    written (its app would be left with no policy): for the relation whose new objects
+    Kubernetes refused, those are its last accepted policies, still in force.
+
+    Args:
+        listed: the beacon's policies as the reconcile listed them.
+        kept: what the reconcile kept (``ReconcileSummary.kept``).
+    """
+    wanted = set(kept)
+    counts: dict[int, int] = {}
+    for manifest in listed:
+        metadata = manifest.get("metadata") or {}
+        asker = requested_by(manifest)
+        if asker is not None and f"{metadata.get('namespace')}/{metadata.get('name')}" in wanted:
+            counts[asker[1]] = counts.get(asker[1], 0) + 1
+    return counts
+
+
 def waypoint_policy_name(app: str) -> str:
     """The name of the policy that lets the waypoint reach ``app``'s pods (stable, DNS-1123)."""
     name = f"{app}-from-waypoint"

@@ -6,13 +6,9 @@ statuses in its collect-status handler.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import ops
@@ -39,7 +35,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
 )
 from display import display_text
 from kube_names import APP_NAME_LABEL, authorization_policy_resource
-from kubernetes_client import error_message, make_client, status_code
+from kubernetes_client import error_message, make_client, refuses_the_object, status_code
 from lightkube import ApiError, Client
 from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -55,6 +51,7 @@ from policies import (
     build_policy_manifests,
     check_requests,
     is_dry_run,
+    kept_by_relation,
     last_accepted,
     log_refusals,
     needs_services,
@@ -63,6 +60,7 @@ from policies import (
     with_mode,
 )
 from policy_status import PolicyCondition, istio_conditions
+from steady_skip import SteadyRecord, inputs_digest, listed_digest
 from waypoint import (
     NotOwnedError,
     WaypointReadiness,
@@ -97,41 +95,6 @@ class Failed:
     """A reconcile step that failed; why is recorded in the :class:`Findings`."""
 
     what: str
-
-
-def _refuses_the_object(code: int, error: Exception) -> bool:
-    """Whether a failed write says Kubernetes will not take that object, whoever writes it.
-
-    Admission, the object's size or schema (4xx other than those below), or a ResourceQuota of
-    the namespace: a 403 whose message says ``exceeded quota``, unlike RBAC's 403, which says
-    the beacon may not write at all. Not: 401, 404, 409 (someone else's object), 429, 5xx.
-    """
-    if code == 403:
-        return "exceeded quota" in error_message(error)
-    return bool(code) and code not in (401, 404, 409, 429) and code < 500
-
-
-def _listed_digest(listed: Sequence[Mapping[str, Any]]) -> str | None:
-    """A digest of which policies exist and of their ``resourceVersion``, or ``None``."""
-    versions: list[tuple[str, str, str]] = []
-    for manifest in listed:
-        metadata = manifest.get("metadata") or {}
-        version = metadata.get("resourceVersion")
-        if not version:
-            return None
-        versions.append((metadata.get("namespace", ""), metadata.get("name", ""), version))
-    return hashlib.sha256(json.dumps(sorted(versions)).encode()).hexdigest()
-
-
-@functools.cache
-def _code_digest() -> str:
-    """A digest of the code that turns the inputs into policies: the beacon's and the library's."""
-    import charms.istio_beacon_k8s.v0.service_mesh as library  # noqa: PLC0415
-
-    digest = hashlib.sha256()
-    for path in [*sorted(Path(__file__).parent.glob("*.py")), Path(library.__file__)]:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -490,7 +453,7 @@ class BeaconReconciler:
             code = status_code(error)
             said = f"{code} {display_text(error_message(error), 120, quote=False)}"
             asker = requester.get(key)
-            if asker is not None and _refuses_the_object(code, error):
+            if asker is not None and refuses_the_object(code, error):
                 # Kubernetes refused this object (admission, size, schema, a ResourceQuota):
                 # the request's refusal.
                 rejected.append(Refusal(*asker, f"Kubernetes refused it: {said}"))
@@ -520,7 +483,9 @@ class BeaconReconciler:
         self.findings.refusals = sorted(
             refused + unbuildable + rejected, key=lambda refusal: refusal.relation_id
         )
-        self._count_kept(manager.listed, summary.kept)
+        # What the library kept for want of its replacement stays in force for that relation.
+        for relation_id, count in kept_by_relation(manager.listed, summary.kept).items():
+            self.findings.held[relation_id] = self.findings.held.get(relation_id, 0) + count
         self._report(manager.listed, [*summary.created, *summary.updated, *summary.deleted])
         self._vouch(
             summary.changed or bool(failed),
@@ -544,9 +509,9 @@ class BeaconReconciler:
         if changed or self.findings.refusals or self.findings.held or self.findings.unprotected:
             return
         inputs = self._steady_inputs(*inputs_of, services)
-        versions = _listed_digest(listed)
+        versions = listed_digest(listed)
         if inputs is not None and versions is not None:
-            self.findings.steady = f"{'-' if services is None else 's'}:{inputs}:{versions}"
+            self.findings.steady = SteadyRecord(services is not None, inputs, versions).encode()
 
     def _unchanged(
         self,
@@ -566,21 +531,20 @@ class BeaconReconciler:
         never reuses one. Both unchanged: the full reconcile would write nothing and report what
         is reported here. Either changed: the full reconcile runs.
         """
-        remembered = self._steady_before.split(":")
-        if len(remembered) != 3:
+        before = SteadyRecord.decode(self._steady_before)
+        if before is None:
             return False
-        with_services, inputs_before, listed_before = remembered
         services: dict[str, dict[str, str]] | None = None
-        if with_services == "s":
+        if before.services_listed:
             try:
                 services = self._services()
             except Exception:  # lightkube.ApiError, or an HTTP or connection error
                 return False  # the full reconcile meets it again and reports it
         inputs = self._steady_inputs(config, provider, namespace_bound, model_operator, services)
-        if inputs is None or inputs != inputs_before:
+        if inputs is None or inputs != before.inputs:
             return False
         listed = manager.get_deployed_resources()
-        if _listed_digest(listed) != listed_before:
+        if listed_digest(listed) != before.versions:
             return False
         self.findings.dry_run = sorted(
             f"{policy['metadata']['namespace']}/{policy['metadata']['name']}"
@@ -616,7 +580,6 @@ class BeaconReconciler:
             self._charm.model.relations, self._app, self._namespace, self._charm.model.uuid
         )
         inputs = [
-            _code_digest(),
             requests,
             services,
             self._namespace,
@@ -628,8 +591,7 @@ class BeaconReconciler:
             model_operator.selector,
             metrics,
         ]
-        text = json.dumps(inputs, sort_keys=True, default=repr)
-        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        return inputs_digest(inputs)
 
     def _hold_last_accepted(
         self,
@@ -658,21 +620,6 @@ class BeaconReconciler:
             {relation_id for _, relation_id in refused if relation_id not in served}
         )
         return wanted
-
-    def _count_kept(self, listed: Sequence[Mapping[str, Any]], kept: Sequence[str]) -> None:
-        """Count, as held for their relation, the objects kept because Kubernetes refused theirs.
-
-        The library keeps an object no longer wanted when the objects replacing it could not be
-        written (its app would be left with no policy); the relation whose object Kubernetes
-        refused then says its last accepted policies stay in force.
-        """
-        if not kept:
-            return
-        by_key = {f"{m['metadata']['namespace']}/{m['metadata']['name']}": m for m in listed}
-        for key in kept:
-            asker = requested_by(by_key.get(key) or {})
-            if asker is not None:
-                self.findings.held[asker[1]] = self.findings.held.get(asker[1], 0) + 1
 
     def _delete_policies(self) -> None:
         try:

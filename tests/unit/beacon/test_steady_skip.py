@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import reconciler
+import steady_skip
 from charm import IstioBeaconCharm
 from charms.istio_beacon_k8s.v0 import service_mesh
 from conftest import (
@@ -219,7 +220,7 @@ def test_changed_code_runs_the_full_reconcile(
     monkeypatch: pytest.MonkeyPatch,
 ):
     out, _ = _steady(ctx, kube, parses)
-    monkeypatch.setattr(reconciler, "_code_digest", lambda: "another revision")
+    monkeypatch.setattr(steady_skip, "code_digest", lambda: "another revision")
 
     out = ctx.run(ctx.on.update_status(), out)
 

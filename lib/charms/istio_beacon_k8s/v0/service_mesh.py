@@ -2790,11 +2790,11 @@ class PolicyResourceManager:
             existing: the owned objects in the cluster by key.
             unwritten: the wanted objects whose write failed, with the object as it was.
         """
-        replaced = _unreplaced_scopes(wanted, unwritten)
+        uncovered = _unreplaced_scopes(wanted, unwritten)
         doomed: list[tuple[str, str]] = []
         kept: list[str] = []
         for key in sorted(key for key in existing if key not in wanted):
-            if replaced and _policy_scope(existing[key]) in replaced:
+            if uncovered and _policy_scope(existing[key]) in uncovered:
                 kept.append("/".join(key))
             else:
                 doomed.append(key)
