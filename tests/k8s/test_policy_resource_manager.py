@@ -18,6 +18,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     MissingCRDError,
     PolicyResourceManager,
     PolicyTargetType,
+    _http_status_code,
     build_authorization_policy,
     get_default_labels,
 )
@@ -451,7 +452,7 @@ def test_a_policy_whose_replacement_admission_refuses_stays_until_one_is_written
                 [],
                 MeshType.istio,
                 raw_policies=[refused_a, new_b],
-                on_error=lambda name, error: errors.append((name, _code(error))),
+                on_error=lambda name, error: errors.append((name, _http_status_code(error) or 0)),
             )
             # Service a's only policy would be deleted with nothing in its place (open to
             # everyone through its waypoint): it stays. b's was replaced; x's is not wanted.
@@ -472,8 +473,3 @@ def test_a_policy_whose_replacement_admission_refuses_stays_until_one_is_written
         [],
     )
     assert set(deployed(admin, namespace)) == {"later-a", "new-b"}
-
-
-def _code(error: Exception) -> int:
-    status = getattr(error, "status", None)
-    return int(getattr(status, "code", 0) or 0)
