@@ -81,6 +81,9 @@ HOSTILE: list[tuple[str, str]] = [
     ("nested", NESTED),
     ("deep-unknown-key", DEEP_IN_UNKNOWN_KEY),
     ("digits", DIGITS),
+    # An unterminated string of escaped quotes, nearly at the size limit (a scan that read it
+    # again from each quote took about an hour).
+    ("unterminated", '"' + '\\"' * 500_000),
     ("surrogate-path", json.dumps([_wire(endpoints=[{"paths": ["/\ud800"]}])])),
     ("surrogate-source", json.dumps([wire_policy("\ud800", LIAR)])),
     ("surrogate-refused", json.dumps([wire_policy("sender", "\udc00victim")])),

@@ -199,6 +199,14 @@ def test_provider_app_data_validation():
         ServiceMeshProviderAppData(labels={}, mesh_type="linkerd")  # type: ignore[arg-type]
     with pytest.raises(MeshDataError, match="labels: expected an object of string labels"):
         ServiceMeshProviderAppData(labels=["a"], mesh_type=MeshType.istio)  # type: ignore[arg-type]
+    # null is not "no labels" (which puts the whole model on the mesh): refused, on every path.
+    with pytest.raises(
+        MeshDataError, match="labels: expected an object of string labels, got null"
+    ):
+        ServiceMeshProviderAppData.load({"labels": "null", "mesh_type": '"istio"'})
+    with pytest.raises(MeshDataError, match="got null"):
+        ServiceMeshProviderAppData.from_model_dict({"labels": None, "mesh_type": "istio"})
+    assert ServiceMeshProviderAppData.load({"labels": "{}", "mesh_type": '"istio"'}).labels == {}
 
 
 def test_mesh_policy_wire_form_details():

@@ -84,6 +84,21 @@ def test_hostile_json_is_a_refusal_not_a_crash(raw: str):
         parse_policies(raw)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '"' + '\\"' * 32_000,  # an unterminated string of escaped quotes
+        '"' + '\\"' * 32_000 + "\\",  # the same, ending in a lone backslash
+        '["' + '\\"' * 32_000 + "]",
+    ],
+    ids=["escaped-quotes", "trailing-backslash", "in-a-list"],
+)
+def test_an_unterminated_string_is_refused_as_invalid_json(raw: str):
+    """Class 1: the scan before parsing reads it once (test_parsing_properties has the proof)."""
+    with pytest.raises(MeshDataError, match="policies: not valid JSON"):
+        parse_policies(raw)
+
+
 def test_the_size_limits_are_checked_before_parsing():
     """Class 8: too many bytes, policies, endpoints or items are refused, naming the limit."""
     big = json.dumps([_policy()] * (MAX_POLICIES_BYTES // 200))
@@ -117,6 +132,12 @@ def test_the_size_limits_are_checked_before_parsing():
             "target_type": "unit",
             "target_app_name": None,
         },
+        {
+            # A valid DNS name of 254 characters is one too many for a label key's prefix.
+            "target_selector_labels": {"a" * 63 + ("." + "b" * 61) * 3 + ".cdef/x": "y"},
+            "target_type": "unit",
+            "target_app_name": None,
+        },
     ],
     ids=[
         "star",
@@ -128,6 +149,7 @@ def test_the_size_limits_are_checked_before_parsing():
         "path-surrogate",
         "label-value",
         "label-key",
+        "label-prefix-254",
     ],
 )
 def test_every_string_is_checked_for_its_field(fields: dict[str, Any]):
@@ -287,6 +309,22 @@ def test_only_the_mesh_label_keys_are_taken_from_the_provider(kube: FakeKubeServ
         "app.kubernetes.io/name": CONSUMER,
         "istio.io/dataplane-mode": "ambient",
     }
+
+
+def test_null_provider_labels_keep_the_app_on_the_mesh(kube: FakeKubeServer):
+    """Class 9: ``null`` is not ``{}`` (the whole model on the mesh): the labels stay."""
+    seed_app(kube, CONSUMER, KUBE_MODEL)
+    ctx = consumer_context(auto_join=True)
+    mesh = mesh_relation(remote_app_data=provider_databag())
+    out = ctx.run(ctx.on.leader_elected(), state(mesh, model=KUBE_MODEL))
+    on_mesh = pod_template_labels(kube, CONSUMER)
+    assert on_mesh["istio.io/dataplane-mode"] == "ambient"
+
+    mesh = mesh_relation(remote_app_data={"labels": "null", "mesh_type": '"istio"'})
+    ctx.run(ctx.on.relation_changed(mesh), dataclasses.replace(out, relations=[mesh]))
+    assert pod_template_labels(kube, CONSUMER) == on_mesh
+    assert service_labels(kube, CONSUMER) == {"app.kubernetes.io/name": CONSUMER, **ON_SERVICE}
+    assert any("got null" in line.message for line in ctx.juju_log)
 
 
 def test_a_label_there_before_the_library_is_never_taken_over(kube: FakeKubeServer):

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from charms.istio_beacon_k8s.v0.service_mesh import (
+    _JSON_STRING,
     _MAX_DISPLAY_LENGTH,
     CMRData,
     Endpoint,
@@ -221,3 +222,28 @@ def test_numbers_are_bounded_whichever_way_the_text_is_parsed(
             _load_json(text, "policies", 10_000)
     else:
         assert _load_json(text, "policies", 10_000) == json.loads(text)
+
+
+# Text made of what a string scan can trip on: quotes, backslashes, brackets and a letter.
+STRING_SCAN_TEXT = st.text(alphabet='"\\[]{}a\n', max_size=60)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(STRING_SCAN_TEXT)
+def test_the_string_scan_before_parsing_is_linear(text: str):
+    """Every quote where a match starts ends a match, without backtracking past it.
+
+    A match from an opening quote reads on to the closing quote or to the end of the text (a
+    lone backslash there included), so the scan of a hostile value reads each character a
+    bounded number of times. A pattern that fails from an opening quote instead (an
+    unterminated string) is tried again from each escaped quote inside it: quadratic, minutes
+    for a value at the size limit.
+    """
+    for start, char in enumerate(text):
+        if char == '"':
+            assert _JSON_STRING.match(text, start) is not None, (text, start)
+    # And a complete string is still one match, ending at its closing quote.
+    quoted = json.dumps(text)
+    match = _JSON_STRING.match(quoted)
+    assert match is not None
+    assert match.end() == len(quoted)

@@ -115,7 +115,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 20
+LIBPATCH = 21
 
 PYDEPS = ["lightkube>=0.15"]
 
@@ -325,7 +325,10 @@ _LABEL_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
 _LABEL_PREFIX = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
 _LABEL_KEY = re.compile(rf"(?:{_LABEL_PREFIX}/)?{_LABEL_NAME}\Z")
 _LABEL_VALUE = re.compile(rf"(?:{_LABEL_NAME})?\Z")
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A string, or an unterminated one running to the end of the text (with any lone backslash
+# there): every quote where a match starts ends a match, so a search never scans the rest of
+# the text from each escaped quote of an unterminated string (quadratic: minutes for 1 MB).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 # Outside strings: what is not a bracket, and what may be part of a number or a constant.
 _JSON_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _JSON_NUMBER_RUN = re.compile(rf"[-+.0-9eE]{{{MAX_NUMBER_LENGTH + 1},}}|[NI]")
@@ -487,7 +490,8 @@ def _labels(value: object, where: str) -> dict[str, str] | None:
                 where,
                 f"labels must map strings to strings, got {_describe(key)}: {_describe(item)}",
             )
-        if len(key) > 317 or not _LABEL_KEY.match(key):
+        prefix, _, name = key.rpartition("/")
+        if len(prefix) > 253 or len(name) > 63 or not _LABEL_KEY.match(key):
             raise _fail(where, f"invalid label key {_display_text(key)}")
         if len(item) > _MAX_LABEL_VALUE_LENGTH or not _LABEL_VALUE.match(item):
             raise _fail(where, f"invalid value {_display_text(item)} of label {key}")
@@ -1404,7 +1408,12 @@ class ServiceMeshProviderAppData(_PydanticStyle):
     mesh_type: MeshType
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", _labels(self.labels, "labels") or {})
+        labels = _labels(self.labels, "labels")
+        if labels is None:
+            # Not "no labels" (the whole model on the mesh): a consumer reading it would take
+            # its pods off the mesh.
+            raise _fail("labels", "expected an object of string labels, got null")
+        object.__setattr__(self, "labels", labels)
         try:
             object.__setattr__(self, "mesh_type", MeshType(self.mesh_type))
         except ValueError:
@@ -1436,10 +1445,10 @@ class ServiceMeshProviderAppData(_PydanticStyle):
         for key in (_LABELS_KEY, _MESH_TYPE_KEY):
             if key not in body:
                 raise MeshDataError(f"{key}: missing")
-        labels = _labels(body[_LABELS_KEY], _LABELS_KEY)
-        if labels is None:
-            raise _fail(_LABELS_KEY, "expected an object of string labels, got null")
-        return cls(labels=labels, mesh_type=cast("MeshType", body[_MESH_TYPE_KEY]))
+        return cls(
+            labels=cast("dict[str, str]", body[_LABELS_KEY]),
+            mesh_type=cast("MeshType", body[_MESH_TYPE_KEY]),
+        )
 
 
 def _json_value(databag: Mapping[str, str], key: str) -> object:
