@@ -120,6 +120,7 @@ def test_the_size_limits_are_checked_before_parsing():
         {"source_app_name": "Sender"},
         {"source_namespace": "*"},
         {"source_namespace": "a/sa/b"},
+        {"target_namespace": "Not A NS!"},
         {"source_app_name": "\ud800"},
         {"endpoints": [{"paths": ["/\udfff"]}]},
         {
@@ -145,6 +146,7 @@ def test_the_size_limits_are_checked_before_parsing():
         "upper",
         "ns-star",
         "ns-slash",
+        "target-ns",
         "surrogate",
         "path-surrogate",
         "label-value",

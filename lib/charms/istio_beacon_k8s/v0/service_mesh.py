@@ -1293,7 +1293,7 @@ class MeshPolicy(_PydanticStyle):
                 "source_app_name": _service_account_name(
                     body.get("source_app_name"), f"{where}.source_app_name"
                 ),
-                "target_namespace": _str(
+                "target_namespace": _namespace_name(
                     body.get("target_namespace"), f"{where}.target_namespace"
                 ),
                 "target_app_name": _opt_str(
