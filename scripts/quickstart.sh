@@ -164,6 +164,19 @@ if [[ -z "$BEACON_CHARM" || -z "$TESTER_CHARM" ]]; then
     done < <("${pack[@]}")
 fi
 [[ -f "$BEACON_CHARM" && -f "$TESTER_CHARM" ]] || die "packing did not produce both charms"
+# Juju's snap is strictly confined: it has a /tmp of its own and reads no file outside the home
+# folder, so every file handed to `juju` (the charms, the action's parameters) goes to the
+# snap's common folder, wherever this checkout is.
+if [[ "$(command -v juju)" == /snap/* ]]; then
+    JUJU_FILES=$HOME/snap/juju/common
+else
+    JUJU_FILES=${TMPDIR:-/tmp}
+fi
+mkdir -p "$JUJU_FILES"
+SCRATCH=$(mktemp -d -p "$JUJU_FILES" quickstart.XXXXXX)
+trap 'rm -rf "$SCRATCH"' EXIT
+cp "$BEACON_CHARM" "$SCRATCH/beacon.charm"
+cp "$TESTER_CHARM" "$SCRATCH/tester.charm"
 echo "beacon: $BEACON_CHARM"
 echo "tester: $TESTER_CHARM"
 IMAGE=$(sed -n 's/^[[:space:]]*upstream-source:[[:space:]]*//p' "$ROOT/charms/tester/charmcraft.yaml" | head -n 1)
@@ -178,10 +191,10 @@ BEACON_IMAGE=$(sed -n 's/^[[:space:]]*upstream-source:[[:space:]]*//p' "$ROOT/ch
 BEACON_RESOURCE=$(sed -n 's/^[[:space:]]*resource:[[:space:]]*//p' "$ROOT/charms/beacon/charmcraft.yaml" | head -n 1)
 [[ -n "$BEACON_IMAGE" && -n "$BEACON_RESOURCE" ]] || die "cannot read the beacon's resource from its charmcraft.yaml"
 app_exists "$MODEL" beacon ||
-    juju deploy -m "$MODEL" "$BEACON_CHARM" beacon --trust --resource "$BEACON_RESOURCE=$BEACON_IMAGE"
+    juju deploy -m "$MODEL" "$SCRATCH/beacon.charm" beacon --trust --resource "$BEACON_RESOURCE=$BEACON_IMAGE"
 for app in "${TESTERS[@]}"; do
     app_exists "$MODEL" "$app" ||
-        juju deploy -m "$MODEL" "$TESTER_CHARM" "$app" --trust --resource "$RESOURCE=$IMAGE"
+        juju deploy -m "$MODEL" "$SCRATCH/tester.charm" "$app" --trust --resource "$RESOURCE=$IMAGE"
 done
 for app in "${MESH_MEMBERS[@]}"; do
     integrate "$MODEL" beacon:service-mesh "$app:service-mesh"
@@ -212,9 +225,6 @@ CASES=(
     "stranger/0|GET|$SERVICE:8080/foo|$STRANGER_TO_SERVICE"
     "stranger/0|GET|$POD:8080/foo|denied"
 )
-SCRATCH=$(mktemp -d)
-trap 'rm -rf "$SCRATCH"' EXIT
-
 probe_all() { # writes $SCRATCH/observed: one "unit|method|url|expected|outcome|status" line a case
     : >"$SCRATCH/observed"
     local unit

@@ -16,13 +16,17 @@ comparing. Everything above is pure; `explain_rows` is the one function that run
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jubilant
-from mesh_probe import Case, ProbeResult
+from mesh_probe import Case, ProbeResult, eventually
+
+#: How long one row's `explain` is asked again when the action fails.
+EXPLAIN_RETRY_TIMEOUT = 90.0
 
 ALLOW = "allow"
 DENY = "deny"
@@ -202,6 +206,13 @@ def explain_rows(
     comparisons: list[Comparison] = []
     for item, result in observed:
         asked = question(item, source_model=source_model)
-        task = juju.run(unit, "explain", asked.params())
+        # The action fails when its read of the cluster does (a 429 or 5xx from a busy
+        # single-node MicroK8s, as the probes meet too): asked again for a while, like them.
+        task = eventually(
+            functools.partial(juju.run, unit, "explain", asked.params()),
+            timeout=EXPLAIN_RETRY_TIMEOUT,
+            what=f"explain on {unit} for {item}",
+            retry_on=(jubilant.TaskError,),
+        )
         comparisons.append(compare(item, result, task.results, source_model=source_model))
     return comparisons

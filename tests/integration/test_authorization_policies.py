@@ -17,6 +17,7 @@ import mesh_cluster
 import pytest
 from mesh_deploy import (
     BEACON,
+    DEPLOY_TIMEOUT,
     RECEIVER,
     SENDER_APP,
     STRANGER,
@@ -56,7 +57,7 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
         deploy_tester(juju, charms, app)
     join_mesh(juju, *MEMBERS)
     juju.integrate(f"{SENDER_APP}:outbound", f"{RECEIVER}:inbound")
-    wait_active(juju, BEACON, *APPS)
+    wait_active(juju, BEACON, *APPS, timeout=DEPLOY_TIMEOUT)
     return juju
 
 
@@ -64,7 +65,7 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
 def outsider(models: Models, charms: Charms) -> jubilant.Juju:
     other = models.new("outside")
     deploy_tester(other, charms, OUTSIDER)
-    wait_active(other, OUTSIDER)
+    wait_active(other, OUTSIDER, timeout=DEPLOY_TIMEOUT)
     return other
 
 

@@ -7,7 +7,15 @@ import lightkube
 import mesh_checks
 import mesh_cluster
 import pytest
-from mesh_deploy import BEACON, Charms, Models, deploy_beacon, model_name, wait_active
+from mesh_deploy import (
+    BEACON,
+    DEPLOY_TIMEOUT,
+    Charms,
+    Models,
+    deploy_beacon,
+    model_name,
+    wait_active,
+)
 from mesh_probe import eventually
 
 
@@ -20,7 +28,7 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
 
 
 def test_beacon_becomes_active(juju: jubilant.Juju) -> None:
-    wait_active(juju, BEACON)
+    wait_active(juju, BEACON, timeout=DEPLOY_TIMEOUT)
     status = juju.status()
     assert status.apps[BEACON].charm_name == "istio-beacon-k8s"
 

@@ -15,6 +15,7 @@ import mesh_checks
 import mesh_cluster
 import pytest
 from mesh_deploy import (
+    DEPLOY_TIMEOUT,
     Charms,
     Models,
     deploy_beacon,
@@ -38,7 +39,7 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
     for app in APPS:
         deploy_tester(juju, charms, app)
     juju.integrate(f"{SENDER}:outbound", f"{RECEIVER}:inbound")
-    wait_active(juju, *APPS)
+    wait_active(juju, *APPS, timeout=DEPLOY_TIMEOUT)
     return juju
 
 
@@ -90,7 +91,7 @@ def test_removing_the_beacon_cleans_up(
     model = model_name(juju)
     deploy_beacon(juju, charms, beacon, config={"model-on-mesh": model_on_mesh})
     join_mesh(juju, *APPS, beacon=beacon)
-    wait_active(juju, beacon, *APPS)
+    wait_active(juju, beacon, *APPS, timeout=DEPLOY_TIMEOUT)
     eventually(
         lambda: _assert_created(kube, model, beacon, on_mesh=model_on_mesh),
         timeout=CLEANUP_TIMEOUT,

@@ -18,6 +18,7 @@ import pytest
 from explain_check import assert_predicted, explain_rows
 from mesh_deploy import (
     BEACON,
+    DEPLOY_TIMEOUT,
     Charms,
     Models,
     cross_model_matrix,
@@ -41,7 +42,7 @@ def receiving(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.
     deploy_beacon(juju, charms)
     deploy_tester(juju, charms, RECEIVER)
     join_mesh(juju, RECEIVER)
-    wait_active(juju, BEACON, RECEIVER)
+    wait_active(juju, BEACON, RECEIVER, timeout=DEPLOY_TIMEOUT)
     juju.offer(RECEIVER, endpoint=["inbound", "provide-cmr-mesh"], name=OFFER)
     return juju
 
@@ -55,7 +56,7 @@ def sending(models: Models, receiving: jubilant.Juju, charms: Charms) -> jubilan
     juju.consume(f"{model_name(receiving)}.{OFFER}")
     juju.integrate(f"{SENDER}:outbound", f"{OFFER}:inbound")
     juju.integrate(f"{SENDER}:require-cmr-mesh", f"{OFFER}:provide-cmr-mesh")
-    wait_active(juju, BEACON, SENDER)
+    wait_active(juju, BEACON, SENDER, timeout=DEPLOY_TIMEOUT)
     wait_active(receiving, BEACON, RECEIVER)
     return juju
 

@@ -15,6 +15,7 @@ import mesh_cluster
 import pytest
 from mesh_deploy import (
     BEACON,
+    DEPLOY_TIMEOUT,
     RECEIVER,
     SENDER_APP,
     Charms,
@@ -47,7 +48,7 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
     join_mesh(juju, *APPS)
     juju.integrate(f"{SENDER_APP}:outbound", f"{RECEIVER}:inbound")
     juju.integrate(f"{ACCOMPLICE}:outbound", f"{LIAR}:inbound")
-    wait_active(juju, *APPS)
+    wait_active(juju, *APPS, timeout=DEPLOY_TIMEOUT)
     return juju
 
 

@@ -20,6 +20,7 @@ import pytest
 from lightkube.resources.core_v1 import Service
 from mesh_deploy import (
     BEACON,
+    DEPLOY_TIMEOUT,
     Charms,
     Models,
     deploy_beacon,
@@ -44,7 +45,7 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
     deploy_beacon(juju, charms, config={"model-on-mesh": False})
     deploy_tester(juju, charms, CONSUMER)
     join_mesh(juju, CONSUMER)
-    wait_active(juju, BEACON, CONSUMER)
+    wait_active(juju, BEACON, CONSUMER, timeout=DEPLOY_TIMEOUT)
     return juju
 
 

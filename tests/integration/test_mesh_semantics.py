@@ -31,6 +31,7 @@ from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
 from mesh_deploy import (
     BEACON,
+    DEPLOY_TIMEOUT,
     ISTIO_APP,
     RECEIVER,
     SENDER_APP,
@@ -76,7 +77,7 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
     deploy_tester(juju, charms, BYSTANDER, config={"peer-communication": False})
     join_mesh(juju, *APPS)
     juju.integrate(f"{SENDER_APP}:outbound", f"{RECEIVER}:inbound")
-    wait_active(juju, BEACON, *APPS)
+    wait_active(juju, BEACON, *APPS, timeout=DEPLOY_TIMEOUT)
     return juju
 
 
@@ -85,7 +86,7 @@ def outsider(models: Models, juju: jubilant.Juju, charms: Charms) -> jubilant.Ju
     del juju
     other = models.new("semantics-out")
     deploy_tester(other, charms, OUTSIDER)
-    wait_active(other, OUTSIDER)
+    wait_active(other, OUTSIDER, timeout=DEPLOY_TIMEOUT)
     return other
 
 

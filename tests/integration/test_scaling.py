@@ -16,6 +16,7 @@ import mesh_cluster
 import pytest
 from mesh_deploy import (
     BEACON,
+    DEPLOY_TIMEOUT,
     Charms,
     Models,
     PersistentError,
@@ -43,7 +44,7 @@ def juju(models: Models, istio: jubilant.Juju, charms: Charms) -> jubilant.Juju:
     deploy_tester(juju, charms, SENDER)
     join_mesh(juju, PEER, SENDER)
     juju.integrate(f"{SENDER}:outbound", f"{PEER}:inbound-unit")
-    wait_active(juju, BEACON, PEER, SENDER)
+    wait_active(juju, BEACON, PEER, SENDER, timeout=DEPLOY_TIMEOUT)
     return juju
 
 
