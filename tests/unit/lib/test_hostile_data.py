@@ -95,8 +95,9 @@ def test_hostile_json_is_a_refusal_not_a_crash(raw: str):
 )
 def test_an_unterminated_string_is_refused_as_invalid_json(raw: str):
     """Class 1: the scan before parsing reads it once (test_parsing_properties has the proof)."""
-    with pytest.raises(MeshDataError, match="policies: not valid JSON"):
+    with pytest.raises(MeshDataError, match="policies: not valid JSON") as refused:
         parse_policies(raw)
+    assert " at at " not in str(refused.value)  # json's "Unterminated string starting at"
 
 
 def test_the_size_limits_are_checked_before_parsing():

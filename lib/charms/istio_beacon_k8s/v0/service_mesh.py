@@ -799,8 +799,9 @@ class _PydanticStyle:
         try:
             data = json.loads(json_data)
         except json.JSONDecodeError as error:
+            what = error.msg.removesuffix(" at")
             raise MeshDataError(
-                f"{cls.__name__}: not valid JSON ({error.msg} at character {error.pos})"
+                f"{cls.__name__}: not valid JSON ({what} at character {error.pos})"
             ) from None
         return cls.model_validate(data)
 
@@ -1516,7 +1517,9 @@ def _load_json(raw: object, key: str, max_bytes: int) -> object:
     except MeshDataError as error:
         raise _fail(key, str(error)) from None
     except json.JSONDecodeError as error:
-        raise _fail(key, f"not valid JSON ({error.msg} at character {error.pos})") from None
+        raise _fail(
+            key, f"not valid JSON ({error.msg.removesuffix(' at')} at character {error.pos})"
+        ) from None
     except (ValueError, RecursionError) as error:  # pragma: no cover - the checks above bound it
         raise _fail(key, f"not valid JSON ({type(error).__name__})") from None
 
