@@ -11,8 +11,9 @@ import contextlib
 import dataclasses
 import re
 
+import parse_cost
 import pytest
-from charms.istio_beacon_k8s.v0.service_mesh import RelationRequest, parse_policies
+from charms.istio_beacon_k8s.v0.service_mesh import MeshDataError, RelationRequest, parse_policies
 from kube_backends import FakeBackend
 from ops import testing
 from policies import check_requests
@@ -126,3 +127,17 @@ def test_a_refused_request_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> N
         error = check_outcome(subject, out, 2, 1, first=True)
         assert error is not None
         assert error.startswith("unit status is blocked")
+
+
+def test_the_parse_benchmark_measures_refusals_and_an_honest_request():
+    """bench/parse_cost.py: each hostile shape refused, the honest one accepted, at each size."""
+    assert parse_cost.main(["--repeat", "1"]) == 0
+    # Each shape is within the size limit, so what is measured is the scan and the parse, not the
+    # size check that refuses anything larger before reading it.
+    for name, (make, must_accept) in parse_cost.SHAPES.items():
+        text = make(parse_cost.MAX_POLICIES_BYTES)
+        assert len(text.encode()) <= parse_cost.MAX_POLICIES_BYTES, name
+        if not must_accept:
+            with pytest.raises(MeshDataError) as refused:
+                parse_policies(text)
+            assert "bytes" not in str(refused.value), (name, str(refused.value))
