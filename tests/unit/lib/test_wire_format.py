@@ -137,6 +137,17 @@ def test_consumer_reads_a_deployed_provider_databag():
         manager.run()
 
 
+def test_consumer_labels_are_every_label_the_provider_published():
+    """labels() is for charms that put them themselves: a sidecar mesh's label too (the seed's)."""
+    published = {**MESH_LABELS, "istio-injection": "enabled"}
+    ctx = consumer_context()
+    mesh = mesh_relation(remote_app_data={"labels": json.dumps(published), "mesh_type": '"istio"'})
+    with ctx(ctx.on.relation_changed(mesh), state(mesh)) as manager:
+        consumer = manager.charm.mesh  # type: ignore[attr-defined]
+        assert consumer.labels() == published
+        manager.run()
+
+
 @pytest.mark.parametrize(
     "databag",
     [

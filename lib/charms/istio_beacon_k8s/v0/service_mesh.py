@@ -1834,13 +1834,13 @@ class ServiceMeshConsumer(ops.Object):
     def labels(self) -> dict[str, str]:
         """The labels a pod (and Service) needs to join the mesh; empty when there is none.
 
-        Charms that create their own workloads (podspec, custom resources) apply these. Only
-        the mesh's own label keys (:data:`MESH_LABEL_KEYS`) are taken from the provider.
+        Charms that create their own workloads (podspec, custom resources) apply these: every
+        label the provider published (a sidecar mesh's ``istio-injection`` too), valid as
+        Kubernetes labels, as the deployed releases return them. What the charm puts is its
+        choice; with ``auto_join`` the library itself puts only :data:`MESH_LABEL_KEYS`.
         """
         data = self._provider_data()
-        if data is None:
-            return {}
-        return {key: value for key, value in data.labels.items() if key in MESH_LABEL_KEYS}
+        return dict(data.labels) if data is not None else {}
 
     def mesh_type(self) -> MeshType | None:
         """The type of the related mesh, or ``None`` when there is none."""
