@@ -104,6 +104,48 @@ def test_untrusted_app_without_labels_to_put_is_not_blocked(app: FakeKubeServer)
     assert out.app_status == testing.UnknownStatus()
 
 
+def test_labels_put_while_trusted_stay_reported_until_trust_returns(app: FakeKubeServer):
+    """Trust revoked, then the mesh relation removed: the labels it put cannot go yet: said so."""
+    ctx = consumer_context(auto_join=True)
+    mesh = mesh_relation(remote_app_data=provider_databag())
+    out = ctx.run(ctx.on.leader_elected(), state(mesh, model=KUBE_MODEL))
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
+
+    app.forbid()
+    out = ctx.run(ctx.on.relation_broken(out.get_relation(mesh.id)), out)
+    assert isinstance(out.app_status, testing.BlockedStatus)
+    assert out.app_status.message == (
+        f"cannot remove the mesh labels from {CONSUMER}: run `juju trust {CONSUMER} "
+        "--scope=cluster`"
+    )
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
+
+    # Trusted again: update-status removes them and clears the status.
+    app.allow_all()
+    out = ctx.run(ctx.on.update_status(), dataclasses.replace(out, relations=[]))
+    assert pod_template_labels(app, CONSUMER) == JUJU
+    assert service_labels(app, CONSUMER) == JUJU
+    assert not isinstance(out.app_status, testing.BlockedStatus)
+
+
+def test_a_unit_leading_again_checks_what_another_leader_changed(app: FakeKubeServer):
+    """Unit 0 put the labels; unit 1, leading meanwhile, removed them: unit 0 puts them back."""
+    ctx = consumer_context(auto_join=True)
+    mesh = mesh_relation(remote_app_data=provider_databag())
+    unit0 = ctx.run(ctx.on.leader_elected(), state(mesh, model=KUBE_MODEL))
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
+
+    # Unit 1 (its own stored state) leads while the mesh relation goes: it removes them.
+    ctx.run(ctx.on.relation_broken(mesh), state(mesh, model=KUBE_MODEL))
+    assert pod_template_labels(app, CONSUMER) == JUJU
+
+    # Related again; unit 0 leads again, with what it remembers from before.
+    again = mesh_relation(remote_app_data=provider_databag())
+    ctx.run(ctx.on.leader_elected(), dataclasses.replace(unit0, relations=[again]))
+    assert pod_template_labels(app, CONSUMER) == {**JUJU, **POD_MESH}
+    assert service_labels(app, CONSUMER) == {**JUJU, **SERVICE_MESH}
+
+
 def test_other_api_errors_are_reported(kube: FakeKubeServer):
     # No StatefulSet: Kubernetes answers 404.
     ctx = consumer_context(auto_join=True)

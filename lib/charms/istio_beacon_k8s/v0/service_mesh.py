@@ -1891,7 +1891,11 @@ class ServiceMeshConsumer(ops.Object):
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _on_update(self, _: ops.EventBase) -> None:
+    def _on_update(self, event: ops.EventBase) -> None:
+        if isinstance(event, ops.LeaderElectedEvent):
+            # What this unit remembers putting is stale now: another leader may have changed
+            # the labels since (removed them with the mesh relation, say). Check once.
+            self._stored.labels_reconciled = ""
         self.update_service_mesh()
 
     def _on_update_status(self, _: ops.EventBase) -> None:
@@ -2054,9 +2058,16 @@ class ServiceMeshConsumer(ops.Object):
             )
         except ApiError as error:
             code = error.status.code
-            if code == 403 and not wanted:
-                # Not trusted, and nothing to put: it can have put nothing either.
+            if code == 403 and not wanted and self._stored.labels_reconciled in ("", "{}"):
+                # Not trusted, and nothing to put; as far as this unit knows it put nothing either.
                 logger.debug("service mesh labels: not trusted, and none wanted")
+            elif code == 403 and not wanted:
+                # It put labels while it was trusted: they stay until trust comes back.
+                self._label_failed(
+                    f"cannot remove the mesh labels from {app}: run `juju trust {app} "
+                    "--scope=cluster`"
+                )
+                return
             else:
                 if code == 403:
                     hint = f"run `juju trust {app} --scope=cluster`"
