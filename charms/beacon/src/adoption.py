@@ -334,6 +334,40 @@ def leftovers_command(model_name: str, app_name: str) -> str:
     )
 
 
+def leftovers_note(found: list[str] | None, model_name: str, app_name: str) -> str | None:
+    """Log what :func:`foreign_leftovers` found (``None``: could not look); the status note.
+
+    Returns:
+        The note for the status, or ``None`` when there is nothing to say.
+    """
+    command = leftovers_command(model_name, app_name)
+    if found is None:
+        logger.warning(
+            "took over the deployed beacon's objects in this model; could not check other "
+            "namespaces for its AuthorizationPolicies (no right to list them across "
+            "namespaces): check by hand with %s",
+            command,
+        )
+        return (
+            "took over the deployed beacon in this model; other namespaces not checked "
+            "(no cluster-wide read): see the log"
+        )
+    if not found:
+        return None
+    logger.warning(
+        "left alone %d AuthorizationPolicies outside this model that carry the deployed "
+        "beacon's labels (another model's beacon can carry the same): %s; delete those "
+        "that are the deployed beacon's by hand (%s)",
+        len(found),
+        ", ".join(found),
+        command,
+    )
+    return (
+        f"took over the deployed beacon in this model; left alone {len(found)} "
+        "policies in other namespaces: see the log"
+    )
+
+
 def _list(client: Client, kind: Any, model_name: str, selector: dict[str, Any]) -> list[Any]:
     """The deployed charm's objects of one kind in the model's namespace."""
     api: Any = client

@@ -54,6 +54,8 @@ for _http_logger in ("httpx", "httpcore", "httpx2", "httpcore2"):
 
 MESH_RELATION = "service-mesh"
 PEER_RELATION = "peers"
+#: In the peers relation's app data while a refresh's take-over is unfinished (adoption.py).
+ADOPTION_PENDING_KEY = "adoption-pending"
 TRACING_RELATION = "charm-tracing"
 
 
@@ -101,7 +103,10 @@ class IstioBeaconCharm(ops.CharmBase):
         # left (see adoption.py).
         # steady: what the last reconcile vouched for (Findings.steady), so that the next one
         # can tell that nothing changed.
-        self._stored.set_default(refusals_logged={}, adopted=False, steady="")
+        # adoption_pending: see _adoption_pending.
+        self._stored.set_default(
+            refusals_logged={}, adopted=False, adoption_pending=False, steady=""
+        )
         self._config, self._config_error = self._load_config()
         # What this hook's reconcile found, for collect-status (None: no reconcile ran).
         self._findings: Findings | None = None
@@ -200,14 +205,40 @@ class IstioBeaconCharm(ops.CharmBase):
                 self.app.planned_units(),
                 refusals_logged=dict(self._stored.refusals_logged),
                 adopt=not self._stored.adopted,
+                refresh_proven=not self._stored.adopted and self._adoption_pending(),
                 steady=str(self._stored.steady),
             )
             if reconciler.adopted:
                 self._stored.adopted = True
+            if reconciler.adoption_pending is not None:
+                self._remember_adoption_pending(reconciler.adoption_pending)
         if self._findings.refusals_logged != dict(self._stored.refusals_logged):
             self._stored.refusals_logged = self._findings.refusals_logged
         if self._findings.steady != self._stored.steady:
             self._stored.steady = self._findings.steady
+
+    def _adoption_pending(self) -> bool:
+        """Whether a leader proved a refresh from the deployed beacon and has not taken over yet.
+
+        In the peers relation's app data, so that a new leader finishes it too (the proof is
+        gone once the first reconcile took over the deployed waypoint), and in this unit's
+        stored state while there is no peers relation.
+        """
+        if self._stored.adoption_pending:
+            return True
+        peers = self.model.get_relation(PEER_RELATION)
+        return peers is not None and peers.data[self.app].get(ADOPTION_PENDING_KEY) == "true"
+
+    def _remember_adoption_pending(self, pending: bool) -> None:
+        self._stored.adoption_pending = pending
+        peers = self.model.get_relation(PEER_RELATION)
+        if peers is None:
+            return
+        data = peers.data[self.app]
+        if pending:
+            data[ADOPTION_PENDING_KEY] = "true"
+        elif ADOPTION_PENDING_KEY in data:
+            del data[ADOPTION_PENDING_KEY]
 
     def _on_access_map(self, event: ops.ActionEvent) -> None:
         from access.actions import access_map_results  # noqa: PLC0415 (actions only: see top)

@@ -20,7 +20,7 @@ from adoption import (
     adopt_before,
     foreign_leftovers,
     is_deployed_charms,
-    leftovers_command,
+    leftovers_note,
     refresh_evidence,
     rollback_labels,
 )
@@ -170,6 +170,10 @@ class BeaconReconciler:
         self._steady_before = ""
         #: Whether this reconcile took over what the deployed beacon had left (``adopt=True``).
         self.adopted = False
+        #: Whether a refresh from the deployed beacon is proven and its objects are still to be
+        #: taken over (``None``: not known this time). The caller remembers it for later hooks:
+        #: the proof, the deployed waypoint Gateway, is the beacon's own after the first one.
+        self.adoption_pending: bool | None = None
 
     def close(self) -> None:
         """Close the client if this reconciler made it: a hook leaves no connection open."""
@@ -184,6 +188,7 @@ class BeaconReconciler:
         refusals_logged: Mapping[str, str] | None = None,
         *,
         adopt: bool = False,
+        refresh_proven: bool = False,
         steady: str = "",
     ) -> Findings:
         """Converge everything to the config, the relations and the planned unit count.
@@ -198,6 +203,7 @@ class BeaconReconciler:
                 ``Findings.refusals_logged``), so that only changes are logged.
             adopt: also take over what the deployed istio-beacon-k8s charm left (after a
                 refresh from it): see ``adoption``.
+            refresh_proven: an earlier hook found the refresh's evidence (``adoption_pending``).
             steady: ``Findings.steady`` of the previous reconcile.
         """
         self._steady_before = steady
@@ -212,23 +218,7 @@ class BeaconReconciler:
             )
             return self.findings
         self.findings.refusals_logged = dict(refusals_logged or {})
-        evidence: str | None = None
-        if adopt:
-            # Only a refresh from the deployed charm leaves its waypoint Gateway in this model:
-            # without it there is nothing to take over, and nothing is ever looked for again.
-            try:
-                evidence = refresh_evidence(
-                    self._client, self._namespace, self._app, gateway_resource(), self._labels
-                )
-            except Exception as error:  # lightkube.ApiError, an HTTP or a connection error
-                # The steps below meet the same refusal or outage and report it; adoption waits
-                # for a later hook.
-                logger.warning("cannot look for the deployed beacon's waypoint: %s", error)
-            else:
-                self.adopted = evidence is None  # nothing to take over: never looked for again
-                if evidence is not None:
-                    logger.info("refreshed from the deployed beacon (found its %s)", evidence)
-                    self._adopt_namespace_labels()
+        evidence = self._look_for_refresh(refresh_proven) if adopt else None
         # The namespace first: consumers are told they need no labels of their own only when the
         # namespace is known to carry this beacon's. Otherwise (a conflict, or no answer) they
         # keep theirs: fail closed.
@@ -286,15 +276,58 @@ class BeaconReconciler:
             "apply the AuthorizationPolicies",
             lambda: self._reconcile_policies(config, provider, namespace_bound, operator_access),
         )
-        # The deployed beacon's objects go only once ours are all in place: never less access.
-        if evidence is not None and not (
-            self.findings.forbidden or self.findings.api_errors or self.findings.unreachable
-        ):
-            adopted = self._attempt("remove the deployed beacon's objects", self._adopt)
-            self.adopted = isinstance(adopted, Done)
-            if self.adopted:
-                self._report_foreign_leftovers()
+        if evidence is not None:
+            self._finish_adoption(evidence)
         return self.findings
+
+    def _look_for_refresh(self, refresh_proven: bool) -> str | None:
+        """The evidence of a refresh from the deployed charm (see adoption.py), or ``None``.
+
+        Only a refresh from the deployed charm leaves its waypoint Gateway in this model: without
+        it (and without an earlier hook's, ``refresh_proven``) there is nothing to take over, and
+        nothing is ever looked for again.
+        """
+        try:
+            evidence = refresh_evidence(
+                self._client, self._namespace, self._app, gateway_resource(), self._labels
+            )
+        except Exception as error:  # lightkube.ApiError, an HTTP or a connection error
+            # The steps after meet the same refusal or outage and report it; adoption waits
+            # for a later hook.
+            logger.warning("cannot look for the deployed beacon's waypoint: %s", error)
+            return None
+        if evidence is not None:
+            logger.info("refreshed from the deployed beacon (found its %s)", evidence)
+        elif refresh_proven:
+            evidence = "waypoint Gateway, found by an earlier hook"
+        self.adopted = evidence is None
+        self.adoption_pending = evidence is not None
+        if evidence is not None:
+            self._adopt_namespace_labels()
+        return evidence
+
+    def _finish_adoption(self, evidence: str) -> None:
+        """Remove the deployed beacon's objects, once ours are all in place: never less access.
+
+        Not while a request is refused (by the beacon or by Kubernetes): its app may have no
+        policy of ours yet, and the deployed one is then all that keeps strangers out.
+        """
+        findings = self.findings
+        if findings.refusals or findings.held or findings.unprotected:
+            logger.warning(
+                "keeping the deployed beacon's objects until every request is accepted "
+                "(%d refused; evidence: its %s)",
+                len(findings.refusals),
+                evidence,
+            )
+            return
+        if findings.forbidden or findings.api_errors or findings.unreachable:
+            return
+        adopted = self._attempt("remove the deployed beacon's objects", self._adopt)
+        self.adopted = isinstance(adopted, Done)
+        self.adoption_pending = not self.adopted
+        if self.adopted:
+            self._report_foreign_leftovers()
 
     def _adopt_namespace_labels(self) -> None:
         owner = owner_value(self._namespace, self._app)
@@ -328,31 +361,7 @@ class BeaconReconciler:
         except Exception as error:  # lightkube.ApiError, an HTTP or a connection error
             found = None
             logger.warning("cannot look for the deployed beacon's policies elsewhere: %s", error)
-        command = leftovers_command(self._namespace, self._app)
-        if found is None:
-            logger.warning(
-                "took over the deployed beacon's objects in this model; could not check other "
-                "namespaces for its AuthorizationPolicies (no right to list them across "
-                "namespaces): check by hand with %s",
-                command,
-            )
-            self.findings.adoption_note = (
-                "took over the deployed beacon in this model; other namespaces not checked "
-                "(no cluster-wide read): see the log"
-            )
-        elif found:
-            logger.warning(
-                "left alone %d AuthorizationPolicies outside this model that carry the deployed "
-                "beacon's labels (another model's beacon can carry the same): %s; delete those "
-                "that are the deployed beacon's by hand (%s)",
-                len(found),
-                ", ".join(found),
-                command,
-            )
-            self.findings.adoption_note = (
-                f"took over the deployed beacon in this model; left alone {len(found)} "
-                "policies in other namespaces: see the log"
-            )
+        self.findings.adoption_note = leftovers_note(found, self._namespace, self._app)
 
     def teardown(self) -> Findings:
         """Delete all the beacon created: waypoint, policies, namespace labels, ConfigMap.
@@ -465,7 +474,7 @@ class BeaconReconciler:
                     f"AuthorizationPolicy {key} exists and is not the beacon's: remove or "
                     "rename it"
                 )
-            elif code == 403:
+            elif code == 403 and not refuses_the_object(code, error):  # RBAC, not a quota
                 self.findings.forbidden.append(f"write AuthorizationPolicy {key}")
             elif code:
                 self.findings.api_errors.append(f"cannot write AuthorizationPolicy {key}: {said}")

@@ -468,6 +468,79 @@ def test_a_refusal_keeps_the_deployed_policies_until_ours_are_in_place(
     assert out.unit_status.name == "blocked"
 
 
+def _deployed_policies(kube: FakeKubeServer) -> list[str]:
+    """The deployed charm's policies: its labels, not the beacon's (ours carry both)."""
+    return sorted(
+        p["metadata"]["name"]
+        for p in kube.list("authorizationpolicies", MODEL)
+        if p["metadata"].get("labels", {}).get("kubernetes-resource-handler-scope")
+        == "istio-authorization-policy"
+        and MANAGED_BY not in p["metadata"].get("labels", {})
+    )
+
+
+@pytest.mark.parametrize("refused_by", ["kubernetes", "the beacon"])
+def test_a_refused_request_keeps_the_deployed_policies_until_it_is_accepted(
+    ctx: testing.Context[Any], kube: FakeKubeServer, refused_by: str
+):
+    """Adoption waits while a request is refused: the deployed policy is its app's only one."""
+    seed_service(kube, "receiver")
+    seed_deployed_beacon(
+        kube.client(field_manager=APP), APP, MODEL, consumers=[("sender", "receiver")]
+    )
+    deployed = _deployed_policies(kube)
+    assert deployed
+    wire = wire_policy("sender", "receiver")
+    if refused_by == "kubernetes":
+        kube.reject(422, "admission webhook denied the request", "create", "authorizationpolicies")
+    else:
+        wire["endpoints"][0]["ports"] = ["8080"]  # refused: a port is a number
+    relation = mesh_relation("receiver", [wire])
+
+    out = ctx.run(ctx.on.upgrade_charm(), beacon_state(relations=[relation]))
+    assert _deployed_policies(kube) == deployed
+    assert any("keeping the deployed beacon's objects" in line.message for line in ctx.juju_log)
+
+    # Accepted at last: ours are written, then the deployed ones go.
+    kube.allow_all()
+    accepted = mesh_relation("receiver", [wire_policy("sender", "receiver")])
+    out = ctx.run(
+        ctx.on.relation_changed(accepted), dataclasses.replace(out, relations=[accepted])
+    )
+    assert _deployed_policies(kube) == [], [
+        (p["metadata"]["name"], p["metadata"].get("labels"))
+        for p in kube.list("authorizationpolicies", MODEL)
+    ]
+    names = {p["metadata"]["name"] for p in kube.list("authorizationpolicies", MODEL)}
+    assert any(name.startswith("receiver-app-from-sender") for name in names)
+
+
+def test_a_new_leader_finishes_a_take_over_another_leader_proved(
+    ctx: testing.Context[Any], kube: FakeKubeServer
+):
+    """The proof (the deployed waypoint) is the beacon's after the first hook: the peers know."""
+    seed_service(kube, "receiver")
+    seed_deployed_beacon(
+        kube.client(field_manager=APP), APP, MODEL, consumers=[("sender", "receiver")]
+    )
+    deployed = _deployed_policies(kube)
+    kube.reject(422, "admission webhook denied the request", "create", "authorizationpolicies")
+    peers = testing.PeerRelation("peers")
+    relation = mesh_relation("receiver", [wire_policy("sender", "receiver")])
+    out = ctx.run(ctx.on.upgrade_charm(), beacon_state(relations=[relation, peers]))
+    assert _deployed_policies(kube) == deployed
+    assert out.get_relation(peers.id).local_app_data == {"adoption-pending": "true"}
+
+    # Another unit leads now: its own (empty) stored state, the same peers app data.
+    kube.allow_all()
+    carried = dataclasses.replace(
+        peers, local_app_data=dict(out.get_relation(peers.id).local_app_data)
+    )
+    out = ctx.run(ctx.on.leader_elected(), beacon_state(relations=[relation, carried]))
+    assert _deployed_policies(kube) == []
+    assert out.get_relation(peers.id).local_app_data == {}
+
+
 def test_namespace_labels_of_a_long_named_deployed_beacon_become_ours(kube: FakeKubeServer):
     # Beyond 63 characters the deployed charm and this one shorten the owner value differently.
     app = "istio-beacon-k8s-" + "x" * 50
