@@ -34,8 +34,10 @@ from kube_names import MANAGED_BY
 from kube_names import NAMESPACE_OWNER_LABEL as OWNER_LABEL
 from lightkube import Client, codecs
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import ConfigMap, Namespace
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Service
+from lightkube.types import PatchType
 from namespace_labels import owner_value
 from ops import testing
 from support import istiod_standin, juju_seed
@@ -193,6 +195,52 @@ def test_the_shipped_role_runs_the_reference_scenario_with_no_refusal(
         item.metadata.name for item in api.list(ConfigMap, namespace=model)
     ]
 
+    assert kube.refused_since(mark) == []
+
+
+def test_switching_model_on_mesh_off_waits_for_the_related_apps_with_no_refusal(
+    kube: KubeServer, admin: Client, model: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The namespace stays on the mesh until the related app carries its own labels.
+
+    What it reads to know (StatefulSets, pods, Services) the shipped Role allows.
+    """
+    monkeypatch.setenv("KUBECONFIG", str(bind_role(kube, admin, model)))
+    ctx = testing.Context(IstioBeaconCharm, app_name=APP)
+    relation = consumers(admin, model)[0]  # its Service, and its request
+    admin.create(codecs.from_dict(juju_seed.statefulset_manifest("receiver0", model)))
+    out = ctx.run(ctx.on.config_changed(), state(model, [relation]))
+    mark = kube.audit_mark()
+
+    off = dataclasses.replace(out, config={"model-on-mesh": False})
+    out = ctx.run(ctx.on.config_changed(), off)
+    labels = admin.get(Namespace, model).metadata.labels or {}  # type: ignore[union-attr]
+    assert labels[OWNER_LABEL] == owner_value(model, APP)
+    assert out.unit_status == testing.WaitingStatus(
+        "model-on-mesh is off: keeping the model on the mesh until receiver0 carries its own "
+        "mesh labels"
+    )
+
+    # What the consumer does with the labels published to it (the library's auto-join).
+    waypoint = waypoint_name(model, APP)
+    admin.patch(
+        StatefulSet,
+        "receiver0",
+        {"spec": {"template": {"metadata": {"labels": {"istio.io/dataplane-mode": "ambient"}}}}},
+        namespace=model,
+        patch_type=PatchType.MERGE,
+    )
+    admin.patch(
+        Service,
+        "receiver0",
+        {"metadata": {"labels": {"istio.io/use-waypoint": waypoint}}},
+        namespace=model,
+        patch_type=PatchType.MERGE,
+    )
+    out = ctx.run(ctx.on.update_status(), out)
+    labels = admin.get(Namespace, model).metadata.labels or {}  # type: ignore[union-attr]
+    assert OWNER_LABEL not in labels
+    assert "istio.io/dataplane-mode" not in labels
     assert kube.refused_since(mark) == []
 
 

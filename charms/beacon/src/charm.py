@@ -42,7 +42,8 @@ from policy_status import not_enforced_message
 
 if TYPE_CHECKING:
     # Imported where used: see "What a hook imports" above.
-    from reconciler import BeaconReconciler, Findings
+    from findings import Findings
+    from reconciler import BeaconReconciler
 
 logger = logging.getLogger(__name__)
 # lightkube's HTTP client logs each request at INFO (httpx) and a dozen lines per request at DEBUG
@@ -281,7 +282,8 @@ class IstioBeaconCharm(ops.CharmBase):
     def _reconciler(self) -> BeaconReconciler | None:
         """A reconciler, or ``None`` (and a finding) when no Kubernetes client can be made."""
         # The Kubernetes client's import: only the units that talk to Kubernetes pay it (see top).
-        from reconciler import BeaconReconciler, Findings  # noqa: PLC0415
+        from findings import Findings  # noqa: PLC0415
+        from reconciler import BeaconReconciler  # noqa: PLC0415
 
         try:
             return BeaconReconciler(self)
@@ -351,6 +353,15 @@ class IstioBeaconCharm(ops.CharmBase):
         if findings.unenforced:
             statuses.append(ops.BlockedStatus(not_enforced_message(findings.unenforced)))
         statuses.extend(ops.BlockedStatus(error) for error in findings.api_errors[:1])
+        if findings.leaving_mesh:
+            more = len(findings.leaving_mesh) - 1
+            statuses.append(
+                ops.WaitingStatus(
+                    "model-on-mesh is off: keeping the model on the mesh until "
+                    f"{findings.leaving_mesh[0]}{f' (and {more} more)' if more else ''} carries "
+                    "its own mesh labels"
+                )
+            )
         if findings.waypoint is not None and not findings.waypoint.ready:
             statuses.append(
                 ops.WaitingStatus(f"waiting for the waypoint: {findings.waypoint.detail}")

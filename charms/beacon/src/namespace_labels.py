@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,8 @@ from kube_names import (
     USE_WAYPOINT_NAMESPACE_LABEL,
 )
 from lightkube import Client
-from lightkube.resources.core_v1 import Namespace
+from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.core_v1 import Namespace, Pod, Service
 from lightkube.types import PatchType
 
 #: Labels that mean "this namespace is on a mesh" when someone else set them.
@@ -101,13 +102,40 @@ def plan_namespace_labels(
     )
 
 
+@dataclass(frozen=True)
+class NamespaceOutcome:
+    """What :func:`reconcile_namespace_labels` did.
+
+    Attributes:
+        conflict: why the namespace was left alone although wanted on the mesh.
+        kept_for: taking the namespace off the mesh waits for these apps: its labels stay.
+    """
+
+    conflict: str | None = None
+    kept_for: Sequence[str] = ()
+
+
 def reconcile_namespace_labels(
-    client: Client, namespace: str, *, on_mesh: bool, waypoint: str, owner: str
-) -> str | None:
+    client: Client,
+    namespace: str,
+    *,
+    on_mesh: bool,
+    waypoint: str,
+    owner: str,
+    not_on_mesh_alone: Callable[[], Sequence[str]] | None = None,
+) -> NamespaceOutcome:
     """Converge the namespace's mesh labels; one read, and a write only when something changes.
 
-    Returns:
-        Why the namespace was left alone although wanted on the mesh, or ``None``.
+    Args:
+        client: the Kubernetes client.
+        namespace: the namespace (the model).
+        on_mesh: whether the beacon wants the namespace on the mesh.
+        waypoint: the waypoint the namespace's Services should use.
+        owner: this beacon's ownership label value (see :func:`owner_value`).
+        not_on_mesh_alone: when taking the namespace off the mesh, the apps that are not on it
+            by their own labels yet: while there are any, the namespace's labels stay (without
+            them those apps' pods would leave the mesh, and Istio would enforce none of their
+            policies). Called only when there is something to remove.
 
     Raises:
         lightkube.ApiError: when Kubernetes refuses (403: the charm is not trusted).
@@ -118,8 +146,75 @@ def reconcile_namespace_labels(
     plan = plan_namespace_labels(
         namespace, labels, on_mesh=on_mesh, waypoint=waypoint, owner=owner
     )
+    if plan.patch and not on_mesh and not_on_mesh_alone is not None:
+        waiting = list(not_on_mesh_alone())
+        if waiting:
+            return NamespaceOutcome(kept_for=waiting)
     if plan.patch:
         api.patch(
             Namespace, namespace, {"metadata": {"labels": plan.patch}}, patch_type=PatchType.MERGE
         )
-    return plan.conflict
+    return NamespaceOutcome(conflict=plan.conflict)
+
+
+def apps_not_on_mesh_alone(
+    apps: Sequence[str],
+    statefulsets: Sequence[Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
+    services: Sequence[Mapping[str, Any]],
+    waypoint: str,
+) -> list[str]:
+    """The apps that would leave the mesh with the namespace's labels: not labelled themselves.
+
+    An app is on the mesh by itself when its StatefulSet's pod template and every pod of it
+    carry ``istio.io/dataplane-mode: ambient`` and its Service (if any) uses ``waypoint``: what
+    the labels the beacon publishes make a consumer put (its pods restart with them). An app
+    without a StatefulSet has nothing the beacon could wait for.
+
+    Args:
+        apps: the related apps.
+        statefulsets: the namespace's StatefulSets (plain dicts).
+        pods: its pods.
+        services: its Services.
+        waypoint: the beacon's waypoint.
+    """
+    name_label = "app.kubernetes.io/name"
+
+    def labels(item: Mapping[str, Any], *path: str) -> Mapping[str, str]:
+        node: Any = item
+        for key in path:
+            node = (node or {}).get(key)
+        return node or {}
+
+    templates = {
+        s["metadata"]["name"]: labels(s, "spec", "template", "metadata", "labels")
+        for s in statefulsets
+    }
+    by_name = {s["metadata"]["name"]: labels(s, "metadata", "labels") for s in services}
+    waiting: list[str] = []
+    for app in apps:
+        if app not in templates:
+            continue
+        ambient = [templates[app]] + [
+            labels(pod, "metadata", "labels")
+            for pod in pods
+            if labels(pod, "metadata", "labels").get(name_label) == app
+        ]
+        service = by_name.get(app)
+        if any(item.get(DATAPLANE_LABEL) != "ambient" for item in ambient) or (
+            service is not None and service.get(USE_WAYPOINT_LABEL) != waypoint
+        ):
+            waiting.append(app)
+    return waiting
+
+
+def apps_leaving_with_the_namespace(
+    client: Client, namespace: str, apps: Sequence[str], waypoint: str
+) -> list[str]:
+    """:func:`apps_not_on_mesh_alone`, from the namespace's StatefulSets, pods and Services."""
+    api: Any = client  # lightkube's list overloads are only partly typed
+    listed = [
+        [item.to_dict() for item in api.list(kind, namespace=namespace)]
+        for kind in (StatefulSet, Pod, Service)
+    ]
+    return apps_not_on_mesh_alone(sorted(set(apps)), *listed, waypoint=waypoint)

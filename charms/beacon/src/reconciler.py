@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import ops
@@ -34,6 +34,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
     reconcile_charm_labels,
 )
 from display import display_text
+from findings import Findings
 from kube_names import APP_NAME_LABEL, authorization_policy_resource
 from kubernetes_client import error_message, make_client, refuses_the_object, status_code
 from lightkube import ApiError, Client
@@ -42,7 +43,11 @@ from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Service
 from metrics import metrics_access_manifests, telemetry_label
 from model_operator import ModelOperatorAccess, model_operator_policy, reconcile_model_operator
-from namespace_labels import owner_value, reconcile_namespace_labels
+from namespace_labels import (
+    apps_leaving_with_the_namespace,
+    owner_value,
+    reconcile_namespace_labels,
+)
 from ownership import ownership_labels
 from policies import (
     Refusal,
@@ -59,11 +64,10 @@ from policies import (
     waypoint_allow_policy,
     with_mode,
 )
-from policy_status import PolicyCondition, istio_conditions
+from policy_status import istio_conditions
 from steady_skip import SteadyRecord, inputs_digest, listed_digest
 from waypoint import (
     NotOwnedError,
-    WaypointReadiness,
     consumer_labels,
     delete_waypoint,
     gateway_resource,
@@ -95,59 +99,6 @@ class Failed:
     """A reconcile step that failed; why is recorded in the :class:`Findings`."""
 
     what: str
-
-
-@dataclass
-class Findings:
-    """What a reconcile found wrong; empty lists and ``None`` mean all is well.
-
-    Attributes:
-        missing_crds: custom resources that are not installed (Istio is missing).
-        forbidden: what Kubernetes refused with 403 (the charm is not trusted).
-        api_errors: other failures, with Kubernetes' message.
-        namespace_conflict: why the namespace was left alone although wanted on the mesh.
-        refusals: requests that were not applied, with the reason.
-        waypoint: the waypoint's readiness, when it could be checked.
-        model_operator: why Juju's model operator cannot be kept reachable (model-on-mesh).
-        policy_conditions: what Istio reports about each of the beacon's AuthorizationPolicies
-            (see :mod:`policy_status`); those with ``enforced`` false are not enforced.
-        unreachable: why Kubernetes could not be reached (no answer at all), or ``None``.
-        refusals_logged: per relation, a digest of the refusals logged (see
-            :func:`policies.log_refusals`), to log each change once.
-        dry_run: ``<namespace>/<name>`` of the policies the beacon keeps in dry-run (observed by
-            the waypoint, not enforced: ``authorization-mode=dry-run``).
-        held: per relation whose request is refused, how many of the policies last applied
-            for it stay in force (see ``BeaconReconciler._hold_last_accepted``).
-        unprotected: the relations whose request is refused and that have no policy at all:
-            their app has no ALLOW policy from the beacon, so Istio lets anyone reach it.
-        adoption_note: what taking over the deployed beacon's objects left unchecked or
-            untouched (outside this model), for the status of the hook that did it.
-        root_namespace: why the beacon does nothing in Istio's root namespace, or ``None``.
-        steady: what the next reconcile needs to tell that its policies are as this one left
-            them (see ``BeaconReconciler._unchanged``); empty when this one cannot vouch for it.
-    """
-
-    missing_crds: list[str] = field(default_factory=list[str])
-    forbidden: list[str] = field(default_factory=list[str])
-    api_errors: list[str] = field(default_factory=list[str])
-    namespace_conflict: str | None = None
-    refusals: list[Refusal] = field(default_factory=list[Refusal])
-    waypoint: WaypointReadiness | None = None
-    model_operator: str | None = None
-    policy_conditions: list[PolicyCondition] = field(default_factory=list[PolicyCondition])
-    unreachable: str | None = None
-    refusals_logged: dict[str, str] = field(default_factory=dict[str, str])
-    dry_run: list[str] = field(default_factory=list[str])
-    held: dict[int, int] = field(default_factory=dict[int, int])
-    unprotected: list[int] = field(default_factory=list[int])
-    adoption_note: str | None = None
-    root_namespace: str | None = None
-    steady: str = ""
-
-    @property
-    def unenforced(self) -> list[PolicyCondition]:
-        """The conditions by which Istio says it does not enforce a policy (as it should)."""
-        return [c for c in self.policy_conditions if not c.enforced and not c.expected]
 
 
 class BeaconReconciler:
@@ -230,15 +181,26 @@ class BeaconReconciler:
                 on_mesh=config.model_on_mesh,
                 waypoint=self.waypoint,
                 owner=owner_value(self._namespace, self._app),
+                not_on_mesh_alone=lambda: apps_leaving_with_the_namespace(
+                    self._client,
+                    self._namespace,
+                    [r.app_name for r in provider.relation_requests() if r.app_name],
+                    self.waypoint,
+                ),
             ),
         )
-        if isinstance(labelled, Done):
-            self.findings.namespace_conflict = labelled.value
-        # Whether the namespace now binds its Services to the waypoint through this beacon.
-        namespace_bound = (
-            config.model_on_mesh and isinstance(labelled, Done) and labelled.value is None
+        outcome = labelled.value if isinstance(labelled, Done) else None
+        if outcome is not None:
+            self.findings.namespace_conflict = outcome.conflict
+            self.findings.leaving_mesh = list(outcome.kept_for)
+        # Whether the namespace now binds its Services to the waypoint through this beacon:
+        # also while it stays on the mesh for apps not on it by themselves yet (model-on-mesh
+        # switched off), which are then told to put their own labels.
+        leaving = bool(self.findings.leaving_mesh)
+        namespace_bound = leaving or (
+            config.model_on_mesh and outcome is not None and outcome.conflict is None
         )
-        labels = consumer_labels(self.waypoint, self._namespace, namespace_bound)
+        labels = consumer_labels(self.waypoint, self._namespace, namespace_bound and not leaving)
         provider.update_relations(labels=labels)
         self._attempt(
             "label the beacon's pods and Service",
@@ -445,7 +407,7 @@ class BeaconReconciler:
         )
         scope = rollback_labels(self._namespace, self._app, POLICY_SCOPE)
         manifests = [as_written(manifest, scope) for manifest in manifests]
-        if config.model_on_mesh and model_operator.selector is not None:
+        if namespace_bound and model_operator.selector is not None:
             manifests.append(
                 as_written(
                     model_operator_policy(self._namespace, model_operator.selector),
