@@ -101,6 +101,28 @@ def service_owner_error(app: str, service: str, services: Mapping[str, Mapping[s
     return ""
 
 
+def claimed_services(deployed: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Service name to the app whose policies in the cluster target it (one app only).
+
+    A Service an accepted request named stays that app's while its policies exist: a label,
+    which any app of the model may patch, does not move it to another app. A Service the
+    policies of two apps target (written before this rule) is left to the other checks.
+
+    Args:
+        deployed: the beacon's AuthorizationPolicies as they are in the cluster.
+    """
+    claims: dict[str, set[str]] = {}
+    for item in deployed:
+        asker = requested_by(item)
+        spec = cast("Mapping[str, Any]", item.get("spec") or {})
+        if asker is None:
+            continue
+        for ref in cast("list[Mapping[str, Any]]", spec.get("targetRefs") or []):
+            if ref.get("kind") == "Service" and not ref.get("group") and ref.get("name"):
+                claims.setdefault(str(ref["name"]), set()).add(asker[0])
+    return {service: next(iter(apps)) for service, apps in claims.items() if len(apps) == 1}
+
+
 def _other_apps_by_name(app: str, service: str, services: Mapping[str, Mapping[str, str]]) -> str:
     """Why Service ``service`` is another Juju app's by its name alone, or ``""``.
 

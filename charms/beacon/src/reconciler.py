@@ -55,6 +55,7 @@ from policies import (
     as_written,
     build_policy_manifests,
     check_requests,
+    claimed_services,
     is_dry_run,
     kept_by_relation,
     last_accepted,
@@ -382,7 +383,10 @@ class BeaconReconciler:
         services: dict[str, dict[str, str]] | None = {}
         services_needed = needs_services(requests)
         if services_needed:
-            listed = self._attempt("list the Services", self._services)
+            listed = self._attempt(
+                "list the Services",
+                lambda: self._services(manager.get_deployed_resources()),
+            )
             if isinstance(listed, Failed):
                 # Requests naming a Service cannot be checked: change nothing this hook rather
                 # than delete their policies (recorded above; the next hook tries again).
@@ -506,15 +510,18 @@ class BeaconReconciler:
         if before is None:
             return False
         services: dict[str, dict[str, str]] | None = None
+        listed: list[dict[str, Any]] | None = None
         if before.services_listed:
             try:
-                services = self._services()
+                listed = manager.get_deployed_resources()
+                services = self._services(listed)
             except Exception:  # lightkube.ApiError, or an HTTP or connection error
                 return False  # the full reconcile meets it again and reports it
         inputs = self._steady_inputs(config, provider, namespace_bound, model_operator, services)
         if inputs is None or inputs != before.inputs:
             return False
-        listed = manager.get_deployed_resources()
+        if listed is None:
+            listed = manager.get_deployed_resources()
         if listed_digest(listed) != before.versions:
             return False
         self.findings.dry_run = sorted(
@@ -598,23 +605,30 @@ class BeaconReconciler:
         except MissingCRDError:
             logger.info("no AuthorizationPolicy CRD: no policy to delete")
 
-    def _services(self) -> dict[str, dict[str, str]]:
-        """The namespace's Services, name to labels, with each Juju app's owned by name.
+    def _services(self, listed: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+        """The namespace's Services, name to labels, with their owners as proven.
 
         Any app of the model may relabel a Service (Juju's default Role lets it patch every
-        Service), so ``app.kubernetes.io/name`` is overridden by what the names prove: Services
-        ``<app>`` and ``<app>-endpoints`` are app ``<app>``'s when its StatefulSet exists.
+        Service), so ``app.kubernetes.io/name`` is overridden by what proves more: the names
+        (Services ``<app>`` and ``<app>-endpoints`` are app ``<app>``'s when its StatefulSet
+        exists), then the beacon's policies in the cluster (``listed``: a Service an accepted
+        request named stays that app's, see :func:`policies.claimed_services`).
         """
         api: Any = self._client  # lightkube's list overloads are only partly typed
         services: dict[str, dict[str, str]] = {}
         for service in api.list(Service, namespace=self._namespace):
             metadata = service.metadata
             services[metadata.name] = dict(metadata.labels or {})
+        by_name: set[str] = set()
         for statefulset in api.list(StatefulSet, namespace=self._namespace):
             app = statefulset.metadata.name
             for name in (app, f"{app}-endpoints"):
                 if name in services:
                     services[name][APP_NAME_LABEL] = app
+                    by_name.add(name)
+        for name, app in claimed_services(listed).items():
+            if name in services and name not in by_name:
+                services[name][APP_NAME_LABEL] = app
         return services
 
     def _delete_label_configmap(self) -> None:

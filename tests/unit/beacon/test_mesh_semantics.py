@@ -8,6 +8,7 @@ about each policy is surfaced.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -276,6 +277,49 @@ def test_a_service_relabelled_as_ones_own_is_refused_when_it_is_another_apps_by_
     assert isinstance(out.unit_status, testing.BlockedStatus)
     assert "refused a request from intruder" in out.unit_status.message
     assert "victim" in out.unit_status.message
+
+
+def test_an_extra_service_stays_its_apps_while_its_policies_exist_whatever_its_label(
+    ctx: testing.Context[IstioBeaconCharm], kube: FakeKubeServer
+):
+    """An app that relabels another app's extra Service as its own gets no grant on it."""
+    client = kube.client()
+    juju_seed.seed_app(client, "foo", MODEL)
+    juju_seed.seed_app(client, "intruder", MODEL)
+    bound = {"app.kubernetes.io/name": "foo", "istio.io/use-waypoint": WAYPOINT}
+    seed_service(kube, "foo-admin", bound)
+    foo = mesh_relation("foo", [wire_policy("trusted", "foo", target_service="foo-admin")])
+    intruder = mesh_relation("intruder", [])
+    out = ctx.run(ctx.on.config_changed(), beacon_state(relations=[foo, intruder]))
+    before = set(policies_in(kube))
+    assert any("foo-admin" in name for name in before)
+
+    def relabel(app: str) -> None:
+        service = kube.get("services", MODEL, "foo-admin")
+        assert service is not None
+        service["metadata"]["labels"]["app.kubernetes.io/name"] = app
+        kube.put(service)
+
+    # Any app may patch Services: the intruder claims foo-admin and asks for a grant on it.
+    relabel("intruder")
+    asks = dataclasses.replace(
+        intruder,
+        remote_app_data={
+            "policies": json.dumps(
+                [wire_policy("attacker", "intruder", target_service="foo-admin")]
+            )
+        },
+    )
+    out = ctx.run(ctx.on.relation_changed(asks), dataclasses.replace(out, relations=[foo, asks]))
+    assert set(policies_in(kube)) == before
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert out.unit_status.message.startswith("refused a request from intruder")
+    assert 'Service "foo-admin" belongs to foo' in out.unit_status.message
+
+    # Labelled back, nothing of the intruder's is held either.
+    relabel("foo")
+    out = ctx.run(ctx.on.update_status(), out)
+    assert set(policies_in(kube)) == before
 
 
 def test_a_same_named_policy_of_someone_else_is_refused_not_taken_over(

@@ -28,7 +28,7 @@ from conftest import (
     wire_policy,
 )
 from ops import testing
-from policies import policy_error
+from policies import claimed_services, policy_error
 from support.fake_kube import FakeKubeServer
 
 HONEST = "receiver1"
@@ -338,3 +338,26 @@ def test_one_app_gets_at_most_the_cap_of_policies_the_rest_refused():
     assert "the last 3 are refused" in refused[0].reason
     # The first ones asked for are those kept.
     assert accepted[0].policy.source_app_name == "s0"
+
+
+def test_a_service_is_claimed_by_the_one_app_whose_policies_target_it():
+    def policy(app: str, relation_id: int, service: str) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "annotations": {
+                    "charms.canonical.com/service-mesh.requested-by": app,
+                    "charms.canonical.com/service-mesh.relation-id": str(relation_id),
+                }
+            },
+            "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": service}]},
+        }
+
+    unattributed = {"metadata": {}, "spec": {"targetRefs": [{"kind": "Service", "name": "x"}]}}
+    deployed = [
+        policy("foo", 1, "foo-admin"),
+        policy("foo", 1, "foo-admin"),
+        policy("a", 2, "shared"),
+        policy("b", 3, "shared"),  # two apps (written before the rule): nobody's claim
+        unattributed,
+    ]
+    assert claimed_services(deployed) == {"foo-admin": "foo"}
