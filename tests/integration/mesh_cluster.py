@@ -23,6 +23,7 @@ from lightkube.generic_resource import GenericNamespacedResource, create_namespa
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, Service
+from mesh_probe import eventually
 
 AuthorizationPolicy = create_namespaced_resource(
     "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"
@@ -195,11 +196,20 @@ def deployment_ready_replicas(client: lightkube.Client, name: str, namespace: st
     return (deployment.status.readyReplicas or 0) if deployment.status else 0
 
 
+#: How long a read of the test's own is asked again while the API server sheds load (429, 5xx).
+READ_RETRY_TIMEOUT = 60.0
+
+
 def authorization_policies(
     client: lightkube.Client, namespace: str
 ) -> list[GenericNamespacedResource]:
-    """Every AuthorizationPolicy in a namespace."""
-    return list(client.list(AuthorizationPolicy, namespace=namespace))
+    """Every AuthorizationPolicy in a namespace (asked again on a 429 or 5xx, as probes are)."""
+    return eventually(
+        lambda: list(client.list(AuthorizationPolicy, namespace=namespace)),
+        timeout=READ_RETRY_TIMEOUT,
+        what=f"list the AuthorizationPolicies of {namespace}",
+        retry_on=(),
+    )
 
 
 def owner(model: str, beacon_app: str) -> str:
@@ -212,7 +222,12 @@ def owned_policies(
 ) -> list[GenericNamespacedResource]:
     """The AuthorizationPolicies in a namespace that carry a beacon's ownership label."""
     selector: LabelSelector = {MANAGED_BY: owner(namespace, beacon_app)}
-    return list(client.list(AuthorizationPolicy, namespace=namespace, labels=selector))
+    return eventually(
+        lambda: list(client.list(AuthorizationPolicy, namespace=namespace, labels=selector)),
+        timeout=READ_RETRY_TIMEOUT,
+        what=f"list the beacon's AuthorizationPolicies in {namespace}",
+        retry_on=(),
+    )
 
 
 def labels_of(resource: object) -> dict[str, str]:
