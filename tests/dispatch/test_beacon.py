@@ -223,10 +223,19 @@ def test_config_toggles_then_removal_leaves_nothing(
     assert not any(k in pod_template_labels(model, "receiver") for k in MESH_LABELS)
     assert not any(k in service_labels(model, "receiver") for k in MESH_LABELS)
 
+    # Switched off: receiver is told to put its own labels, and the namespace keeps its labels
+    # until receiver carries them (removing them first would take receiver off the mesh).
     ok(model.set_config(BEACON, model_on_mesh=False))
-    assert not any(k in namespace_labels(model) for k in MESH_LABELS)
+    assert namespace_labels(model)["istio.io/dataplane-mode"] == "ambient"
+    assert model.unit_status(beacon) == (
+        "waiting",
+        "model-on-mesh is off: keeping the model on the mesh until receiver carries its own "
+        "mesh labels",
+    )
     ok(model.changed(mesh, "receiver/0", f"{BEACON}/0"))
     assert service_labels(model, "receiver")["istio.io/use-waypoint"] == waypoint(model)
+    ok(model.run_hook(beacon, "update-status"))
+    assert not any(k in namespace_labels(model) for k in MESH_LABELS)
 
     # manage-authorization-policies off: every policy the beacon made goes, none is made.
     ok(model.set_config(BEACON, manage_authorization_policies=False))
