@@ -123,6 +123,36 @@ def claimed_services(deployed: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     return {service: next(iter(apps)) for service, apps in claims.items() if len(apps) == 1}
 
 
+def proven_owners(
+    services: Mapping[str, Mapping[str, str]],
+    statefulsets: Iterable[str],
+    deployed: Iterable[Mapping[str, Any]],
+) -> dict[str, dict[str, str]]:
+    """The Services' labels, with ``app.kubernetes.io/name`` set to the owner as proven.
+
+    Any app of the model may relabel a Service (Juju's default Role lets it patch every
+    Service), so the label is overridden by what proves more: the names first (Services
+    ``<app>`` and ``<app>-endpoints`` are app ``<app>``'s when its StatefulSet exists), then the
+    beacon's policies in the cluster (:func:`claimed_services`).
+
+    Args:
+        services: the namespace's Services, name to labels.
+        statefulsets: the names of its StatefulSets (Juju's apps).
+        deployed: the beacon's AuthorizationPolicies as they are in the cluster.
+    """
+    owners = {name: dict(labels) for name, labels in services.items()}
+    by_name: set[str] = set()
+    for app in statefulsets:
+        for name in (app, f"{app}-endpoints"):
+            if name in owners:
+                owners[name][APP_NAME_LABEL] = app
+                by_name.add(name)
+    for name, app in claimed_services(deployed).items():
+        if name in owners and name not in by_name:
+            owners[name][APP_NAME_LABEL] = app
+    return owners
+
+
 def _other_apps_by_name(app: str, service: str, services: Mapping[str, Mapping[str, str]]) -> str:
     """Why Service ``service`` is another Juju app's by its name alone, or ``""``.
 

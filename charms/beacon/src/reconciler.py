@@ -6,6 +6,7 @@ statuses in its collect-status handler.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from charms.istio_beacon_k8s.v0.service_mesh import (
 )
 from display import display_text
 from findings import Findings
-from kube_names import APP_NAME_LABEL, authorization_policy_resource
+from kube_names import authorization_policy_resource
 from kubernetes_client import error_message, make_client, refuses_the_object, status_code
 from lightkube import ApiError, Client
 from lightkube.resources.apps_v1 import StatefulSet
@@ -55,12 +56,12 @@ from policies import (
     as_written,
     build_policy_manifests,
     check_requests,
-    claimed_services,
     is_dry_run,
     kept_by_relation,
     last_accepted,
     log_refusals,
     needs_services,
+    proven_owners,
     requested_by,
     waypoint_allow_policy,
     with_mode,
@@ -380,22 +381,29 @@ class BeaconReconciler:
         if self._unchanged(config, provider, namespace_bound, model_operator, manager):
             return
         requests = provider.relation_requests()
+        # The policies as they are, listed once whether the Services' owners or the refused
+        # relations' last accepted policies need them (the manager's reconcile lists its own).
+        deployed = functools.cache(manager.get_deployed_resources)
         services: dict[str, dict[str, str]] | None = {}
         services_needed = needs_services(requests)
         if services_needed:
             listed = self._attempt(
                 "list the Services",
-                lambda: self._services(manager.get_deployed_resources()),
+                lambda: self._services(deployed()),
             )
             if isinstance(listed, Failed):
                 # Requests naming a Service cannot be checked: change nothing this hook rather
                 # than delete their policies (recorded above; the next hook tries again).
                 return
             services = listed.value
-        binding = WaypointBinding(self.waypoint, namespace_bound=namespace_bound)
-        accepted, refused = check_requests(requests, self._namespace, services, binding)
+        accepted, refused = check_requests(
+            requests,
+            self._namespace,
+            services,
+            WaypointBinding(self.waypoint, namespace_bound=namespace_bound),
+        )
         manifests, unbuildable = build_policy_manifests(accepted)
-        manifests = self._hold_last_accepted(manager, manifests, refused + unbuildable)
+        manifests = self._hold_last_accepted(deployed, manifests, refused + unbuildable)
         # authorization-mode, on every app policy: those just built and those kept from the
         # cluster for a refused relation alike.
         manifests = with_mode(manifests, dry_run=config.dry_run)
@@ -573,7 +581,7 @@ class BeaconReconciler:
 
     def _hold_last_accepted(
         self,
-        manager: PolicyResourceManager,
+        deployed: Callable[[], list[dict[str, Any]]],
         manifests: list[dict[str, Any]],
         refusals: list[Refusal],
     ) -> list[dict[str, Any]]:
@@ -588,7 +596,7 @@ class BeaconReconciler:
         refused = {(refusal.app_name, refusal.relation_id) for refusal in refusals}
         if not refused:
             return manifests
-        kept = last_accepted(manager.get_deployed_resources(), refused)
+        kept = last_accepted(deployed(), refused)
         self.findings.held = {relation_id: len(items) for relation_id, items in kept.items()}
         wanted = [m for m in manifests if (requested_by(m) or ("", -1))[1] not in kept]
         for items in kept.values():
@@ -608,28 +616,15 @@ class BeaconReconciler:
     def _services(self, listed: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
         """The namespace's Services, name to labels, with their owners as proven.
 
-        Any app of the model may relabel a Service (Juju's default Role lets it patch every
-        Service), so ``app.kubernetes.io/name`` is overridden by what proves more: the names
-        (Services ``<app>`` and ``<app>-endpoints`` are app ``<app>``'s when its StatefulSet
-        exists), then the beacon's policies in the cluster (``listed``: a Service an accepted
-        request named stays that app's, see :func:`policies.claimed_services`).
+        See :func:`policies.proven_owners` (``listed``: the beacon's policies in the cluster).
         """
         api: Any = self._client  # lightkube's list overloads are only partly typed
-        services: dict[str, dict[str, str]] = {}
-        for service in api.list(Service, namespace=self._namespace):
-            metadata = service.metadata
-            services[metadata.name] = dict(metadata.labels or {})
-        by_name: set[str] = set()
-        for statefulset in api.list(StatefulSet, namespace=self._namespace):
-            app = statefulset.metadata.name
-            for name in (app, f"{app}-endpoints"):
-                if name in services:
-                    services[name][APP_NAME_LABEL] = app
-                    by_name.add(name)
-        for name, app in claimed_services(listed).items():
-            if name in services and name not in by_name:
-                services[name][APP_NAME_LABEL] = app
-        return services
+        services = {
+            item.metadata.name: dict(item.metadata.labels or {})
+            for item in api.list(Service, namespace=self._namespace)
+        }
+        apps = [item.metadata.name for item in api.list(StatefulSet, namespace=self._namespace)]
+        return proven_owners(services, apps, listed)
 
     def _delete_label_configmap(self) -> None:
         try:

@@ -27,7 +27,7 @@ from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.core_v1 import Namespace, Service
 from namespace_labels import owner_value
 from ownership import MANAGED_BY
-from policies import WaypointBinding, build_policy_manifests, check_requests, claimed_services
+from policies import WaypointBinding, build_policy_manifests, check_requests, proven_owners
 from waypoint import gateway_resource, waypoint_readiness
 
 from access.model import Model, Refused, Requested, Workload
@@ -161,12 +161,8 @@ def read_model(
     )
     binding = WaypointBinding(waypoint, namespace_bound=namespace_bound)
     # Who owns each Service, as the beacon's reconcile decides it (a name, then its policies).
-    owners = dict(services)
-    named = {name for name, _ in statefulsets} | {f"{name}-endpoints" for name, _ in statefulsets}
     ours = [m for m in manifests if (m["metadata"].get("labels") or {}).get(MANAGED_BY) == owner]
-    for service, app in claimed_services(ours).items():
-        if service in owners and service not in named:
-            owners[service] = {**owners[service], APP_NAME_LABEL: app}
+    owners = proven_owners(dict(services), [name for name, _ in statefulsets], ours)
     requested, refused = requests_state(requests, namespace, owners, managing, binding)
     return Model(
         namespace=namespace,
