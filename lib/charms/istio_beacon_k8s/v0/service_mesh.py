@@ -799,10 +799,7 @@ class _PydanticStyle:
         try:
             data = json.loads(json_data)
         except json.JSONDecodeError as error:
-            what = error.msg.removesuffix(" at")
-            raise MeshDataError(
-                f"{cls.__name__}: not valid JSON ({what} at character {error.pos})"
-            ) from None
+            raise MeshDataError(f"{cls.__name__}: {_json_error(error)}") from None
         return cls.model_validate(data)
 
     @classmethod
@@ -1452,6 +1449,11 @@ class ServiceMeshProviderAppData(_PydanticStyle):
         )
 
 
+def _json_error(error: json.JSONDecodeError) -> str:
+    """``not valid JSON (<what> at character <n>)`` (json's own text may end in "at")."""
+    return f"not valid JSON ({error.msg.removesuffix(' at')} at character {error.pos})"
+
+
 def _json_value(databag: Mapping[str, str], key: str) -> object:
     raw = databag.get(key)
     if raw is None:
@@ -1517,9 +1519,7 @@ def _load_json(raw: object, key: str, max_bytes: int) -> object:
     except MeshDataError as error:
         raise _fail(key, str(error)) from None
     except json.JSONDecodeError as error:
-        raise _fail(
-            key, f"not valid JSON ({error.msg.removesuffix(' at')} at character {error.pos})"
-        ) from None
+        raise _fail(key, _json_error(error)) from None
     except (ValueError, RecursionError) as error:  # pragma: no cover - the checks above bound it
         raise _fail(key, f"not valid JSON ({type(error).__name__})") from None
 
@@ -2058,23 +2058,23 @@ class ServiceMeshConsumer(ops.Object):
             )
         except ApiError as error:
             code = error.status.code
-            if code == 403 and not wanted and self._stored.labels_reconciled in ("", "{}"):
+            put_some = self._stored.labels_reconciled not in ("", "{}")
+            if code == 403 and not wanted and not put_some:
                 # Not trusted, and nothing to put; as far as this unit knows it put nothing either.
                 logger.debug("service mesh labels: not trusted, and none wanted")
-            elif code == 403 and not wanted:
-                # It put labels while it was trusted: they stay until trust comes back.
-                self._label_failed(
-                    f"cannot remove the mesh labels from {app}: run `juju trust {app} "
-                    "--scope=cluster`"
-                )
-                return
             else:
                 if code == 403:
                     hint = f"run `juju trust {app} --scope=cluster`"
                 else:
                     said = _display_text(error.status.message or "", 120, quote=False)
                     hint = f"Kubernetes said {code}: {said}"
-                self._label_failed(f"cannot put the mesh labels on {app}: {hint}")
+                # Labels it put while trusted stay until they can be removed.
+                verb = (
+                    f"put the mesh labels on {app}"
+                    if wanted
+                    else f"remove the mesh labels from {app}"
+                )
+                self._label_failed(f"cannot {verb}: {hint}")
                 return
         except Exception as error:
             # Connection or configuration problems: report them and retry on update-status
